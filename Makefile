@@ -1,0 +1,39 @@
+# Thin wrapper over CMake: the two commands a newcomer needs, and a few more.
+#   make demo   install what is missing, build, run the demo backend + proxy
+#   make test   install what is missing, build (plain and ASan+UBSan), run every test
+JOBS ?= $(shell nproc)
+BUILD ?= build
+ASAN_BUILD ?= build-asan
+
+.PHONY: all setup build demo test test-plain test-asan format clean
+
+all: build
+
+setup:
+	@bash scripts/setup.sh
+
+build:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build $(BUILD) -j$(JOBS)
+
+demo: setup build
+	@bash scripts/demo.sh $(BUILD)
+
+test:
+	@bash scripts/setup.sh --tests
+	@$(MAKE) --no-print-directory test-plain test-asan
+
+test-plain: build
+	cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
+
+test-asan:
+	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DSY_SANITIZE=ON >/dev/null
+	cmake --build $(ASAN_BUILD) -j$(JOBS)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j$(JOBS)
+
+format:
+	clang-format -i src/*.c include/switchyard/*.h tests/unit/*.c demo/*.c bench/*.c 2>/dev/null || true
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

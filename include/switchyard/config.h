@@ -1,0 +1,167 @@
+/* Immutable, reference-counted configuration snapshot loaded from YAML.
+ * A connection holds a reference for as long as it uses anything inside, so a
+ * reload never pulls a route out from under an in-flight request or tunnel. */
+#ifndef SWITCHYARD_CONFIG_H
+#define SWITCHYARD_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+/* Durations are kept in milliseconds, sizes in bytes. */
+typedef uint64_t sy_msec_t;
+
+typedef struct sy_addr {
+  char *text; /* as written: "127.0.0.1:8080", "[::1]:80", "localhost:9000" */
+  char *host; /* host part without brackets */
+  uint16_t port;
+  struct sockaddr_storage sa; /* resolved at load time */
+  socklen_t salen;
+} sy_addr;
+
+typedef struct sy_tls_cert {
+  char *cert;
+  char *key;
+} sy_tls_cert;
+
+typedef struct sy_listener_tls {
+  int enabled;
+  sy_tls_cert *certs;
+  size_t ncerts;
+  char *min_version; /* "TLS1.2" (default) | "TLS1.3"; NULL = default */
+  char *ciphers;     /* NULL = OpenSSL default */
+} sy_listener_tls;
+
+enum sy_tls_offer { SY_TLS_OFFER_OFF = 0, SY_TLS_OFFER_OPTIONAL, SY_TLS_OFFER_REQUIRED };
+
+typedef struct sy_listener_cfg {
+  char *name; /* defaults to the address text */
+  sy_addr addr;
+  sy_listener_tls tls;
+  enum sy_tls_offer offer_tls_upgrade;
+  int line, column; /* where it was declared, for later diagnostics */
+} sy_listener_cfg;
+
+typedef struct sy_server_cfg {
+  sy_addr addr;
+  unsigned weight; /* default 1 */
+} sy_server_cfg;
+
+enum sy_balance { SY_BALANCE_ROUND_ROBIN = 0, SY_BALANCE_LEAST_CONN, SY_BALANCE_HASH };
+
+typedef struct sy_upstream_tls {
+  int enabled;
+  int verify; /* default 1 when tls is present */
+  char *ca, *sni, *cert, *key;
+} sy_upstream_tls;
+
+typedef struct sy_health_cfg {
+  int enabled;
+  char *path;
+  sy_msec_t interval, timeout;
+  unsigned healthy, unhealthy;
+} sy_health_cfg;
+
+typedef struct sy_upstream_cfg {
+  char *name;
+  enum sy_balance balance;
+  char *hash_key; /* for hash(header:X-User) -> "header:X-User" */
+  sy_server_cfg *servers;
+  size_t nservers;
+  sy_upstream_tls tls;
+  sy_health_cfg health;
+  /* The one mutable member: the round-robin cursor, shared by all workers
+   * (atomic increments) so balancing is even whichever worker accepted. */
+  unsigned rr_next;
+} sy_upstream_cfg;
+
+typedef struct sy_header_match {
+  char *name;
+  char *value; /* NULL: the field only has to be present */
+} sy_header_match;
+
+/* Per-route timeouts; 0 means "inherit the global value". */
+typedef struct sy_timeouts {
+  sy_msec_t connect, response, client_idle, header, tunnel_idle, tunnel_fin;
+} sy_timeouts;
+
+typedef struct sy_route_cfg {
+  char *name; /* optional; logs use "#<index>" when absent */
+  /* match */
+  char *host; /* NULL = any; "*.example.com" = suffix; compared lower-case, port ignored */
+  char *path_prefix;
+  char *path; /* exact */
+  char **methods;
+  size_t nmethods;
+  sy_header_match *headers;
+  size_t nheaders;
+  char **match_upgrade; /* only upgrade requests offering one of these tokens match */
+  size_t nmatch_upgrade;
+
+  char *upstream_name;
+  const sy_upstream_cfg *upstream; /* resolved at load */
+
+  /* allow_upgrades: absent -> ["*"]; [] -> none. "*" = every token but h2c. */
+  char **allow_upgrades;
+  size_t nallow_upgrades;
+  int allow_any_upgrade; /* "*" was listed */
+
+  int ws_check_accept;
+  char **ws_subprotocols;
+  size_t nws_subprotocols;
+  int ws_subprotocols_set; /* the key was present, even if empty */
+
+  int require_tls;
+  sy_timeouts timeouts;
+  size_t index; /* position in the routes list, for logs */
+  int line, column;
+} sy_route_cfg;
+
+typedef struct sy_limits {
+  uint64_t max_connections;  /* default 100000 */
+  uint64_t max_header_bytes; /* default 32 KiB */
+  uint64_t max_headers;      /* default 100 */
+} sy_limits;
+
+typedef struct sy_forwarding {
+  int x_forwarded_for, x_forwarded_proto, x_forwarded_host, via; /* all default 1 */
+} sy_forwarding;
+
+typedef struct sy_config {
+  int refs; /* atomic via __atomic builtins */
+  char *path;
+  unsigned workers; /* 0 = auto */
+  sy_listener_cfg *listeners;
+  size_t nlisteners;
+  int admin_enabled;
+  sy_addr admin_addr;
+  sy_upstream_cfg *upstreams;
+  size_t nupstreams;
+  sy_route_cfg *routes;
+  size_t nroutes;
+  sy_limits limits;
+  sy_timeouts timeouts; /* global defaults, all non-zero after load */
+  sy_forwarding forwarding;
+  char *access_log; /* NULL or "stdout" = stdout, "off", or a file path */
+} sy_config;
+
+/* Error text is "file:line:column: message". */
+typedef struct sy_config_error {
+  char msg[512];
+} sy_config_error;
+
+/* Returns a config with one reference, or NULL with *err filled. */
+sy_config *sy_config_load(const char *path, sy_config_error *err);
+/* Same, from a buffer; `name` is used in messages in place of a file name. */
+sy_config *sy_config_load_string(const char *name, const char *yaml, size_t len,
+                                 sy_config_error *err);
+sy_config *sy_config_ref(sy_config *cfg);
+void sy_config_unref(sy_config *cfg);
+
+/* Strict parsers: "250ms", "10s", "5m", "1h", "2d" (integer and unit, nothing
+ * else) and "512", "32KiB", "1MiB", "1GiB", "10KB" (KB = 1000). Return 0 on
+ * success, -1 on anything else (empty, sign, space, overflow, unknown unit). */
+int sy_parse_duration(const char *s, sy_msec_t *out);
+int sy_parse_size(const char *s, uint64_t *out);
+
+#endif

@@ -1,0 +1,13 @@
+/* The client connection: one explicit state machine from the first byte of a
+ * request head to the end of the last response or tunnel. */
+#ifndef SWITCHYARD_CONN_H
+#define SWITCHYARD_CONN_H
+
+#include "switchyard/worker.h"
+
+/* Called by the listener for every accepted connection. */
+void sy_conn_accept(sy_worker *w, sy_listener *l);
+/* Closes every connection of the worker at once (shutdown). */
+void sy_conn_close_all(sy_worker *w);
+
+#endif

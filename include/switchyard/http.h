@@ -1,0 +1,114 @@
+/* HTTP/1.1 message heads: collection from llhttp callbacks and the rewriting a
+ * proxy owes both directions (RFC 9110 §7.6.1 hop-by-hop rules, forwarding
+ * fields, re-framing). Pure functions over byte spans: no I/O. */
+#ifndef SWITCHYARD_HTTP_H
+#define SWITCHYARD_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "switchyard/router.h"
+
+/* A span stored as an offset into the buffer the head was read into, so the
+ * head survives the buffer being appended to; resolved with sy_span_str(). */
+typedef struct sy_span {
+  uint32_t off, len;
+} sy_span;
+
+typedef struct sy_field {
+  sy_span name, value;
+  sy_span line; /* from the first byte of the name to the last of the value */
+} sy_field;
+
+typedef struct sy_head {
+  int is_request;
+  sy_span method, target, reason;
+  int status;
+  uint8_t major, minor;
+  sy_field *fields;
+  size_t nfields, cap;
+  size_t max_fields; /* collection refuses more (-> 431) */
+  int in_value;      /* last span callback was a value */
+  int too_many;
+} sy_head;
+
+void sy_head_init(sy_head *h, int is_request, size_t max_fields);
+void sy_head_reset(sy_head *h); /* keeps the field array for reuse */
+void sy_head_free(sy_head *h);
+/* Span callbacks: `off` is the offset of the bytes in the buffer. 0 or -1. */
+int sy_head_on_field(sy_head *h, uint32_t off, uint32_t len);
+int sy_head_on_value(sy_head *h, uint32_t off, uint32_t len);
+void sy_span_extend(sy_span *s, uint32_t off, uint32_t len);
+
+static inline sy_str sy_span_str(const char *base, sy_span s) {
+  sy_str r = {base + s.off, s.len};
+  return r;
+}
+
+int sy_str_ieq(sy_str a, const char *lit); /* case-insensitive equality with a literal */
+int sy_str_ieq2(sy_str a, sy_str b);
+/* Calls fn for each comma-separated token of a list field value (trimmed, empty
+ * elements skipped); stops early when fn returns non-zero and returns that. */
+int sy_list_each(sy_str value, int (*fn)(sy_str tok, void *arg), void *arg);
+/* Does any field `name` list `token` (case-insensitive)? */
+int sy_head_lists(const sy_head *h, const char *base, const char *name, const char *token);
+/* First field named `name`, or NULL. */
+const sy_field *sy_head_find(const sy_head *h, const char *base, const char *name);
+
+/* Is `name` hop-by-hop for this head: one of the fixed set or named by a
+ * Connection field? */
+int sy_head_is_hop(const sy_head *h, const char *base, sy_str name);
+
+/* Field names are tokens, values hold no CTL but HTAB, and a request has
+ * exactly one Host (none allowed for HTTP/1.0). 0 valid, -1 invalid. */
+int sy_head_validate(const sy_head *h, const char *base);
+
+/* An output buffer that grows; the rewrite functions append to it. */
+typedef struct sy_buf {
+  char *p;
+  size_t len, cap;
+} sy_buf;
+int sy_buf_append(sy_buf *b, const void *p, size_t n);
+int sy_buf_appendf(sy_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sy_buf_free(sy_buf *b);
+
+typedef struct sy_fwd_opts {
+  int xff, xfproto, xfhost, via; /* forwarding switches */
+  const char *client_ip;         /* for X-Forwarded-For */
+  const char *proto;             /* "http" | "https" */
+  int chunked;                   /* body re-framed as chunked: add Transfer-Encoding */
+  /* Upgrade tokens to forward (already filtered by the route), in the client's
+   * order; none -> plain request without Upgrade/Connection. */
+  const sy_str *upgrades;
+  size_t nupgrades;
+  /* Sec-WebSocket-Protocol offers to keep when the route restricts them
+   * (NULL = keep the client's lines as they are). */
+  const sy_str *ws_protocols;
+  size_t nws_protocols;
+  int ws_protocols_restricted;
+} sy_fwd_opts;
+
+/* The request head the upstream gets. */
+int sy_http_build_request(sy_buf *out, const sy_head *h, const char *base, const sy_fwd_opts *o);
+
+typedef struct sy_resp_opts {
+  int via;
+  int chunked;      /* add Transfer-Encoding: chunked (re-framed body) */
+  int conn_close;   /* add Connection: close */
+  int keep_alive10; /* HTTP/1.0 client keeps alive: add Connection: keep-alive */
+  int upgrade;      /* a 101 being relayed: Connection: upgrade + the Upgrade field */
+} sy_resp_opts;
+
+/* The response head the client gets. */
+int sy_http_build_response(sy_buf *out, const sy_head *h, const char *base,
+                           const sy_resp_opts *o);
+
+/* A complete short error response (status line, Content-Type, Content-Length,
+ * optional Connection: close, body). */
+int sy_http_error(sy_buf *out, int status, int close, const char *extra_headers);
+const char *sy_http_reason(int status);
+
+/* Sec-WebSocket-Accept for a key: base64(SHA-1(key + GUID)); out >= 29 bytes. */
+void sy_ws_accept(sy_str key, char out[29]);
+
+#endif

@@ -1,0 +1,1383 @@
+/* The client connection's state machine.
+ *
+ * Two flows carry bytes: `rq` (read from the client, forwarded upstream) and
+ * `rs` (read from the upstream, forwarded to the client). Each flow parses its
+ * own read buffer with llhttp and collects what must go out as segments that
+ * point into that buffer (no copy) or into a small scratch buffer (rewritten
+ * heads, chunk framing). A flow writes one batch at a time and does not read
+ * while a batch is in flight: that is the backpressure, and it keeps memory
+ * per connection at one buffer per side whatever the body size.
+ *
+ *   READ_HEAD -> CONNECT -> STREAM_BODY -> READ_RESP_HEAD -> STREAM_RESP_BODY
+ *       ^                                        |                 |
+ *       +------------- keep-alive ---------------+-----------------+
+ *                                                +-> TUNNEL -> CLOSED
+ */
+#include "switchyard/conn.h"
+
+#include <errno.h>
+#include <llhttp.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "switchyard/http.h"
+#include "switchyard/log.h"
+#include "switchyard/router.h"
+#include "switchyard/tunnel.h"
+#include "switchyard/upstream.h"
+
+#define SY_FLOW_BUF (64 * 1024)
+#define SY_MAX_UPGRADES 8
+#define SY_LINGER_MS 2000
+
+typedef enum sy_state {
+  SY_READ_HEAD,
+  SY_CONNECT,
+  SY_STREAM_BODY,
+  SY_READ_RESP_HEAD,
+  SY_STREAM_RESP_BODY,
+  SY_TUNNEL,
+  SY_LINGER,
+  SY_CLOSED
+} sy_state;
+
+typedef struct sy_seg {
+  uint32_t off, len;
+  int scratch; /* 1: bytes live in flow->scratch, 0: in flow->buf */
+} sy_seg;
+
+typedef struct sy_flow {
+  char *buf;
+  uint32_t cap, len, pos; /* pos: parsed up to here */
+  uint32_t head_start;
+  llhttp_t parser;
+  sy_head head;
+  sy_seg *segs;
+  uint32_t nsegs, segcap;
+  sy_buf scratch;
+  uv_buf_t *iov;
+  uint32_t iovcap;
+  uv_write_t wreq;
+  unsigned writing : 1, msg_done : 1, chunked_out : 1, head_done : 1, discard : 1;
+  uint64_t bytes; /* read from this flow's source for the current exchange */
+} sy_flow;
+
+typedef struct sy_link {
+  uv_tcp_t tcp;
+  uv_connect_t creq;
+  sy_conn *c;
+} sy_link;
+
+struct sy_conn {
+  sy_worker *w;
+  sy_conn *next, *prev; /* worker's list */
+  sy_config *cfg;
+  const sy_listener_cfg *lcfg;
+  sy_state state;
+  int refs; /* open handles + in-flight requests; freed at 0 once closing */
+  int closing;
+  uv_tcp_t client;
+  uv_timer_t timer;
+  uv_shutdown_t sreq;
+  sy_link *link;
+  sy_flow rq, rs;
+
+  const sy_route_cfg *route;
+  const sy_server_cfg *server;
+  unsigned rr_first, attempt;
+  int last_err_timeout;
+
+  /* What the request head told us that outlives its bytes in the buffer. */
+  int is_head_req, client_close, http10, keep_alive10, has_body;
+  int upgrading; /* forwarded as an upgrade; answer may switch */
+  sy_str up_tokens[SY_MAX_UPGRADES];
+  size_t nup_tokens;
+  char up_store[256];
+  char ws_key[64];
+  int check_accept;
+
+  /* Response decisions. */
+  int close_after, status, resp_head_sent, interim, bad_101, switching;
+
+  /* Access log. */
+  char client_ip[64];
+  int client_port;
+  char method[16];
+  char *path;
+  uint64_t t_start, bytes_in, bytes_out;
+  sy_tunnel *tunnel;
+};
+
+static void conn_close(sy_conn *c);
+static void client_feed(sy_conn *c);
+static void upstream_feed(sy_conn *c);
+static void rq_flush(sy_conn *c);
+static void rs_flush(sy_conn *c);
+static void start_connect(sy_conn *c);
+static void local_response(sy_conn *c, int status, int close);
+static void conn_unref(sy_conn *c);
+static void client_read_update(sy_conn *c);
+static void upstream_read_update(sy_conn *c);
+
+static inline sy_conn *flow_conn(llhttp_t *p) {
+  return p->data;
+}
+
+static inline sy_flow *parser_flow(llhttp_t *p) {
+  return (sy_flow *)((char *)p - offsetof(sy_flow, parser));
+}
+
+/* ---- flows ---------------------------------------------------------------- */
+
+static int flow_alloc(sy_flow *f, uint32_t cap) {
+  if (f->buf)
+    return 0;
+  f->buf = malloc(cap);
+  if (!f->buf)
+    return -1;
+  f->cap = cap;
+  return 0;
+}
+
+static void flow_release_if_idle(sy_flow *f) {
+  /* An idle keep-alive connection holds no read buffer. */
+  if (f->buf && f->len == f->pos && !f->writing) {
+    free(f->buf);
+    f->buf = NULL;
+    f->cap = f->len = f->pos = 0;
+  }
+}
+
+static void flow_free(sy_flow *f) {
+  free(f->buf);
+  free(f->segs);
+  free(f->iov);
+  sy_buf_free(&f->scratch);
+  sy_head_free(&f->head);
+  memset(f, 0, sizeof(*f));
+}
+
+static int flow_push(sy_flow *f, uint32_t off, uint32_t len, int scratch) {
+  if (len == 0)
+    return 0;
+  if (f->nsegs && !scratch && !f->segs[f->nsegs - 1].scratch &&
+      f->segs[f->nsegs - 1].off + f->segs[f->nsegs - 1].len == off) {
+    f->segs[f->nsegs - 1].len += len;
+    return 0;
+  }
+  if (f->nsegs == f->segcap) {
+    uint32_t ncap = f->segcap ? f->segcap * 2 : 8;
+    sy_seg *ns = realloc(f->segs, ncap * sizeof(*ns));
+    if (!ns)
+      return -1;
+    f->segs = ns;
+    f->segcap = ncap;
+  }
+  f->segs[f->nsegs++] = (sy_seg){off, len, scratch};
+  return 0;
+}
+
+static int flow_push_scratch(sy_flow *f, const void *p, size_t n) {
+  uint32_t off = (uint32_t)f->scratch.len;
+  if (sy_buf_append(&f->scratch, p, n))
+    return -1;
+  return flow_push(f, off, (uint32_t)n, 1);
+}
+
+static int flow_push_sybuf(sy_flow *f, sy_buf *b) {
+  return flow_push_scratch(f, b->p, b->len);
+}
+
+/* Slides unparsed bytes to the front once nothing refers to what precedes
+ * them (no batch in flight, head already forwarded). */
+static void flow_compact(sy_flow *f) {
+  if (!f->buf || f->pos == 0)
+    return;
+  memmove(f->buf, f->buf + f->pos, f->len - f->pos);
+  f->len -= f->pos;
+  if (f->head_start >= f->pos)
+    f->head_start -= f->pos;
+  else
+    f->head_start = 0;
+  f->pos = 0;
+}
+
+static int flow_write(sy_conn *c, sy_flow *f, uv_stream_t *dst, uv_write_cb cb) {
+  if (f->iovcap < f->nsegs) {
+    uv_buf_t *ni = realloc(f->iov, f->nsegs * sizeof(*ni));
+    if (!ni)
+      return UV_ENOMEM;
+    f->iov = ni;
+    f->iovcap = f->nsegs;
+  }
+  size_t total = 0;
+  for (uint32_t i = 0; i < f->nsegs; i++) {
+    sy_seg *s = &f->segs[i];
+    char *base = s->scratch ? f->scratch.p : f->buf;
+    f->iov[i] = uv_buf_init(base + s->off, s->len);
+    total += s->len;
+  }
+  int rc = uv_write(&f->wreq, dst, f->iov, f->nsegs, cb);
+  if (rc == 0) {
+    f->writing = 1;
+    c->refs++;
+  }
+  (void)total;
+  return rc;
+}
+
+static void flow_batch_done(sy_flow *f) {
+  f->nsegs = 0;
+  f->scratch.len = 0;
+}
+
+/* ---- timers ---------------------------------------------------------------- */
+
+static sy_msec_t route_timeout(const sy_conn *c, sy_msec_t route_v, sy_msec_t global_v) {
+  (void)c;
+  return route_v ? route_v : global_v;
+}
+
+static void on_timeout(uv_timer_t *t);
+
+static void timer_arm(sy_conn *c, sy_msec_t ms) {
+  if (ms)
+    uv_timer_start(&c->timer, on_timeout, ms, 0);
+  else
+    uv_timer_stop(&c->timer);
+}
+
+static sy_msec_t response_timeout(const sy_conn *c) {
+  return route_timeout(c, c->route ? c->route->timeouts.response : 0, c->cfg->timeouts.response);
+}
+
+/* ---- access log ------------------------------------------------------------ */
+
+static void log_request(sy_conn *c) {
+  if (!sy_access_log_enabled() || !c->method[0])
+    return;
+  sy_buf b = {0};
+  char route[32];
+  const char *rname = NULL;
+  if (c->route) {
+    rname = c->route->name;
+    if (!rname) {
+      snprintf(route, sizeof(route), "#%zu", c->route->index);
+      rname = route;
+    }
+  }
+  sy_buf_append(&b, "{", 1);
+  sy_json_time(&b, "time", 0);
+  sy_buf_appendf(&b, ",\"type\":\"request\"");
+  sy_buf_appendf(&b, ",\"client\":\"%s:%d\"", c->client_ip, c->client_port);
+  sy_json_str(&b, "method", c->method, strlen(c->method), 1);
+  sy_json_str(&b, "path", c->path, c->path ? strlen(c->path) : 0, 1);
+  sy_json_str(&b, "route", rname, rname ? strlen(rname) : 0, 1);
+  const char *srv = c->server ? c->server->addr.text : NULL;
+  sy_json_str(&b, "upstream", srv, srv ? strlen(srv) : 0, 1);
+  sy_buf_appendf(&b, ",\"status\":%d,\"bytes_in\":%llu,\"bytes_out\":%llu,\"duration_ms\":%.3f}\n",
+                 c->status, (unsigned long long)c->bytes_in, (unsigned long long)c->bytes_out,
+                 (double)(uv_hrtime() - c->t_start) / 1e6);
+  if (b.p)
+    sy_access_log_write(b.p, b.len);
+  sy_buf_free(&b);
+}
+
+static void log_tunnel(sy_conn *c, const sy_tunnel_stats *st) {
+  if (!sy_access_log_enabled())
+    return;
+  sy_buf b = {0};
+  char route[32];
+  const char *rname = c->route ? c->route->name : NULL;
+  if (c->route && !rname) {
+    snprintf(route, sizeof(route), "#%zu", c->route->index);
+    rname = route;
+  }
+  sy_buf_append(&b, "{", 1);
+  sy_json_time(&b, "time", 0);
+  sy_buf_appendf(&b, ",\"type\":\"tunnel\",\"client\":\"%s:%d\"", c->client_ip, c->client_port);
+  sy_json_str(&b, "protocol", c->up_tokens[0].p, c->nup_tokens ? c->up_tokens[0].len : 0, 1);
+  sy_json_str(&b, "path", c->path, c->path ? strlen(c->path) : 0, 1);
+  sy_json_str(&b, "route", rname, rname ? strlen(rname) : 0, 1);
+  const char *srv = c->server ? c->server->addr.text : NULL;
+  sy_json_str(&b, "upstream", srv, srv ? strlen(srv) : 0, 1);
+  sy_buf_appendf(&b,
+                 ",\"duration_ms\":%llu,\"bytes_to_upstream\":%llu,\"bytes_to_client\":%llu,"
+                 "\"spliced\":%llu,\"copied\":%llu",
+                 (unsigned long long)st->duration_ms, (unsigned long long)st->bytes_c2u,
+                 (unsigned long long)st->bytes_u2c, (unsigned long long)st->spliced,
+                 (unsigned long long)st->copied);
+  sy_json_str(&b, "closed_by", st->closed_by, strlen(st->closed_by), 1);
+  sy_json_str(&b, "reason", st->reason, strlen(st->reason), 1);
+  sy_buf_append(&b, "}\n", 2);
+  if (b.p)
+    sy_access_log_write(b.p, b.len);
+  sy_buf_free(&b);
+}
+
+/* ---- lifetime ---------------------------------------------------------------- */
+
+static void conn_free(sy_conn *c) {
+  sy_worker *w = c->w;
+  if (c->prev)
+    c->prev->next = c->next;
+  else if (w->conns == c)
+    w->conns = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  w->stats.conns_open--;
+  flow_free(&c->rq);
+  flow_free(&c->rs);
+  free(c->path);
+  sy_config_unref(c->cfg);
+  free(c);
+}
+
+static void conn_unref(sy_conn *c) {
+  if (--c->refs == 0 && c->closing)
+    conn_free(c);
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  conn_unref(h->data);
+}
+
+static void on_link_closed(uv_handle_t *h) {
+  sy_link *l = (sy_link *)h;
+  sy_conn *c = l->c;
+  free(l);
+  if (c)
+    conn_unref(c);
+}
+
+static void link_close(sy_conn *c) {
+  sy_link *l = c->link;
+  if (!l)
+    return;
+  c->link = NULL;
+  uv_close((uv_handle_t *)&l->tcp, on_link_closed);
+}
+
+static void conn_close(sy_conn *c) {
+  if (c->closing)
+    return;
+  c->closing = 1;
+  c->state = SY_CLOSED;
+  link_close(c);
+  if (!uv_is_closing((uv_handle_t *)&c->client))
+    uv_close((uv_handle_t *)&c->client, on_handle_closed);
+  uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+}
+
+/* Close without losing the response: shut our side, then drain what the client
+ * still sends until it closes or a short deadline, so the kernel does not
+ * answer unread bytes with an RST that would destroy the response in flight. */
+static void on_linger_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  sy_conn *c = s->data;
+  free(buf->base);
+  if (n < 0)
+    conn_close(c);
+}
+
+static void linger_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
+  buf->base = malloc(4096);
+  buf->len = buf->base ? 4096 : 0;
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  sy_conn *c = req->data;
+  if (status < 0 || c->closing) {
+    conn_close(c);
+  } else if (uv_read_start((uv_stream_t *)&c->client, linger_alloc, on_linger_read) < 0) {
+    conn_close(c);
+  }
+  conn_unref(c);
+}
+
+static void conn_linger(sy_conn *c) {
+  if (c->closing || c->state == SY_LINGER)
+    return;
+  c->state = SY_LINGER;
+  link_close(c);
+  uv_read_stop((uv_stream_t *)&c->client);
+  flow_free(&c->rq);
+  flow_free(&c->rs);
+  timer_arm(c, SY_LINGER_MS);
+  c->sreq.data = c;
+  if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->client, on_shutdown) == 0)
+    c->refs++;
+  else
+    conn_close(c);
+}
+
+/* ---- the exchange ------------------------------------------------------------ */
+
+static void reset_exchange(sy_conn *c) {
+  c->route = NULL;
+  c->server = NULL;
+  c->attempt = 0;
+  c->last_err_timeout = 0;
+  c->is_head_req = c->client_close = c->http10 = c->keep_alive10 = c->has_body = 0;
+  c->upgrading = 0;
+  c->nup_tokens = 0;
+  c->ws_key[0] = 0;
+  c->check_accept = 0;
+  c->close_after = c->status = c->resp_head_sent = c->interim = c->bad_101 = 0;
+  c->switching = 0;
+  c->method[0] = 0;
+  free(c->path);
+  c->path = NULL;
+  c->bytes_in = c->bytes_out = 0;
+  c->rq.msg_done = c->rq.chunked_out = c->rq.head_done = c->rq.discard = 0;
+  c->rs.msg_done = c->rs.chunked_out = c->rs.head_done = c->rs.discard = 0;
+  c->rq.bytes = c->rs.bytes = 0;
+  sy_head_reset(&c->rq.head);
+  sy_head_reset(&c->rs.head);
+}
+
+static void start_tunnel(sy_conn *c);
+static const llhttp_settings_t resp_settings;
+
+/* Both halves done (or the request abandoned): log, then keep-alive or close. */
+static void maybe_finish(sy_conn *c) {
+  if (c->closing || c->state == SY_LINGER || c->state == SY_TUNNEL)
+    return;
+  if (!c->rs.msg_done || c->rs.writing)
+    return;
+  if (c->switching) {
+    if (!c->rq.writing)
+      start_tunnel(c);
+    return;
+  }
+  if (!c->rq.msg_done && !c->close_after) {
+    if (c->rq.discard)
+      return; /* still swallowing the body of a request answered locally */
+    /* The upstream answered before the request ended: the stream cannot be
+     * resynchronised, so this connection ends with the response. */
+    c->close_after = 1;
+  }
+  c->w->stats.requests++;
+  log_request(c);
+  link_close(c);
+  if (c->close_after || c->w->stopping) {
+    conn_linger(c);
+    return;
+  }
+  /* Keep-alive: the request parser sits paused right after the message. */
+  if (llhttp_get_errno(&c->rq.parser) == HPE_PAUSED_UPGRADE)
+    llhttp_resume_after_upgrade(&c->rq.parser);
+  else if (llhttp_get_errno(&c->rq.parser) == HPE_PAUSED)
+    llhttp_resume(&c->rq.parser);
+  flow_free(&c->rs);
+  llhttp_init(&c->rs.parser, HTTP_RESPONSE, &resp_settings);
+  c->rs.parser.data = c;
+  sy_head_init(&c->rs.head, 0, c->cfg->limits.max_headers);
+  flow_compact(&c->rq);
+  flow_batch_done(&c->rq);
+  reset_exchange(c);
+  c->state = SY_READ_HEAD;
+  c->rq.head_start = 0;
+  c->t_start = uv_hrtime();
+  flow_release_if_idle(&c->rq);
+  timer_arm(c, c->rq.len ? c->cfg->timeouts.header : c->cfg->timeouts.client_idle);
+  if (c->rq.len)
+    client_feed(c);
+  else
+    client_read_update(c);
+}
+
+static void on_rs_written(uv_write_t *req, int status) {
+  sy_conn *c = req->data;
+  c->rs.writing = 0;
+  if (!c->closing && c->state != SY_LINGER) {
+    if (status < 0) {
+      conn_close(c); /* the client went away */
+    } else {
+      flow_compact(&c->rs);
+      flow_batch_done(&c->rs);
+      if (c->rs.msg_done) {
+        maybe_finish(c);
+      } else {
+        if (c->rs.len > c->rs.pos)
+          upstream_feed(c);
+        upstream_read_update(c);
+      }
+    }
+  }
+  conn_unref(c);
+}
+
+static void rs_flush(sy_conn *c) {
+  if (c->rs.writing || c->closing)
+    return;
+  if (c->rs.nsegs == 0) {
+    if (c->rs.msg_done)
+      maybe_finish(c);
+    return;
+  }
+  c->rs.wreq.data = c;
+  for (uint32_t i = 0; i < c->rs.nsegs; i++)
+    c->bytes_out += c->rs.segs[i].len;
+  if (flow_write(c, &c->rs, (uv_stream_t *)&c->client, on_rs_written) < 0)
+    conn_close(c);
+}
+
+/* A response the proxy writes itself (errors). */
+static void local_response(sy_conn *c, int status, int close) {
+  if (c->resp_head_sent) {
+    /* Part of an upstream response is already out: the only honest signal
+     * left is to cut the connection. */
+    conn_close(c);
+    return;
+  }
+  c->status = status;
+  c->resp_head_sent = 1;
+  link_close(c);
+  if (close)
+    c->close_after = 1;
+  if (!c->rq.msg_done && !c->close_after) {
+    /* Read and drop the rest of the request body so keep-alive can go on. */
+    c->rq.discard = 1;
+  }
+  sy_buf b = {0};
+  sy_http_error(&b, status, c->close_after, NULL);
+  c->rs.nsegs = 0;
+  c->rs.scratch.len = 0;
+  flow_push_sybuf(&c->rs, &b);
+  sy_buf_free(&b);
+  c->rs.msg_done = 1;
+  c->state = SY_STREAM_RESP_BODY;
+  timer_arm(c, response_timeout(c));
+  rs_flush(c);
+  if (c->rq.discard && !c->rq.writing && !c->closing) {
+    if (llhttp_get_errno(&c->rq.parser) == HPE_PAUSED)
+      llhttp_resume(&c->rq.parser);
+    client_feed(c);
+  }
+}
+
+static void on_rq_written(uv_write_t *req, int status) {
+  sy_conn *c = req->data;
+  c->rq.writing = 0;
+  if (!c->closing && c->state != SY_LINGER) {
+    if (status < 0) {
+      if (!c->resp_head_sent)
+        local_response(c, 502, 1);
+      else
+        c->close_after = 1;
+    } else {
+      flow_compact(&c->rq);
+      flow_batch_done(&c->rq);
+      if (c->rq.msg_done) {
+        if (c->state == SY_STREAM_BODY)
+          c->state = SY_READ_RESP_HEAD;
+        maybe_finish(c);
+      } else if (c->rq.len > c->rq.pos) {
+        client_feed(c);
+      }
+      client_read_update(c);
+    }
+  }
+  conn_unref(c);
+}
+
+static void rq_flush(sy_conn *c) {
+  if (c->rq.writing || c->closing || !c->link)
+    return;
+  if (c->rq.nsegs == 0)
+    return;
+  c->rq.wreq.data = c;
+  if (flow_write(c, &c->rq, (uv_stream_t *)&c->link->tcp, on_rq_written) < 0) {
+    if (!c->resp_head_sent)
+      local_response(c, 502, 1);
+    else
+      conn_close(c);
+  }
+}
+
+/* ---- llhttp callbacks: shared by both directions --------------------------- */
+
+static int cb_method(llhttp_t *p, const char *at, size_t n) {
+  sy_flow *f = parser_flow(p);
+  sy_span_extend(&f->head.method, (uint32_t)(at - f->buf), (uint32_t)n);
+  return 0;
+}
+
+static int cb_url(llhttp_t *p, const char *at, size_t n) {
+  sy_flow *f = parser_flow(p);
+  sy_span_extend(&f->head.target, (uint32_t)(at - f->buf), (uint32_t)n);
+  return 0;
+}
+
+static int cb_status(llhttp_t *p, const char *at, size_t n) {
+  sy_flow *f = parser_flow(p);
+  sy_span_extend(&f->head.reason, (uint32_t)(at - f->buf), (uint32_t)n);
+  return 0;
+}
+
+static int cb_field(llhttp_t *p, const char *at, size_t n) {
+  sy_flow *f = parser_flow(p);
+  return sy_head_on_field(&f->head, (uint32_t)(at - f->buf), (uint32_t)n) ? HPE_USER : 0;
+}
+
+static int cb_value(llhttp_t *p, const char *at, size_t n) {
+  sy_flow *f = parser_flow(p);
+  return sy_head_on_value(&f->head, (uint32_t)(at - f->buf), (uint32_t)n) ? HPE_USER : 0;
+}
+
+static int cb_message_begin(llhttp_t *p) {
+  sy_flow *f = parser_flow(p);
+  sy_head_reset(&f->head);
+  return 0;
+}
+
+static int cb_body(llhttp_t *p, const char *at, size_t n) {
+  sy_flow *f = parser_flow(p);
+  if (f->discard)
+    return 0;
+  int rc = 0;
+  if (f->chunked_out) {
+    char hex[24];
+    int k = snprintf(hex, sizeof(hex), "%zx\r\n", n);
+    rc |= flow_push_scratch(f, hex, (size_t)k);
+  }
+  rc |= flow_push(f, (uint32_t)(at - f->buf), (uint32_t)n, 0);
+  if (f->chunked_out)
+    rc |= flow_push_scratch(f, "\r\n", 2);
+  return rc ? HPE_USER : 0;
+}
+
+static int cb_message_complete(llhttp_t *p) {
+  sy_flow *f = parser_flow(p);
+  sy_conn *c = flow_conn(p);
+  if (f == &c->rs && c->interim) {
+    /* A 1xx ends as a message of its own; the real response follows. */
+    c->interim = 0;
+    f->head_done = 0;
+    return HPE_PAUSED;
+  }
+  if (f->chunked_out && !f->discard && flow_push_scratch(f, "0\r\n\r\n", 5))
+    return HPE_USER;
+  f->msg_done = 1;
+  return HPE_PAUSED;
+}
+
+static int cb_req_headers_complete(llhttp_t *p) {
+  sy_flow *f = parser_flow(p);
+  f->head.major = p->http_major;
+  f->head.minor = p->http_minor;
+  f->head_done = 1;
+  return HPE_PAUSED;
+}
+
+static int cb_resp_headers_complete(llhttp_t *p);
+
+static const llhttp_settings_t req_settings = {
+    .on_message_begin = cb_message_begin,
+    .on_method = cb_method,
+    .on_url = cb_url,
+    .on_header_field = cb_field,
+    .on_header_value = cb_value,
+    .on_headers_complete = cb_req_headers_complete,
+    .on_body = cb_body,
+    .on_message_complete = cb_message_complete,
+};
+
+static const llhttp_settings_t resp_settings = {
+    .on_message_begin = cb_message_begin,
+    .on_status = cb_status,
+    .on_header_field = cb_field,
+    .on_header_value = cb_value,
+    .on_headers_complete = cb_resp_headers_complete,
+    .on_body = cb_body,
+    .on_message_complete = cb_message_complete,
+};
+
+/* ---- request head ------------------------------------------------------------ */
+
+struct tok_collect {
+  sy_str *toks;
+  size_t n, max;
+};
+
+static int collect_tok(sy_str tok, void *arg) {
+  struct tok_collect *tc = arg;
+  if (tc->n < tc->max)
+    tc->toks[tc->n++] = tok;
+  return 0;
+}
+
+/* Upgrade tokens offered, when this is an upgrade request at all: an HTTP/1.1
+ * request whose Connection lists "upgrade" and that carries Upgrade. */
+static size_t offered_upgrades(sy_conn *c, sy_str *out, size_t max) {
+  sy_flow *f = &c->rq;
+  if (f->head.major != 1 || f->head.minor < 1)
+    return 0;
+  if (!sy_head_lists(&f->head, f->buf, "connection", "upgrade"))
+    return 0;
+  struct tok_collect tc = {out, 0, max};
+  for (size_t i = 0; i < f->head.nfields; i++)
+    if (sy_str_ieq(sy_span_str(f->buf, f->head.fields[i].name), "upgrade"))
+      sy_list_each(sy_span_str(f->buf, f->head.fields[i].value), collect_tok, &tc);
+  return tc.n;
+}
+
+static void remember_request(sy_conn *c) {
+  sy_flow *f = &c->rq;
+  sy_str m = sy_span_str(f->buf, f->head.method);
+  size_t mn = m.len < sizeof(c->method) - 1 ? m.len : sizeof(c->method) - 1;
+  memcpy(c->method, m.p, mn);
+  c->method[mn] = 0;
+  sy_str t = sy_span_str(f->buf, f->head.target);
+  size_t q = 0;
+  while (q < t.len && t.p[q] != '?')
+    q++;
+  c->path = strndup(t.p, q < 2048 ? q : 2048);
+  c->is_head_req = f->parser.method == HTTP_HEAD;
+  c->http10 = f->head.major == 1 && f->head.minor == 0;
+  c->client_close = !llhttp_should_keep_alive(&f->parser);
+  c->keep_alive10 = c->http10 && !c->client_close;
+  c->has_body = (f->parser.flags & (F_CHUNKED | F_CONTENT_LENGTH)) &&
+                !((f->parser.flags & F_CONTENT_LENGTH) && f->parser.content_length == 0);
+}
+
+static void route_request(sy_conn *c) {
+  sy_flow *f = &c->rq;
+  remember_request(c);
+  if (sy_head_validate(&f->head, f->buf) < 0) {
+    local_response(c, 400, 1);
+    return;
+  }
+  if (f->parser.method == HTTP_CONNECT) {
+    local_response(c, 405, 1);
+    return;
+  }
+  sy_str offered[SY_MAX_UPGRADES];
+  size_t noffered = offered_upgrades(c, offered, SY_MAX_UPGRADES);
+
+  sy_header hv[128];
+  size_t nh = f->head.nfields < 128 ? f->head.nfields : 128;
+  for (size_t i = 0; i < nh; i++) {
+    hv[i].name = sy_span_str(f->buf, f->head.fields[i].name);
+    hv[i].value = sy_span_str(f->buf, f->head.fields[i].value);
+  }
+  const sy_field *host = sy_head_find(&f->head, f->buf, "host");
+  sy_request_view rv = {
+      .method = sy_span_str(f->buf, f->head.method),
+      .host = host ? sy_span_str(f->buf, host->value) : (sy_str){NULL, 0},
+      .path = {c->path, strlen(c->path)},
+      .headers = hv,
+      .nheaders = nh,
+      .upgrades = offered,
+      .nupgrades = noffered,
+  };
+  c->route = sy_route_match(c->cfg, &rv);
+  if (!c->route || !c->route->upstream) {
+    local_response(c, 404, !c->has_body ? 0 : 1);
+    return;
+  }
+  /* Keep only the tokens the route lets through, in the client's order. */
+  size_t used = 0;
+  for (size_t i = 0; i < noffered && c->nup_tokens < SY_MAX_UPGRADES; i++) {
+    if (!sy_route_allows_upgrade(c->route, offered[i]))
+      continue;
+    if (used + offered[i].len > sizeof(c->up_store))
+      break;
+    memcpy(c->up_store + used, offered[i].p, offered[i].len);
+    c->up_tokens[c->nup_tokens++] = (sy_str){c->up_store + used, offered[i].len};
+    used += offered[i].len;
+  }
+  c->upgrading = c->nup_tokens > 0;
+  if (c->upgrading && c->route->ws_check_accept) {
+    const sy_field *k = sy_head_find(&f->head, f->buf, "sec-websocket-key");
+    if (k && k->value.len < sizeof(c->ws_key)) {
+      memcpy(c->ws_key, f->buf + k->value.off, k->value.len);
+      c->ws_key[k->value.len] = 0;
+      c->check_accept = 1;
+    }
+  }
+  c->rr_first = sy_upstream_first((sy_upstream_cfg *)c->route->upstream);
+  start_connect(c);
+}
+
+/* Queue the rewritten request head; the body follows as the parser yields it. */
+static int queue_request_head(sy_conn *c) {
+  sy_flow *f = &c->rq;
+  f->chunked_out = (f->parser.flags & F_CHUNKED) != 0;
+  sy_str wsp[16];
+  size_t nwsp = 0;
+  const sy_route_cfg *r = c->route;
+  if (r->ws_subprotocols_set) {
+    for (size_t i = 0; i < r->nws_subprotocols && nwsp < 16; i++)
+      wsp[nwsp++] = (sy_str){r->ws_subprotocols[i], strlen(r->ws_subprotocols[i])};
+  }
+  sy_fwd_opts o = {
+      .xff = c->cfg->forwarding.x_forwarded_for,
+      .xfproto = c->cfg->forwarding.x_forwarded_proto,
+      .xfhost = c->cfg->forwarding.x_forwarded_host,
+      .via = c->cfg->forwarding.via,
+      .client_ip = c->client_ip,
+      .proto = "http",
+      .chunked = f->chunked_out,
+      .upgrades = c->up_tokens,
+      .nupgrades = c->nup_tokens,
+      .ws_protocols = wsp,
+      .nws_protocols = nwsp,
+      .ws_protocols_restricted = r->ws_subprotocols_set,
+  };
+  sy_buf b = {0};
+  int rc = sy_http_build_request(&b, &f->head, f->buf, &o);
+  if (rc == 0)
+    rc = flow_push_sybuf(f, &b);
+  sy_buf_free(&b);
+  return rc;
+}
+
+/* ---- upstream connection --------------------------------------------------------- */
+
+static void on_upstream_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+
+static void upstream_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
+  sy_link *l = h->data;
+  sy_conn *c = l->c;
+  if (flow_alloc(&c->rs, SY_FLOW_BUF) < 0 || c->rs.len == c->rs.cap) {
+    buf->base = NULL;
+    buf->len = 0;
+    return;
+  }
+  buf->base = c->rs.buf + c->rs.len;
+  buf->len = c->rs.cap - c->rs.len;
+}
+
+static void upstream_read_update(sy_conn *c) {
+  if (!c->link || c->closing)
+    return;
+  int want = !c->rs.writing && !c->rs.msg_done && c->state >= SY_STREAM_BODY &&
+             c->state <= SY_STREAM_RESP_BODY && (!c->rs.buf || c->rs.len < c->rs.cap);
+  if (want)
+    uv_read_start((uv_stream_t *)&c->link->tcp, upstream_alloc, on_upstream_read);
+  else
+    uv_read_stop((uv_stream_t *)&c->link->tcp);
+}
+
+static void upstream_failed(sy_conn *c, int timeout);
+
+static void on_connect(uv_connect_t *req, int status) {
+  sy_link *l = req->data;
+  sy_conn *c = l->c;
+  if (!c || c->closing || c->link != l) {
+    if (c)
+      conn_unref(c);
+    return;
+  }
+  conn_unref(c);
+  if (status < 0) {
+    link_close(c);
+    upstream_failed(c, status == UV_ETIMEDOUT);
+    return;
+  }
+  uv_tcp_nodelay(&l->tcp, 1);
+  c->state = c->rq.msg_done ? SY_READ_RESP_HEAD : SY_STREAM_BODY;
+  timer_arm(c, response_timeout(c));
+  if (queue_request_head(c) < 0) {
+    local_response(c, 500, 1);
+    return;
+  }
+  /* Resume the request parser: body bytes already buffered join the head. */
+  llhttp_resume(&c->rq.parser);
+  client_feed(c);
+  upstream_read_update(c);
+}
+
+static void start_connect(sy_conn *c) {
+  const sy_upstream_cfg *up = c->route->upstream;
+  const sy_server_cfg *s = sy_upstream_server(up, c->rr_first, c->attempt);
+  if (!s) {
+    local_response(c, c->last_err_timeout ? 504 : 502, 0);
+    return;
+  }
+  c->server = s;
+  c->state = SY_CONNECT;
+  sy_link *l = calloc(1, sizeof(*l));
+  if (!l) {
+    local_response(c, 500, 1);
+    return;
+  }
+  l->c = c;
+  uv_tcp_init(&c->w->loop, &l->tcp);
+  l->tcp.data = l;
+  l->creq.data = l;
+  c->refs++; /* the link handle */
+  c->link = l;
+  int rc = uv_tcp_connect(&l->creq, &l->tcp, (const struct sockaddr *)&s->addr.sa, on_connect);
+  if (rc < 0) {
+    link_close(c);
+    upstream_failed(c, 0);
+    return;
+  }
+  c->refs++; /* the connect request */
+  timer_arm(c, route_timeout(c, c->route->timeouts.connect, c->cfg->timeouts.connect));
+}
+
+static void upstream_failed(sy_conn *c, int timeout) {
+  c->last_err_timeout = timeout;
+  sy_log_error("upstream %s: %s", c->server ? c->server->addr.text : "?",
+               timeout ? "connect timed out" : "connect failed");
+  c->attempt++;
+  start_connect(c);
+}
+
+static void on_timeout(uv_timer_t *t) {
+  sy_conn *c = t->data;
+  switch (c->state) {
+  case SY_READ_HEAD:
+    if (c->rq.len > c->rq.head_start && !c->rq.head_done)
+      local_response(c, 408, 1);
+    else
+      conn_close(c); /* idle keep-alive */
+    break;
+  case SY_CONNECT:
+    link_close(c);
+    upstream_failed(c, 1);
+    break;
+  case SY_STREAM_BODY:
+  case SY_READ_RESP_HEAD:
+  case SY_STREAM_RESP_BODY:
+    if (!c->resp_head_sent) {
+      sy_log_error("upstream %s: no response in time", c->server ? c->server->addr.text : "?");
+      local_response(c, 504, 1);
+    } else {
+      conn_close(c);
+    }
+    break;
+  default:
+    conn_close(c);
+  }
+}
+
+/* ---- response head ------------------------------------------------------------- */
+
+static int token_offered(const sy_conn *c, sy_str tok) {
+  for (size_t i = 0; i < c->nup_tokens; i++)
+    if (sy_str_ieq2(c->up_tokens[i], tok))
+      return 1;
+  return 0;
+}
+
+static int first_tok(sy_str tok, void *arg) {
+  *(sy_str *)arg = tok;
+  return 1;
+}
+
+/* Is this 101 one we may turn into a tunnel? Otherwise it is the "fake 101"
+ * smuggling class and the client gets a 502. */
+static int switch_acceptable(sy_conn *c) {
+  sy_flow *f = &c->rs;
+  if (!c->upgrading)
+    return 0;
+  const sy_field *up = sy_head_find(&f->head, f->buf, "upgrade");
+  if (!up)
+    return 0;
+  sy_str chosen = {0};
+  sy_list_each(sy_span_str(f->buf, up->value), first_tok, &chosen);
+  if (!chosen.len || !token_offered(c, chosen))
+    return 0;
+  if (c->check_accept && sy_str_ieq(chosen, "websocket")) {
+    const sy_field *acc = sy_head_find(&f->head, f->buf, "sec-websocket-accept");
+    char want[29];
+    sy_ws_accept((sy_str){c->ws_key, strlen(c->ws_key)}, want);
+    if (!acc || acc->value.len != 28 || memcmp(f->buf + acc->value.off, want, 28) != 0)
+      return 0;
+  }
+  return 1;
+}
+
+static int cb_resp_headers_complete(llhttp_t *p) {
+  sy_conn *c = flow_conn(p);
+  sy_flow *f = &c->rs;
+  f->head.major = p->http_major;
+  f->head.minor = p->http_minor;
+  f->head.status = p->status_code;
+  f->head_done = 1;
+  int status = p->status_code;
+  sy_resp_opts o = {.via = c->cfg->forwarding.via};
+  if (sy_head_validate(&f->head, f->buf) < 0)
+    return HPE_USER;
+  int skip_body = 0;
+  if (status == 101) {
+    if (!switch_acceptable(c)) {
+      c->bad_101 = 1;
+      return HPE_USER;
+    }
+    o.upgrade = 1;
+    c->switching = 1;
+  } else if (status >= 100 && status < 200) {
+    c->interim = 1;
+  } else {
+    int bodyless = c->is_head_req || status == 204 || status == 304;
+    int framed = (p->flags & (F_CHUNKED | F_CONTENT_LENGTH)) != 0;
+    if (!bodyless && !framed) {
+      /* Delimited by the upstream closing: re-frame for 1.1, close for 1.0. */
+      if (c->http10)
+        c->close_after = 1;
+      else
+        f->chunked_out = 1;
+    } else if (!bodyless && (p->flags & F_CHUNKED)) {
+      if (c->http10)
+        c->close_after = 1;
+      else
+        f->chunked_out = 1;
+    }
+    if (c->client_close)
+      c->close_after = 1;
+    o.chunked = f->chunked_out;
+    o.conn_close = c->close_after;
+    o.keep_alive10 = c->keep_alive10 && !c->close_after;
+    c->status = status;
+    /* llhttp would read a body announced on a 304; RFC 9110 §6.4.1 says none
+     * follows, whatever Content-Length claims. */
+    skip_body = bodyless;
+    c->state = SY_STREAM_RESP_BODY;
+  }
+  sy_buf b = {0};
+  int rc = sy_http_build_response(&b, &f->head, f->buf, &o);
+  if (rc == 0)
+    rc = flow_push_sybuf(f, &b);
+  sy_buf_free(&b);
+  if (rc)
+    return HPE_USER;
+  if (!c->interim)
+    c->resp_head_sent = 1;
+  return skip_body ? 1 : 0;
+}
+
+/* ---- feeding the parsers ----------------------------------------------------- */
+
+static void upstream_feed(sy_conn *c) {
+  sy_flow *f = &c->rs;
+  while (!c->closing && f->pos < f->len && !f->msg_done && !f->writing) {
+    const char *start = f->buf + f->pos;
+    llhttp_errno_t e = llhttp_execute(&f->parser, start, f->len - f->pos);
+    if (e == HPE_OK) {
+      f->pos = f->len;
+    } else if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
+      f->pos = (uint32_t)(llhttp_get_error_pos(&f->parser) - f->buf);
+      if (!f->msg_done) {
+        llhttp_resume(&f->parser); /* end of a 1xx: keep going */
+        continue;
+      }
+    } else {
+      if (c->bad_101)
+        sy_log_error("upstream %s: 101 for a protocol the client did not offer",
+                     c->server ? c->server->addr.text : "?");
+      else
+        sy_log_error("upstream %s: invalid response: %s", c->server ? c->server->addr.text : "?",
+                     llhttp_errno_name(e));
+      local_response(c, 502, 1);
+      return;
+    }
+    if (!f->head_done && f->len - f->head_start > c->cfg->limits.max_header_bytes + 1024) {
+      local_response(c, 502, 1);
+      return;
+    }
+  }
+  if (c->closing)
+    return;
+  if (f->nsegs)
+    timer_arm(c, response_timeout(c));
+  rs_flush(c);
+  upstream_read_update(c);
+}
+
+static void on_upstream_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  sy_link *l = s->data;
+  sy_conn *c = l->c;
+  if (n > 0) {
+    c->rs.len += (uint32_t)n;
+    c->rs.bytes += (uint64_t)n;
+    upstream_feed(c);
+    return;
+  }
+  if (n == 0 || n == UV_ENOBUFS)
+    return;
+  /* EOF or error from the upstream. */
+  uv_read_stop(s);
+  if (n == UV_EOF && llhttp_message_needs_eof(&c->rs.parser) && c->rs.head_done) {
+    llhttp_finish(&c->rs.parser);
+    rs_flush(c);
+    return;
+  }
+  sy_log_error("upstream %s: connection closed before the response ended",
+               c->server ? c->server->addr.text : "?");
+  if (!c->resp_head_sent)
+    local_response(c, 502, 1);
+  else
+    conn_close(c);
+}
+
+static void client_feed(sy_conn *c) {
+  sy_flow *f = &c->rq;
+  /* After a resume the parser may owe callbacks that need no further byte
+   * (message end of a bodiless request), hence one run even on no input. */
+  int kick = f->head_done && c->state != SY_READ_HEAD;
+  while (!c->closing && (f->pos < f->len || kick) && !f->writing && !f->msg_done) {
+    kick = 0;
+    if (c->state == SY_CONNECT)
+      return;
+    if (c->state == SY_READ_HEAD && f->head_done)
+      return;
+    const char *start = f->buf ? f->buf + f->pos : "";
+    llhttp_errno_t e = llhttp_execute(&f->parser, start, f->len - f->pos);
+    uint32_t before = f->pos;
+    if (e == HPE_OK) {
+      f->pos = f->len;
+    } else if (e == HPE_PAUSED_UPGRADE && !f->msg_done) {
+      /* The previous request offered an upgrade that did not happen: the
+       * connection is plain HTTP again. */
+      f->pos = (uint32_t)(llhttp_get_error_pos(&f->parser) - f->buf);
+      llhttp_resume_after_upgrade(&f->parser);
+      continue;
+    } else if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
+      f->pos = (uint32_t)(llhttp_get_error_pos(&f->parser) - f->buf);
+    } else {
+      int st = f->head.too_many ? 431 : 400;
+      if (c->state != SY_READ_HEAD) {
+        /* A broken body after the head went upstream: nothing to resync. */
+        if (!c->resp_head_sent)
+          local_response(c, 400, 1);
+        else
+          conn_close(c);
+        return;
+      }
+      if (!c->method[0]) {
+        size_t mn = f->head.method.len < 15 ? f->head.method.len : 15;
+        memcpy(c->method, f->buf + f->head.method.off, mn);
+        c->method[mn] = 0;
+        if (!mn)
+          memcpy(c->method, "-", 2);
+      }
+      local_response(c, st, 1);
+      return;
+    }
+    c->bytes_in += f->pos - before;
+    if (c->state == SY_READ_HEAD) {
+      if (f->pos - f->head_start > c->cfg->limits.max_header_bytes ||
+          (!f->head_done && f->len - f->head_start > c->cfg->limits.max_header_bytes)) {
+        memcpy(c->method, "-", 2);
+        local_response(c, 431, 1);
+        return;
+      }
+      if (f->head_done) {
+        timer_arm(c, 0);
+        route_request(c);
+        return;
+      }
+    }
+  }
+  if (c->closing)
+    return;
+  if (c->rq.discard) {
+    f->nsegs = 0;
+    f->scratch.len = 0;
+    flow_compact(f);
+    if (f->msg_done) {
+      maybe_finish(c);
+      return;
+    }
+  } else {
+    if (f->nsegs && c->state != SY_READ_HEAD)
+      timer_arm(c, response_timeout(c));
+    rq_flush(c);
+  }
+  client_read_update(c);
+}
+
+/* ---- client side ---------------------------------------------------------- */
+
+static void on_client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+
+static void client_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
+  sy_conn *c = h->data;
+  uint32_t cap = SY_FLOW_BUF;
+  if (c->cfg->limits.max_header_bytes + 1 > cap)
+    cap = (uint32_t)c->cfg->limits.max_header_bytes + 1;
+  if (flow_alloc(&c->rq, cap) < 0 || c->rq.len == c->rq.cap) {
+    buf->base = NULL;
+    buf->len = 0;
+    return;
+  }
+  buf->base = c->rq.buf + c->rq.len;
+  buf->len = c->rq.cap - c->rq.len;
+}
+
+static void client_read_update(sy_conn *c) {
+  if (c->closing || c->state == SY_LINGER || c->state == SY_TUNNEL)
+    return;
+  sy_flow *f = &c->rq;
+  int want;
+  if (c->state == SY_READ_HEAD)
+    want = !f->head_done;
+  else if (c->state == SY_CONNECT)
+    want = 0;
+  else /* after the request ends, an upgrade holds the client until the answer */
+    want = !f->msg_done && !f->writing;
+  if (want && f->buf && f->len == f->cap && f->pos == f->len)
+    flow_compact(f);
+  if (want && f->buf && f->len == f->cap)
+    want = 0;
+  if (want)
+    uv_read_start((uv_stream_t *)&c->client, client_alloc, on_client_read);
+  else
+    uv_read_stop((uv_stream_t *)&c->client);
+}
+
+static void on_client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  sy_conn *c = s->data;
+  if (n > 0) {
+    if (c->state == SY_READ_HEAD && c->rq.len == c->rq.head_start && !c->rq.head_done)
+      timer_arm(c, c->cfg->timeouts.header);
+    c->rq.len += (uint32_t)n;
+    client_feed(c);
+    return;
+  }
+  if (n == 0 || n == UV_ENOBUFS)
+    return;
+  uv_read_stop(s);
+  if (c->state == SY_READ_HEAD && c->rq.len == c->rq.pos) {
+    conn_close(c); /* a clean end between requests */
+    return;
+  }
+  if (n == UV_EOF && c->state >= SY_STREAM_BODY && llhttp_message_needs_eof(&c->rq.parser)) {
+    llhttp_finish(&c->rq.parser);
+    rq_flush(c);
+    return;
+  }
+  /* The client left mid-request; nobody is there to read an answer. */
+  conn_close(c);
+}
+
+/* ---- tunnel -------------------------------------------------------------------- */
+
+static void on_tunnel_done(sy_tunnel *t, const sy_tunnel_stats *st, void *arg) {
+  sy_conn *c = arg;
+  c->w->stats.tunnels_open--;
+  log_tunnel(c, st);
+  c->tunnel = NULL;
+  conn_unref(c);
+}
+
+static void start_tunnel(sy_conn *c) {
+  uv_os_fd_t cfd = -1, ufd = -1;
+  uv_fileno((uv_handle_t *)&c->client, &cfd);
+  if (c->link)
+    uv_fileno((uv_handle_t *)&c->link->tcp, &ufd);
+  int dc = cfd >= 0 ? dup(cfd) : -1;
+  int du = ufd >= 0 ? dup(ufd) : -1;
+  c->w->stats.requests++;
+  c->status = 101;
+  log_request(c);
+  if (dc < 0 || du < 0) {
+    if (dc >= 0)
+      close(dc);
+    if (du >= 0)
+      close(du);
+    sy_log_error("tunnel: dup failed: %s", strerror(errno));
+    conn_close(c);
+    return;
+  }
+  /* Bytes read past either head go first, in order. */
+  sy_flow *q = &c->rq, *r = &c->rs;
+  sy_route_cfg const *rt = c->route;
+  sy_tunnel_opts o = {
+      .idle_timeout_ms = route_timeout(c, rt->timeouts.tunnel_idle, c->cfg->timeouts.tunnel_idle),
+      .fin_timeout_ms = route_timeout(c, rt->timeouts.tunnel_fin, c->cfg->timeouts.tunnel_fin),
+      .force_copy = 0,
+  };
+  c->state = SY_TUNNEL;
+  c->w->stats.tunnels++;
+  c->w->stats.tunnels_open++;
+  c->refs++; /* held by the tunnel until its done callback */
+  c->tunnel = sy_tunnel_start(&c->w->loop, c->w->pipes, dc, du, q->buf ? q->buf + q->pos : NULL,
+                              q->buf ? q->len - q->pos : 0, r->buf ? r->buf + r->pos : NULL,
+                              r->buf ? r->len - r->pos : 0, &o, on_tunnel_done, c);
+  if (!c->tunnel) {
+    close(dc);
+    close(du);
+    c->w->stats.tunnels_open--;
+    c->refs--;
+  }
+  flow_free(q);
+  flow_free(r);
+  /* The tunnel owns the duplicates; the libuv handles and buffers go now, so
+   * an idle tunnel holds no user-space buffer. */
+  conn_close(c);
+}
+
+/* ---- accept -------------------------------------------------------------------- */
+
+static void free_unaccepted(uv_handle_t *h) {
+  free(h->data);
+}
+
+void sy_conn_accept(sy_worker *w, sy_listener *l) {
+  sy_conn *c = calloc(1, sizeof(*c));
+  if (!c)
+    return;
+  c->w = w;
+  uv_tcp_init(&w->loop, &c->client);
+  c->client.data = c;
+  c->refs = 1;
+  if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->client) < 0) {
+    c->closing = 1;
+    uv_close((uv_handle_t *)&c->client, free_unaccepted);
+    return;
+  }
+  uv_tcp_nodelay(&c->client, 1);
+  uv_timer_init(&w->loop, &c->timer);
+  c->timer.data = c;
+  c->refs++;
+  c->cfg = sy_config_ref(w->cfg);
+  c->lcfg = l->cfg;
+  c->next = w->conns;
+  if (w->conns)
+    w->conns->prev = c;
+  w->conns = c;
+  w->stats.accepted++;
+  w->stats.conns_open++;
+
+  struct sockaddr_storage ss;
+  int len = sizeof(ss);
+  if (uv_tcp_getpeername(&c->client, (struct sockaddr *)&ss, &len) == 0) {
+    if (ss.ss_family == AF_INET) {
+      struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+      uv_ip4_name(a, c->client_ip, sizeof(c->client_ip));
+      c->client_port = ntohs(a->sin_port);
+    } else if (ss.ss_family == AF_INET6) {
+      struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+      uv_ip6_name(a, c->client_ip, sizeof(c->client_ip));
+      c->client_port = ntohs(a->sin6_port);
+    }
+  }
+  llhttp_init(&c->rq.parser, HTTP_REQUEST, &req_settings);
+  c->rq.parser.data = c;
+  llhttp_init(&c->rs.parser, HTTP_RESPONSE, &resp_settings);
+  c->rs.parser.data = c;
+  sy_head_init(&c->rq.head, 1, c->cfg->limits.max_headers);
+  sy_head_init(&c->rs.head, 0, c->cfg->limits.max_headers);
+  c->state = SY_READ_HEAD;
+  c->t_start = uv_hrtime();
+  timer_arm(c, c->cfg->timeouts.header);
+  client_read_update(c);
+}
+
+void sy_conn_close_all(sy_worker *w) {
+  sy_conn *next;
+  for (sy_conn *c = w->conns; c; c = next) {
+    next = c->next;
+    if (c->tunnel)
+      sy_tunnel_close(c->tunnel, "shutdown");
+    conn_close(c);
+  }
+}

@@ -1,0 +1,430 @@
+#include "switchyard/http.h"
+
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+void sy_head_init(sy_head *h, int is_request, size_t max_fields) {
+  memset(h, 0, sizeof(*h));
+  h->is_request = is_request;
+  h->max_fields = max_fields;
+}
+
+void sy_head_reset(sy_head *h) {
+  sy_field *f = h->fields;
+  size_t cap = h->cap, maxf = h->max_fields;
+  int req = h->is_request;
+  memset(h, 0, sizeof(*h));
+  h->fields = f;
+  h->cap = cap;
+  h->max_fields = maxf;
+  h->is_request = req;
+}
+
+void sy_head_free(sy_head *h) {
+  free(h->fields);
+  h->fields = NULL;
+  h->cap = h->nfields = 0;
+}
+
+void sy_span_extend(sy_span *s, uint32_t off, uint32_t len) {
+  /* llhttp hands a span over in pieces when it straddles reads; the pieces are
+   * adjacent in our buffer, so extending the end is enough. */
+  if (s->len == 0)
+    s->off = off;
+  s->len = off + len - s->off;
+}
+
+int sy_head_on_field(sy_head *h, uint32_t off, uint32_t len) {
+  if (h->nfields == 0 || h->in_value) {
+    if (h->nfields >= h->max_fields) {
+      h->too_many = 1;
+      return -1;
+    }
+    if (h->nfields == h->cap) {
+      size_t ncap = h->cap ? h->cap * 2 : 16;
+      if (ncap > h->max_fields)
+        ncap = h->max_fields;
+      sy_field *nf = realloc(h->fields, ncap * sizeof(*nf));
+      if (!nf)
+        return -1;
+      h->fields = nf;
+      h->cap = ncap;
+    }
+    memset(&h->fields[h->nfields++], 0, sizeof(sy_field));
+    h->in_value = 0;
+  }
+  sy_field *f = &h->fields[h->nfields - 1];
+  sy_span_extend(&f->name, off, len);
+  f->line = f->name;
+  return 0;
+}
+
+int sy_head_on_value(sy_head *h, uint32_t off, uint32_t len) {
+  if (h->nfields == 0)
+    return -1;
+  sy_field *f = &h->fields[h->nfields - 1];
+  h->in_value = 1;
+  sy_span_extend(&f->value, off, len);
+  f->line.len = f->value.off + f->value.len - f->line.off;
+  return 0;
+}
+
+int sy_str_ieq(sy_str a, const char *lit) {
+  size_t n = strlen(lit);
+  return a.len == n && strncasecmp(a.p, lit, n) == 0;
+}
+
+int sy_str_ieq2(sy_str a, sy_str b) {
+  return a.len == b.len && strncasecmp(a.p, b.p, a.len) == 0;
+}
+
+static int is_ows(char c) {
+  return c == ' ' || c == '\t';
+}
+
+int sy_list_each(sy_str v, int (*fn)(sy_str tok, void *arg), void *arg) {
+  size_t i = 0;
+  while (i < v.len) {
+    size_t start = i;
+    while (i < v.len && v.p[i] != ',')
+      i++;
+    size_t end = i;
+    while (start < end && is_ows(v.p[start]))
+      start++;
+    while (end > start && is_ows(v.p[end - 1]))
+      end--;
+    if (end > start) {
+      sy_str tok = {v.p + start, end - start};
+      int r = fn(tok, arg);
+      if (r)
+        return r;
+    }
+    i++; /* skip the comma */
+  }
+  return 0;
+}
+
+static int tok_is(sy_str tok, void *arg) {
+  return sy_str_ieq(tok, (const char *)arg);
+}
+
+int sy_head_lists(const sy_head *h, const char *base, const char *name, const char *token) {
+  for (size_t i = 0; i < h->nfields; i++) {
+    if (sy_str_ieq(sy_span_str(base, h->fields[i].name), name) &&
+        sy_list_each(sy_span_str(base, h->fields[i].value), tok_is, (void *)token))
+      return 1;
+  }
+  return 0;
+}
+
+const sy_field *sy_head_find(const sy_head *h, const char *base, const char *name) {
+  for (size_t i = 0; i < h->nfields; i++)
+    if (sy_str_ieq(sy_span_str(base, h->fields[i].name), name))
+      return &h->fields[i];
+  return NULL;
+}
+
+static const char *const fixed_hop[] = {"connection", "keep-alive",        "proxy-connection",
+                                        "te",         "trailer",           "transfer-encoding",
+                                        "upgrade",    "proxy-authenticate", NULL};
+
+struct named_arg {
+  sy_str name;
+};
+
+static int tok_names(sy_str tok, void *arg) {
+  return sy_str_ieq2(tok, ((struct named_arg *)arg)->name);
+}
+
+int sy_head_is_hop(const sy_head *h, const char *base, sy_str name) {
+  for (const char *const *p = fixed_hop; *p; p++)
+    if (sy_str_ieq(name, *p))
+      return 1;
+  struct named_arg a = {name};
+  for (size_t i = 0; i < h->nfields; i++) {
+    if (sy_str_ieq(sy_span_str(base, h->fields[i].name), "connection") &&
+        sy_list_each(sy_span_str(base, h->fields[i].value), tok_names, &a))
+      return 1;
+  }
+  return 0;
+}
+
+static int is_tchar(unsigned char c) {
+  static const char extra[] = "!#$%&'*+-.^_`|~";
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         (c && strchr(extra, c) != NULL);
+}
+
+/* field-value = VCHAR / obs-text / SP / HTAB: no CR, LF, NUL or other CTL,
+ * which is what splitting and smuggling payloads are made of. */
+static int valid_value_byte(unsigned char c) {
+  return c == '\t' || (c >= 0x20 && c != 0x7f);
+}
+
+int sy_head_validate(const sy_head *h, const char *base) {
+  int hosts = 0;
+  for (size_t i = 0; i < h->nfields; i++) {
+    sy_str n = sy_span_str(base, h->fields[i].name);
+    sy_str v = sy_span_str(base, h->fields[i].value);
+    if (n.len == 0)
+      return -1;
+    for (size_t k = 0; k < n.len; k++)
+      if (!is_tchar((unsigned char)n.p[k]))
+        return -1;
+    for (size_t k = 0; k < v.len; k++)
+      if (!valid_value_byte((unsigned char)v.p[k]))
+        return -1;
+    if (h->is_request && sy_str_ieq(n, "host"))
+      hosts++;
+  }
+  if (h->is_request) {
+    /* RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request; two Hosts are
+     * how routing and the upstream are made to disagree. */
+    if (hosts > 1 || (hosts == 0 && h->major == 1 && h->minor >= 1))
+      return -1;
+  }
+  return 0;
+}
+
+int sy_buf_append(sy_buf *b, const void *p, size_t n) {
+  if (b->len + n > b->cap) {
+    size_t ncap = b->cap ? b->cap : 512;
+    while (ncap < b->len + n)
+      ncap *= 2;
+    char *np = realloc(b->p, ncap);
+    if (!np)
+      return -1;
+    b->p = np;
+    b->cap = ncap;
+  }
+  memcpy(b->p + b->len, p, n);
+  b->len += n;
+  return 0;
+}
+
+int sy_buf_appendf(sy_buf *b, const char *fmt, ...) {
+  char tmp[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+  va_end(ap);
+  if (n < 0 || (size_t)n >= sizeof(tmp))
+    return -1;
+  return sy_buf_append(b, tmp, (size_t)n);
+}
+
+void sy_buf_free(sy_buf *b) {
+  free(b->p);
+  b->p = NULL;
+  b->len = b->cap = 0;
+}
+
+static int append_str(sy_buf *b, sy_str s) {
+  return sy_buf_append(b, s.p, s.len);
+}
+
+#define CRLF "\r\n"
+
+static int append_line(sy_buf *b, const char *base, const sy_field *f) {
+  if (f->value.len == 0) /* no value span: the line is the name and its colon */
+    return sy_buf_append(b, base + f->name.off, f->name.len) | sy_buf_append(b, ":" CRLF, 3);
+  return sy_buf_append(b, base + f->line.off, f->line.len) | sy_buf_append(b, CRLF, 2);
+}
+
+/* Fields a route's Upgrade needs even though the client's Connection names
+ * them (RFC 7540 §3.2: HTTP2-Settings travels with h2c). */
+static int needed_by_upgrade(sy_str name, const sy_fwd_opts *o) {
+  if (!sy_str_ieq(name, "http2-settings"))
+    return 0;
+  for (size_t i = 0; i < o->nupgrades; i++)
+    if (sy_str_ieq(o->upgrades[i], "h2c"))
+      return 1;
+  return 0;
+}
+
+struct ws_filter {
+  sy_buf kept;
+  const sy_fwd_opts *o;
+};
+
+static int ws_keep_tok(sy_str tok, void *arg) {
+  struct ws_filter *wf = arg;
+  for (size_t i = 0; i < wf->o->nws_protocols; i++) {
+    if (sy_str_ieq2(tok, wf->o->ws_protocols[i])) {
+      if (wf->kept.len)
+        sy_buf_append(&wf->kept, ", ", 2);
+      append_str(&wf->kept, tok);
+    }
+  }
+  return 0;
+}
+
+static int append_ws_protocols(sy_buf *out, const sy_head *h, const char *base,
+                               const sy_fwd_opts *o) {
+  struct ws_filter wf = {{0}, o};
+  for (size_t i = 0; i < h->nfields; i++)
+    if (sy_str_ieq(sy_span_str(base, h->fields[i].name), "sec-websocket-protocol"))
+      sy_list_each(sy_span_str(base, h->fields[i].value), ws_keep_tok, &wf);
+  int rc = 0;
+  if (wf.kept.len) {
+    rc |= sy_buf_append(out, "Sec-WebSocket-Protocol: ", 24);
+    rc |= sy_buf_append(out, wf.kept.p, wf.kept.len);
+    rc |= sy_buf_append(out, CRLF, 2);
+  }
+  sy_buf_free(&wf.kept);
+  return rc;
+}
+
+int sy_http_build_request(sy_buf *out, const sy_head *h, const char *base, const sy_fwd_opts *o) {
+  int rc = 0;
+  rc |= append_str(out, sy_span_str(base, h->method));
+  rc |= sy_buf_append(out, " ", 1);
+  rc |= append_str(out, sy_span_str(base, h->target));
+  rc |= sy_buf_append(out, " HTTP/1.1" CRLF, 11);
+  const sy_field *host = sy_head_find(h, base, "host");
+  int ws_written = 0;
+  for (size_t i = 0; i < h->nfields; i++) {
+    const sy_field *f = &h->fields[i];
+    sy_str name = sy_span_str(base, f->name);
+    if (sy_head_is_hop(h, base, name) && !needed_by_upgrade(name, o))
+      continue;
+    if (o->xfproto && sy_str_ieq(name, "x-forwarded-proto"))
+      continue;
+    if (o->xfhost && sy_str_ieq(name, "x-forwarded-host"))
+      continue;
+    if (o->nupgrades && o->ws_protocols_restricted &&
+        sy_str_ieq(name, "sec-websocket-protocol")) {
+      /* The route narrows the offers: one line with what survives, where the
+       * first offer line stood, so the field keeps its place. */
+      if (!ws_written)
+        rc |= append_ws_protocols(out, h, base, o);
+      ws_written = 1;
+      continue;
+    }
+    rc |= append_line(out, base, f);
+  }
+  if (o->nupgrades) {
+    rc |= sy_buf_append(out, "Connection: upgrade", 19);
+    for (size_t i = 0; i < h->nfields; i++) {
+      sy_str name = sy_span_str(base, h->fields[i].name);
+      if (needed_by_upgrade(name, o) && sy_head_is_hop(h, base, name)) {
+        rc |= sy_buf_append(out, ", ", 2);
+        rc |= append_str(out, name);
+        break;
+      }
+    }
+    rc |= sy_buf_append(out, CRLF "Upgrade: ", 11);
+    for (size_t i = 0; i < o->nupgrades; i++) {
+      if (i)
+        rc |= sy_buf_append(out, ", ", 2);
+      rc |= append_str(out, o->upgrades[i]);
+    }
+    rc |= sy_buf_append(out, CRLF, 2);
+  }
+  if (o->chunked)
+    rc |= sy_buf_append(out, "Transfer-Encoding: chunked" CRLF, 28);
+  if (o->xff)
+    rc |= sy_buf_appendf(out, "X-Forwarded-For: %s" CRLF, o->client_ip);
+  if (o->xfproto)
+    rc |= sy_buf_appendf(out, "X-Forwarded-Proto: %s" CRLF, o->proto);
+  if (o->xfhost && host) {
+    rc |= sy_buf_append(out, "X-Forwarded-Host: ", 18);
+    rc |= append_str(out, sy_span_str(base, host->value));
+    rc |= sy_buf_append(out, CRLF, 2);
+  }
+  if (o->via)
+    rc |= sy_buf_append(out, "Via: 1.1 switchyard" CRLF, 21);
+  rc |= sy_buf_append(out, CRLF, 2);
+  return rc ? -1 : 0;
+}
+
+int sy_http_build_response(sy_buf *out, const sy_head *h, const char *base,
+                           const sy_resp_opts *o) {
+  int rc = sy_buf_appendf(out, "HTTP/1.1 %03d ", h->status);
+  rc |= append_str(out, sy_span_str(base, h->reason));
+  rc |= sy_buf_append(out, CRLF, 2);
+  const sy_field *upgrade = NULL;
+  for (size_t i = 0; i < h->nfields; i++) {
+    const sy_field *f = &h->fields[i];
+    sy_str name = sy_span_str(base, f->name);
+    if (o->upgrade && !upgrade && sy_str_ieq(name, "upgrade"))
+      upgrade = f;
+    if (sy_head_is_hop(h, base, name))
+      continue;
+    rc |= append_line(out, base, f);
+  }
+  if (o->upgrade) {
+    rc |= sy_buf_append(out, "Connection: upgrade" CRLF, 21);
+    if (upgrade)
+      rc |= append_line(out, base, upgrade);
+  }
+  if (o->chunked)
+    rc |= sy_buf_append(out, "Transfer-Encoding: chunked" CRLF, 28);
+  if (o->conn_close)
+    rc |= sy_buf_append(out, "Connection: close" CRLF, 19);
+  else if (o->keep_alive10)
+    rc |= sy_buf_append(out, "Connection: keep-alive" CRLF, 24);
+  if (o->via)
+    rc |= sy_buf_append(out, "Via: 1.1 switchyard" CRLF, 21);
+  rc |= sy_buf_append(out, CRLF, 2);
+  return rc ? -1 : 0;
+}
+
+const char *sy_http_reason(int status) {
+  switch (status) {
+  case 101: return "Switching Protocols";
+  case 400: return "Bad Request";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 408: return "Request Timeout";
+  case 413: return "Content Too Large";
+  case 426: return "Upgrade Required";
+  case 431: return "Request Header Fields Too Large";
+  case 500: return "Internal Server Error";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  default: return "Error";
+  }
+}
+
+static const char *error_body(int status) {
+  switch (status) {
+  case 400: return "bad request: the request is not valid HTTP/1.1\n";
+  case 404: return "no route matches this request\n";
+  case 405: return "method not allowed on this proxy\n";
+  case 408: return "request head not received in time\n";
+  case 431: return "request head too large\n";
+  case 502: return "bad gateway: the upstream failed or answered invalidly\n";
+  case 503: return "no upstream server available\n";
+  case 504: return "gateway timeout: the upstream did not answer in time\n";
+  default: return "error\n";
+  }
+}
+
+int sy_http_error(sy_buf *out, int status, int close, const char *extra_headers) {
+  const char *body = error_body(status);
+  return sy_buf_appendf(out,
+                        "HTTP/1.1 %d %s" CRLF "Content-Type: text/plain; charset=utf-8" CRLF
+                        "Content-Length: %zu" CRLF "%s%s" CRLF "%s",
+                        status, sy_http_reason(status), strlen(body),
+                        close ? "Connection: close" CRLF : "", extra_headers ? extra_headers : "",
+                        body);
+}
+
+void sy_ws_accept(sy_str key, char out[29]) {
+  static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int mdlen = 0;
+  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(ctx, EVP_sha1(), NULL);
+  EVP_DigestUpdate(ctx, key.p, key.len);
+  EVP_DigestUpdate(ctx, guid, sizeof(guid) - 1);
+  EVP_DigestFinal_ex(ctx, md, &mdlen);
+  EVP_MD_CTX_free(ctx);
+  EVP_EncodeBlock((unsigned char *)out, md, (int)mdlen);
+}

@@ -1,0 +1,99 @@
+#include "switchyard/pipepool.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+/* The tunnel splices at most this much into an empty pipe, so this capacity is
+ * all it needs; asking for it also undoes a larger /proc/sys/fs/pipe-max-size
+ * default on 64 KiB-page kernels, keeping pinned memory per pipe bounded. */
+#define POOL_PIPE_SIZE (64 * 1024)
+
+struct sy_pipe_pool {
+  size_t max_idle;
+  size_t nidle;
+  uint64_t in_use, created, closed;
+  int idle[][2]; /* LIFO: the most recently used pipe is the most likely cache-hot */
+};
+
+sy_pipe_pool *sy_pipe_pool_new(size_t max_idle) {
+  if (max_idle > (SIZE_MAX - sizeof(sy_pipe_pool)) / sizeof(int[2])) return NULL;
+  sy_pipe_pool *p = calloc(1, sizeof(*p) + max_idle * sizeof(int[2]));
+  if (!p) return NULL;
+  p->max_idle = max_idle;
+  return p;
+}
+
+static void pool_close(sy_pipe_pool *p, int fds[2]) {
+  close(fds[0]);
+  close(fds[1]);
+  fds[0] = fds[1] = -1;
+  p->closed++;
+}
+
+void sy_pipe_pool_free(sy_pipe_pool *p) {
+  if (!p) return;
+  /* A tunnel still holding a pipe would later put it into freed memory. */
+  assert(p->in_use == 0);
+  while (p->nidle > 0) pool_close(p, p->idle[--p->nidle]);
+  free(p);
+}
+
+int sy_pipe_pool_get(sy_pipe_pool *p, int fds[2]) {
+  if (p->nidle > 0) {
+    p->nidle--;
+    fds[0] = p->idle[p->nidle][0];
+    fds[1] = p->idle[p->nidle][1];
+    p->in_use++;
+    return 0;
+  }
+  if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) {
+    fds[0] = fds[1] = -1;
+    return -errno;
+  }
+  /* Best effort: over fs.pipe-user-pages-soft the kernel may refuse, and a smaller
+   * pipe only means shorter splices, not a failure. */
+  (void)fcntl(fds[1], F_SETPIPE_SZ, POOL_PIPE_SIZE);
+  p->created++;
+  p->in_use++;
+  return 0;
+}
+
+void sy_pipe_pool_put(sy_pipe_pool *p, int fds[2]) {
+  assert(p->in_use > 0);
+  p->in_use--;
+#ifndef NDEBUG
+  /* Reusing a pipe with bytes in it would leak one connection's data into
+   * another: worth a syscall in debug builds to catch a caller's accounting bug. */
+  int queued = 0;
+  if (ioctl(fds[0], FIONREAD, &queued) == 0 && queued != 0) {
+    assert(!"sy_pipe_pool_put: pipe not empty");
+    pool_close(p, fds);
+    return;
+  }
+#endif
+  if (p->nidle < p->max_idle) {
+    p->idle[p->nidle][0] = fds[0];
+    p->idle[p->nidle][1] = fds[1];
+    p->nidle++;
+    fds[0] = fds[1] = -1;
+    return;
+  }
+  pool_close(p, fds);
+}
+
+void sy_pipe_pool_drop(sy_pipe_pool *p, int fds[2]) {
+  assert(p->in_use > 0);
+  p->in_use--;
+  pool_close(p, fds);
+}
+
+void sy_pipe_pool_stats_get(const sy_pipe_pool *p, sy_pipe_pool_stats *out) {
+  out->in_use = p->in_use;
+  out->idle = p->nidle;
+  out->created = p->created;
+  out->closed = p->closed;
+}
