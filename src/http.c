@@ -230,8 +230,16 @@ static int append_str(sy_buf *b, sy_str s) {
 #define CRLF "\r\n"
 
 static int append_line(sy_buf *b, const char *base, const sy_field *f) {
-  if (f->value.len == 0) /* no value span: the line is the name and its colon */
-    return sy_buf_append(b, base + f->name.off, f->name.len) | sy_buf_append(b, ":" CRLF, 3);
+  if (f->value.len == 0) {
+    /* llhttp reports no value span for an empty or all-blank value; the line
+     * still ends at its CR/LF in the buffer, so take the bytes up to there. */
+    const char *p = base + f->name.off + f->name.len;
+    const char *q = p + 1; /* past the colon */
+    while (*q == ' ' || *q == '\t')
+      q++;
+    return sy_buf_append(b, base + f->name.off, (size_t)(q - (base + f->name.off))) |
+           sy_buf_append(b, CRLF, 2);
+  }
   return sy_buf_append(b, base + f->line.off, f->line.len) | sy_buf_append(b, CRLF, 2);
 }
 

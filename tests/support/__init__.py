@@ -1,0 +1,1 @@
+"""Helpers shared by Switchyard's integration tests (stdlib only)."""
