@@ -38,7 +38,8 @@ void sy_pipe_pool_free(sy_pipe_pool *p) {
   if (!p) return;
   /* A tunnel still holding a pipe would later put it into freed memory. */
   assert(p->in_use == 0);
-  while (p->nidle > 0) pool_close(p, p->idle[--p->nidle]);
+  while (p->nidle > 0)
+    pool_close(p, p->idle[--p->nidle]);
   free(p);
 }
 

@@ -63,7 +63,7 @@ struct sy_tunnel {
   uv_timer_t timer;
   sy_tunnel_opts opts;
   uint64_t start_ns, end_ns;
-  uint64_t last_active_ms; /* loop time of the last byte moved */
+  uint64_t last_active_ms;  /* loop time of the last byte moved */
   uint64_t fin_deadline_ms; /* 0: no FIN seen yet (or no fin timeout) */
   const char *first_fin;
   const char *closed_by;
@@ -106,6 +106,7 @@ static void tun_dir_count(tun_dir *d, size_t n, int spliced) {
 /* The destination refuses splice: move what the pipe holds into a buffer and go
  * on copying. The pipe holds at most TUN_CHUNK (it is only filled when empty). */
 static int tun_dir_unsplice(tun_dir *d) {
+  assert(d->in_pipe <= TUN_CHUNK && d->off == d->len);
   char *b = malloc(TUN_CHUNK);
   if (!b) return -ENOMEM;
   size_t got = 0;
@@ -169,21 +170,24 @@ static ssize_t tun_dir_fill_copy(tun_dir *d) {
     d->cap = TUN_CHUNK;
   }
   ssize_t n;
-  do n = recv(d->src->fd, d->buf, TUN_CHUNK, 0);
+  do
+    n = recv(d->src->fd, d->buf, TUN_CHUNK, 0);
   while (n < 0 && errno == EINTR);
   d->off = 0;
   d->len = n > 0 ? (size_t)n : 0;
   return n < 0 ? -errno : n;
 }
 
-/* Reads one chunk from src into a freshly borrowed pipe: >0 bytes, 0 at EOF, -errno. */
+/* Reads one chunk from src into the (borrowed) pipe: >0 bytes, 0 at EOF, -errno. */
 static ssize_t tun_dir_fill(tun_dir *d) {
+  assert(!tun_dir_in_flight(d));
   if (d->copy) return tun_dir_fill_copy(d);
   /* Out of fds for a pipe: this chunk goes through a buffer instead of failing
    * the tunnel; the next wakeup tries the pool again. */
   if (d->pipe[0] < 0 && sy_pipe_pool_get(d->t->pool, d->pipe) < 0) return tun_dir_fill_copy(d);
   ssize_t n;
-  do n = splice(d->src->fd, NULL, d->pipe[1], NULL, TUN_CHUNK, TUN_SPLICE_FLAGS);
+  do
+    n = splice(d->src->fd, NULL, d->pipe[1], NULL, TUN_CHUNK, TUN_SPLICE_FLAGS);
   while (n < 0 && errno == EINTR);
   if (n > 0) d->in_pipe = (size_t)n;
   if (n >= 0) return n;
@@ -416,9 +420,9 @@ static int tun_dir_init(sy_tunnel *t, tun_dir *d, tun_end *src, tun_end *dst, co
 }
 
 sy_tunnel *sy_tunnel_start(uv_loop_t *loop, sy_pipe_pool *pool, int client_fd, int upstream_fd,
-                           const char *to_upstream, size_t to_upstream_len,
-                           const char *to_client, size_t to_client_len,
-                           const sy_tunnel_opts *opts, sy_tunnel_done_cb cb, void *arg) {
+                           const char *to_upstream, size_t to_upstream_len, const char *to_client,
+                           size_t to_client_len, const sy_tunnel_opts *opts, sy_tunnel_done_cb cb,
+                           void *arg) {
   if (!loop || !pool || !cb || client_fd < 0 || upstream_fd < 0 || client_fd == upstream_fd) {
     errno = EINVAL;
     return NULL;

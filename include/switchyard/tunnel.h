@@ -64,9 +64,9 @@ typedef void (*sy_tunnel_done_cb)(sy_tunnel *t, const sy_tunnel_stats *st, void 
  * Returns NULL on failure (allocation, or libuv refusing an fd for polling):
  * the fds are then neither closed nor owned, and done_cb is never called. */
 sy_tunnel *sy_tunnel_start(uv_loop_t *loop, sy_pipe_pool *pool, int client_fd, int upstream_fd,
-                           const char *to_upstream, size_t to_upstream_len,
-                           const char *to_client, size_t to_client_len,
-                           const sy_tunnel_opts *opts, sy_tunnel_done_cb cb, void *arg);
+                           const char *to_upstream, size_t to_upstream_len, const char *to_client,
+                           size_t to_client_len, const sy_tunnel_opts *opts, sy_tunnel_done_cb cb,
+                           void *arg);
 
 /* Proxy-initiated close (shutdown, drain): closed_by "proxy", reason as given
  * (copied, at most 31 chars; NULL means "shutdown").
