@@ -3,6 +3,7 @@
  * table driven: each mapping is described by a key_spec table, and one generic
  * walker rejects unknown and duplicate keys before calling the per-key handler. */
 #include "switchyard/config.h"
+#include "switchyard/tls.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -462,6 +463,22 @@ static const key_spec cert_keys[] = {
     [CK_KEY] = {"key", h_str, offsetof(sy_tls_cert, key)},
 };
 
+/* Relative file names are taken from the configuration file's directory, so
+ * a config and its certificates can move together. */
+static int resolve_path(ctx *c, yaml_node_t *v, char **p) {
+  if (!*p || (*p)[0] == '/') return 0;
+  const char *slash = strrchr(c->name, '/');
+  if (!slash) return 0;
+  size_t dl = (size_t)(slash - c->name) + 1, pl = strlen(*p);
+  char *joined = xcalloc(c, v, dl + pl + 1, 1);
+  if (!joined) return -1;
+  memcpy(joined, c->name, dl);
+  memcpy(joined + dl, *p, pl + 1);
+  free(*p);
+  *p = joined;
+  return 0;
+}
+
 static int h_certificates(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_listener_tls *tls = obj;
   if (want_seq(c, v, path, 1) < 0) return -1;
@@ -476,6 +493,14 @@ static int h_certificates(ctx *c, yaml_node_t *v, const char *path, void *obj, s
     if (parse_map(c, item, child, cert_keys, NKEYS(cert_keys), &tls->certs[i], &seen) < 0 ||
         require_keys(c, item, child, cert_keys, seen, (1u << CK_CERT) | (1u << CK_KEY)) < 0)
       return -1;
+    /* A certificate that cannot serve is refused now, at its line, not at
+     * the first handshake. */
+    char why[512];
+    if (resolve_path(c, item, &tls->certs[i].cert) < 0 ||
+        resolve_path(c, item, &tls->certs[i].key) < 0)
+      return -1;
+    if (sy_tls_check_pair(tls->certs[i].cert, tls->certs[i].key, why, sizeof why) < 0)
+      return fail(c, item, "%s: %s", child, why);
   }
   return 0;
 }
@@ -652,6 +677,14 @@ static int h_upstream_tls(ctx *c, yaml_node_t *v, const char *path, void *obj, s
   if (parse_map(c, v, path, upstream_tls_keys, NKEYS(upstream_tls_keys), tls, &seen) < 0) return -1;
   /* A client certificate without its key (or the reverse) cannot be loaded. */
   if (!tls->cert != !tls->key) return fail(c, v, "%s: cert and key must be given together", path);
+  char why[512];
+  if (resolve_path(c, v, &tls->ca) < 0 || resolve_path(c, v, &tls->cert) < 0 ||
+      resolve_path(c, v, &tls->key) < 0)
+    return -1;
+  if (tls->ca && sy_tls_check_ca(tls->ca, why, sizeof why) < 0)
+    return fail(c, map_get(c, v, "ca"), "%s.ca: %s", path, why);
+  if (tls->cert && sy_tls_check_pair(tls->cert, tls->key, why, sizeof why) < 0)
+    return fail(c, map_get(c, v, "cert"), "%s.cert: %s", path, why);
   return 0;
 }
 
@@ -1007,6 +1040,7 @@ static void free_listener(sy_listener_cfg *l) {
   free(l->tls.certs);
   free(l->tls.min_version);
   free(l->tls.ciphers);
+  sy_tls_ctx_free(l->tls_ctx);
 }
 
 static void free_upstream(sy_upstream_cfg *u) {
@@ -1020,6 +1054,7 @@ static void free_upstream(sy_upstream_cfg *u) {
   free(u->tls.cert);
   free(u->tls.key);
   free(u->health.path);
+  sy_tls_ctx_free(u->tls_ctx);
 }
 
 static void free_route(sy_route_cfg *r) {
@@ -1141,6 +1176,29 @@ out:
   return rc;
 }
 
+/* The OpenSSL contexts live in the snapshot, so a reload re-reads every
+ * certificate and a tunnel keeps the context it started with. */
+static int build_tls(sy_config *cfg, sy_config_error *err) {
+  char why[512];
+  for (size_t i = 0; i < cfg->nlisteners; i++) {
+    sy_listener_cfg *l = &cfg->listeners[i];
+    if (!l->tls.enabled) continue;
+    if (!(l->tls_ctx = sy_tls_server_ctx_new(&l->tls, why, sizeof why))) {
+      set_error(err, "%s:%d:%d: listeners[%zu].tls: %s", cfg->path, l->line, l->column, i, why);
+      return -1;
+    }
+  }
+  for (size_t i = 0; i < cfg->nupstreams; i++) {
+    sy_upstream_cfg *u = &cfg->upstreams[i];
+    if (!u->tls.enabled) continue;
+    if (!(u->tls_ctx = sy_tls_client_ctx_new(&u->tls, why, sizeof why))) {
+      set_error(err, "%s: upstreams.%s.tls: %s", cfg->path, u->name, why);
+      return -1;
+    }
+  }
+  return 0;
+}
+
 sy_config *sy_config_load_string(const char *name, const char *yaml, size_t len,
                                  sy_config_error *err) {
   sy_config_error scratch;
@@ -1163,6 +1221,8 @@ sy_config *sy_config_load_string(const char *name, const char *yaml, size_t len,
     rc = parse_root(&c, root);
   }
   yaml_document_delete(&doc);
+  if (rc == 0)
+    rc = build_tls(cfg, err);
   if (rc < 0 && cfg) {
     free_config(cfg);
     cfg = NULL;

@@ -25,6 +25,7 @@
 #include "switchyard/http.h"
 #include "switchyard/log.h"
 #include "switchyard/router.h"
+#include "switchyard/tls.h"
 #include "switchyard/tunnel.h"
 #include "switchyard/upstream.h"
 
@@ -39,6 +40,7 @@ typedef enum sy_state {
   SY_READ_RESP_HEAD,
   SY_STREAM_RESP_BODY,
   SY_TUNNEL,
+  SY_RELAY, /* a switched connection with TLS on a side: copied, not spliced */
   SY_LINGER,
   SY_CLOSED
 } sy_state;
@@ -60,7 +62,8 @@ typedef struct sy_flow {
   uv_buf_t *iov;
   uint32_t iovcap;
   uv_write_t wreq;
-  unsigned writing : 1, msg_done : 1, chunked_out : 1, head_done : 1, discard : 1;
+  sy_buf cipher; /* the batch once encrypted, while its write is in flight */
+  unsigned writing : 1, msg_done : 1, chunked_out : 1, head_done : 1, discard : 1, eof : 1;
   uint64_t bytes; /* read from this flow's source for the current exchange */
 } sy_flow;
 
@@ -95,7 +98,7 @@ struct sy_conn {
   sy_str up_tokens[SY_MAX_UPGRADES];
   size_t nup_tokens;
   char up_store[256];
-  char ws_key[64];
+  char ws_key[128]; /* empty: missing or unusable, so no 101 can verify */
   int check_accept;
 
   /* Response decisions. */
@@ -108,7 +111,22 @@ struct sy_conn {
   char *path;
   uint64_t t_start, bytes_in, bytes_out;
   sy_tunnel *tunnel;
+
+  /* TLS: ctls on the client side (TLS listener, or after an RFC 2817
+   * upgrade), utls towards the upstream. NULL = cleartext. */
+  sy_tls_conn *ctls, *utls;
+  int in_pump;
+  int tls_upgrade_pending; /* 101 sent for Upgrade: TLS/1.x; request resumes after handshake */
+  int tls_upgraded;        /* this connection switched to TLS in place */
+  char proto[32];          /* the protocol the 101 switched to, for the tunnel log */
+
+  /* Relay (TLS tunnel) bookkeeping. */
+  uint64_t relay_start, relay_c2u, relay_u2c;
+  const char *relay_closed_by;
 };
+
+/* Which socket of the connection; per-side code is written once. */
+typedef enum sy_side { SY_CLIENT, SY_UPSTREAM } sy_side;
 
 static void conn_close(sy_conn *c);
 static void client_feed(sy_conn *c);
@@ -120,6 +138,15 @@ static void local_response(sy_conn *c, int status, int close);
 static void conn_unref(sy_conn *c);
 static void client_read_update(sy_conn *c);
 static void upstream_read_update(sy_conn *c);
+static void tls_pump(sy_conn *c, sy_side side);
+static int tls_flush(sy_conn *c, sy_side side);
+static void relay_input(sy_conn *c, sy_side from);
+static void relay_written(sy_conn *c, sy_side from);
+static void relay_eof(sy_conn *c, sy_side from, ssize_t status);
+static void start_relay(sy_conn *c);
+static void route_request(sy_conn *c);
+static void tls_upgrade_start(sy_conn *c);
+static void local_426(sy_conn *c);
 
 static inline sy_conn *flow_conn(llhttp_t *p) {
   return p->data;
@@ -152,6 +179,7 @@ static void flow_release_if_idle(sy_flow *f) {
 
 static void flow_free(sy_flow *f) {
   free(f->buf);
+  sy_buf_free(&f->cipher);
   free(f->segs);
   free(f->iov);
   sy_buf_free(&f->scratch);
@@ -204,7 +232,8 @@ static void flow_compact(sy_flow *f) {
   f->pos = 0;
 }
 
-static int flow_write(sy_conn *c, sy_flow *f, uv_stream_t *dst, uv_write_cb cb) {
+static int flow_write(sy_conn *c, sy_flow *f, uv_stream_t *dst, sy_tls_conn *tls,
+                      uv_write_cb cb) {
   if (f->iovcap < f->nsegs) {
     uv_buf_t *ni = realloc(f->iov, f->nsegs * sizeof(*ni));
     if (!ni)
@@ -219,7 +248,18 @@ static int flow_write(sy_conn *c, sy_flow *f, uv_stream_t *dst, uv_write_cb cb) 
     f->iov[i] = uv_buf_init(base + s->off, s->len);
     total += s->len;
   }
-  int rc = uv_write(&f->wreq, dst, f->iov, f->nsegs, cb);
+  int rc;
+  if (tls) {
+    /* The memory BIO takes the whole batch; what goes out is one buffer of
+     * records, released when the write completes. */
+    f->cipher.len = 0;
+    if (sy_tls_write(tls, f->iov, f->nsegs) < 0 || sy_tls_take_output(tls, &f->cipher) < 0)
+      return UV_EPROTO;
+    uv_buf_t b = uv_buf_init(f->cipher.p, (unsigned)f->cipher.len);
+    rc = uv_write(&f->wreq, dst, &b, 1, cb);
+  } else {
+    rc = uv_write(&f->wreq, dst, f->iov, f->nsegs, cb);
+  }
   if (rc == 0) {
     f->writing = 1;
     c->refs++;
@@ -231,6 +271,7 @@ static int flow_write(sy_conn *c, sy_flow *f, uv_stream_t *dst, uv_write_cb cb) 
 static void flow_batch_done(sy_flow *f) {
   f->nsegs = 0;
   f->scratch.len = 0;
+  sy_buf_free(&f->cipher);
 }
 
 /* ---- timers ---------------------------------------------------------------- */
@@ -241,6 +282,7 @@ static sy_msec_t route_timeout(const sy_conn *c, sy_msec_t route_v, sy_msec_t gl
 }
 
 static void on_timeout(uv_timer_t *t);
+static void relay_end(sy_conn *c, const char *reason);
 
 static void timer_arm(sy_conn *c, sy_msec_t ms) {
   if (ms)
@@ -298,7 +340,7 @@ static void log_tunnel(sy_conn *c, const sy_tunnel_stats *st) {
   sy_buf_append(&b, "{", 1);
   sy_json_time(&b, "time", 0);
   sy_buf_appendf(&b, ",\"type\":\"tunnel\",\"client\":\"%s:%d\"", c->client_ip, c->client_port);
-  sy_json_str(&b, "protocol", c->up_tokens[0].p, c->nup_tokens ? c->up_tokens[0].len : 0, 1);
+  sy_json_str(&b, "protocol", c->proto, strlen(c->proto), 1);
   sy_json_str(&b, "path", c->path, c->path ? strlen(c->path) : 0, 1);
   sy_json_str(&b, "route", rname, rname ? strlen(rname) : 0, 1);
   const char *srv = c->server ? c->server->addr.text : NULL;
@@ -331,6 +373,8 @@ static void conn_free(sy_conn *c) {
   flow_free(&c->rq);
   flow_free(&c->rs);
   free(c->path);
+  sy_tls_conn_free(c->ctls);
+  sy_tls_conn_free(c->utls);
   sy_config_unref(c->cfg);
   free(c);
 }
@@ -357,6 +401,8 @@ static void link_close(sy_conn *c) {
   if (!l)
     return;
   c->link = NULL;
+  sy_tls_conn_free(c->utls);
+  c->utls = NULL;
   uv_close((uv_handle_t *)&l->tcp, on_link_closed);
 }
 
@@ -405,6 +451,10 @@ static void conn_linger(sy_conn *c) {
   flow_free(&c->rq);
   flow_free(&c->rs);
   timer_arm(c, SY_LINGER_MS);
+  if (c->ctls) {
+    sy_tls_shutdown(c->ctls);
+    tls_flush(c, SY_CLIENT);
+  }
   c->sreq.data = c;
   if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->client, on_shutdown) == 0)
     c->refs++;
@@ -442,13 +492,14 @@ static const llhttp_settings_t resp_settings;
 
 /* Both halves done (or the request abandoned): log, then keep-alive or close. */
 static void maybe_finish(sy_conn *c) {
-  if (c->closing || c->state == SY_LINGER || c->state == SY_TUNNEL)
+  if (c->closing || c->state == SY_LINGER || c->state == SY_TUNNEL || c->state == SY_RELAY)
     return;
   if (!c->rs.msg_done || c->rs.writing)
     return;
   if (c->switching) {
+    /* Splice needs both sides in cleartext; TLS on either side is copied. */
     if (!c->rq.writing)
-      start_tunnel(c);
+      (c->ctls || c->utls) ? start_relay(c) : start_tunnel(c);
     return;
   }
   if (!c->rq.msg_done && !c->close_after) {
@@ -491,7 +542,12 @@ static void maybe_finish(sy_conn *c) {
 static void on_rs_written(uv_write_t *req, int status) {
   sy_conn *c = req->data;
   c->rs.writing = 0;
-  if (!c->closing && c->state != SY_LINGER) {
+  if (!c->closing && c->state == SY_RELAY) {
+    if (status < 0)
+      relay_eof(c, SY_CLIENT, status);
+    else
+      relay_written(c, SY_UPSTREAM);
+  } else if (!c->closing && c->state != SY_LINGER) {
     if (status < 0) {
       conn_close(c); /* the client went away */
     } else {
@@ -520,12 +576,21 @@ static void rs_flush(sy_conn *c) {
   c->rs.wreq.data = c;
   for (uint32_t i = 0; i < c->rs.nsegs; i++)
     c->bytes_out += c->rs.segs[i].len;
-  if (flow_write(c, &c->rs, (uv_stream_t *)&c->client, on_rs_written) < 0)
+  if (flow_write(c, &c->rs, (uv_stream_t *)&c->client, c->ctls, on_rs_written) < 0)
     conn_close(c);
 }
 
+static void local_send(sy_conn *c, int status, int close, sy_buf *b);
+
 /* A response the proxy writes itself (errors). */
 static void local_response(sy_conn *c, int status, int close) {
+  sy_buf b = {0};
+  sy_http_error(&b, status, close || c->close_after, NULL);
+  local_send(c, status, close, &b);
+  sy_buf_free(&b);
+}
+
+static void local_send(sy_conn *c, int status, int close, sy_buf *b) {
   if (c->resp_head_sent) {
     /* Part of an upstream response is already out: the only honest signal
      * left is to cut the connection. */
@@ -541,12 +606,9 @@ static void local_response(sy_conn *c, int status, int close) {
     /* Read and drop the rest of the request body so keep-alive can go on. */
     c->rq.discard = 1;
   }
-  sy_buf b = {0};
-  sy_http_error(&b, status, c->close_after, NULL);
   c->rs.nsegs = 0;
   c->rs.scratch.len = 0;
-  flow_push_sybuf(&c->rs, &b);
-  sy_buf_free(&b);
+  flow_push_sybuf(&c->rs, b);
   c->rs.msg_done = 1;
   c->state = SY_STREAM_RESP_BODY;
   timer_arm(c, response_timeout(c));
@@ -561,7 +623,12 @@ static void local_response(sy_conn *c, int status, int close) {
 static void on_rq_written(uv_write_t *req, int status) {
   sy_conn *c = req->data;
   c->rq.writing = 0;
-  if (!c->closing && c->state != SY_LINGER) {
+  if (!c->closing && c->state == SY_RELAY) {
+    if (status < 0)
+      relay_eof(c, SY_UPSTREAM, status);
+    else
+      relay_written(c, SY_CLIENT);
+  } else if (!c->closing && c->state != SY_LINGER) {
     if (status < 0) {
       if (!c->resp_head_sent)
         local_response(c, 502, 1);
@@ -589,7 +656,7 @@ static void rq_flush(sy_conn *c) {
   if (c->rq.nsegs == 0)
     return;
   c->rq.wreq.data = c;
-  if (flow_write(c, &c->rq, (uv_stream_t *)&c->link->tcp, on_rq_written) < 0) {
+  if (flow_write(c, &c->rq, (uv_stream_t *)&c->link->tcp, c->utls, on_rq_written) < 0) {
     if (!c->resp_head_sent)
       local_response(c, 502, 1);
     else
@@ -734,6 +801,7 @@ static void remember_request(sy_conn *c) {
   size_t q = 0;
   while (q < t.len && t.p[q] != '?')
     q++;
+  free(c->path); /* a request resumed after an RFC 2817 upgrade is seen twice */
   c->path = strndup(t.p, q < 2048 ? q : 2048);
   c->is_head_req = f->parser.method == HTTP_HEAD;
   c->http10 = f->head.major == 1 && f->head.minor == 0;
@@ -756,6 +824,37 @@ static void route_request(sy_conn *c) {
   }
   sy_str offered[SY_MAX_UPGRADES];
   size_t noffered = offered_upgrades(c, offered, SY_MAX_UPGRADES);
+  if (c->lcfg->offer_tls_upgrade != SY_TLS_OFFER_OFF) {
+    /* This listener upgrades to TLS itself (RFC 2817): TLS tokens are for
+     * the proxy and never travel upstream. */
+    int offers_tls = 0;
+    size_t k = 0;
+    for (size_t i = 0; i < noffered; i++) {
+      if (offered[i].len >= 4 && strncasecmp(offered[i].p, "TLS/", 4) == 0)
+        offers_tls = 1;
+      else
+        offered[k++] = offered[i];
+    }
+    noffered = k;
+    if (!c->ctls && offers_tls && !c->has_body) {
+      tls_upgrade_start(c);
+      return;
+    }
+    if (!c->ctls && c->lcfg->offer_tls_upgrade == SY_TLS_OFFER_REQUIRED) {
+      local_426(c);
+      return;
+    }
+  }
+  if (c->tls_upgraded && f->parser.method == HTTP_OPTIONS && f->head.target.len == 1 &&
+      f->buf[f->head.target.off] == '*') {
+    /* RFC 2817 §3.2's mandatory upgrade: OPTIONS * carried the switch, and
+     * is answered by the proxy over the new TLS layer. */
+    sy_buf b = {0};
+    sy_buf_appendf(&b, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    local_send(c, 200, 0, &b);
+    sy_buf_free(&b);
+    return;
+  }
 
   sy_header hv[128];
   size_t nh = f->head.nfields < 128 ? f->head.nfields : 128;
@@ -778,6 +877,10 @@ static void route_request(sy_conn *c) {
     local_response(c, 404, !c->has_body ? 0 : 1);
     return;
   }
+  if (c->route->require_tls && !c->ctls) {
+    local_426(c);
+    return;
+  }
   /* Keep only the tokens the route lets through, in the client's order. */
   size_t used = 0;
   for (size_t i = 0; i < noffered && c->nup_tokens < SY_MAX_UPGRADES; i++) {
@@ -791,11 +894,13 @@ static void route_request(sy_conn *c) {
   }
   c->upgrading = c->nup_tokens > 0;
   if (c->upgrading && c->route->ws_check_accept) {
+    /* Checked whatever the client sent: without a usable key no 101 can be
+     * verified, so none is accepted (the client cannot opt out). */
+    c->check_accept = 1;
     const sy_field *k = sy_head_find(&f->head, f->buf, "sec-websocket-key");
     if (k && k->value.len < sizeof(c->ws_key)) {
       memcpy(c->ws_key, f->buf + k->value.off, k->value.len);
       c->ws_key[k->value.len] = 0;
-      c->check_accept = 1;
     }
   }
   c->rr_first = sy_upstream_first((sy_upstream_cfg *)c->route->upstream);
@@ -819,7 +924,7 @@ static int queue_request_head(sy_conn *c) {
       .xfhost = c->cfg->forwarding.x_forwarded_host,
       .via = c->cfg->forwarding.via,
       .client_ip = c->client_ip,
-      .proto = "http",
+      .proto = c->ctls ? "https" : "http",
       .chunked = f->chunked_out,
       .upgrades = c->up_tokens,
       .nupgrades = c->nup_tokens,
@@ -839,9 +944,19 @@ static int queue_request_head(sy_conn *c) {
 
 static void on_upstream_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 
+static void cipher_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
+  /* Records are decrypted straight out of this into the flow's buffer. */
+  buf->base = malloc(16 * 1024 + 512);
+  buf->len = buf->base ? 16 * 1024 + 512 : 0;
+}
+
 static void upstream_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
   sy_link *l = h->data;
   sy_conn *c = l->c;
+  if (c->utls) {
+    cipher_alloc(h, sz, buf);
+    return;
+  }
   if (flow_alloc(&c->rs, SY_FLOW_BUF) < 0 || c->rs.len == c->rs.cap) {
     buf->base = NULL;
     buf->len = 0;
@@ -851,11 +966,25 @@ static void upstream_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
   buf->len = c->rs.cap - c->rs.len;
 }
 
+static int upstream_wants(const sy_conn *c) {
+  if (!c->link || c->closing)
+    return 0;
+  if (c->state == SY_RELAY)
+    return !c->rs.writing && !c->rs.eof && (!c->rs.buf || c->rs.len < c->rs.cap);
+  return !c->rs.writing && !c->rs.msg_done && c->state >= SY_STREAM_BODY &&
+         c->state <= SY_STREAM_RESP_BODY && (!c->rs.buf || c->rs.len < c->rs.cap);
+}
+
 static void upstream_read_update(sy_conn *c) {
   if (!c->link || c->closing)
     return;
-  int want = !c->rs.writing && !c->rs.msg_done && c->state >= SY_STREAM_BODY &&
-             c->state <= SY_STREAM_RESP_BODY && (!c->rs.buf || c->rs.len < c->rs.cap);
+  int want = upstream_wants(c);
+  if (c->utls && !sy_tls_handshake_done(c->utls))
+    want = 1;
+  else if (c->utls && want && sy_tls_has_pending(c->utls))
+    tls_pump(c, SY_UPSTREAM);
+  if (!c->link || c->closing)
+    return;
   if (want)
     uv_read_start((uv_stream_t *)&c->link->tcp, upstream_alloc, on_upstream_read);
   else
@@ -863,6 +992,7 @@ static void upstream_read_update(sy_conn *c) {
 }
 
 static void upstream_failed(sy_conn *c, int timeout);
+static void upstream_ready(sy_conn *c);
 
 static void on_connect(uv_connect_t *req, int status) {
   sy_link *l = req->data;
@@ -879,6 +1009,23 @@ static void on_connect(uv_connect_t *req, int status) {
     return;
   }
   uv_tcp_nodelay(&l->tcp, 1);
+  const sy_upstream_cfg *up = c->route->upstream;
+  if (up->tls_ctx) {
+    const char *sni = up->tls.sni ? up->tls.sni : c->server->addr.host;
+    c->utls = sy_tls_conn_new(up->tls_ctx, 0, sni, up->tls.verify);
+    if (!c->utls) {
+      local_response(c, 500, 1);
+      return;
+    }
+    upstream_read_update(c);
+    tls_pump(c, SY_UPSTREAM); /* the ClientHello; upstream_ready follows the handshake */
+    return;
+  }
+  upstream_ready(c);
+}
+
+/* The upstream connection can carry the request: send the head, then the body. */
+static void upstream_ready(sy_conn *c) {
   c->state = c->rq.msg_done ? SY_READ_RESP_HEAD : SY_STREAM_BODY;
   timer_arm(c, response_timeout(c));
   if (queue_request_head(c) < 0) {
@@ -952,6 +1099,10 @@ static void on_timeout(uv_timer_t *t) {
       conn_close(c);
     }
     break;
+  case SY_RELAY:
+    c->relay_closed_by = "proxy";
+    relay_end(c, (c->rq.eof || c->rs.eof) ? "fin_timeout" : "idle_timeout");
+    break;
   default:
     conn_close(c);
   }
@@ -984,8 +1135,13 @@ static int switch_acceptable(sy_conn *c) {
   sy_list_each(sy_span_str(f->buf, up->value), first_tok, &chosen);
   if (!chosen.len || !token_offered(c, chosen))
     return 0;
+  size_t n = chosen.len < sizeof(c->proto) - 1 ? chosen.len : sizeof(c->proto) - 1;
+  memcpy(c->proto, chosen.p, n);
+  c->proto[n] = 0;
   if (c->check_accept && sy_str_ieq(chosen, "websocket")) {
     const sy_field *acc = sy_head_find(&f->head, f->buf, "sec-websocket-accept");
+    if (!c->ws_key[0])
+      return 0;
     char want[29];
     sy_ws_accept((sy_str){c->ws_key, strlen(c->ws_key)}, want);
     if (!acc || acc->value.len != 28 || memcmp(f->buf + acc->value.off, want, 28) != 0)
@@ -1057,6 +1213,10 @@ static int cb_resp_headers_complete(llhttp_t *p) {
 
 static void upstream_feed(sy_conn *c) {
   sy_flow *f = &c->rs;
+  if (c->state == SY_RELAY) {
+    relay_input(c, SY_UPSTREAM);
+    return;
+  }
   while (!c->closing && f->pos < f->len && !f->msg_done && !f->writing) {
     const char *start = f->buf + f->pos;
     llhttp_errno_t e = llhttp_execute(&f->parser, start, f->len - f->pos);
@@ -1091,19 +1251,25 @@ static void upstream_feed(sy_conn *c) {
   upstream_read_update(c);
 }
 
-static void on_upstream_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
-  sy_link *l = s->data;
-  sy_conn *c = l->c;
-  if (n > 0) {
-    c->rs.len += (uint32_t)n;
-    c->rs.bytes += (uint64_t)n;
-    upstream_feed(c);
+static void upstream_input(sy_conn *c, size_t n) {
+  c->rs.len += (uint32_t)n;
+  c->rs.bytes += (uint64_t)n;
+  upstream_feed(c);
+}
+
+static void upstream_eof(sy_conn *c, ssize_t n) {
+  if (c->link)
+    uv_read_stop((uv_stream_t *)&c->link->tcp);
+  if (c->state == SY_RELAY) {
+    relay_eof(c, SY_UPSTREAM, n);
     return;
   }
-  if (n == 0 || n == UV_ENOBUFS)
+  if (c->state == SY_CONNECT && c->utls) {
+    sy_log_error("upstream %s: TLS handshake failed: connection closed",
+                 c->server ? c->server->addr.text : "?");
+    local_response(c, 502, 1);
     return;
-  /* EOF or error from the upstream. */
-  uv_read_stop(s);
+  }
   if (n == UV_EOF && llhttp_message_needs_eof(&c->rs.parser) && c->rs.head_done) {
     llhttp_finish(&c->rs.parser);
     rs_flush(c);
@@ -1117,8 +1283,33 @@ static void on_upstream_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     conn_close(c);
 }
 
+static void on_upstream_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  sy_link *l = s->data;
+  sy_conn *c = l->c;
+  if (c->utls) {
+    if (n > 0 && sy_tls_feed(c->utls, buf->base, (size_t)n) < 0)
+      n = UV_ENOMEM;
+    free(buf->base);
+    if (n > 0) {
+      tls_pump(c, SY_UPSTREAM);
+      upstream_read_update(c);
+      return;
+    }
+  } else if (n > 0) {
+    upstream_input(c, (size_t)n);
+    return;
+  }
+  if (n == 0 || n == UV_ENOBUFS)
+    return;
+  upstream_eof(c, n);
+}
+
 static void client_feed(sy_conn *c) {
   sy_flow *f = &c->rq;
+  if (c->state == SY_RELAY) {
+    relay_input(c, SY_CLIENT);
+    return;
+  }
   /* After a resume the parser may owe callbacks that need no further byte
    * (message end of a bodiless request), hence one run even on no input. */
   int kick = f->head_done && c->state != SY_READ_HEAD;
@@ -1172,6 +1363,7 @@ static void client_feed(sy_conn *c) {
       if (f->head_done) {
         timer_arm(c, 0);
         route_request(c);
+        client_read_update(c); /* routing decides whether the client is read on */
         return;
       }
     }
@@ -1198,12 +1390,20 @@ static void client_feed(sy_conn *c) {
 
 static void on_client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 
-static void client_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
-  sy_conn *c = h->data;
+static uint32_t client_buf_cap(const sy_conn *c) {
   uint32_t cap = SY_FLOW_BUF;
   if (c->cfg->limits.max_header_bytes + 1 > cap)
     cap = (uint32_t)c->cfg->limits.max_header_bytes + 1;
-  if (flow_alloc(&c->rq, cap) < 0 || c->rq.len == c->rq.cap) {
+  return cap;
+}
+
+static void client_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
+  sy_conn *c = h->data;
+  if (c->ctls) {
+    cipher_alloc(h, sz, buf);
+    return;
+  }
+  if (flow_alloc(&c->rq, client_buf_cap(c)) < 0 || c->rq.len == c->rq.cap) {
     buf->base = NULL;
     buf->len = 0;
     return;
@@ -1212,41 +1412,61 @@ static void client_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
   buf->len = c->rq.cap - c->rq.len;
 }
 
-static void client_read_update(sy_conn *c) {
-  if (c->closing || c->state == SY_LINGER || c->state == SY_TUNNEL)
-    return;
+static int client_wants(sy_conn *c) {
   sy_flow *f = &c->rq;
   int want;
-  if (c->state == SY_READ_HEAD)
+  if (c->state == SY_RELAY)
+    want = !f->writing && !f->eof;
+  else if (c->state == SY_READ_HEAD)
     want = !f->head_done;
   else if (c->state == SY_CONNECT)
     want = 0;
   else /* after the request ends, an upgrade holds the client until the answer */
     want = !f->msg_done && !f->writing;
-  if (want && f->buf && f->len == f->cap && f->pos == f->len)
+  if (want && f->buf && f->len == f->cap && f->pos == f->len && !f->writing && !f->nsegs)
     flow_compact(f);
   if (want && f->buf && f->len == f->cap)
     want = 0;
+  return want;
+}
+
+static void client_read_update(sy_conn *c) {
+  if (c->closing || c->state == SY_LINGER || c->state == SY_TUNNEL)
+    return;
+  int want = client_wants(c);
+  if (c->ctls && !sy_tls_handshake_done(c->ctls))
+    want = 1; /* the handshake needs the socket whatever HTTP wants */
+  else if (c->ctls && want && sy_tls_has_pending(c->ctls))
+    tls_pump(c, SY_CLIENT); /* plaintext OpenSSL already holds comes first */
+  if (c->closing || c->state == SY_LINGER)
+    return;
   if (want)
     uv_read_start((uv_stream_t *)&c->client, client_alloc, on_client_read);
   else
     uv_read_stop((uv_stream_t *)&c->client);
 }
 
-static void on_client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
-  sy_conn *c = s->data;
-  if (n > 0) {
-    if (c->state == SY_READ_HEAD && c->rq.len == c->rq.head_start && !c->rq.head_done)
-      timer_arm(c, c->cfg->timeouts.header);
-    c->rq.len += (uint32_t)n;
-    client_feed(c);
+static void client_input(sy_conn *c, size_t n) {
+  if (c->state == SY_READ_HEAD && c->rq.len == c->rq.head_start && !c->rq.head_done)
+    timer_arm(c, c->cfg->timeouts.header);
+  c->rq.len += (uint32_t)n;
+  client_feed(c);
+}
+
+static void client_eof(sy_conn *c, ssize_t n) {
+  uv_read_stop((uv_stream_t *)&c->client);
+  if (c->state == SY_RELAY) {
+    relay_eof(c, SY_CLIENT, n);
     return;
   }
-  if (n == 0 || n == UV_ENOBUFS)
-    return;
-  uv_read_stop(s);
   if (c->state == SY_READ_HEAD && c->rq.len == c->rq.pos) {
     conn_close(c); /* a clean end between requests */
+    return;
+  }
+  if (n == UV_EOF && c->rq.msg_done && c->state != SY_READ_HEAD) {
+    /* A half-close after a whole request: answer it, then close. An upgrade
+     * carries on: the FIN is still there for the tunnel to read. */
+    c->close_after = 1;
     return;
   }
   if (n == UV_EOF && c->state >= SY_STREAM_BODY && llhttp_message_needs_eof(&c->rq.parser)) {
@@ -1256,6 +1476,348 @@ static void on_client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   }
   /* The client left mid-request; nobody is there to read an answer. */
   conn_close(c);
+}
+
+static void on_client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  sy_conn *c = s->data;
+  if (c->ctls) {
+    if (n > 0 && sy_tls_feed(c->ctls, buf->base, (size_t)n) < 0)
+      n = UV_ENOMEM;
+    free(buf->base);
+    if (n > 0) {
+      tls_pump(c, SY_CLIENT);
+      client_read_update(c);
+      return;
+    }
+  } else if (n > 0) {
+    client_input(c, (size_t)n);
+    return;
+  }
+  if (n == 0 || n == UV_ENOBUFS)
+    return;
+  client_eof(c, n);
+}
+
+/* ---- TLS on either socket ------------------------------------------------------ */
+
+static uv_stream_t *side_stream(sy_conn *c, sy_side side) {
+  if (side == SY_CLIENT)
+    return (uv_stream_t *)&c->client;
+  return c->link ? (uv_stream_t *)&c->link->tcp : NULL;
+}
+
+static sy_tls_conn *side_tls(sy_conn *c, sy_side side) {
+  return side == SY_CLIENT ? c->ctls : c->utls;
+}
+
+static sy_flow *side_flow(sy_conn *c, sy_side side) {
+  return side == SY_CLIENT ? &c->rq : &c->rs;
+}
+
+static const char *side_name(sy_side side) {
+  return side == SY_CLIENT ? "client" : "upstream";
+}
+
+typedef struct sy_raw_write {
+  uv_write_t req;
+  sy_conn *c;
+  sy_buf buf;
+} sy_raw_write;
+
+static void on_raw_written(uv_write_t *req, int status) {
+  sy_raw_write *w = (sy_raw_write *)req;
+  sy_conn *c = w->c;
+  sy_buf_free(&w->buf);
+  free(w);
+  if (status < 0 && !c->closing)
+    conn_close(c);
+  conn_unref(c);
+}
+
+/* Bytes the proxy itself owes a socket (TLS handshake records, alerts, the 101
+ * of an RFC 2817 upgrade), outside the flows' batches; libuv keeps a stream's
+ * writes in order. Takes the buffer. */
+static int raw_write(sy_conn *c, uv_stream_t *st, sy_buf *b) {
+  sy_raw_write *w = calloc(1, sizeof(*w));
+  if (!w)
+    return -1;
+  w->c = c;
+  w->buf = *b;
+  *b = (sy_buf){0};
+  uv_buf_t ub = uv_buf_init(w->buf.p, (unsigned)w->buf.len);
+  if (uv_write(&w->req, st, &ub, 1, on_raw_written) < 0) {
+    sy_buf_free(&w->buf);
+    free(w);
+    return -1;
+  }
+  c->refs++;
+  return 0;
+}
+
+static int tls_flush(sy_conn *c, sy_side side) {
+  sy_tls_conn *t = side_tls(c, side);
+  uv_stream_t *st = side_stream(c, side);
+  if (!t || !st)
+    return 0;
+  sy_buf b = {0};
+  int rc = sy_tls_take_output(t, &b);
+  if (rc == 0 && b.len)
+    rc = raw_write(c, st, &b);
+  sy_buf_free(&b);
+  return rc;
+}
+
+static void tls_handshake_failed(sy_conn *c, sy_side side) {
+  if (side == SY_CLIENT) {
+    sy_log_error("client %s:%d: TLS handshake failed: %s", c->client_ip, c->client_port,
+                 sy_tls_error(c->ctls));
+    conn_close(c);
+  } else {
+    sy_log_error("upstream %s: TLS handshake failed: %s",
+                 c->server ? c->server->addr.text : "?", sy_tls_error(c->utls));
+    local_response(c, 502, 1);
+  }
+}
+
+static void tls_handshake_finished(sy_conn *c, sy_side side) {
+  if (side == SY_UPSTREAM) {
+    upstream_ready(c);
+  } else if (c->tls_upgrade_pending) {
+    c->tls_upgrade_pending = 0;
+    route_request(c); /* the request that asked for TLS is answered over it */
+  }
+}
+
+/* Moves plaintext out of OpenSSL into the side's flow as long as the
+ * connection wants it, driving the handshake first. Guarded against the
+ * re-entry that feeding the parser can cause. */
+static void tls_pump(sy_conn *c, sy_side side) {
+  int bit = 1 << side;
+  if (c->in_pump & bit)
+    return;
+  c->in_pump |= bit;
+  for (int guard = 0; guard < 4096 && !c->closing && c->state != SY_LINGER; guard++) {
+    sy_tls_conn *t = side_tls(c, side);
+    if (!t)
+      break;
+    if (!sy_tls_handshake_done(t)) {
+      int h = sy_tls_handshake(t);
+      if (tls_flush(c, side) < 0) {
+        conn_close(c);
+        break;
+      }
+      if (h < 0) {
+        tls_handshake_failed(c, side);
+        break;
+      }
+      if (h == 0)
+        break;
+      tls_handshake_finished(c, side);
+      continue;
+    }
+    int wants = side == SY_CLIENT ? client_wants(c) : upstream_wants(c);
+    if (!wants)
+      break;
+    sy_flow *f = side_flow(c, side);
+    if (flow_alloc(f, side == SY_CLIENT ? client_buf_cap(c) : SY_FLOW_BUF) < 0) {
+      conn_close(c);
+      break;
+    }
+    int n = sy_tls_read(t, f->buf + f->len, f->cap - f->len);
+    if (tls_flush(c, side) < 0) {
+      conn_close(c);
+      break;
+    }
+    if (n > 0) {
+      if (side == SY_CLIENT)
+        client_input(c, (size_t)n);
+      else
+        upstream_input(c, (size_t)n);
+      continue;
+    }
+    if (n == SY_TLS_CLOSED || n == SY_TLS_ERROR) {
+      if (n == SY_TLS_ERROR)
+        sy_log_error("%s %s: %s", side_name(side),
+                     side == SY_CLIENT ? c->client_ip : (c->server ? c->server->addr.text : "?"),
+                     sy_tls_error(t));
+      if (side == SY_CLIENT)
+        client_eof(c, n == SY_TLS_CLOSED ? UV_EOF : UV_EPROTO);
+      else
+        upstream_eof(c, n == SY_TLS_CLOSED ? UV_EOF : UV_EPROTO);
+    }
+    break;
+  }
+  c->in_pump &= ~bit;
+}
+
+/* RFC 2817 §3.2/§3.3: answer 101, then run the TLS handshake on this very
+ * connection; the request that asked is routed once TLS is up. */
+static void tls_upgrade_start(sy_conn *c) {
+  sy_buf b = {0};
+  sy_buf_appendf(&b, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: TLS/1.0, HTTP/1.1\r\n"
+                     "Connection: Upgrade\r\n\r\n");
+  if (raw_write(c, (uv_stream_t *)&c->client, &b) < 0) {
+    sy_buf_free(&b);
+    conn_close(c);
+    return;
+  }
+  c->ctls = sy_tls_conn_new(c->lcfg->tls_ctx, 1, NULL, 0);
+  if (!c->ctls) {
+    conn_close(c);
+    return;
+  }
+  c->tls_upgrade_pending = 1;
+  c->tls_upgraded = 1;
+  /* Whatever followed the head is already the ClientHello. */
+  sy_flow *f = &c->rq;
+  if (f->len > f->pos) {
+    sy_tls_feed(c->ctls, f->buf + f->pos, f->len - f->pos);
+    f->len = f->pos;
+  }
+  timer_arm(c, c->cfg->timeouts.header);
+  client_read_update(c);
+  tls_pump(c, SY_CLIENT);
+}
+
+static void local_426(sy_conn *c) {
+  sy_buf b = {0};
+  sy_http_426_tls(&b);
+  local_send(c, 426, c->has_body, &b);
+  sy_buf_free(&b);
+}
+
+/* ---- relay: a switched connection with TLS on a side --------------------------- */
+
+static uint64_t *relay_counter(sy_conn *c, sy_side from) {
+  return from == SY_CLIENT ? &c->relay_c2u : &c->relay_u2c;
+}
+
+static void relay_arm(sy_conn *c) {
+  const sy_route_cfg *rt = c->route;
+  if (c->rq.eof || c->rs.eof)
+    return; /* the FIN timer set at the first EOF keeps running */
+  timer_arm(c, route_timeout(c, rt->timeouts.tunnel_idle, c->cfg->timeouts.tunnel_idle));
+}
+
+static void relay_end(sy_conn *c, const char *reason) {
+  if (c->closing)
+    return;
+  sy_tunnel_stats st = {
+      .bytes_c2u = c->relay_c2u,
+      .bytes_u2c = c->relay_u2c,
+      .copied = c->relay_c2u + c->relay_u2c,
+      .duration_ms = (uv_hrtime() - c->relay_start) / 1000000,
+      .closed_by = c->relay_closed_by ? c->relay_closed_by : "proxy",
+      .reason = reason,
+  };
+  c->w->stats.tunnels_open--;
+  log_tunnel(c, &st);
+  conn_close(c);
+}
+
+static void relay_input(sy_conn *c, sy_side from) {
+  sy_flow *f = side_flow(c, from);
+  uint32_t n = f->len - f->pos;
+  if (n && flow_push(f, f->pos, n, 0) < 0) {
+    conn_close(c);
+    return;
+  }
+  f->pos = f->len;
+  *relay_counter(c, from) += n;
+  relay_arm(c);
+  if (from == SY_CLIENT) {
+    rq_flush(c);
+    client_read_update(c);
+  } else {
+    rs_flush(c);
+    upstream_read_update(c);
+  }
+}
+
+static void on_relay_shutdown(uv_shutdown_t *req, int status) {
+  sy_conn *c = req->data;
+  free(req);
+  conn_unref(c);
+}
+
+/* FIN (or close_notify then FIN) towards `to`, once everything for it went. */
+static void relay_shutdown(sy_conn *c, sy_side to) {
+  sy_tls_conn *t = side_tls(c, to);
+  uv_stream_t *st = side_stream(c, to);
+  if (!st)
+    return;
+  if (t) {
+    sy_tls_shutdown(t);
+    tls_flush(c, to);
+  }
+  uv_shutdown_t *req = malloc(sizeof(*req));
+  if (!req)
+    return;
+  req->data = c;
+  if (uv_shutdown(req, st, on_relay_shutdown) == 0)
+    c->refs++;
+  else
+    free(req);
+}
+
+static void relay_maybe_done(sy_conn *c, sy_side from) {
+  sy_flow *f = side_flow(c, from);
+  if (!f->eof || f->writing || f->nsegs || f->pos < f->len)
+    return;
+  relay_shutdown(c, from == SY_CLIENT ? SY_UPSTREAM : SY_CLIENT);
+  if (c->rq.eof && c->rs.eof && !c->rq.writing && !c->rs.writing)
+    relay_end(c, "eof");
+}
+
+static void relay_written(sy_conn *c, sy_side from) {
+  sy_flow *f = side_flow(c, from);
+  flow_compact(f);
+  flow_batch_done(f);
+  flow_release_if_idle(f); /* an idle relay holds no buffer */
+  if (f->pos < f->len)
+    relay_input(c, from);
+  else if (from == SY_CLIENT)
+    client_read_update(c);
+  else
+    upstream_read_update(c);
+  relay_maybe_done(c, from);
+}
+
+static void relay_eof(sy_conn *c, sy_side from, ssize_t status) {
+  if (status != UV_EOF) {
+    c->relay_closed_by = side_name(from);
+    relay_end(c, status == UV_ECONNRESET || status == UV_EPIPE ? "reset" : "error");
+    return;
+  }
+  sy_flow *f = side_flow(c, from);
+  if (f->eof)
+    return;
+  f->eof = 1;
+  if (!c->relay_closed_by)
+    c->relay_closed_by = side_name(from);
+  if (!(c->rq.eof && c->rs.eof)) {
+    const sy_route_cfg *rt = c->route;
+    timer_arm(c, route_timeout(c, rt->timeouts.tunnel_fin, c->cfg->timeouts.tunnel_fin));
+  }
+  relay_maybe_done(c, from);
+}
+
+static void start_relay(sy_conn *c) {
+  c->w->stats.requests++;
+  c->status = 101;
+  log_request(c);
+  c->state = SY_RELAY;
+  c->relay_start = uv_hrtime();
+  c->w->stats.tunnels++;
+  c->w->stats.tunnels_open++;
+  c->rq.msg_done = c->rs.msg_done = 0;
+  c->rq.discard = c->rs.discard = 0;
+  c->rq.chunked_out = c->rs.chunked_out = 0;
+  relay_arm(c);
+  /* Bytes read past either head go first, in order. */
+  relay_input(c, SY_CLIENT);
+  if (!c->closing)
+    relay_input(c, SY_UPSTREAM);
 }
 
 /* ---- tunnel -------------------------------------------------------------------- */
@@ -1368,6 +1930,13 @@ void sy_conn_accept(sy_worker *w, sy_listener *l) {
   sy_head_init(&c->rs.head, 0, c->cfg->limits.max_headers);
   c->state = SY_READ_HEAD;
   c->t_start = uv_hrtime();
+  if (l->cfg->tls_ctx && l->cfg->offer_tls_upgrade == SY_TLS_OFFER_OFF) {
+    c->ctls = sy_tls_conn_new(l->cfg->tls_ctx, 1, NULL, 0);
+    if (!c->ctls) {
+      conn_close(c);
+      return;
+    }
+  }
   timer_arm(c, c->cfg->timeouts.header);
   client_read_update(c);
 }

@@ -361,6 +361,12 @@ int sy_http_build_response(sy_buf *out, const sy_head *h, const char *base,
     sy_str name = sy_span_str(base, f->name);
     if (o->upgrade && !upgrade && sy_str_ieq(name, "upgrade"))
       upgrade = f;
+    /* RFC 9110 §15.5.22: a 426 names the protocols it wants in Upgrade; the
+     * client needs that line, so it passes. */
+    if (h->status == 426 && sy_str_ieq(name, "upgrade")) {
+      rc |= append_line(out, base, f);
+      continue;
+    }
     if (sy_head_is_hop(h, base, name))
       continue;
     rc |= append_line(out, base, f);
@@ -422,6 +428,20 @@ int sy_http_error(sy_buf *out, int status, int close, const char *extra_headers)
                         status, sy_http_reason(status), strlen(body),
                         close ? "Connection: close" CRLF : "", extra_headers ? extra_headers : "",
                         body);
+}
+
+int sy_http_426_tls(sy_buf *out) {
+  static const char body[] =
+      "<!DOCTYPE html>\n<html><head><title>426 Upgrade Required</title></head><body>\n"
+      "<h1>426 Upgrade Required</h1>\n<p>This resource is only served over TLS. Reconnect "
+      "with https://, or upgrade this connection in place (RFC 2817) by sending the request "
+      "with <code>Upgrade: TLS/1.2</code> and <code>Connection: Upgrade</code>.</p>\n"
+      "</body></html>\n";
+  return sy_buf_appendf(out,
+                        "HTTP/1.1 426 Upgrade Required" CRLF "Upgrade: TLS/1.2, HTTP/1.1" CRLF
+                        "Connection: Upgrade" CRLF "Content-Type: text/html; charset=utf-8" CRLF
+                        "Content-Length: %zu" CRLF CRLF "%s",
+                        sizeof(body) - 1, body);
 }
 
 void sy_ws_accept(sy_str key, char out[29]) {

@@ -76,6 +76,17 @@ int main(int argc, char **argv) {
     sy_config_unref(cfg);
     return 1;
   }
+  /* Signal handlers first: a SIGTERM that arrives as soon as the port
+   * accepts must be a clean shutdown, not the default action. */
+  uv_loop_t *loop = uv_default_loop();
+  uv_signal_t sigs[4];
+  int signums[4] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
+  for (int i = 0; i < 4; i++) {
+    uv_signal_init(loop, &sigs[i]);
+    uv_signal_start(&sigs[i], on_signal, signums[i]);
+    uv_unref((uv_handle_t *)&sigs[i]);
+  }
+  uv_ref((uv_handle_t *)&sigs[0]);
   nworkers = cfg->workers ? cfg->workers : uv_available_parallelism();
   workers = calloc(nworkers, sizeof(*workers));
   int rc = 0;
@@ -95,21 +106,12 @@ int main(int argc, char **argv) {
   } else {
     sy_log_info("switchyard %s: %u worker(s), %zu listener(s), config %s", SY_VERSION, nworkers,
                 cfg->nlisteners, path);
-    uv_loop_t *loop = uv_default_loop();
-    uv_signal_t sigs[4];
-    int signums[4] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
-    for (int i = 0; i < 4; i++) {
-      uv_signal_init(loop, &sigs[i]);
-      uv_signal_start(&sigs[i], on_signal, signums[i]);
-      uv_unref((uv_handle_t *)&sigs[i]);
-    }
-    uv_ref((uv_handle_t *)&sigs[0]);
     uv_run(loop, UV_RUN_DEFAULT);
-    for (int i = 0; i < 4; i++)
-      uv_close((uv_handle_t *)&sigs[i], NULL);
-    uv_run(loop, UV_RUN_DEFAULT);
-    uv_loop_close(loop);
   }
+  for (int i = 0; i < 4; i++)
+    uv_close((uv_handle_t *)&sigs[i], NULL);
+  uv_run(loop, UV_RUN_DEFAULT);
+  uv_loop_close(loop);
   for (unsigned i = 0; i < started; i++)
     sy_worker_join(&workers[i]);
   for (unsigned i = 0; i < nworkers; i++)

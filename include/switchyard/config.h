@@ -34,12 +34,15 @@ typedef struct sy_listener_tls {
 
 enum sy_tls_offer { SY_TLS_OFFER_OFF = 0, SY_TLS_OFFER_OPTIONAL, SY_TLS_OFFER_REQUIRED };
 
+struct sy_tls_ctx;
+
 typedef struct sy_listener_cfg {
   char *name; /* defaults to the address text */
   sy_addr addr;
   sy_listener_tls tls;
   enum sy_tls_offer offer_tls_upgrade;
   int line, column; /* where it was declared, for later diagnostics */
+  struct sy_tls_ctx *tls_ctx; /* built by sy_config_load when tls is set; freed with the config */
 } sy_listener_cfg;
 
 typedef struct sy_server_cfg {
@@ -73,6 +76,7 @@ typedef struct sy_upstream_cfg {
   /* The one mutable member: the round-robin cursor, shared by all workers
    * (atomic increments) so balancing is even whichever worker accepted. */
   unsigned rr_next;
+  struct sy_tls_ctx *tls_ctx; /* built by sy_config_load when tls is set */
 } sy_upstream_cfg;
 
 typedef struct sy_header_match {

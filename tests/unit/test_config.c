@@ -88,8 +88,8 @@ static const err_case errors[] = {
     {"listeners:\n  - address: 127.0.0.1:80\n    tls: {certificates: [{cert: a.pem}]}\n",
      "t.yaml:3:26: ", "listeners[0].tls.certificates[0]: missing required key \"key\""},
     {"listeners:\n  - address: 127.0.0.1:80\n"
-     "    tls: {certificates: [{cert: a, key: b}], min_version: TLS1.1}\n",
-     "t.yaml:3:59: ", "listeners[0].tls.min_version: expected TLS1.2 or TLS1.3"},
+     "    tls: {certificates: [{cert: demo.pem, key: demo.key}], min_version: TLS1.1}\n",
+     "t.yaml:3:73: ", "listeners[0].tls.min_version: expected TLS1.2 or TLS1.3"},
     {"listeners:\n  - address: 127.0.0.1:80\n    tls: {certificates: [{cert: a, key: b, x: c}]}\n",
      "t.yaml:3:44: ", "unknown key \"x\" in listeners[0].tls.certificates[0]"},
     /* admin */
@@ -257,7 +257,7 @@ static const char full_yaml[] =
     "    address: '*:8080'\n"
     "    offer_tls_upgrade: required\n"
     "    tls:\n"
-    "      certificates: [{cert: a.pem, key: a.key}, {cert: b.pem, key: b.key}]\n"
+    "      certificates: [{cert: demo.pem, key: demo.key}, {cert: demo.pem, key: demo.key}]\n"
     "      min_version: TLS1.3\n"
     "      ciphers: HIGH\n"
     "  - address: \"[::1]:8443\"\n"
@@ -287,7 +287,7 @@ static const char full_yaml[] =
     "    balance: hash(header:X-User)\n"
     "    servers:\n"
     "      - address: \"[::1]:9002\"\n"
-    "    tls: {ca: ca.pem, sni: chat.internal, cert: c.pem, key: c.key}\n"
+    "    tls: {ca: demo.pem, sni: chat.internal, cert: demo.pem, key: demo.key}\n"
     "    health: {interval: 10s}\n"
     "  lc:\n"
     "    balance: least_conn\n"
@@ -317,8 +317,8 @@ START_TEST(test_full) {
   ck_assert_int_eq(l->offer_tls_upgrade, SY_TLS_OFFER_REQUIRED);
   ck_assert_int_eq(l->tls.enabled, 1);
   ck_assert_uint_eq(l->tls.ncerts, 2);
-  ck_assert_str_eq(l->tls.certs[1].cert, "b.pem");
-  ck_assert_str_eq(l->tls.certs[1].key, "b.key");
+  ck_assert_str_eq(l->tls.certs[1].cert, "demo.pem");
+  ck_assert_str_eq(l->tls.certs[1].key, "demo.key");
   ck_assert_str_eq(l->tls.min_version, "TLS1.3");
   ck_assert_str_eq(l->tls.ciphers, "HIGH");
 
@@ -354,10 +354,10 @@ START_TEST(test_full) {
   ck_assert_int_eq(chat->servers[0].addr.sa.ss_family, AF_INET6);
   ck_assert_int_eq(chat->tls.enabled, 1);
   ck_assert_int_eq(chat->tls.verify, 1);
-  ck_assert_str_eq(chat->tls.ca, "ca.pem");
+  ck_assert_str_eq(chat->tls.ca, "demo.pem");
   ck_assert_str_eq(chat->tls.sni, "chat.internal");
-  ck_assert_str_eq(chat->tls.cert, "c.pem");
-  ck_assert_str_eq(chat->tls.key, "c.key");
+  ck_assert_str_eq(chat->tls.cert, "demo.pem");
+  ck_assert_str_eq(chat->tls.key, "demo.key");
   ck_assert_int_eq(chat->health.enabled, 1);
   ck_assert_str_eq(chat->health.path, "/");
   ck_assert_uint_eq(chat->health.interval, 10000);
@@ -606,6 +606,15 @@ static Suite *config_suite(void) {
 }
 
 int main(void) {
+  /* Certificates named in the cases are the demo pair, found relative to
+   * the working directory since the cases load from a string. */
+  const char *src = getenv("SY_SOURCE_DIR");
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s/config/tls", src ? src : ".");
+  if (chdir(dir) != 0) {
+    perror(dir);
+    return EXIT_FAILURE;
+  }
   SRunner *sr = srunner_create(config_suite());
   srunner_run_all(sr, CK_NORMAL);
   int failed = srunner_ntests_failed(sr);

@@ -1,0 +1,53 @@
+/* TLS with OpenSSL 3: server contexts (certificates chosen by SNI, ALPN
+ * http/1.1), client contexts for upstreams (verification, SNI, mTLS), and a
+ * memory-BIO bridge so a libuv stream can carry TLS without OpenSSL touching
+ * the socket. */
+#ifndef SWITCHYARD_TLS_H
+#define SWITCHYARD_TLS_H
+
+#include <stddef.h>
+#include <uv.h>
+
+#include "switchyard/config.h"
+#include "switchyard/http.h"
+
+typedef struct sy_tls_ctx sy_tls_ctx; /* an SSL_CTX plus what SNI needs */
+typedef struct sy_tls_conn sy_tls_conn;
+
+/* Config-time checks, so a bad file is refused with the key's line:column:
+ * the pair loads and the key matches the certificate. 0, or -1 with `why`. */
+int sy_tls_check_pair(const char *cert, const char *key, char *why, size_t n);
+int sy_tls_check_ca(const char *ca, char *why, size_t n);
+
+sy_tls_ctx *sy_tls_server_ctx_new(const sy_listener_tls *cfg, char *why, size_t n);
+sy_tls_ctx *sy_tls_client_ctx_new(const sy_upstream_tls *cfg, char *why, size_t n);
+void sy_tls_ctx_free(sy_tls_ctx *ctx);
+
+/* `sni` (client side): name to send and verify; NULL = none. */
+sy_tls_conn *sy_tls_conn_new(sy_tls_ctx *ctx, int server, const char *sni, int verify);
+void sy_tls_conn_free(sy_tls_conn *t);
+
+/* Ciphertext in from the socket. 0 or -1 (allocation). */
+int sy_tls_feed(sy_tls_conn *t, const char *data, size_t n);
+
+enum { SY_TLS_AGAIN = 0, SY_TLS_ERROR = -1, SY_TLS_CLOSED = -2 };
+/* Plaintext out: >0 bytes, SY_TLS_AGAIN (needs more ciphertext, or handshake
+ * in progress), SY_TLS_CLOSED (close_notify), SY_TLS_ERROR. Drives the
+ * handshake too. */
+int sy_tls_read(sy_tls_conn *t, char *out, size_t cap);
+/* Runs the handshake as far as the bytes fed so far allow: 1 done, 0 again, -1 error. */
+int sy_tls_handshake(sy_tls_conn *t);
+/* Plaintext in (all of it is accepted; the output BIO grows). 0 or -1. */
+int sy_tls_write(sy_tls_conn *t, const uv_buf_t *bufs, unsigned nbufs);
+/* Queue a close_notify. */
+void sy_tls_shutdown(sy_tls_conn *t);
+/* Ciphertext waiting to go to the socket, appended to `out`. */
+int sy_tls_take_output(sy_tls_conn *t, sy_buf *out);
+/* Plaintext already decrypted and buffered inside OpenSSL, or ciphertext fed
+ * but not yet processed: the caller should call sy_tls_read again. */
+int sy_tls_has_pending(sy_tls_conn *t);
+/* Last error, for logs ("certificate verify failed: ...", "handshake: ..."). */
+const char *sy_tls_error(sy_tls_conn *t);
+int sy_tls_handshake_done(sy_tls_conn *t);
+
+#endif

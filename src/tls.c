@@ -1,0 +1,382 @@
+#include "switchyard/tls.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+typedef struct sy_tls_cert_ctx {
+  SSL_CTX *ctx;
+  char **names; /* DNS names of the certificate, lower-case; "*.x" wildcards kept */
+  size_t nnames;
+} sy_tls_cert_ctx;
+
+struct sy_tls_ctx {
+  int server;
+  sy_tls_cert_ctx *certs; /* server: one context per certificate, [0] the default */
+  size_t ncerts;
+  SSL_CTX *client; /* client side */
+};
+
+struct sy_tls_conn {
+  SSL *ssl;
+  BIO *rbio, *wbio; /* owned by ssl */
+  char err[160];
+};
+
+static void openssl_why(char *why, size_t n, const char *what) {
+  unsigned long e = ERR_peek_last_error();
+  char buf[200] = "";
+  if (e)
+    ERR_error_string_n(e, buf, sizeof(buf));
+  snprintf(why, n, "%s%s%s", what, e ? ": " : "", buf);
+  ERR_clear_error();
+}
+
+/* OpenSSL says "system lib" for a missing file; say which file and why. */
+static int readable(const char *what, const char *path, char *why, size_t n) {
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    snprintf(why, n, "cannot open %s \"%s\": %s", what, path, strerror(errno));
+    return 0;
+  }
+  fclose(f);
+  return 1;
+}
+
+int sy_tls_check_pair(const char *cert, const char *key, char *why, size_t n) {
+  if (!readable("certificate", cert, why, n) || !readable("private key", key, why, n))
+    return -1;
+  SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+  int rc = -1;
+  if (!ctx) {
+    openssl_why(why, n, "out of memory");
+    return -1;
+  }
+  if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+    char what[300];
+    snprintf(what, sizeof(what), "cannot load certificate \"%s\"", cert);
+    openssl_why(why, n, what);
+  } else if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+    char what[300];
+    snprintf(what, sizeof(what), "cannot load private key \"%s\"", key);
+    openssl_why(why, n, what);
+  } else if (SSL_CTX_check_private_key(ctx) != 1) {
+    char what[600];
+    snprintf(what, sizeof(what), "private key \"%s\" does not match certificate \"%s\"", key,
+             cert);
+    openssl_why(why, n, what);
+  } else {
+    rc = 0;
+  }
+  SSL_CTX_free(ctx);
+  return rc;
+}
+
+int sy_tls_check_ca(const char *ca, char *why, size_t n) {
+  if (!readable("CA file", ca, why, n))
+    return -1;
+  SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+  int rc = 0;
+  if (!ctx || SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1) {
+    char what[300];
+    snprintf(what, sizeof(what), "cannot load CA file \"%s\"", ca);
+    openssl_why(why, n, what);
+    rc = -1;
+  }
+  SSL_CTX_free(ctx);
+  return rc;
+}
+
+static void add_name(sy_tls_cert_ctx *cc, const char *s, size_t len) {
+  char **nn = realloc(cc->names, (cc->nnames + 1) * sizeof(*nn));
+  if (!nn)
+    return;
+  cc->names = nn;
+  char *d = strndup(s, len);
+  if (!d)
+    return;
+  for (char *p = d; *p; p++)
+    if (*p >= 'A' && *p <= 'Z')
+      *p = (char)(*p - 'A' + 'a');
+  cc->names[cc->nnames++] = d;
+}
+
+/* The names a certificate answers for: its DNS subjectAltNames, else its CN. */
+static void collect_names(sy_tls_cert_ctx *cc) {
+  X509 *x = SSL_CTX_get0_certificate(cc->ctx);
+  if (!x)
+    return;
+  GENERAL_NAMES *gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+  if (gens) {
+    for (int i = 0; i < sk_GENERAL_NAME_num(gens); i++) {
+      GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
+      if (g->type == GEN_DNS)
+        add_name(cc, (const char *)ASN1_STRING_get0_data(g->d.dNSName),
+                 (size_t)ASN1_STRING_length(g->d.dNSName));
+    }
+    GENERAL_NAMES_free(gens);
+  }
+  if (cc->nnames == 0) {
+    char cn[256];
+    if (X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, cn, sizeof(cn)) > 0)
+      add_name(cc, cn, strlen(cn));
+  }
+}
+
+static int name_matches(const char *pattern, const char *host, int wildcard) {
+  if (!wildcard)
+    return strcasecmp(pattern, host) == 0;
+  if (strncmp(pattern, "*.", 2) != 0)
+    return 0;
+  const char *dot = strchr(host, '.');
+  return dot && dot != host && strcasecmp(dot + 1, pattern + 2) == 0;
+}
+
+static int on_servername(SSL *ssl, int *alert, void *arg) {
+  sy_tls_ctx *t = arg;
+  const char *host = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+  if (!host)
+    return SSL_TLSEXT_ERR_NOACK; /* the default certificate answers */
+  /* Exact names win over wildcards, whichever certificate comes first. */
+  for (int wild = 0; wild < 2; wild++)
+    for (size_t i = 0; i < t->ncerts; i++)
+      for (size_t k = 0; k < t->certs[i].nnames; k++)
+        if (name_matches(t->certs[i].names[k], host, wild)) {
+          if (i)
+            SSL_set_SSL_CTX(ssl, t->certs[i].ctx);
+          return SSL_TLSEXT_ERR_OK;
+        }
+  return SSL_TLSEXT_ERR_NOACK;
+}
+
+static int on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                   const unsigned char *in, unsigned int inlen, void *arg) {
+  static const unsigned char ours[] = "\x08http/1.1";
+  unsigned char *sel;
+  if (SSL_select_next_proto(&sel, outlen, ours, sizeof(ours) - 1, in, inlen) !=
+      OPENSSL_NPN_NEGOTIATED)
+    return SSL_TLSEXT_ERR_NOACK; /* this proxy speaks HTTP/1.1 and nothing else */
+  *out = sel;
+  return SSL_TLSEXT_ERR_OK;
+}
+
+static int apply_common(SSL_CTX *ctx, const char *min_version, const char *ciphers, char *why,
+                        size_t n) {
+  int v = (min_version && strcmp(min_version, "TLS1.3") == 0) ? TLS1_3_VERSION : TLS1_2_VERSION;
+  SSL_CTX_set_min_proto_version(ctx, v);
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_RELEASE_BUFFERS);
+  if (ciphers && SSL_CTX_set_cipher_list(ctx, ciphers) != 1 &&
+      SSL_CTX_set_ciphersuites(ctx, ciphers) != 1) {
+    openssl_why(why, n, "invalid cipher list");
+    return -1;
+  }
+  return 0;
+}
+
+sy_tls_ctx *sy_tls_server_ctx_new(const sy_listener_tls *cfg, char *why, size_t n) {
+  sy_tls_ctx *t = calloc(1, sizeof(*t));
+  if (!t)
+    return NULL;
+  t->server = 1;
+  t->certs = calloc(cfg->ncerts ? cfg->ncerts : 1, sizeof(*t->certs));
+  if (!t->certs)
+    goto fail;
+  for (size_t i = 0; i < cfg->ncerts; i++) {
+    sy_tls_cert_ctx *cc = &t->certs[i];
+    cc->ctx = SSL_CTX_new(TLS_server_method());
+    t->ncerts = i + 1;
+    if (!cc->ctx)
+      goto fail;
+    if (SSL_CTX_use_certificate_chain_file(cc->ctx, cfg->certs[i].cert) != 1 ||
+        SSL_CTX_use_PrivateKey_file(cc->ctx, cfg->certs[i].key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(cc->ctx) != 1) {
+      openssl_why(why, n, cfg->certs[i].cert);
+      goto fail;
+    }
+    if (apply_common(cc->ctx, cfg->min_version, cfg->ciphers, why, n) < 0)
+      goto fail;
+    static const unsigned char sid[] = "switchyard";
+    SSL_CTX_set_session_id_context(cc->ctx, sid, sizeof(sid) - 1);
+    SSL_CTX_set_tlsext_servername_callback(cc->ctx, on_servername);
+    SSL_CTX_set_tlsext_servername_arg(cc->ctx, t);
+    SSL_CTX_set_alpn_select_cb(cc->ctx, on_alpn, NULL);
+    collect_names(cc);
+  }
+  return t;
+fail:
+  sy_tls_ctx_free(t);
+  return NULL;
+}
+
+sy_tls_ctx *sy_tls_client_ctx_new(const sy_upstream_tls *cfg, char *why, size_t n) {
+  sy_tls_ctx *t = calloc(1, sizeof(*t));
+  if (!t)
+    return NULL;
+  t->client = SSL_CTX_new(TLS_client_method());
+  if (!t->client || apply_common(t->client, NULL, NULL, why, n) < 0)
+    goto fail;
+  if (cfg->verify) {
+    SSL_CTX_set_verify(t->client, SSL_VERIFY_PEER, NULL);
+    int ok = cfg->ca ? SSL_CTX_load_verify_locations(t->client, cfg->ca, NULL)
+                     : SSL_CTX_set_default_verify_paths(t->client);
+    if (ok != 1) {
+      openssl_why(why, n, "cannot load CA");
+      goto fail;
+    }
+  }
+  if (cfg->cert && (SSL_CTX_use_certificate_chain_file(t->client, cfg->cert) != 1 ||
+                    SSL_CTX_use_PrivateKey_file(t->client, cfg->key, SSL_FILETYPE_PEM) != 1)) {
+    openssl_why(why, n, "cannot load client certificate");
+    goto fail;
+  }
+  static const unsigned char alpn[] = "\x08http/1.1";
+  SSL_CTX_set_alpn_protos(t->client, alpn, sizeof(alpn) - 1);
+  return t;
+fail:
+  sy_tls_ctx_free(t);
+  return NULL;
+}
+
+void sy_tls_ctx_free(sy_tls_ctx *t) {
+  if (!t)
+    return;
+  for (size_t i = 0; i < t->ncerts; i++) {
+    SSL_CTX_free(t->certs[i].ctx);
+    for (size_t k = 0; k < t->certs[i].nnames; k++)
+      free(t->certs[i].names[k]);
+    free(t->certs[i].names);
+  }
+  free(t->certs);
+  SSL_CTX_free(t->client);
+  free(t);
+}
+
+sy_tls_conn *sy_tls_conn_new(sy_tls_ctx *ctx, int server, const char *sni, int verify) {
+  sy_tls_conn *t = calloc(1, sizeof(*t));
+  if (!t)
+    return NULL;
+  t->ssl = SSL_new(server ? ctx->certs[0].ctx : ctx->client);
+  t->rbio = BIO_new(BIO_s_mem());
+  t->wbio = BIO_new(BIO_s_mem());
+  if (!t->ssl || !t->rbio || !t->wbio) {
+    SSL_free(t->ssl);
+    BIO_free(t->rbio);
+    BIO_free(t->wbio);
+    free(t);
+    return NULL;
+  }
+  /* An empty read BIO means "no more for now", not end of file. */
+  BIO_set_mem_eof_return(t->rbio, -1);
+  SSL_set_bio(t->ssl, t->rbio, t->wbio);
+  if (server) {
+    SSL_set_accept_state(t->ssl);
+  } else {
+    SSL_set_connect_state(t->ssl);
+    if (sni) {
+      struct in6_addr a6;
+      struct in_addr a4;
+      int is_ip = inet_pton(AF_INET, sni, &a4) == 1 || inet_pton(AF_INET6, sni, &a6) == 1;
+      if (!is_ip)
+        SSL_set_tlsext_host_name(t->ssl, sni);
+      if (verify) {
+        if (is_ip)
+          X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl), sni);
+        else
+          SSL_set1_host(t->ssl, sni);
+      }
+    }
+  }
+  return t;
+}
+
+void sy_tls_conn_free(sy_tls_conn *t) {
+  if (!t)
+    return;
+  SSL_free(t->ssl);
+  free(t);
+}
+
+int sy_tls_feed(sy_tls_conn *t, const char *data, size_t n) {
+  return BIO_write(t->rbio, data, (int)n) == (int)n ? 0 : -1;
+}
+
+static int fail_with(sy_tls_conn *t, int rc) {
+  int e = SSL_get_error(t->ssl, rc);
+  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+    return SY_TLS_AGAIN;
+  if (e == SSL_ERROR_ZERO_RETURN)
+    return SY_TLS_CLOSED;
+  long vr = SSL_get_verify_result(t->ssl);
+  if (vr != X509_V_OK)
+    snprintf(t->err, sizeof(t->err), "certificate verify failed: %s",
+             X509_verify_cert_error_string(vr));
+  else
+    openssl_why(t->err, sizeof(t->err), "TLS error");
+  ERR_clear_error();
+  return SY_TLS_ERROR;
+}
+
+int sy_tls_handshake(sy_tls_conn *t) {
+  if (SSL_is_init_finished(t->ssl))
+    return 1;
+  int rc = SSL_do_handshake(t->ssl);
+  if (rc == 1)
+    return 1;
+  return fail_with(t, rc) == SY_TLS_AGAIN ? 0 : -1;
+}
+
+int sy_tls_read(sy_tls_conn *t, char *out, size_t cap) {
+  int rc = SSL_read(t->ssl, out, (int)(cap > 1 << 30 ? 1 << 30 : cap));
+  if (rc > 0)
+    return rc;
+  return fail_with(t, rc);
+}
+
+int sy_tls_write(sy_tls_conn *t, const uv_buf_t *bufs, unsigned nbufs) {
+  for (unsigned i = 0; i < nbufs; i++) {
+    size_t off = 0;
+    while (off < bufs[i].len) {
+      int rc = SSL_write(t->ssl, bufs[i].base + off, (int)(bufs[i].len - off));
+      if (rc <= 0) {
+        fail_with(t, rc);
+        return -1;
+      }
+      off += (size_t)rc;
+    }
+  }
+  return 0;
+}
+
+void sy_tls_shutdown(sy_tls_conn *t) {
+  SSL_shutdown(t->ssl);
+  ERR_clear_error();
+}
+
+int sy_tls_take_output(sy_tls_conn *t, sy_buf *out) {
+  char *p;
+  long n = BIO_get_mem_data(t->wbio, &p);
+  if (n <= 0)
+    return 0;
+  if (sy_buf_append(out, p, (size_t)n) < 0)
+    return -1;
+  (void)BIO_reset(t->wbio);
+  return 0;
+}
+
+int sy_tls_has_pending(sy_tls_conn *t) {
+  return SSL_pending(t->ssl) > 0 || BIO_ctrl_pending(t->rbio) > 0;
+}
+
+const char *sy_tls_error(sy_tls_conn *t) {
+  return t->err[0] ? t->err : "TLS error";
+}
+
+int sy_tls_handshake_done(sy_tls_conn *t) {
+  return SSL_is_init_finished(t->ssl);
+}
