@@ -943,6 +943,7 @@ static const key_spec timeout_keys[] = {
     {"client_idle", h_duration_pos, offsetof(sy_timeouts, client_idle)},
     {"tunnel_idle", h_duration_pos, offsetof(sy_timeouts, tunnel_idle)},
     {"tunnel_fin", h_duration_pos, offsetof(sy_timeouts, tunnel_fin)},
+    {"drain", h_duration_pos, offsetof(sy_timeouts, drain)},
 };
 
 static int h_timeouts(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
@@ -993,7 +994,8 @@ static void set_defaults(sy_config *cfg) {
                                 .client_idle = 60000,
                                 .header = 10000,
                                 .tunnel_idle = 3600000,
-                                .tunnel_fin = 30000};
+                                .tunnel_fin = 30000,
+                                .drain = 30000};
   cfg->limits =
       (sy_limits){.max_connections = 100000, .max_header_bytes = 32768, .max_headers = 100};
   cfg->forwarding = (sy_forwarding){1, 1, 1, 1};

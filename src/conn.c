@@ -24,6 +24,7 @@
 
 #include "switchyard/http.h"
 #include "switchyard/log.h"
+#include "switchyard/metrics.h"
 #include "switchyard/router.h"
 #include "switchyard/tls.h"
 #include "switchyard/tunnel.h"
@@ -89,7 +90,8 @@ struct sy_conn {
 
   const sy_route_cfg *route;
   const sy_server_cfg *server;
-  unsigned rr_first, attempt;
+  uint64_t tried;    /* servers of the upstream already tried for this request */
+  uint64_t key_hash; /* hash balancing input */
   int last_err_timeout;
 
   /* What the request head told us that outlives its bytes in the buffer. */
@@ -119,6 +121,10 @@ struct sy_conn {
   int tls_upgrade_pending; /* 101 sent for Upgrade: TLS/1.x; request resumes after handshake */
   int tls_upgraded;        /* this connection switched to TLS in place */
   char proto[32];          /* the protocol the 101 switched to, for the tunnel log */
+  char offered0[32];       /* first upgrade token offered, for metrics */
+  int server_counted;      /* this connection counts in server->active */
+  int link_keeps_count;    /* a splice tunnel holds the count past the link */
+  int link_used;           /* an upstream connection was opened for this request */
 
   /* Relay (TLS tunnel) bookkeeping. */
   uint64_t relay_start, relay_c2u, relay_u2c;
@@ -295,6 +301,73 @@ static sy_msec_t response_timeout(const sy_conn *c) {
   return route_timeout(c, c->route ? c->route->timeouts.response : 0, c->cfg->timeouts.response);
 }
 
+/* ---- metrics ------------------------------------------------------------------ */
+
+static void route_label(const sy_conn *c, sy_buf *b) {
+  char idx[32];
+  const char *r = "";
+  if (c->route) {
+    r = c->route->name;
+    if (!r) {
+      snprintf(idx, sizeof(idx), "#%zu", c->route->index);
+      r = idx;
+    }
+  }
+  sy_metrics_label(b, "route", r, strlen(r));
+}
+
+static void count_request(sy_conn *c) {
+  static const char *const classes[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
+  sy_buf b = {0};
+  route_label(c, &b);
+  const char *cls = c->status >= 100 && c->status < 600 ? classes[c->status / 100 - 1] : "other";
+  sy_metrics_label(&b, "class", cls, strlen(cls));
+  sy_buf_append(&b, "", 1);
+  sy_metrics_add(c->w->metrics, "switchyard_requests_total", b.p, 1);
+  sy_buf_free(&b);
+  if (!c->offered0[0])
+    return;
+  /* Upgrades: switched, refused by the upstream, or rejected by the proxy
+   * (a route that allows none of the tokens, or a 101 that failed checks). */
+  const char *outcome = c->switching                        ? "switched"
+                        : (c->bad_101 || !c->upgrading)     ? "rejected"
+                        : c->resp_head_sent && c->link_used ? "refused"
+                                                            : "rejected";
+  const char *proto = c->switching ? c->proto : c->offered0;
+  sy_buf u = {0};
+  sy_metrics_label(&u, "protocol", proto, strlen(proto));
+  sy_metrics_label(&u, "outcome", outcome, strlen(outcome));
+  sy_buf_append(&u, "", 1);
+  sy_metrics_add(c->w->metrics, "switchyard_upgrades_total", u.p, 1);
+  sy_buf_free(&u);
+}
+
+static void count_tunnel(sy_conn *c, int delta, const sy_tunnel_stats *st) {
+  sy_buf b = {0};
+  route_label(c, &b);
+  sy_metrics_label(&b, "protocol", c->proto, strlen(c->proto));
+  sy_buf_append(&b, "", 1);
+  sy_metrics *m = c->w->metrics;
+  sy_metrics_add(m, "switchyard_tunnels_open", b.p, delta);
+  if (delta > 0)
+    sy_metrics_add(m, "switchyard_tunnels_total", b.p, 1);
+  sy_buf_free(&b);
+  if (st) {
+    sy_metrics_add(m, "switchyard_tunnel_bytes_total", "direction=\"to_upstream\"",
+                   (int64_t)st->bytes_c2u);
+    sy_metrics_add(m, "switchyard_tunnel_bytes_total", "direction=\"to_client\"",
+                   (int64_t)st->bytes_u2c);
+    sy_metrics_add(m, "switchyard_tunnel_spliced_bytes_total", NULL, (int64_t)st->spliced);
+    sy_metrics_add(m, "switchyard_tunnel_copied_bytes_total", NULL, (int64_t)st->copied);
+  }
+}
+
+static void server_count(sy_conn *c, int delta) {
+  if (!c->server)
+    return;
+  __atomic_add_fetch(&((sy_server_cfg *)c->server)->active, delta, __ATOMIC_RELAXED);
+}
+
 /* ---- access log ------------------------------------------------------------ */
 
 static void log_request(sy_conn *c) {
@@ -369,7 +442,7 @@ static void conn_free(sy_conn *c) {
     w->conns = c->next;
   if (c->next)
     c->next->prev = c->prev;
-  w->stats.conns_open--;
+  sy_metrics_add(w->metrics, "switchyard_connections_open", NULL, -1);
   flow_free(&c->rq);
   flow_free(&c->rs);
   free(c->path);
@@ -377,6 +450,7 @@ static void conn_free(sy_conn *c) {
   sy_tls_conn_free(c->utls);
   sy_config_unref(c->cfg);
   free(c);
+  sy_worker_conn_gone(w);
 }
 
 static void conn_unref(sy_conn *c) {
@@ -403,6 +477,10 @@ static void link_close(sy_conn *c) {
   c->link = NULL;
   sy_tls_conn_free(c->utls);
   c->utls = NULL;
+  if (c->server_counted && !c->link_keeps_count) {
+    c->server_counted = 0;
+    server_count(c, -1);
+  }
   uv_close((uv_handle_t *)&l->tcp, on_link_closed);
 }
 
@@ -467,7 +545,7 @@ static void conn_linger(sy_conn *c) {
 static void reset_exchange(sy_conn *c) {
   c->route = NULL;
   c->server = NULL;
-  c->attempt = 0;
+  c->tried = 0;
   c->last_err_timeout = 0;
   c->is_head_req = c->client_close = c->http10 = c->keep_alive10 = c->has_body = 0;
   c->upgrading = 0;
@@ -476,6 +554,8 @@ static void reset_exchange(sy_conn *c) {
   c->check_accept = 0;
   c->close_after = c->status = c->resp_head_sent = c->interim = c->bad_101 = 0;
   c->switching = 0;
+  c->offered0[0] = 0;
+  c->link_used = 0;
   c->method[0] = 0;
   free(c->path);
   c->path = NULL;
@@ -509,7 +589,7 @@ static void maybe_finish(sy_conn *c) {
      * resynchronised, so this connection ends with the response. */
     c->close_after = 1;
   }
-  c->w->stats.requests++;
+  count_request(c);
   log_request(c);
   link_close(c);
   if (c->close_after || c->w->stopping) {
@@ -811,6 +891,39 @@ static void remember_request(sy_conn *c) {
                 !((f->parser.flags & F_CONTENT_LENGTH) && f->parser.content_length == 0);
 }
 
+/* hash(header:X), hash(cookie:NAME) or hash(client): what keeps a user on
+ * one server. A missing header or cookie hashes as empty (one server). */
+static uint64_t balance_key(sy_conn *c) {
+  const sy_upstream_cfg *up = c->route->upstream;
+  if (up->balance != SY_BALANCE_HASH || !up->hash_key)
+    return 0;
+  sy_flow *f = &c->rq;
+  const char *k = up->hash_key;
+  if (strncmp(k, "header:", 7) == 0) {
+    const sy_field *h = sy_head_find(&f->head, f->buf, k + 7);
+    return h ? sy_hash_bytes(f->buf + h->value.off, h->value.len) : 0;
+  }
+  if (strncmp(k, "cookie:", 7) == 0) {
+    size_t nl = strlen(k + 7);
+    for (size_t i = 0; i < f->head.nfields; i++) {
+      if (!sy_str_ieq(sy_span_str(f->buf, f->head.fields[i].name), "cookie"))
+        continue;
+      sy_str v = sy_span_str(f->buf, f->head.fields[i].value);
+      for (size_t p = 0; p + nl < v.len; p++) {
+        if ((p == 0 || v.p[p - 1] == ' ' || v.p[p - 1] == ';') &&
+            memcmp(v.p + p, k + 7, nl) == 0 && v.p[p + nl] == '=') {
+          size_t e = p + nl + 1;
+          while (e < v.len && v.p[e] != ';')
+            e++;
+          return sy_hash_bytes(v.p + p + nl + 1, e - p - nl - 1);
+        }
+      }
+    }
+    return 0;
+  }
+  return sy_hash_bytes(c->client_ip, strlen(c->client_ip)); /* hash(client) */
+}
+
 static void route_request(sy_conn *c) {
   sy_flow *f = &c->rq;
   remember_request(c);
@@ -824,6 +937,11 @@ static void route_request(sy_conn *c) {
   }
   sy_str offered[SY_MAX_UPGRADES];
   size_t noffered = offered_upgrades(c, offered, SY_MAX_UPGRADES);
+  if (noffered) {
+    size_t n0 = offered[0].len < sizeof(c->offered0) - 1 ? offered[0].len : sizeof(c->offered0) - 1;
+    memcpy(c->offered0, offered[0].p, n0);
+    c->offered0[n0] = 0;
+  }
   if (c->lcfg->offer_tls_upgrade != SY_TLS_OFFER_OFF) {
     /* This listener upgrades to TLS itself (RFC 2817): TLS tokens are for
      * the proxy and never travel upstream. */
@@ -903,7 +1021,7 @@ static void route_request(sy_conn *c) {
       c->ws_key[k->value.len] = 0;
     }
   }
-  c->rr_first = sy_upstream_first((sy_upstream_cfg *)c->route->upstream);
+  c->key_hash = balance_key(c);
   start_connect(c);
 }
 
@@ -1010,6 +1128,7 @@ static void on_connect(uv_connect_t *req, int status) {
   }
   uv_tcp_nodelay(&l->tcp, 1);
   const sy_upstream_cfg *up = c->route->upstream;
+  sy_upstream_report((sy_upstream_cfg *)up, (sy_server_cfg *)c->server, 1, uv_now(&c->w->loop));
   if (up->tls_ctx) {
     const char *sni = up->tls.sni ? up->tls.sni : c->server->addr.host;
     c->utls = sy_tls_conn_new(up->tls_ctx, 0, sni, up->tls.verify);
@@ -1039,12 +1158,16 @@ static void upstream_ready(sy_conn *c) {
 }
 
 static void start_connect(sy_conn *c) {
-  const sy_upstream_cfg *up = c->route->upstream;
-  const sy_server_cfg *s = sy_upstream_server(up, c->rr_first, c->attempt);
-  if (!s) {
-    local_response(c, c->last_err_timeout ? 504 : 502, 0);
+  sy_upstream_cfg *up = (sy_upstream_cfg *)c->route->upstream;
+  int i = sy_upstream_pick(up, c->tried, c->key_hash, uv_now(&c->w->loop));
+  if (i < 0) {
+    if (i == SY_PICK_ALL_DOWN)
+      sy_log_error("upstream %s: no server is up", up->name);
+    local_response(c, i == SY_PICK_ALL_DOWN ? 503 : c->last_err_timeout ? 504 : 502, 0);
     return;
   }
+  c->tried |= 1ull << i;
+  const sy_server_cfg *s = &up->servers[i];
   c->server = s;
   c->state = SY_CONNECT;
   sy_link *l = calloc(1, sizeof(*l));
@@ -1058,6 +1181,9 @@ static void start_connect(sy_conn *c) {
   l->creq.data = l;
   c->refs++; /* the link handle */
   c->link = l;
+  c->link_used = 1;
+  c->server_counted = 1;
+  server_count(c, 1);
   int rc = uv_tcp_connect(&l->creq, &l->tcp, (const struct sockaddr *)&s->addr.sa, on_connect);
   if (rc < 0) {
     link_close(c);
@@ -1072,8 +1198,10 @@ static void upstream_failed(sy_conn *c, int timeout) {
   c->last_err_timeout = timeout;
   sy_log_error("upstream %s: %s", c->server ? c->server->addr.text : "?",
                timeout ? "connect timed out" : "connect failed");
-  c->attempt++;
-  start_connect(c);
+  if (c->server)
+    sy_upstream_report((sy_upstream_cfg *)c->route->upstream, (sy_server_cfg *)c->server, 0,
+                       uv_now(&c->w->loop));
+  start_connect(c); /* the next server: no byte of the request was sent yet */
 }
 
 static void on_timeout(uv_timer_t *t) {
@@ -1710,7 +1838,7 @@ static void relay_end(sy_conn *c, const char *reason) {
       .closed_by = c->relay_closed_by ? c->relay_closed_by : "proxy",
       .reason = reason,
   };
-  c->w->stats.tunnels_open--;
+  count_tunnel(c, -1, &st);
   log_tunnel(c, &st);
   conn_close(c);
 }
@@ -1803,13 +1931,12 @@ static void relay_eof(sy_conn *c, sy_side from, ssize_t status) {
 }
 
 static void start_relay(sy_conn *c) {
-  c->w->stats.requests++;
   c->status = 101;
+  count_request(c);
   log_request(c);
   c->state = SY_RELAY;
   c->relay_start = uv_hrtime();
-  c->w->stats.tunnels++;
-  c->w->stats.tunnels_open++;
+  count_tunnel(c, 1, NULL);
   c->rq.msg_done = c->rs.msg_done = 0;
   c->rq.discard = c->rs.discard = 0;
   c->rq.chunked_out = c->rs.chunked_out = 0;
@@ -1824,9 +1951,13 @@ static void start_relay(sy_conn *c) {
 
 static void on_tunnel_done(sy_tunnel *t, const sy_tunnel_stats *st, void *arg) {
   sy_conn *c = arg;
-  c->w->stats.tunnels_open--;
+  count_tunnel(c, -1, st);
   log_tunnel(c, st);
   c->tunnel = NULL;
+  if (c->server_counted) {
+    c->server_counted = 0;
+    server_count(c, -1);
+  }
   conn_unref(c);
 }
 
@@ -1837,8 +1968,8 @@ static void start_tunnel(sy_conn *c) {
     uv_fileno((uv_handle_t *)&c->link->tcp, &ufd);
   int dc = cfd >= 0 ? dup(cfd) : -1;
   int du = ufd >= 0 ? dup(ufd) : -1;
-  c->w->stats.requests++;
   c->status = 101;
+  count_request(c);
   log_request(c);
   if (dc < 0 || du < 0) {
     if (dc >= 0)
@@ -1858,8 +1989,7 @@ static void start_tunnel(sy_conn *c) {
       .force_copy = 0,
   };
   c->state = SY_TUNNEL;
-  c->w->stats.tunnels++;
-  c->w->stats.tunnels_open++;
+  count_tunnel(c, 1, NULL);
   c->refs++; /* held by the tunnel until its done callback */
   c->tunnel = sy_tunnel_start(&c->w->loop, c->w->pipes, dc, du, q->buf ? q->buf + q->pos : NULL,
                               q->buf ? q->len - q->pos : 0, r->buf ? r->buf + r->pos : NULL,
@@ -1867,8 +1997,10 @@ static void start_tunnel(sy_conn *c) {
   if (!c->tunnel) {
     close(dc);
     close(du);
-    c->w->stats.tunnels_open--;
+    count_tunnel(c, -1, NULL);
     c->refs--;
+  } else {
+    c->link_keeps_count = 1; /* the tunnel is still a connection to the server */
   }
   flow_free(q);
   flow_free(r);
@@ -1880,7 +2012,10 @@ static void start_tunnel(sy_conn *c) {
 /* ---- accept -------------------------------------------------------------------- */
 
 static void free_unaccepted(uv_handle_t *h) {
-  free(h->data);
+  sy_conn *c = h->data;
+  sy_worker *w = c->w;
+  free(c);
+  sy_worker_conn_gone(w);
 }
 
 void sy_conn_accept(sy_worker *w, sy_listener *l) {
@@ -1906,8 +2041,8 @@ void sy_conn_accept(sy_worker *w, sy_listener *l) {
   if (w->conns)
     w->conns->prev = c;
   w->conns = c;
-  w->stats.accepted++;
-  w->stats.conns_open++;
+  sy_metrics_add(w->metrics, "switchyard_connections_accepted_total", NULL, 1);
+  sy_metrics_add(w->metrics, "switchyard_connections_open", NULL, 1);
 
   struct sockaddr_storage ss;
   int len = sizeof(ss);
@@ -1941,12 +2076,27 @@ void sy_conn_accept(sy_worker *w, sy_listener *l) {
   client_read_update(c);
 }
 
+void sy_conn_drain_all(sy_worker *w) {
+  sy_conn *next;
+  for (sy_conn *c = w->conns; c; c = next) {
+    next = c->next;
+    /* Between requests: nothing to finish. In flight: maybe_finish closes
+     * after the response (w->stopping). Tunnels: left to the drain timer. */
+    if (c->state == SY_READ_HEAD && !c->rq.head_done && c->rq.len == c->rq.pos)
+      conn_close(c);
+  }
+}
+
 void sy_conn_close_all(sy_worker *w) {
   sy_conn *next;
   for (sy_conn *c = w->conns; c; c = next) {
     next = c->next;
     if (c->tunnel)
       sy_tunnel_close(c->tunnel, "shutdown");
+    if (c->state == SY_RELAY) {
+      c->relay_closed_by = "proxy";
+      relay_end(c, "shutdown");
+    }
     conn_close(c);
   }
 }

@@ -1,4 +1,4 @@
-/* switchyard: command line, signals, workers. */
+/* switchyard: command line, signals, reload, workers, admin listener. */
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -7,20 +7,35 @@
 #include <sys/resource.h>
 #include <uv.h>
 
+#include "switchyard/admin.h"
 #include "switchyard/config.h"
+#include "switchyard/health.h"
 #include "switchyard/log.h"
 #include "switchyard/worker.h"
 
 #define SY_VERSION "0.1.0"
 
-static sy_worker *workers;
-static unsigned nworkers;
+typedef struct sy_main {
+  const char *path;
+  uv_loop_t *loop;
+  sy_worker *workers;
+  unsigned nworkers;
+  sy_admin_state admin_state;
+  sy_admin *admin;
+  sy_health *health;
+  uv_signal_t sigs[6];
+  uv_work_t reaper; /* joins the workers off the loop, so signals still work */
+  int stopping;
+} sy_main;
+
+static sy_main M;
 
 static void usage(FILE *out) {
   fprintf(out, "usage: switchyard [-c FILE] [-t] [-v]\n"
                "  -c FILE  configuration (default /etc/switchyard/switchyard.yaml)\n"
                "  -t       check the configuration and exit (0 valid, 1 invalid)\n"
-               "  -v       print the version and exit\n");
+               "  -v       print the version and exit\n"
+               "signals: HUP reload, TERM/INT drain and exit, QUIT exit now, USR1 reopen log\n");
 }
 
 static void raise_nofile(void) {
@@ -32,23 +47,90 @@ static void raise_nofile(void) {
   }
 }
 
-static void on_signal(uv_signal_t *s, int signum) {
-  if (signum == SIGHUP) {
-    sy_log_info("SIGHUP: reload is not implemented yet; configuration unchanged");
+/* Parsing and validation happen here, on the main thread, off every worker's
+ * loop; a bad file changes nothing. */
+static void reload(void) {
+  sy_config_error err;
+  sy_config *cfg = sy_config_load(M.path, &err);
+  if (!cfg) {
+    M.admin_state.reloads_failed++;
+    sy_log_error("reload refused, running configuration kept: %s", err.msg);
     return;
   }
-  sy_log_info("signal %d: shutting down", signum);
-  for (unsigned i = 0; i < nworkers; i++)
-    sy_worker_stop(&workers[i]);
-  uv_stop(s->loop);
+  for (unsigned i = 0; i < M.nworkers; i++)
+    sy_worker_reload(&M.workers[i], cfg);
+  sy_health_stop(M.health);
+  M.health = sy_health_start(M.loop, cfg, M.admin_state.main);
+  sy_config_unref(M.admin_state.cfg);
+  M.admin_state.cfg = cfg;
+  if (sy_access_log_open(cfg->access_log) < 0)
+    sy_log_error("reload: access log unchanged");
+  M.admin_state.reloads_ok++;
+  M.admin_state.generation++;
+  sy_log_info("reloaded %s (generation %llu)", M.path,
+              (unsigned long long)M.admin_state.generation);
+}
+
+static void join_workers(uv_work_t *req) {
+  for (unsigned i = 0; i < M.nworkers; i++)
+    sy_worker_join(&M.workers[i]);
+}
+
+static void workers_joined(uv_work_t *req, int status) {
+  sy_health_stop(M.health);
+  M.health = NULL;
+  sy_admin_stop(M.admin);
+  M.admin = NULL;
+  for (int i = 0; i < 6; i++)
+    if (!uv_is_closing((uv_handle_t *)&M.sigs[i]))
+      uv_close((uv_handle_t *)&M.sigs[i], NULL);
+}
+
+/* Stops the workers; the admin listener answers (readyz: draining) and the
+ * signal handlers stay (a SIGQUIT cuts a drain short) until they are gone. */
+static void stop_all(enum sy_stop how) {
+  M.admin_state.draining = 1;
+  for (unsigned i = 0; i < M.nworkers; i++)
+    if (M.workers[i].started)
+      sy_worker_stop(&M.workers[i], how);
+  if (!M.stopping)
+    uv_queue_work(M.loop, &M.reaper, join_workers, workers_joined);
+  M.stopping = 1;
+}
+
+static void on_signal(uv_signal_t *s, int signum) {
+  switch (signum) {
+  case SIGHUP:
+    if (!M.stopping)
+      reload();
+    break;
+  case SIGUSR1:
+    sy_log_info("SIGUSR1: reopening the access log");
+    sy_access_log_open(M.admin_state.cfg->access_log);
+    break;
+  case SIGQUIT:
+    sy_log_info("SIGQUIT: closing every connection now");
+    stop_all(SY_STOP_NOW);
+    break;
+  default:
+    sy_log_info("signal %d: draining (tunnels get %llu ms)", signum,
+                (unsigned long long)M.admin_state.cfg->timeouts.drain);
+    stop_all(SY_DRAIN);
+  }
+}
+
+static void warn_unimplemented(const sy_config *cfg) {
+  for (size_t i = 0; i < cfg->nupstreams; i++)
+    if (cfg->upstreams[i].tls.enabled && !cfg->upstreams[i].tls.verify)
+      sy_log_info("upstream %s: TLS certificate verification is off", cfg->upstreams[i].name);
 }
 
 int main(int argc, char **argv) {
-  const char *path = "/etc/switchyard/switchyard.yaml";
   int check_only = 0, opt;
+  M.path = "/etc/switchyard/switchyard.yaml";
   while ((opt = getopt(argc, argv, "c:tvh")) != -1) {
     switch (opt) {
-    case 'c': path = optarg; break;
+    case 'c': M.path = optarg; break;
     case 't': check_only = 1; break;
     case 'v': printf("switchyard %s\n", SY_VERSION); return 0;
     case 'h': usage(stdout); return 0;
@@ -60,13 +142,13 @@ int main(int argc, char **argv) {
     return 2;
   }
   sy_config_error err;
-  sy_config *cfg = sy_config_load(path, &err);
+  sy_config *cfg = sy_config_load(M.path, &err);
   if (!cfg) {
     fprintf(stderr, "%s\n", err.msg);
     return 1;
   }
   if (check_only) {
-    fprintf(stderr, "%s: configuration ok\n", path);
+    fprintf(stderr, "%s: configuration ok\n", M.path);
     sy_config_unref(cfg);
     return 0;
   }
@@ -76,48 +158,48 @@ int main(int argc, char **argv) {
     sy_config_unref(cfg);
     return 1;
   }
+  warn_unimplemented(cfg);
   /* Signal handlers first: a SIGTERM that arrives as soon as the port
    * accepts must be a clean shutdown, not the default action. */
-  uv_loop_t *loop = uv_default_loop();
-  uv_signal_t sigs[4];
-  int signums[4] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
-  for (int i = 0; i < 4; i++) {
-    uv_signal_init(loop, &sigs[i]);
-    uv_signal_start(&sigs[i], on_signal, signums[i]);
-    uv_unref((uv_handle_t *)&sigs[i]);
+  M.loop = uv_default_loop();
+  int signums[6] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+  for (int i = 0; i < 6; i++) {
+    uv_signal_init(M.loop, &M.sigs[i]);
+    uv_signal_start(&M.sigs[i], on_signal, signums[i]);
   }
-  uv_ref((uv_handle_t *)&sigs[0]);
-  nworkers = cfg->workers ? cfg->workers : uv_available_parallelism();
-  workers = calloc(nworkers, sizeof(*workers));
+  M.admin_state.cfg = cfg;
+  M.admin_state.main = sy_metrics_new();
+  M.nworkers = cfg->workers ? cfg->workers : uv_available_parallelism();
+  M.workers = calloc(M.nworkers, sizeof(*M.workers));
+  M.admin_state.workers = M.workers;
+  M.admin_state.nworkers = M.nworkers;
   int rc = 0;
-  unsigned started = 0;
-  for (unsigned i = 0; i < nworkers && rc == 0; i++) {
-    rc = sy_worker_init(&workers[i], i, cfg);
-    if (rc == 0) {
-      rc = sy_worker_start(&workers[i]);
-      if (rc == 0)
-        started++;
-    }
+  for (unsigned i = 0; i < M.nworkers && rc == 0; i++) {
+    rc = sy_worker_init(&M.workers[i], i, cfg);
+    if (rc == 0)
+      rc = sy_worker_start(&M.workers[i]);
   }
+  if (rc == 0 && cfg->admin_enabled && !(M.admin = sy_admin_start(M.loop, &cfg->admin_addr,
+                                                                   &M.admin_state)))
+    rc = UV_EADDRINUSE;
   if (rc < 0) {
     sy_log_error("start-up failed: %s", uv_strerror(rc));
-    for (unsigned i = 0; i < started; i++)
-      sy_worker_stop(&workers[i]);
+    stop_all(SY_STOP_NOW);
   } else {
-    sy_log_info("switchyard %s: %u worker(s), %zu listener(s), config %s", SY_VERSION, nworkers,
-                cfg->nlisteners, path);
-    uv_run(loop, UV_RUN_DEFAULT);
+    M.health = sy_health_start(M.loop, cfg, M.admin_state.main);
+    sy_log_info("switchyard %s: %u worker(s), %zu listener(s), config %s", SY_VERSION,
+                M.nworkers, cfg->nlisteners, M.path);
   }
-  for (int i = 0; i < 4; i++)
-    uv_close((uv_handle_t *)&sigs[i], NULL);
-  uv_run(loop, UV_RUN_DEFAULT);
-  uv_loop_close(loop);
-  for (unsigned i = 0; i < started; i++)
-    sy_worker_join(&workers[i]);
-  for (unsigned i = 0; i < nworkers; i++)
-    sy_worker_destroy(&workers[i]);
-  free(workers);
+  uv_run(M.loop, UV_RUN_DEFAULT);
+  for (unsigned i = 0; i < M.nworkers; i++)
+    sy_worker_destroy(&M.workers[i]);
+  uv_run(M.loop, UV_RUN_DEFAULT);
+  uv_loop_close(M.loop);
+  free(M.workers);
+  sy_metrics_free(M.admin_state.main);
   sy_access_log_close();
-  sy_config_unref(cfg);
+  sy_config_unref(M.admin_state.cfg);
+  if (rc == 0)
+    sy_log_info("stopped");
   return rc < 0 ? 1 : 0;
 }

@@ -92,9 +92,11 @@ void sy_pipe_pool_drop(sy_pipe_pool *p, int fds[2]) {
   pool_close(p, fds);
 }
 
+/* May be called from another thread (the admin listener): word-sized relaxed
+ * loads give a value the worker really had, if not a consistent set. */
 void sy_pipe_pool_stats_get(const sy_pipe_pool *p, sy_pipe_pool_stats *out) {
-  out->in_use = p->in_use;
-  out->idle = p->nidle;
-  out->created = p->created;
-  out->closed = p->closed;
+  out->in_use = __atomic_load_n(&p->in_use, __ATOMIC_RELAXED);
+  out->idle = __atomic_load_n(&p->nidle, __ATOMIC_RELAXED);
+  out->created = __atomic_load_n(&p->created, __ATOMIC_RELAXED);
+  out->closed = __atomic_load_n(&p->closed, __ATOMIC_RELAXED);
 }

@@ -63,8 +63,13 @@ int sy_tls_check_pair(const char *cert, const char *key, char *why, size_t n) {
     snprintf(what, sizeof(what), "cannot load certificate \"%s\"", cert);
     openssl_why(why, n, what);
   } else if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
-    char what[300];
-    snprintf(what, sizeof(what), "cannot load private key \"%s\"", key);
+    char what[600];
+    /* OpenSSL checks the pair while loading the key: say it plainly. */
+    if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH)
+      snprintf(what, sizeof(what), "private key \"%s\" does not match certificate \"%s\"", key,
+               cert);
+    else
+      snprintf(what, sizeof(what), "cannot load private key \"%s\"", key);
     openssl_why(why, n, what);
   } else if (SSL_CTX_check_private_key(ctx) != 1) {
     char what[600];

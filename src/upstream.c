@@ -1,29 +1,105 @@
 #include "switchyard/upstream.h"
 
-static unsigned total_weight(const sy_upstream_cfg *up) {
-  unsigned t = 0;
-  for (size_t i = 0; i < up->nservers; i++)
-    t += up->servers[i].weight ? up->servers[i].weight : 1;
-  return t;
+#include "switchyard/log.h"
+
+uint64_t sy_hash_bytes(const void *p, size_t n) {
+  const unsigned char *b = p;
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < n; i++)
+    h = (h ^ b[i]) * 1099511628211ull;
+  return h;
 }
 
-unsigned sy_upstream_first(sy_upstream_cfg *up) {
-  /* Weighted round-robin over a virtual list where server i appears weight_i
-   * times; the cursor is shared by every worker. */
-  unsigned t = total_weight(up);
-  unsigned slot = __atomic_fetch_add(&up->rr_next, 1, __ATOMIC_RELAXED) % (t ? t : 1);
+static unsigned weight(const sy_server_cfg *s) {
+  return s->weight ? s->weight : 1;
+}
+
+static int usable(sy_server_cfg *s, uint64_t now_ms) {
+  if (!__atomic_load_n(&s->down, __ATOMIC_RELAXED))
+    return 1;
+  /* A passively ejected server (no active check to revive it) gets a new
+   * chance once its rest is over. */
+  uint64_t until = __atomic_load_n(&s->down_until_ms, __ATOMIC_RELAXED);
+  return until && now_ms >= until;
+}
+
+/* Weighted slot -> server: server i owns weight_i consecutive slots. */
+static int slot_server(const sy_upstream_cfg *up, uint64_t slot) {
+  unsigned total = 0;
+  for (size_t i = 0; i < up->nservers; i++)
+    total += weight(&up->servers[i]);
+  slot %= total ? total : 1;
   for (size_t i = 0; i < up->nservers; i++) {
-    unsigned w = up->servers[i].weight ? up->servers[i].weight : 1;
+    unsigned w = weight(&up->servers[i]);
     if (slot < w)
-      return (unsigned)i;
+      return (int)i;
     slot -= w;
   }
   return 0;
 }
 
-const sy_server_cfg *sy_upstream_server(const sy_upstream_cfg *up, unsigned first,
-                                        unsigned attempt) {
-  if (attempt >= up->nservers)
-    return NULL;
-  return &up->servers[(first + attempt) % up->nservers];
+int sy_upstream_pick(sy_upstream_cfg *up, uint64_t tried, uint64_t key_hash, uint64_t now_ms) {
+  size_t n = up->nservers < 64 ? up->nservers : 64;
+  int any_up = 0, candidates = 0;
+  for (size_t i = 0; i < n; i++) {
+    int u = usable(&up->servers[i], now_ms);
+    any_up |= u;
+    candidates += u && !(tried & (1ull << i));
+  }
+  if (!any_up)
+    return SY_PICK_ALL_DOWN;
+  if (!candidates)
+    return SY_PICK_NONE_LEFT;
+
+  if (up->balance == SY_BALANCE_LEAST_CONN) {
+    /* Fewest open connections per unit of weight (tunnels count: a WebSocket
+     * fleet's load is its open tunnels); ties go round-robin. */
+    unsigned start = __atomic_fetch_add(&up->rr_next, 1, __ATOMIC_RELAXED);
+    int best = -1;
+    uint64_t best_score = UINT64_MAX;
+    for (size_t k = 0; k < n; k++) {
+      size_t i = (start + k) % n;
+      sy_server_cfg *s = &up->servers[i];
+      if ((tried & (1ull << i)) || !usable(s, now_ms))
+        continue;
+      int a = __atomic_load_n(&s->active, __ATOMIC_RELAXED);
+      uint64_t score = ((uint64_t)(a < 0 ? 0 : a) << 16) / weight(s);
+      if (score < best_score) {
+        best_score = score;
+        best = (int)i;
+      }
+    }
+    return best;
+  }
+  uint64_t slot = up->balance == SY_BALANCE_HASH
+                      ? key_hash
+                      : __atomic_fetch_add(&up->rr_next, 1, __ATOMIC_RELAXED);
+  int first = slot_server(up, slot);
+  /* The preferred server, else the next usable one in order: the same key
+   * keeps landing on the same server while it is up. */
+  for (size_t k = 0; k < n; k++) {
+    size_t i = ((size_t)first + k) % n;
+    if (!(tried & (1ull << i)) && usable(&up->servers[i], now_ms))
+      return (int)i;
+  }
+  return SY_PICK_NONE_LEFT;
+}
+
+void sy_upstream_report(sy_upstream_cfg *up, sy_server_cfg *s, int ok, uint64_t now_ms) {
+  if (ok) {
+    __atomic_store_n(&s->fails, 0, __ATOMIC_RELAXED);
+    /* Back from a passive rest: up again (active checks decide on their own). */
+    if (!up->health.enabled && __atomic_exchange_n(&s->down, 0, __ATOMIC_RELAXED))
+      sy_log_info("upstream %s: server %s is back", up->name, s->addr.text);
+    return;
+  }
+  unsigned limit = up->health.unhealthy ? up->health.unhealthy : 3;
+  int f = __atomic_add_fetch(&s->fails, 1, __ATOMIC_RELAXED);
+  if ((unsigned)f >= limit) {
+    __atomic_store_n(&s->down_until_ms, up->health.enabled ? 0 : now_ms + SY_PASSIVE_REST_MS,
+                     __ATOMIC_RELAXED);
+    if (!__atomic_exchange_n(&s->down, 1, __ATOMIC_RELAXED))
+      sy_log_error("upstream %s: server %s ejected after %d failed connects", up->name,
+                   s->addr.text, f);
+  }
 }

@@ -9,6 +9,12 @@
 #include "switchyard/conn.h"
 #include "switchyard/log.h"
 
+static uint64_t conns_total; /* all workers; atomic */
+
+uint64_t sy_worker_total_conns(void) {
+  return __atomic_load_n(&conns_total, __ATOMIC_RELAXED);
+}
+
 int sy_listen_reuseport(uv_loop_t *loop, uv_tcp_t *tcp, const struct sockaddr *sa, int backlog) {
   int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0)
@@ -17,8 +23,8 @@ int sy_listen_reuseport(uv_loop_t *loop, uv_tcp_t *tcp, const struct sockaddr *s
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
     goto fail;
-  socklen_t len = sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                            : sizeof(struct sockaddr_in);
+  socklen_t len =
+      sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
   if (bind(fd, sa, len) < 0 || listen(fd, backlog) < 0)
     goto fail;
   int rc = uv_tcp_init(loop, tcp);
@@ -35,59 +41,191 @@ fail:;
   return err;
 }
 
+static int at_limit(sy_worker *w) {
+  return sy_worker_total_conns() >= w->cfg->limits.max_connections;
+}
+
+static void accept_one(sy_worker *w, sy_listener *l) {
+  __atomic_add_fetch(&conns_total, 1, __ATOMIC_RELAXED);
+  w->nconns++;
+  sy_conn_accept(w, l);
+}
+
 static void on_accept(uv_stream_t *s, int status) {
   sy_listener *l = s->data;
+  sy_worker *w = l->w;
   if (status < 0) {
+    /* EMFILE and friends: libuv retries on the next readiness; keep serving. */
     sy_log_error("accept on %s: %s", l->cfg->addr.text, uv_strerror(status));
     return;
   }
-  sy_conn_accept(l->w, l);
+  if (at_limit(w)) {
+    /* Not calling uv_accept leaves the connection in the kernel's queue and
+     * makes libuv stop polling this socket until we do: the listener pauses. */
+    if (!l->paused) {
+      l->paused = 1;
+      sy_metrics_add(w->metrics, "switchyard_listener_pauses_total", NULL, 1);
+      sy_log_error("max_connections (%llu) reached: not accepting on %s",
+                   (unsigned long long)w->cfg->limits.max_connections, l->cfg->addr.text);
+    }
+    return;
+  }
+  accept_one(w, l);
+}
+
+static void resume_paused(sy_worker *w) {
+  for (sy_listener *l = w->listeners; l; l = l->next) {
+    if (!l->paused || at_limit(w))
+      continue;
+    l->paused = 0;
+    accept_one(w, l); /* takes the connection libuv held back and resumes polling */
+  }
+}
+
+static int bind_listener(sy_worker *w, const sy_listener_cfg *lc) {
+  sy_listener *l = calloc(1, sizeof(*l));
+  if (!l)
+    return UV_ENOMEM;
+  l->w = w;
+  l->cfg = lc;
+  int rc = sy_listen_reuseport(&w->loop, &l->tcp, (const struct sockaddr *)&lc->addr.sa, 511);
+  if (rc < 0) {
+    sy_log_error("listen on %s: %s", lc->addr.text, uv_strerror(rc));
+    free(l);
+    return rc;
+  }
+  l->tcp.data = l;
+  rc = uv_listen((uv_stream_t *)&l->tcp, 511, on_accept);
+  if (rc < 0) {
+    sy_log_error("listen on %s: %s", lc->addr.text, uv_strerror(rc));
+    uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
+    return rc;
+  }
+  l->next = w->listeners;
+  w->listeners = l;
+  return 0;
+}
+
+static void close_listeners(sy_worker *w) {
+  sy_listener *l = w->listeners;
+  w->listeners = NULL;
+  while (l) {
+    sy_listener *next = l->next;
+    uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free); /* tcp is the first member */
+    l = next;
+  }
+}
+
+static int same_addr(const sy_addr *a, const sy_addr *b) {
+  return a->salen == b->salen && memcmp(&a->sa, &b->sa, a->salen) == 0;
+}
+
+/* A reload keeps the sockets of listeners whose address stays (so nothing
+ * queued in the kernel is lost), binds the new ones and closes the rest. */
+static void apply_listeners(sy_worker *w, sy_config *cfg) {
+  sy_listener *old = w->listeners, *keep = NULL;
+  w->listeners = NULL;
+  for (size_t i = 0; i < cfg->nlisteners; i++) {
+    const sy_listener_cfg *lc = &cfg->listeners[i];
+    sy_listener **pp = &old, *found = NULL;
+    for (; *pp; pp = &(*pp)->next)
+      if (same_addr(&(*pp)->cfg->addr, &lc->addr)) {
+        found = *pp;
+        *pp = found->next;
+        break;
+      }
+    if (found) {
+      found->cfg = lc;
+      found->next = keep;
+      keep = found;
+    } else {
+      sy_listener *saved = w->listeners;
+      w->listeners = NULL;
+      if (bind_listener(w, lc) == 0) {
+        w->listeners->next = keep;
+        keep = w->listeners;
+      }
+      w->listeners = saved;
+    }
+  }
+  w->listeners = old;
+  close_listeners(w);
+  w->listeners = keep;
 }
 
 int sy_worker_init(sy_worker *w, unsigned id, sy_config *cfg) {
   memset(w, 0, sizeof(*w));
   w->id = id;
+  pthread_mutex_init(&w->mu, NULL);
   int rc = uv_loop_init(&w->loop);
   if (rc < 0)
     return rc;
   w->cfg = sy_config_ref(cfg);
   w->pipes = sy_pipe_pool_new(64);
-  w->listeners = calloc(cfg->nlisteners, sizeof(*w->listeners));
-  if (!w->listeners || !w->pipes)
+  w->metrics = sy_metrics_new();
+  if (!w->pipes || !w->metrics)
     return UV_ENOMEM;
-  for (size_t i = 0; i < cfg->nlisteners; i++) {
-    sy_listener *l = &w->listeners[i];
-    l->w = w;
-    l->cfg = &cfg->listeners[i];
-    rc = sy_listen_reuseport(&w->loop, &l->tcp, (const struct sockaddr *)&l->cfg->addr.sa, 511);
-    if (rc < 0) {
-      sy_log_error("listen on %s: %s", l->cfg->addr.text, uv_strerror(rc));
+  uv_timer_init(&w->loop, &w->drain_timer);
+  w->drain_timer.data = w;
+  for (size_t i = 0; i < cfg->nlisteners; i++)
+    if ((rc = bind_listener(w, &cfg->listeners[i])) < 0)
       return rc;
-    }
-    l->open = 1;
-    w->nlisteners = i + 1;
-    l->tcp.data = l;
-    rc = uv_listen((uv_stream_t *)&l->tcp, 511, on_accept);
-    if (rc < 0)
-      return rc;
-  }
   return 0;
 }
 
-static void close_walk(uv_handle_t *h, void *arg) {
-  if (!uv_is_closing(h))
-    uv_close(h, NULL);
+static void finish_if_drained(sy_worker *w) {
+  if (w->stopping && !w->conns) {
+    if (!uv_is_closing((uv_handle_t *)&w->drain_timer))
+      uv_close((uv_handle_t *)&w->drain_timer, NULL);
+    if (!uv_is_closing((uv_handle_t *)&w->wakeup))
+      uv_close((uv_handle_t *)&w->wakeup, NULL);
+  }
+}
+
+void sy_worker_conn_gone(sy_worker *w) {
+  __atomic_sub_fetch(&conns_total, 1, __ATOMIC_RELAXED);
+  w->nconns--;
+  if (w->stopping)
+    finish_if_drained(w);
+  else
+    resume_paused(w);
+}
+
+static void on_drain_timeout(uv_timer_t *t) {
+  sy_worker *w = t->data;
+  if (w->conns)
+    sy_log_info("worker %u: drain timeout, closing %llu connection(s)", w->id,
+                (unsigned long long)w->nconns);
+  sy_conn_close_all(w);
+  finish_if_drained(w);
 }
 
 static void on_wakeup(uv_async_t *a) {
   sy_worker *w = a->data;
-  if (!w->stopping)
-    return;
-  for (size_t i = 0; i < w->nlisteners; i++)
-    if (w->listeners[i].open && !uv_is_closing((uv_handle_t *)&w->listeners[i].tcp))
-      uv_close((uv_handle_t *)&w->listeners[i].tcp, NULL);
-  sy_conn_close_all(w);
-  uv_close((uv_handle_t *)&w->wakeup, NULL);
+  pthread_mutex_lock(&w->mu);
+  sy_config *next = w->pending;
+  w->pending = NULL;
+  int stop = w->stop;
+  pthread_mutex_unlock(&w->mu);
+  if (next && !w->stopping) {
+    apply_listeners(w, next);
+    sy_config_unref(w->cfg);
+    w->cfg = next; /* connections keep the snapshot they started with */
+    resume_paused(w);
+  } else if (next) {
+    sy_config_unref(next);
+  }
+  if (stop && stop > w->stopping) {
+    w->stopping = stop;
+    close_listeners(w);
+    if (stop == SY_STOP_NOW) {
+      sy_conn_close_all(w);
+    } else {
+      sy_conn_drain_all(w);
+      uv_timer_start(&w->drain_timer, on_drain_timeout, w->cfg->timeouts.drain, 0);
+    }
+    finish_if_drained(w);
+  }
 }
 
 static void *worker_main(void *arg) {
@@ -101,27 +239,56 @@ int sy_worker_start(sy_worker *w) {
   if (rc < 0)
     return rc;
   w->wakeup.data = w;
-  return pthread_create(&w->thread, NULL, worker_main, w) ? UV_EAGAIN : 0;
+  if (pthread_create(&w->thread, NULL, worker_main, w))
+    return UV_EAGAIN;
+  w->started = 1;
+  return 0;
 }
 
-void sy_worker_stop(sy_worker *w) {
-  __atomic_store_n(&w->stopping, 1, __ATOMIC_SEQ_CST);
+void sy_worker_reload(sy_worker *w, sy_config *cfg) {
+  pthread_mutex_lock(&w->mu);
+  if (w->pending)
+    sy_config_unref(w->pending);
+  w->pending = sy_config_ref(cfg);
+  pthread_mutex_unlock(&w->mu);
+  uv_async_send(&w->wakeup);
+}
+
+void sy_worker_stop(sy_worker *w, enum sy_stop how) {
+  pthread_mutex_lock(&w->mu);
+  if ((int)how > w->stop)
+    w->stop = how;
+  pthread_mutex_unlock(&w->mu);
   uv_async_send(&w->wakeup);
 }
 
 void sy_worker_join(sy_worker *w) {
-  pthread_join(w->thread, NULL);
+  if (w->started)
+    pthread_join(w->thread, NULL);
+}
+
+static void close_walk(uv_handle_t *h, void *arg) {
+  if (!uv_is_closing(h))
+    uv_close(h, NULL);
 }
 
 void sy_worker_destroy(sy_worker *w) {
-  /* Close whatever is left (a failed init) and let the callbacks run. */
-  uv_walk(&w->loop, close_walk, NULL);
-  uv_run(&w->loop, UV_RUN_DEFAULT);
+  if (!w->cfg)
+    return; /* never initialised */
+  /* Whatever is left (a failed start) closes here, and its callbacks run. */
+  if (!w->started) {
+    close_listeners(w);
+    uv_walk(&w->loop, close_walk, NULL);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+  }
   uv_loop_close(&w->loop);
-  free(w->listeners);
   if (w->pipes)
     sy_pipe_pool_free(w->pipes);
+  sy_metrics_free(w->metrics);
   if (w->cfg)
     sy_config_unref(w->cfg);
+  if (w->pending)
+    sy_config_unref(w->pending);
+  pthread_mutex_destroy(&w->mu);
   memset(w, 0, sizeof(*w));
 }

@@ -48,6 +48,12 @@ typedef struct sy_listener_cfg {
 typedef struct sy_server_cfg {
   sy_addr addr;
   unsigned weight; /* default 1 */
+  /* Runtime state shared by all workers (atomics): connections open to this
+   * server, tunnels included (least_conn), and its health. */
+  int active;
+  int down;          /* 1 = ejected (active check or passive failures) */
+  int fails;         /* consecutive connect failures (passive ejection) */
+  uint64_t down_until_ms; /* passive ejection without active checks: retry after */
 } sy_server_cfg;
 
 enum sy_balance { SY_BALANCE_ROUND_ROBIN = 0, SY_BALANCE_LEAST_CONN, SY_BALANCE_HASH };
@@ -87,6 +93,7 @@ typedef struct sy_header_match {
 /* Per-route timeouts; 0 means "inherit the global value". */
 typedef struct sy_timeouts {
   sy_msec_t connect, response, client_idle, header, tunnel_idle, tunnel_fin;
+  sy_msec_t drain; /* global only: how long SIGTERM lets tunnels end on their own */
 } sy_timeouts;
 
 typedef struct sy_route_cfg {

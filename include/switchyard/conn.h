@@ -9,5 +9,8 @@
 void sy_conn_accept(sy_worker *w, sy_listener *l);
 /* Closes every connection of the worker at once (shutdown). */
 void sy_conn_close_all(sy_worker *w);
+/* Graceful stop: idle connections close now, requests in flight end after
+ * their response, tunnels go on until they end or the drain timeout. */
+void sy_conn_drain_all(sy_worker *w);
 
 #endif

@@ -1,16 +1,30 @@
-/* Upstream server choice. Balancing policies beyond round-robin and health
- * come with the operations issue; the connection asks only "which server for
- * attempt N of this request". */
+/* Upstream server choice: balancing (round_robin, least_conn, hash), weights,
+ * health (active checks flip `down`; passive ejection after consecutive
+ * connect failures). State lives in the config snapshot as atomics, shared
+ * by every worker. */
 #ifndef SWITCHYARD_UPSTREAM_H
 #define SWITCHYARD_UPSTREAM_H
 
+#include <stdint.h>
+
 #include "switchyard/config.h"
 
-/* Starts a request's walk over the servers: returns the first index. */
-unsigned sy_upstream_first(sy_upstream_cfg *up);
-/* The server for attempt `attempt` (0-based) of a walk begun at `first`, or
- * NULL once every server has been tried. Weights spread the first choice. */
-const sy_server_cfg *sy_upstream_server(const sy_upstream_cfg *up, unsigned first,
-                                        unsigned attempt);
+/* How long a passively ejected server rests before it is tried again, when
+ * no active health check watches it. */
+#define SY_PASSIVE_REST_MS 10000
+
+enum { SY_PICK_NONE_LEFT = -1, SY_PICK_ALL_DOWN = -2 };
+
+/* Picks a server index for this request: `tried` marks servers already tried
+ * (bit i = server i); `key_hash` feeds hash balancing. Returns the index,
+ * SY_PICK_NONE_LEFT when every usable server was tried, or SY_PICK_ALL_DOWN
+ * when no server is up (503). `now_ms` lets ejected servers come back. */
+int sy_upstream_pick(sy_upstream_cfg *up, uint64_t tried, uint64_t key_hash, uint64_t now_ms);
+
+/* Passive health: a connect to the server failed (or succeeded). */
+void sy_upstream_report(sy_upstream_cfg *up, sy_server_cfg *s, int ok, uint64_t now_ms);
+
+/* FNV-1a, for hash keys. */
+uint64_t sy_hash_bytes(const void *p, size_t n);
 
 #endif

@@ -1,6 +1,7 @@
 /* A worker: one thread, one libuv loop, its own SO_REUSEPORT listening sockets,
- * its own pipe pool and connection list. Nothing on the per-request path is
- * shared between workers except the round-robin cursor (atomic). */
+ * its own pipe pool, metrics table and connection list. Nothing on the
+ * per-request path is shared between workers except the upstream cursors and
+ * per-server counters (atomics in the config snapshot). */
 #ifndef SWITCHYARD_WORKER_H
 #define SWITCHYARD_WORKER_H
 
@@ -9,6 +10,7 @@
 #include <uv.h>
 
 #include "switchyard/config.h"
+#include "switchyard/metrics.h"
 #include "switchyard/pipepool.h"
 
 typedef struct sy_conn sy_conn;
@@ -17,34 +19,46 @@ typedef struct sy_worker sy_worker;
 typedef struct sy_listener {
   uv_tcp_t tcp;
   sy_worker *w;
-  const sy_listener_cfg *cfg;
-  int open;
+  const sy_listener_cfg *cfg; /* in the worker's current snapshot */
+  struct sy_listener *next;
+  int paused; /* not accepting: max_connections reached */
 } sy_listener;
 
-typedef struct sy_worker_stats {
-  uint64_t accepted, requests, tunnels, tunnels_open, conns_open;
-} sy_worker_stats;
+enum sy_stop { SY_RUN = 0, SY_DRAIN, SY_STOP_NOW };
 
 struct sy_worker {
   unsigned id;
   uv_loop_t loop;
-  uv_async_t wakeup; /* stop requests from the main thread */
+  uv_async_t wakeup; /* reload and stop requests from the main thread */
+  uv_timer_t drain_timer;
   pthread_t thread;
-  sy_config *cfg; /* snapshot new connections take a reference of */
+  pthread_mutex_t mu; /* guards `pending` and `stop` */
+  sy_config *pending; /* a reloaded snapshot waiting to be taken */
+  int stop;           /* enum sy_stop, requested */
+  sy_config *cfg;     /* snapshot new connections take a reference of */
   sy_listener *listeners;
-  size_t nlisteners;
   sy_pipe_pool *pipes;
-  sy_conn *conns; /* intrusive list, for shutdown */
-  int stopping;
-  sy_worker_stats stats;
+  sy_metrics *metrics;
+  sy_conn *conns; /* intrusive list, for reload and shutdown */
+  int stopping;   /* enum sy_stop, in effect on the loop */
+  uint64_t nconns;
+  int started;
 };
 
 /* Binds the worker's listeners (SO_REUSEPORT). Returns 0 or a negative uv error. */
 int sy_worker_init(sy_worker *w, unsigned id, sy_config *cfg);
 int sy_worker_start(sy_worker *w); /* runs the loop on a new thread */
-void sy_worker_stop(sy_worker *w); /* thread-safe: asks the loop to end */
+/* Thread-safe requests to the loop. */
+void sy_worker_reload(sy_worker *w, sy_config *cfg);
+void sy_worker_stop(sy_worker *w, enum sy_stop how);
 void sy_worker_join(sy_worker *w);
 void sy_worker_destroy(sy_worker *w);
+
+/* Called by conn when a connection ends: lets a draining worker finish, and
+ * a worker at max_connections accept again. */
+void sy_worker_conn_gone(sy_worker *w);
+/* Connections open in the whole process (all workers), for max_connections. */
+uint64_t sy_worker_total_conns(void);
 
 /* Binds a listening TCP socket with SO_REUSEPORT (libuv 1.44 has no flag for
  * it): socket, setsockopt, bind, listen, uv_tcp_open. */

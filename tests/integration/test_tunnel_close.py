@@ -412,10 +412,12 @@ def sigterm_caught(pid):
 
 
 def test_shutdown_closes_tunnels(proxy, upgrader):
+    """SIGTERM drains: a tunnel that does not end by itself within
+    timeouts.drain is closed by the proxy and logged as a shutdown."""
     up = upgrader()
-    px = ws_proxy(proxy, up)
-    # The listener accepts before main() installs its signal handlers (see the
-    # report): wait for the SIGTERM handler so this test is about tunnels.
+    px = ws_proxy(proxy, up, timeouts={"drain": "300ms"})
+    # Handlers are installed before the listeners accept; this wait only
+    # keeps the test about tunnels should that ever regress.
     end = time.monotonic() + 5
     while not sigterm_caught(px.pid):
         assert time.monotonic() < end, "the proxy never installed a SIGTERM handler"
