@@ -9,7 +9,10 @@ PACKAGES=(
   python3 python3-pytest curl openssl
 )
 if [[ "${1:-}" == "--tests" ]]; then
-  PACKAGES+=(nodejs npm valgrind nghttp2-client nghttp2-proxy)
+  PACKAGES+=(valgrind nghttp2-client nghttp2-proxy chromium buildah debootstrap)
+  # A NodeSource nodejs bundles npm and conflicts with Debian's npm package.
+  command -v node >/dev/null || PACKAGES+=(nodejs)
+  command -v npm >/dev/null || PACKAGES+=(npm)
 fi
 
 missing=()
@@ -25,5 +28,9 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [[ "${1:-}" == "--tests" && -f tests/interop/package-lock.json && ! -d tests/interop/node_modules/ws ]]; then
+  echo "setup: npm ci (tests/interop)"
+  npm ci --prefix tests/interop --no-audit --no-fund >/dev/null
 fi
 echo "setup: all packages present"

@@ -715,12 +715,33 @@ static int h_health(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t 
   return 0;
 }
 
+/* A count where 0 is meaningful (0 idle connections = no pooling). */
+static int h_uint0(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
+  const char *s;
+  if (want_scalar(c, v, path, &s) < 0) return -1;
+  if (strcmp(s, "0") == 0) {
+    *FIELD(obj, off, unsigned) = 0;
+    return 0;
+  }
+  return h_uint_pos(c, v, path, obj, off);
+}
+
+static const key_spec keepalive_keys[] = {
+    {"max_idle", h_uint0, offsetof(sy_upstream_cfg, keepalive_max_idle)},
+    {"idle_timeout", h_duration_pos, offsetof(sy_upstream_cfg, keepalive_idle)},
+};
+
+static int h_keepalive(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
+  return parse_map(c, v, path, keepalive_keys, NKEYS(keepalive_keys), obj, NULL);
+}
+
 enum { UK_BALANCE, UK_SERVERS, UK_TLS, UK_HEALTH };
 static const key_spec upstream_keys[] = {
     [UK_BALANCE] = {"balance", h_balance, 0},
     [UK_SERVERS] = {"servers", h_servers, 0},
     [UK_TLS] = {"tls", h_upstream_tls, offsetof(sy_upstream_cfg, tls)},
     [UK_HEALTH] = {"health", h_health, offsetof(sy_upstream_cfg, health)},
+    {"keepalive", h_keepalive, 0},
 };
 
 static int h_upstreams(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
@@ -738,6 +759,8 @@ static int h_upstreams(ctx *c, yaml_node_t *v, const char *path, void *obj, size
     yaml_node_t *k = node_at(c, p->key), *item = node_at(c, p->value);
     if (dup_string(c, k, path, &u->name) < 0) return -1;
     join_key(child, path, u->name);
+    u->keepalive_max_idle = 16;
+    u->keepalive_idle = 30000;
     if (parse_map(c, item, child, upstream_keys, NKEYS(upstream_keys), u, &seen) < 0 ||
         require_keys(c, item, child, upstream_keys, seen, 1u << UK_SERVERS) < 0)
       return -1;

@@ -28,6 +28,7 @@
 #include "switchyard/router.h"
 #include "switchyard/tls.h"
 #include "switchyard/tunnel.h"
+#include "switchyard/upool.h"
 #include "switchyard/upstream.h"
 
 #define SY_FLOW_BUF (64 * 1024)
@@ -68,11 +69,6 @@ typedef struct sy_flow {
   uint64_t bytes; /* read from this flow's source for the current exchange */
 } sy_flow;
 
-typedef struct sy_link {
-  uv_tcp_t tcp;
-  uv_connect_t creq;
-  sy_conn *c;
-} sy_link;
 
 struct sy_conn {
   sy_worker *w;
@@ -122,6 +118,8 @@ struct sy_conn {
   int tls_upgraded;        /* this connection switched to TLS in place */
   char proto[32];          /* the protocol the 101 switched to, for the tunnel log */
   char offered0[32];       /* first upgrade token offered, for metrics */
+  sy_buf retry_head;       /* the head sent on a reused connection, for one retry */
+  int retried, fresh_only, resp_from_upstream;
   int server_counted;      /* this connection counts in server->active */
   int link_keeps_count;    /* a splice tunnel holds the count past the link */
   int link_used;           /* an upstream connection was opened for this request */
@@ -151,6 +149,7 @@ static void relay_written(sy_conn *c, sy_side from);
 static void relay_eof(sy_conn *c, sy_side from, ssize_t status);
 static void start_relay(sy_conn *c);
 static void route_request(sy_conn *c);
+static int retry_stale(sy_conn *c);
 static void tls_upgrade_start(sy_conn *c);
 static void local_426(sy_conn *c);
 
@@ -446,6 +445,7 @@ static void conn_free(sy_conn *c) {
   flow_free(&c->rq);
   flow_free(&c->rs);
   free(c->path);
+  sy_buf_free(&c->retry_head);
   sy_tls_conn_free(c->ctls);
   sy_tls_conn_free(c->utls);
   sy_config_unref(c->cfg);
@@ -462,12 +462,8 @@ static void on_handle_closed(uv_handle_t *h) {
   conn_unref(h->data);
 }
 
-static void on_link_closed(uv_handle_t *h) {
-  sy_link *l = (sy_link *)h;
-  sy_conn *c = l->c;
-  free(l);
-  if (c)
-    conn_unref(c);
+static void on_link_closed(void *arg) {
+  conn_unref(arg);
 }
 
 static void link_close(sy_conn *c) {
@@ -481,7 +477,33 @@ static void link_close(sy_conn *c) {
     c->server_counted = 0;
     server_count(c, -1);
   }
-  uv_close((uv_handle_t *)&l->tcp, on_link_closed);
+  sy_link_close(l);
+}
+
+/* After a response: the upstream connection goes back to the worker's pool
+ * when it can carry another request, else it closes. */
+static void link_release(sy_conn *c) {
+  sy_link *l = c->link;
+  const sy_upstream_cfg *up = c->route ? c->route->upstream : NULL;
+  int reusable = l && up && !c->utls && !c->upgrading && !c->w->stopping && c->link_used &&
+                 c->rs.msg_done && c->rq.msg_done && !c->rq.writing && c->rs.pos == c->rs.len &&
+                 llhttp_should_keep_alive(&c->rs.parser) && c->resp_from_upstream;
+  if (!reusable) {
+    link_close(c);
+    return;
+  }
+  c->link = NULL;
+  if (c->server_counted) {
+    c->server_counted = 0;
+    server_count(c, -1);
+  }
+  uv_read_stop((uv_stream_t *)&l->tcp);
+  l->c = NULL;
+  if (sy_upool_put(c->w->upool, l, up->keepalive_max_idle, up->keepalive_idle) < 0) {
+    sy_link_close(l);
+  }
+  /* The link's reference on the connection ends here either way. */
+  conn_unref(c);
 }
 
 static void conn_close(sy_conn *c) {
@@ -556,6 +578,8 @@ static void reset_exchange(sy_conn *c) {
   c->switching = 0;
   c->offered0[0] = 0;
   c->link_used = 0;
+  sy_buf_free(&c->retry_head);
+  c->retried = c->fresh_only = c->resp_from_upstream = 0;
   c->method[0] = 0;
   free(c->path);
   c->path = NULL;
@@ -591,7 +615,7 @@ static void maybe_finish(sy_conn *c) {
   }
   count_request(c);
   log_request(c);
-  link_close(c);
+  link_release(c);
   if (c->close_after || c->w->stopping) {
     conn_linger(c);
     return;
@@ -703,6 +727,19 @@ static void local_send(sy_conn *c, int status, int close, sy_buf *b) {
 static void on_rq_written(uv_write_t *req, int status) {
   sy_conn *c = req->data;
   c->rq.writing = 0;
+  if (!c->link || req->handle != (uv_stream_t *)&c->link->tcp) {
+    /* The write was for an upstream connection already given up (a local
+     * answer, or a stale pooled connection being retried): carry on with
+     * whatever waits for the current one. */
+    if (!c->closing && c->state != SY_LINGER && c->state != SY_RELAY) {
+      if (c->link && c->rq.nsegs)
+        rq_flush(c);
+      else if (c->rq.discard)
+        client_feed(c);
+    }
+    conn_unref(c);
+    return;
+  }
   if (!c->closing && c->state == SY_RELAY) {
     if (status < 0)
       relay_eof(c, SY_UPSTREAM, status);
@@ -710,7 +747,9 @@ static void on_rq_written(uv_write_t *req, int status) {
       relay_written(c, SY_CLIENT);
   } else if (!c->closing && c->state != SY_LINGER) {
     if (status < 0) {
-      if (!c->resp_head_sent)
+      if (retry_stale(c))
+        ;
+      else if (!c->resp_head_sent)
         local_response(c, 502, 1);
       else
         c->close_after = 1;
@@ -950,8 +989,8 @@ static void route_request(sy_conn *c) {
     for (size_t i = 0; i < noffered; i++) {
       if (offered[i].len >= 4 && strncasecmp(offered[i].p, "TLS/", 4) == 0)
         offers_tls = 1;
-      else
-        offered[k++] = offered[i];
+      else if (!(offered[i].len >= 5 && strncasecmp(offered[i].p, "HTTP/", 5) == 0))
+        offered[k++] = offered[i]; /* "HTTP/1.1" beside TLS means: HTTP over it */
     }
     noffered = k;
     if (!c->ctls && offers_tls && !c->has_body) {
@@ -1144,17 +1183,51 @@ static void on_connect(uv_connect_t *req, int status) {
 }
 
 /* The upstream connection can carry the request: send the head, then the body. */
+static int idempotent(const sy_conn *c) {
+  static const char *const m[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE", NULL};
+  for (const char *const *p = m; *p; p++)
+    if (strcmp(c->method, *p) == 0)
+      return 1;
+  return 0;
+}
+
 static void upstream_ready(sy_conn *c) {
   c->state = c->rq.msg_done ? SY_READ_RESP_HEAD : SY_STREAM_BODY;
   timer_arm(c, response_timeout(c));
+  if (c->retry_head.len) {
+    /* A stale pooled connection failed this request before any answer: the
+     * same head goes once more on a fresh connection. */
+    flow_push_sybuf(&c->rq, &c->retry_head);
+    sy_buf_free(&c->retry_head);
+    rq_flush(c);
+    upstream_read_update(c);
+    return;
+  }
   if (queue_request_head(c) < 0) {
     local_response(c, 500, 1);
     return;
   }
+  if (c->link->reused && idempotent(c) && !c->has_body && !c->upgrading &&
+      c->rq.scratch.len < 65536)
+    sy_buf_append(&c->retry_head, c->rq.scratch.p, c->rq.scratch.len);
   /* Resume the request parser: body bytes already buffered join the head. */
   llhttp_resume(&c->rq.parser);
   client_feed(c);
   upstream_read_update(c);
+}
+
+/* A reused connection that died before any response byte: retry once. */
+static int retry_stale(sy_conn *c) {
+  if (!c->link || !c->link->reused || c->rs.bytes || !c->retry_head.len || c->retried)
+    return 0;
+  c->retried = 1;
+  sy_metrics_add(c->w->metrics, "switchyard_upstream_stale_retries_total", NULL, 1);
+  link_close(c);
+  flow_batch_done(&c->rq);
+  c->fresh_only = 1;
+  c->tried &= ~(1ull << (c->server - c->route->upstream->servers));
+  start_connect(c);
+  return 1;
 }
 
 static void start_connect(sy_conn *c) {
@@ -1170,15 +1243,28 @@ static void start_connect(sy_conn *c) {
   const sy_server_cfg *s = &up->servers[i];
   c->server = s;
   c->state = SY_CONNECT;
-  sy_link *l = calloc(1, sizeof(*l));
+  if (!up->tls_ctx && !c->fresh_only) {
+    sy_link *pooled = sy_upool_get(c->w->upool, s);
+    if (pooled) {
+      pooled->c = c;
+      pooled->on_closed = on_link_closed;
+      c->refs++; /* the link handle */
+      c->link = pooled;
+      c->link_used = 1;
+      c->server_counted = 1;
+      server_count(c, 1);
+      sy_metrics_add(c->w->metrics, "switchyard_upstream_pool_reuses_total", NULL, 1);
+      upstream_ready(c);
+      return;
+    }
+  }
+  sy_link *l = sy_link_new(&c->w->loop, s);
   if (!l) {
     local_response(c, 500, 1);
     return;
   }
   l->c = c;
-  uv_tcp_init(&c->w->loop, &l->tcp);
-  l->tcp.data = l;
-  l->creq.data = l;
+  l->on_closed = on_link_closed;
   c->refs++; /* the link handle */
   c->link = l;
   c->link_used = 1;
@@ -1320,6 +1406,7 @@ static int cb_resp_headers_complete(llhttp_t *p) {
     o.conn_close = c->close_after;
     o.keep_alive10 = c->keep_alive10 && !c->close_after;
     c->status = status;
+    c->resp_from_upstream = 1;
     /* llhttp would read a body announced on a 304; RFC 9110 §6.4.1 says none
      * follows, whatever Content-Length claims. */
     skip_body = bodyless;
@@ -1388,6 +1475,8 @@ static void upstream_input(sy_conn *c, size_t n) {
 static void upstream_eof(sy_conn *c, ssize_t n) {
   if (c->link)
     uv_read_stop((uv_stream_t *)&c->link->tcp);
+  if (c->state != SY_RELAY && retry_stale(c))
+    return;
   if (c->state == SY_RELAY) {
     relay_eof(c, SY_UPSTREAM, n);
     return;
@@ -1810,7 +1899,9 @@ static void tls_upgrade_start(sy_conn *c) {
 static void local_426(sy_conn *c) {
   sy_buf b = {0};
   sy_http_426_tls(&b);
-  local_send(c, 426, c->has_body, &b);
+  /* The body is read and dropped, so the client can retry on this very
+   * connection with the upgrade, as RFC 2817 §4.2 intends. */
+  local_send(c, 426, 0, &b);
   sy_buf_free(&b);
 }
 

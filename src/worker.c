@@ -163,7 +163,8 @@ int sy_worker_init(sy_worker *w, unsigned id, sy_config *cfg) {
   w->cfg = sy_config_ref(cfg);
   w->pipes = sy_pipe_pool_new(64);
   w->metrics = sy_metrics_new();
-  if (!w->pipes || !w->metrics)
+  w->upool = sy_upool_new(&w->loop, 4096);
+  if (!w->pipes || !w->metrics || !w->upool)
     return UV_ENOMEM;
   uv_timer_init(&w->loop, &w->drain_timer);
   w->drain_timer.data = w;
@@ -218,6 +219,8 @@ static void on_wakeup(uv_async_t *a) {
   if (stop && stop > w->stopping) {
     w->stopping = stop;
     close_listeners(w);
+    sy_upool_free(w->upool); /* idle upstream connections would keep the loop alive */
+    w->upool = NULL;
     if (stop == SY_STOP_NOW) {
       sy_conn_close_all(w);
     } else {
@@ -276,6 +279,10 @@ void sy_worker_destroy(sy_worker *w) {
   if (!w->cfg)
     return; /* never initialised */
   /* Whatever is left (a failed start) closes here, and its callbacks run. */
+  if (w->upool) { /* a failed start: close what the pool holds */
+    sy_upool_free(w->upool);
+    w->upool = NULL;
+  }
   if (!w->started) {
     close_listeners(w);
     uv_walk(&w->loop, close_walk, NULL);

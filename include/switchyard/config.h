@@ -79,6 +79,8 @@ typedef struct sy_upstream_cfg {
   size_t nservers;
   sy_upstream_tls tls;
   sy_health_cfg health;
+  unsigned keepalive_max_idle; /* idle connections kept per worker and server; 0 = none */
+  sy_msec_t keepalive_idle;    /* how long one may stay idle */
   /* The one mutable member: the round-robin cursor, shared by all workers
    * (atomic increments) so balancing is even whichever worker accepted. */
   unsigned rr_next;

@@ -12,6 +12,7 @@
 #include "switchyard/config.h"
 #include "switchyard/metrics.h"
 #include "switchyard/pipepool.h"
+#include "switchyard/upool.h"
 
 typedef struct sy_conn sy_conn;
 typedef struct sy_worker sy_worker;
@@ -39,6 +40,7 @@ struct sy_worker {
   sy_listener *listeners;
   sy_pipe_pool *pipes;
   sy_metrics *metrics;
+  sy_upool *upool; /* idle upstream keep-alive connections */
   sy_conn *conns; /* intrusive list, for reload and shutdown */
   int stopping;   /* enum sy_stop, in effect on the loop */
   uint64_t nconns;

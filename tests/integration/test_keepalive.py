@@ -15,8 +15,20 @@ def test_sequential_requests_on_one_connection(proxy, backend):
         bodies = [c.request(get("/seq/%d" % i)).body for i in range(4)]
     assert bodies == [b"/seq/0", b"/seq/1", b"/seq/2", b"/seq/3"]
     be.wait_requests(4)
-    # no upstream pooling yet: every request has its own upstream connection
-    assert [len(conn.requests) for conn in be.conns] == [1, 1, 1, 1]
+    # the upstream keep-alive pool carries them all on one upstream connection
+    assert [len(conn.requests) for conn in be.conns] == [4]
+
+
+def test_pool_disabled_gives_one_upstream_connection_per_request(proxy, backend):
+    """keepalive.max_idle: 0 turns the upstream pool off."""
+    be = backend()
+    px = proxy(upstreams={"web": {"servers": [{"address": be.address}],
+                                  "keepalive": {"max_idle": 0}}})
+    with px.connect() as c:
+        bodies = [c.request(get("/seq/%d" % i)).body for i in range(3)]
+    assert bodies == [b"/seq/0", b"/seq/1", b"/seq/2"]
+    be.wait_requests(3)
+    assert [len(conn.requests) for conn in be.conns] == [1, 1, 1]
 
 
 def test_pipelined_requests_answered_in_order(proxy, backend):

@@ -1,0 +1,149 @@
+#include "switchyard/upool.h"
+
+#include <stdlib.h>
+
+struct sy_upool {
+  uv_loop_t *loop;
+  sy_link *head; /* most recently pooled first */
+  size_t n, max;
+  int freeing;
+  size_t closing; /* links closed by sy_upool_free, not yet gone */
+};
+
+sy_upool *sy_upool_new(uv_loop_t *loop, size_t max_idle_total) {
+  sy_upool *p = calloc(1, sizeof(*p));
+  if (p) {
+    p->loop = loop;
+    p->max = max_idle_total;
+  }
+  return p;
+}
+
+static void unlink_from_pool(sy_link *l) {
+  sy_upool *p = l->pool;
+  if (!l->pooled || !p)
+    return;
+  if (l->prev)
+    l->prev->next = l->next;
+  else
+    p->head = l->next;
+  if (l->next)
+    l->next->prev = l->prev;
+  l->next = l->prev = NULL;
+  l->pooled = 0;
+  p->n--;
+  uv_timer_stop(&l->idle);
+  uv_read_stop((uv_stream_t *)&l->tcp);
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  sy_link *l = h->data;
+  if (--l->handles > 0)
+    return;
+  void *c = l->c;
+  void (*cb)(void *) = l->on_closed;
+  sy_upool *p = l->freed_by_pool ? l->pool : NULL;
+  free(l);
+  if (c && cb)
+    cb(c);
+  if (p && --p->closing == 0)
+    free(p);
+}
+
+sy_link *sy_link_new(uv_loop_t *loop, const sy_server_cfg *s) {
+  sy_link *l = calloc(1, sizeof(*l));
+  if (!l)
+    return NULL;
+  uv_tcp_init(loop, &l->tcp);
+  l->tcp.data = l;
+  l->creq.data = l;
+  l->server = s;
+  l->handles = 1;
+  return l;
+}
+
+void sy_link_close(sy_link *l) {
+  unlink_from_pool(l);
+  if (!uv_is_closing((uv_handle_t *)&l->tcp))
+    uv_close((uv_handle_t *)&l->tcp, on_handle_closed);
+  if (l->idle.loop && !uv_is_closing((uv_handle_t *)&l->idle))
+    uv_close((uv_handle_t *)&l->idle, on_handle_closed);
+}
+
+static void on_idle_expired(uv_timer_t *t) {
+  sy_link_close(t->data);
+}
+
+static void idle_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
+  static char sink[64]; /* never read: anything arriving condemns the link */
+  buf->base = sink;
+  buf->len = sizeof(sink);
+}
+
+static void on_idle_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  if (n != 0)
+    sy_link_close(s->data); /* stray bytes, EOF or error: not reusable */
+}
+
+int sy_upool_put(sy_upool *p, sy_link *l, unsigned max_idle_per_server, uint64_t idle_ms) {
+  if (!p || p->freeing || p->n >= p->max || max_idle_per_server == 0)
+    return -1;
+  unsigned same = 0;
+  for (sy_link *x = p->head; x; x = x->next)
+    same += x->server == l->server;
+  if (same >= max_idle_per_server)
+    return -1;
+  if (!l->idle.loop) {
+    if (uv_timer_init(p->loop, &l->idle) < 0)
+      return -1;
+    l->idle.data = l;
+    l->handles++;
+  }
+  if (uv_read_start((uv_stream_t *)&l->tcp, idle_alloc, on_idle_read) < 0)
+    return -1;
+  l->c = NULL;
+  l->pool = p;
+  l->pooled = 1;
+  l->prev = NULL;
+  l->next = p->head;
+  if (p->head)
+    p->head->prev = l;
+  p->head = l;
+  p->n++;
+  uv_timer_start(&l->idle, on_idle_expired, idle_ms, 0);
+  return 0;
+}
+
+sy_link *sy_upool_get(sy_upool *p, const sy_server_cfg *s) {
+  if (!p)
+    return NULL;
+  for (sy_link *l = p->head; l; l = l->next)
+    if (l->server == s) {
+      unlink_from_pool(l);
+      l->pool = NULL;
+      l->reused = 1;
+      return l;
+    }
+  return NULL;
+}
+
+size_t sy_upool_idle(const sy_upool *p) {
+  return p ? p->n : 0;
+}
+
+void sy_upool_free(sy_upool *p) {
+  if (!p)
+    return;
+  p->freeing = 1;
+  if (!p->head) {
+    free(p);
+    return;
+  }
+  while (p->head) {
+    sy_link *l = p->head;
+    unlink_from_pool(l);
+    l->freed_by_pool = 1; /* its last close callback counts down `closing` */
+    p->closing++;
+    sy_link_close(l);
+  }
+}
