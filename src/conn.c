@@ -56,6 +56,8 @@ typedef struct sy_flow {
   char *buf;
   uint32_t cap, len, pos; /* pos: parsed up to here */
   uint32_t head_start;
+  uint32_t scan_pos; /* raw head bytes checked up to here */
+  sy_headscan scan;
   llhttp_t parser;
   sy_head head;
   sy_seg *segs;
@@ -234,7 +236,20 @@ static void flow_compact(sy_flow *f) {
     f->head_start -= f->pos;
   else
     f->head_start = 0;
+  f->scan_pos = f->scan_pos >= f->pos ? f->scan_pos - f->pos : 0;
   f->pos = 0;
+}
+
+/* Checks the raw bytes of the head being read (see sy_headscan). -1 bad. */
+static int flow_scan(sy_flow *f) {
+  if (f->scan.done || f->scan_pos >= f->len)
+    return 0;
+  size_t used = 0;
+  int r = sy_headscan_run(&f->scan, f->buf + f->scan_pos, f->len - f->scan_pos, &used);
+  if (r < 0)
+    return -1;
+  f->scan_pos = r ? f->scan_pos + (uint32_t)used : f->len;
+  return 0;
 }
 
 static int flow_write(sy_conn *c, sy_flow *f, uv_stream_t *dst, sy_tls_conn *tls,
@@ -626,6 +641,7 @@ static void maybe_finish(sy_conn *c) {
   else if (llhttp_get_errno(&c->rq.parser) == HPE_PAUSED)
     llhttp_resume(&c->rq.parser);
   flow_free(&c->rs);
+  sy_headscan_init(&c->rs.scan);
   llhttp_init(&c->rs.parser, HTTP_RESPONSE, &resp_settings);
   c->rs.parser.data = c;
   sy_head_init(&c->rs.head, 0, c->cfg->limits.max_headers);
@@ -634,6 +650,8 @@ static void maybe_finish(sy_conn *c) {
   reset_exchange(c);
   c->state = SY_READ_HEAD;
   c->rq.head_start = 0;
+  c->rq.scan_pos = 0;
+  sy_headscan_init(&c->rq.scan);
   c->t_start = uv_hrtime();
   flow_release_if_idle(&c->rq);
   timer_arm(c, c->rq.len ? c->cfg->timeouts.header : c->cfg->timeouts.client_idle);
@@ -842,6 +860,7 @@ static int cb_message_complete(llhttp_t *p) {
     /* A 1xx ends as a message of its own; the real response follows. */
     c->interim = 0;
     f->head_done = 0;
+    sy_headscan_init(&f->scan);
     return HPE_PAUSED;
   }
   if (f->chunked_out && !f->discard && flow_push_scratch(f, "0\r\n\r\n", 5))
@@ -1082,6 +1101,7 @@ static int queue_request_head(sy_conn *c) {
       .via = c->cfg->forwarding.via,
       .client_ip = c->client_ip,
       .proto = c->ctls ? "https" : "http",
+      .default_host = c->server ? c->server->addr.text : NULL,
       .chunked = f->chunked_out,
       .upgrades = c->up_tokens,
       .nupgrades = c->nup_tokens,
@@ -1433,6 +1453,12 @@ static void upstream_feed(sy_conn *c) {
     return;
   }
   while (!c->closing && f->pos < f->len && !f->msg_done && !f->writing) {
+    if (!f->head_done && flow_scan(f) < 0) {
+      sy_log_error("upstream %s: invalid response head (bare CR/LF, obs-fold or NUL)",
+                   c->server ? c->server->addr.text : "?");
+      local_response(c, 502, 1);
+      return;
+    }
     const char *start = f->buf + f->pos;
     llhttp_errno_t e = llhttp_execute(&f->parser, start, f->len - f->pos);
     if (e == HPE_OK) {
@@ -1536,6 +1562,11 @@ static void client_feed(sy_conn *c) {
       return;
     if (c->state == SY_READ_HEAD && f->head_done)
       return;
+    if (c->state == SY_READ_HEAD && flow_scan(f) < 0) {
+      memcpy(c->method, "-", 2);
+      local_response(c, 400, 1);
+      return;
+    }
     const char *start = f->buf ? f->buf + f->pos : "";
     llhttp_errno_t e = llhttp_execute(&f->parser, start, f->len - f->pos);
     uint32_t before = f->pos;
@@ -2152,6 +2183,8 @@ void sy_conn_accept(sy_worker *w, sy_listener *l) {
   c->rq.parser.data = c;
   llhttp_init(&c->rs.parser, HTTP_RESPONSE, &resp_settings);
   c->rs.parser.data = c;
+  sy_headscan_init(&c->rq.scan);
+  sy_headscan_init(&c->rs.scan);
   sy_head_init(&c->rq.head, 1, c->cfg->limits.max_headers);
   sy_head_init(&c->rs.head, 0, c->cfg->limits.max_headers);
   c->state = SY_READ_HEAD;

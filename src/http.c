@@ -144,6 +144,11 @@ int sy_head_is_hop(const sy_head *h, const char *base, sy_str name) {
   for (const char *const *p = fixed_hop; *p; p++)
     if (sy_str_ieq(name, *p))
       return 1;
+  /* Framing and routing fields stay whatever Connection names: dropping
+   * Content-Length would unframe a body the upstream then reads as the next
+   * request, and dropping Host would route there differently than here. */
+  if (sy_str_ieq(name, "content-length") || sy_str_ieq(name, "host"))
+    return 0;
   struct named_arg a = {name};
   for (size_t i = 0; i < h->nfields; i++) {
     if (sy_str_ieq(sy_span_str(base, h->fields[i].name), "connection") &&
@@ -165,8 +170,75 @@ static int valid_value_byte(unsigned char c) {
   return c == '\t' || (c >= 0x20 && c != 0x7f);
 }
 
+void sy_headscan_init(sy_headscan *s) {
+  memset(s, 0, sizeof(*s));
+  s->line_start = 1;
+  s->first_line = 1;
+}
+
+int sy_headscan_run(sy_headscan *s, const char *p, size_t n, size_t *used) {
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)p[i];
+    if (c == 0)
+      return -1;
+    if (c == '\n' && s->prev != '\r')
+      return -1;
+    if (s->prev == '\r' && c != '\n')
+      return -1;
+    if (s->line_start && c != '\r' && c != '\n') {
+      if ((c == ' ' || c == '\t') && !s->first_line)
+        return -1; /* obs-fold */
+      s->line_start = 0;
+    }
+    if (c == '\n') {
+      /* An empty line: ends the head, or is one of the CRLFs RFC 9112 §2.2
+       * lets a client send before its request line. */
+      int empty = s->line_start;
+      s->line_start = 1;
+      if (empty && !s->first_line) {
+        s->done = 1;
+        *used = i + 1;
+        s->prev = 0;
+        return 1;
+      }
+      if (!empty)
+        s->first_line = 0;
+    }
+    s->prev = c;
+  }
+  return 0;
+}
+
+/* Host is uri-host [":" port]: reg-name, IPv4 or an IP literal in brackets.
+ * Spaces, '/', '@' and the like would make routing and the upstream parse
+ * different authorities. */
+static int valid_host(sy_str v) {
+  static const char ok[] = "-._~!$&'()*+,;=:%[]";
+  for (size_t i = 0; i < v.len; i++) {
+    unsigned char c = (unsigned char)v.p[i];
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+          (c && strchr(ok, c))))
+      return 0;
+  }
+  return 1;
+}
+
+struct last_tok {
+  sy_str tok;
+};
+
+static int keep_last(sy_str tok, void *arg) {
+  ((struct last_tok *)arg)->tok = tok;
+  return 0;
+}
+
 int sy_head_validate(const sy_head *h, const char *base) {
   int hosts = 0;
+  const sy_field *host = NULL;
+  struct last_tok te = {{NULL, 0}};
+  int has_te = 0;
+  if (h->major != 1 || h->minor > 1)
+    return -1; /* HTTP/1.0 and 1.1 only */
   for (size_t i = 0; i < h->nfields; i++) {
     sy_str n = sy_span_str(base, h->fields[i].name);
     sy_str v = sy_span_str(base, h->fields[i].value);
@@ -178,8 +250,36 @@ int sy_head_validate(const sy_head *h, const char *base) {
     for (size_t k = 0; k < v.len; k++)
       if (!valid_value_byte((unsigned char)v.p[k]))
         return -1;
-    if (h->is_request && sy_str_ieq(n, "host"))
+    if (h->is_request && sy_str_ieq(n, "host")) {
       hosts++;
+      host = &h->fields[i];
+    }
+    if (sy_str_ieq(n, "transfer-encoding")) {
+      has_te = 1;
+      sy_list_each(v, keep_last, &te);
+    }
+  }
+  /* Transfer-Encoding must end in chunked, and means nothing in 1.0. */
+  if (has_te && (h->minor == 0 || !sy_str_ieq(te.tok, "chunked")))
+    return -1;
+  if (host && !valid_host(sy_span_str(base, host->value)))
+    return -1;
+  if (h->is_request && host) {
+    /* absolute-form: the authority in the target must be the Host. */
+    sy_str t = sy_span_str(base, h->target);
+    size_t skip = 0;
+    if (t.len > 7 && strncasecmp(t.p, "http://", 7) == 0)
+      skip = 7;
+    else if (t.len > 8 && strncasecmp(t.p, "https://", 8) == 0)
+      skip = 8;
+    if (skip) {
+      size_t e = skip;
+      while (e < t.len && t.p[e] != '/' && t.p[e] != '?' && t.p[e] != '#')
+        e++;
+      sy_str auth = {t.p + skip, e - skip};
+      if (!sy_str_ieq2(auth, sy_span_str(base, host->value)))
+        return -1;
+    }
   }
   if (h->is_request) {
     /* RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request; two Hosts are
@@ -335,6 +435,8 @@ int sy_http_build_request(sy_buf *out, const sy_head *h, const char *base, const
   }
   if (o->chunked)
     rc |= sy_buf_append(out, "Transfer-Encoding: chunked" CRLF, 28);
+  if (!host && o->default_host)
+    rc |= sy_buf_appendf(out, "Host: %s" CRLF, o->default_host);
   if (o->xff)
     rc |= sy_buf_appendf(out, "X-Forwarded-For: %s" CRLF, o->client_ip);
   if (o->xfproto)

@@ -63,6 +63,21 @@ int sy_head_is_hop(const sy_head *h, const char *base, sy_str name);
  * exactly one Host (none allowed for HTTP/1.0). 0 valid, -1 invalid. */
 int sy_head_validate(const sy_head *h, const char *base);
 
+/* Raw head scanner, run over a head's bytes before llhttp sees them: it
+ * refuses what llhttp would let through but a peer could read differently —
+ * bare LF, bare CR, obs-fold (a line starting with SP/HTAB) and NUL. */
+typedef struct sy_headscan {
+  uint8_t prev;       /* last byte seen */
+  uint8_t line_start; /* the next byte starts a line */
+  uint8_t first_line; /* still before the end of the start line */
+  uint8_t done;       /* the empty line ending the head was seen */
+} sy_headscan;
+
+void sy_headscan_init(sy_headscan *s);
+/* Scans n more bytes. Returns -1 on a violation, 1 when the head ended
+ * (*used = bytes of p that belong to it), 0 when more is needed. */
+int sy_headscan_run(sy_headscan *s, const char *p, size_t n, size_t *used);
+
 /* An output buffer that grows; the rewrite functions append to it. */
 typedef struct sy_buf {
   char *p;
@@ -76,6 +91,7 @@ typedef struct sy_fwd_opts {
   int xff, xfproto, xfhost, via; /* forwarding switches */
   const char *client_ip;         /* for X-Forwarded-For */
   const char *proto;             /* "http" | "https" */
+  const char *default_host;      /* Host to send when the client (HTTP/1.0) sent none */
   int chunked;                   /* body re-framed as chunked: add Transfer-Encoding */
   /* Upgrade tokens to forward (already filtered by the route), in the client's
    * order; none -> plain request without Upgrade/Connection. */
