@@ -108,23 +108,39 @@ static void render_metrics(sy_admin_state *st, sy_buf *b) {
   sy_buf_appendf(b, "# TYPE switchyard_config_generation gauge\nswitchyard_config_generation %llu\n",
                  (unsigned long long)st->generation);
   sy_buf_appendf(b, "# TYPE switchyard_workers gauge\nswitchyard_workers %u\n", st->nworkers);
-  sy_buf_appendf(b, "# TYPE switchyard_upstream_server_up gauge\n");
-  for (size_t u = 0; u < st->cfg->nupstreams; u++) {
-    const sy_upstream_cfg *up = &st->cfg->upstreams[u];
-    for (size_t i = 0; i < up->nservers; i++)
-      sy_buf_appendf(b, "switchyard_upstream_server_up{upstream=\"%s\",server=\"%s\"} %d\n",
-                     up->name, up->servers[i].addr.text,
-                     !__atomic_load_n(&up->servers[i].down, __ATOMIC_RELAXED));
+  for (int pass = 0; pass < 2; pass++) {
+    const char *name = pass ? "switchyard_upstream_active_connections"
+                            : "switchyard_upstream_server_up";
+    sy_buf_appendf(b, "# TYPE %s gauge\n", name);
+    for (size_t u = 0; u < st->cfg->nupstreams; u++) {
+      const sy_upstream_cfg *up = &st->cfg->upstreams[u];
+      for (size_t i = 0; i < up->nservers; i++) {
+        const sy_server_rt *rt = up->servers[i].rt;
+        sy_buf l = {0};
+        sy_metrics_label(&l, "upstream", up->name, strlen(up->name));
+        sy_metrics_label(&l, "server", up->servers[i].addr.text, strlen(up->servers[i].addr.text));
+        sy_buf_appendf(b, "%s{%.*s} %d\n", name, (int)l.len, l.p,
+                       pass ? __atomic_load_n(&rt->active, __ATOMIC_RELAXED)
+                            : !__atomic_load_n(&rt->down, __ATOMIC_RELAXED));
+        sy_buf_free(&l);
+      }
+    }
   }
-  sy_buf_appendf(b, "# TYPE switchyard_upstream_active_connections gauge\n");
-  for (size_t u = 0; u < st->cfg->nupstreams; u++) {
-    const sy_upstream_cfg *up = &st->cfg->upstreams[u];
-    for (size_t i = 0; i < up->nservers; i++)
-      sy_buf_appendf(b,
-                     "switchyard_upstream_active_connections{upstream=\"%s\",server=\"%s\"} %d\n",
-                     up->name, up->servers[i].addr.text,
-                     __atomic_load_n(&up->servers[i].active, __ATOMIC_RELAXED));
+}
+
+/* A label value as the exposition format escaped it, back to its text. */
+static size_t unescape_label(const char *p, char *out, size_t cap) {
+  size_t n = 0;
+  for (; *p && *p != '"' && n + 1 < cap; p++) {
+    if (*p == '\\' && p[1]) {
+      p++;
+      out[n++] = *p == 'n' ? '\n' : *p;
+    } else {
+      out[n++] = *p;
+    }
   }
+  out[n] = 0;
+  return n;
 }
 
 /* Tunnel series to JSON rows: the label text is already quoted and escaped
@@ -144,10 +160,13 @@ static void tunnel_row(const char *name, const char *labels, int64_t v, void *ar
   if (!r || !p)
     return;
   int64_t open = sy_metrics_get(t->ms, t->n, "switchyard_tunnels_open", labels);
-  const char *re = strchr(r + 7, '"'), *pe = strchr(p + 10, '"');
-  sy_buf_appendf(t->b, "%s{\"route\":\"%.*s\",\"protocol\":\"%.*s\",\"open\":%lld,\"total\":%lld}",
-                 t->first ? "" : ",", (int)(re - r - 7), r + 7, (int)(pe - p - 10), p + 10,
-                 (long long)open, (long long)v);
+  char route[512], proto[512];
+  size_t rl = unescape_label(r + 7, route, sizeof(route));
+  size_t pl = unescape_label(p + 10, proto, sizeof(proto));
+  sy_buf_appendf(t->b, "%s{", t->first ? "" : ",");
+  sy_json_str(t->b, "route", route, rl, 0);
+  sy_json_str(t->b, "protocol", proto, pl, 1);
+  sy_buf_appendf(t->b, ",\"open\":%lld,\"total\":%lld}", (long long)open, (long long)v);
   t->first = 0;
 }
 
@@ -188,12 +207,16 @@ static void render_status_json(sy_admin_state *st, sy_buf *b) {
   sy_buf_appendf(b, "],\"upstreams\":[");
   for (size_t u = 0; u < st->cfg->nupstreams; u++) {
     const sy_upstream_cfg *up = &st->cfg->upstreams[u];
-    sy_buf_appendf(b, "%s{\"name\":\"%s\",\"servers\":[", u ? "," : "", up->name);
-    for (size_t i = 0; i < up->nservers; i++)
-      sy_buf_appendf(b, "%s{\"address\":\"%s\",\"up\":%s,\"active\":%d}", i ? "," : "",
-                     up->servers[i].addr.text,
-                     __atomic_load_n(&up->servers[i].down, __ATOMIC_RELAXED) ? "false" : "true",
-                     __atomic_load_n(&up->servers[i].active, __ATOMIC_RELAXED));
+    sy_buf_appendf(b, "%s{", u ? "," : "");
+    sy_json_str(b, "name", up->name, strlen(up->name), 0);
+    sy_buf_appendf(b, ",\"servers\":[");
+    for (size_t i = 0; i < up->nservers; i++) {
+      sy_buf_appendf(b, "%s{", i ? "," : "");
+      sy_json_str(b, "address", up->servers[i].addr.text, strlen(up->servers[i].addr.text), 0);
+      sy_buf_appendf(b, ",\"up\":%s,\"active\":%d}",
+                     __atomic_load_n(&up->servers[i].rt->down, __ATOMIC_RELAXED) ? "false" : "true",
+                     __atomic_load_n(&up->servers[i].rt->active, __ATOMIC_RELAXED));
+    }
     sy_buf_appendf(b, "]}");
   }
   sy_buf_appendf(b, "]}\n");

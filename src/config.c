@@ -653,6 +653,8 @@ static int h_servers(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t
     yaml_node_t *item = seq_item(c, v, i);
     join_idx(child, path, i);
     u->servers[i].weight = 1;
+    if (!(u->servers[i].rt = xcalloc(c, item, 1, sizeof(sy_server_rt)))) return -1;
+    u->servers[i].rt->refs = 1;
     if (parse_map(c, item, child, server_keys, NKEYS(server_keys), &u->servers[i], &seen) < 0 ||
         require_keys(c, item, child, server_keys, seen, 1u << SK_ADDRESS) < 0)
       return -1;
@@ -1068,11 +1070,36 @@ static void free_listener(sy_listener_cfg *l) {
   sy_tls_ctx_free(l->tls_ctx);
 }
 
+static void rt_unref(sy_server_rt *rt) {
+  if (rt && __atomic_sub_fetch(&rt->refs, 1, __ATOMIC_ACQ_REL) == 0) free(rt);
+}
+
+void sy_config_adopt_state(sy_config *cfg, const sy_config *old) {
+  for (size_t u = 0; u < cfg->nupstreams; u++) {
+    sy_upstream_cfg *nu = &cfg->upstreams[u];
+    for (size_t k = 0; k < old->nupstreams; k++) {
+      const sy_upstream_cfg *ou = &old->upstreams[k];
+      if (strcmp(nu->name, ou->name) != 0) continue;
+      nu->rr_next = __atomic_load_n(&ou->rr_next, __ATOMIC_RELAXED);
+      for (size_t i = 0; i < nu->nservers; i++)
+        for (size_t j = 0; j < ou->nservers; j++) {
+          if (strcmp(nu->servers[i].addr.text, ou->servers[j].addr.text) != 0) continue;
+          __atomic_add_fetch(&ou->servers[j].rt->refs, 1, __ATOMIC_RELAXED);
+          rt_unref(nu->servers[i].rt);
+          nu->servers[i].rt = ou->servers[j].rt;
+          break;
+        }
+    }
+  }
+}
+
 static void free_upstream(sy_upstream_cfg *u) {
   free(u->name);
   free(u->hash_key);
-  for (size_t i = 0; i < u->nservers; i++)
+  for (size_t i = 0; i < u->nservers; i++) {
     free_addr(&u->servers[i].addr);
+    rt_unref(u->servers[i].rt);
+  }
   free(u->servers);
   free(u->tls.ca);
   free(u->tls.sni);

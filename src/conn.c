@@ -118,6 +118,7 @@ struct sy_conn {
   int in_pump;
   int tls_upgrade_pending; /* 101 sent for Upgrade: TLS/1.x; request resumes after handshake */
   int tls_upgraded;        /* this connection switched to TLS in place */
+  int tls_upgrade_now;     /* the current request is the one that switched */
   char proto[32];          /* the protocol the 101 switched to, for the tunnel log */
   char offered0[32];       /* first upgrade token offered, for metrics */
   sy_buf retry_head;       /* the head sent on a reused connection, for one retry */
@@ -379,7 +380,7 @@ static void count_tunnel(sy_conn *c, int delta, const sy_tunnel_stats *st) {
 static void server_count(sy_conn *c, int delta) {
   if (!c->server)
     return;
-  __atomic_add_fetch(&((sy_server_cfg *)c->server)->active, delta, __ATOMIC_RELAXED);
+  __atomic_add_fetch(&c->server->rt->active, delta, __ATOMIC_RELAXED);
 }
 
 /* ---- access log ------------------------------------------------------------ */
@@ -592,6 +593,7 @@ static void reset_exchange(sy_conn *c) {
   c->close_after = c->status = c->resp_head_sent = c->interim = c->bad_101 = 0;
   c->switching = 0;
   c->offered0[0] = 0;
+  c->tls_upgrade_now = 0;
   c->link_used = 0;
   sy_buf_free(&c->retry_head);
   c->retried = c->fresh_only = c->resp_from_upstream = 0;
@@ -1021,7 +1023,7 @@ static void route_request(sy_conn *c) {
       return;
     }
   }
-  if (c->tls_upgraded && f->parser.method == HTTP_OPTIONS && f->head.target.len == 1 &&
+  if (c->tls_upgrade_now && f->parser.method == HTTP_OPTIONS && f->head.target.len == 1 &&
       f->buf[f->head.target.off] == '*') {
     /* RFC 2817 §3.2's mandatory upgrade: OPTIONS * carried the switch, and
      * is answered by the proxy over the new TLS layer. */
@@ -1423,7 +1425,7 @@ static int cb_resp_headers_complete(llhttp_t *p) {
     if (c->client_close)
       c->close_after = 1;
     o.chunked = f->chunked_out;
-    o.conn_close = c->close_after;
+    o.conn_close = c->close_after || c->w->stopping; /* a drain closes after it */
     o.keep_alive10 = c->keep_alive10 && !c->close_after;
     c->status = status;
     c->resp_from_upstream = 1;
@@ -1479,7 +1481,9 @@ static void upstream_feed(sy_conn *c) {
       local_response(c, 502, 1);
       return;
     }
-    if (!f->head_done && f->len - f->head_start > c->cfg->limits.max_header_bytes + 1024) {
+    if (!f->head_done && (f->len == f->cap ||
+                          f->len - f->head_start > c->cfg->limits.max_header_bytes + 1024)) {
+      sy_log_error("upstream %s: response head too large", c->server ? c->server->addr.text : "?");
       local_response(c, 502, 1);
       return;
     }
@@ -1832,6 +1836,7 @@ static void tls_handshake_finished(sy_conn *c, sy_side side) {
     upstream_ready(c);
   } else if (c->tls_upgrade_pending) {
     c->tls_upgrade_pending = 0;
+    c->tls_upgrade_now = 1;
     route_request(c); /* the request that asked for TLS is answered over it */
   }
 }

@@ -63,21 +63,24 @@ static void record(sy_check *k, int ok, const char *why) {
   sy_health *h = k->h;
   uv_timer_stop(&k->deadline);
   probe_close(k);
-  char labels[256];
-  snprintf(labels, sizeof(labels), "upstream=\"%s\",server=\"%s\",result=\"%s\"", k->up->name,
-           k->s->addr.text, ok ? "ok" : "failed");
-  sy_metrics_add(h->metrics, "switchyard_health_checks_total", labels, 1);
+  sy_buf labels = {0};
+  sy_metrics_label(&labels, "upstream", k->up->name, strlen(k->up->name));
+  sy_metrics_label(&labels, "server", k->s->addr.text, strlen(k->s->addr.text));
+  sy_metrics_label(&labels, "result", ok ? "ok" : "failed", ok ? 2 : 6);
+  sy_buf_append(&labels, "", 1);
+  sy_metrics_add(h->metrics, "switchyard_health_checks_total", labels.p, 1);
+  sy_buf_free(&labels);
   if (ok) {
     k->fail_run = 0;
-    if (++k->ok_run >= k->up->health.healthy && __atomic_load_n(&k->s->down, __ATOMIC_RELAXED)) {
-      __atomic_store_n(&k->s->fails, 0, __ATOMIC_RELAXED);
-      __atomic_store_n(&k->s->down, 0, __ATOMIC_RELAXED);
+    if (++k->ok_run >= k->up->health.healthy && __atomic_load_n(&k->s->rt->down, __ATOMIC_RELAXED)) {
+      __atomic_store_n(&k->s->rt->fails, 0, __ATOMIC_RELAXED);
+      __atomic_store_n(&k->s->rt->down, 0, __ATOMIC_RELAXED);
       sy_log_info("upstream %s: server %s is healthy again", k->up->name, k->s->addr.text);
     }
   } else {
     k->ok_run = 0;
     if (++k->fail_run >= k->up->health.unhealthy &&
-        !__atomic_exchange_n(&k->s->down, 1, __ATOMIC_RELAXED))
+        !__atomic_exchange_n(&k->s->rt->down, 1, __ATOMIC_RELAXED))
       sy_log_error("upstream %s: server %s is down (health check: %s)", k->up->name,
                    k->s->addr.text, why);
   }

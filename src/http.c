@@ -239,6 +239,14 @@ int sy_head_validate(const sy_head *h, const char *base) {
   int has_te = 0;
   if (h->major != 1 || h->minor > 1)
     return -1; /* HTTP/1.0 and 1.1 only */
+  if (!h->is_request) {
+    if (h->status < 100 || h->status > 599)
+      return -1;
+    sy_str r = sy_span_str(base, h->reason);
+    for (size_t k = 0; k < r.len; k++)
+      if (!valid_value_byte((unsigned char)r.p[k]))
+        return -1;
+  }
   for (size_t i = 0; i < h->nfields; i++) {
     sy_str n = sy_span_str(base, h->fields[i].name);
     sy_str v = sy_span_str(base, h->fields[i].value);

@@ -57,6 +57,7 @@ static void reload(void) {
     sy_log_error("reload refused, running configuration kept: %s", err.msg);
     return;
   }
+  sy_config_adopt_state(cfg, M.admin_state.cfg);
   for (unsigned i = 0; i < M.nworkers; i++)
     sy_worker_reload(&M.workers[i], cfg);
   sy_health_stop(M.health);

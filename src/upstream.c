@@ -15,11 +15,11 @@ static unsigned weight(const sy_server_cfg *s) {
 }
 
 static int usable(sy_server_cfg *s, uint64_t now_ms) {
-  if (!__atomic_load_n(&s->down, __ATOMIC_RELAXED))
+  if (!__atomic_load_n(&s->rt->down, __ATOMIC_RELAXED))
     return 1;
   /* A passively ejected server (no active check to revive it) gets a new
    * chance once its rest is over. */
-  uint64_t until = __atomic_load_n(&s->down_until_ms, __ATOMIC_RELAXED);
+  uint64_t until = __atomic_load_n(&s->rt->down_until_ms, __ATOMIC_RELAXED);
   return until && now_ms >= until;
 }
 
@@ -62,7 +62,7 @@ int sy_upstream_pick(sy_upstream_cfg *up, uint64_t tried, uint64_t key_hash, uin
       sy_server_cfg *s = &up->servers[i];
       if ((tried & (1ull << i)) || !usable(s, now_ms))
         continue;
-      int a = __atomic_load_n(&s->active, __ATOMIC_RELAXED);
+      int a = __atomic_load_n(&s->rt->active, __ATOMIC_RELAXED);
       uint64_t score = ((uint64_t)(a < 0 ? 0 : a) << 16) / weight(s);
       if (score < best_score) {
         best_score = score;
@@ -87,18 +87,18 @@ int sy_upstream_pick(sy_upstream_cfg *up, uint64_t tried, uint64_t key_hash, uin
 
 void sy_upstream_report(sy_upstream_cfg *up, sy_server_cfg *s, int ok, uint64_t now_ms) {
   if (ok) {
-    __atomic_store_n(&s->fails, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->rt->fails, 0, __ATOMIC_RELAXED);
     /* Back from a passive rest: up again (active checks decide on their own). */
-    if (!up->health.enabled && __atomic_exchange_n(&s->down, 0, __ATOMIC_RELAXED))
+    if (!up->health.enabled && __atomic_exchange_n(&s->rt->down, 0, __ATOMIC_RELAXED))
       sy_log_info("upstream %s: server %s is back", up->name, s->addr.text);
     return;
   }
   unsigned limit = up->health.unhealthy ? up->health.unhealthy : 3;
-  int f = __atomic_add_fetch(&s->fails, 1, __ATOMIC_RELAXED);
+  int f = __atomic_add_fetch(&s->rt->fails, 1, __ATOMIC_RELAXED);
   if ((unsigned)f >= limit) {
-    __atomic_store_n(&s->down_until_ms, up->health.enabled ? 0 : now_ms + SY_PASSIVE_REST_MS,
+    __atomic_store_n(&s->rt->down_until_ms, up->health.enabled ? 0 : now_ms + SY_PASSIVE_REST_MS,
                      __ATOMIC_RELAXED);
-    if (!__atomic_exchange_n(&s->down, 1, __ATOMIC_RELAXED))
+    if (!__atomic_exchange_n(&s->rt->down, 1, __ATOMIC_RELAXED))
       sy_log_error("upstream %s: server %s ejected after %d failed connects", up->name,
                    s->addr.text, f);
   }

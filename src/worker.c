@@ -11,6 +11,11 @@
 
 static uint64_t conns_total; /* all workers; atomic */
 
+/* Every worker, so one whose connection ends can wake another whose
+ * listener paused at max_connections (the limit is per process). */
+#define SY_MAX_WORKERS 256
+static sy_worker *registry[SY_MAX_WORKERS];
+
 uint64_t sy_worker_total_conns(void) {
   return __atomic_load_n(&conns_total, __ATOMIC_RELAXED);
 }
@@ -64,6 +69,7 @@ static void on_accept(uv_stream_t *s, int status) {
      * makes libuv stop polling this socket until we do: the listener pauses. */
     if (!l->paused) {
       l->paused = 1;
+      __atomic_store_n(&w->paused_any, 1, __ATOMIC_RELEASE);
       sy_metrics_add(w->metrics, "switchyard_listener_pauses_total", NULL, 1);
       sy_log_error("max_connections (%llu) reached: not accepting on %s",
                    (unsigned long long)w->cfg->limits.max_connections, l->cfg->addr.text);
@@ -74,12 +80,18 @@ static void on_accept(uv_stream_t *s, int status) {
 }
 
 static void resume_paused(sy_worker *w) {
+  int still = 0;
   for (sy_listener *l = w->listeners; l; l = l->next) {
-    if (!l->paused || at_limit(w))
+    if (!l->paused)
       continue;
+    if (at_limit(w)) {
+      still = 1;
+      continue;
+    }
     l->paused = 0;
     accept_one(w, l); /* takes the connection libuv held back and resumes polling */
   }
+  __atomic_store_n(&w->paused_any, still, __ATOMIC_RELEASE);
 }
 
 static int bind_listener(sy_worker *w, const sy_listener_cfg *lc) {
@@ -186,10 +198,20 @@ static void finish_if_drained(sy_worker *w) {
 void sy_worker_conn_gone(sy_worker *w) {
   __atomic_sub_fetch(&conns_total, 1, __ATOMIC_RELAXED);
   w->nconns--;
-  if (w->stopping)
+  if (w->stopping) {
     finish_if_drained(w);
-  else
-    resume_paused(w);
+    return;
+  }
+  resume_paused(w);
+  if (at_limit(w))
+    return;
+  for (unsigned i = 0; i < SY_MAX_WORKERS; i++) {
+    sy_worker *x = __atomic_load_n(&registry[i], __ATOMIC_ACQUIRE);
+    if (x && x != w && __atomic_load_n(&x->paused_any, __ATOMIC_ACQUIRE)) {
+      __atomic_store_n(&x->resume_req, 1, __ATOMIC_RELEASE);
+      uv_async_send(&x->wakeup);
+    }
+  }
 }
 
 static void on_drain_timeout(uv_timer_t *t) {
@@ -216,6 +238,8 @@ static void on_wakeup(uv_async_t *a) {
   } else if (next) {
     sy_config_unref(next);
   }
+  if (__atomic_exchange_n(&w->resume_req, 0, __ATOMIC_ACQ_REL) && !w->stopping)
+    resume_paused(w);
   if (stop && stop > w->stopping) {
     w->stopping = stop;
     close_listeners(w);
@@ -245,6 +269,8 @@ int sy_worker_start(sy_worker *w) {
   if (pthread_create(&w->thread, NULL, worker_main, w))
     return UV_EAGAIN;
   w->started = 1;
+  if (w->id < SY_MAX_WORKERS)
+    __atomic_store_n(&registry[w->id], w, __ATOMIC_RELEASE);
   return 0;
 }
 
@@ -266,8 +292,11 @@ void sy_worker_stop(sy_worker *w, enum sy_stop how) {
 }
 
 void sy_worker_join(sy_worker *w) {
-  if (w->started)
-    pthread_join(w->thread, NULL);
+  if (!w->started)
+    return;
+  pthread_join(w->thread, NULL);
+  if (w->id < SY_MAX_WORKERS)
+    __atomic_store_n(&registry[w->id], NULL, __ATOMIC_RELEASE);
 }
 
 static void close_walk(uv_handle_t *h, void *arg) {

@@ -45,15 +45,22 @@ typedef struct sy_listener_cfg {
   struct sy_tls_ctx *tls_ctx; /* built by sy_config_load when tls is set; freed with the config */
 } sy_listener_cfg;
 
+/* Runtime state of a server shared by all workers (atomics) and carried
+ * from one config snapshot to the next for the same upstream name and
+ * address, so a reload neither forgets the open tunnels (least_conn) nor
+ * brings an ejected server back early. Reference-counted. */
+typedef struct sy_server_rt {
+  int refs;
+  int active;             /* connections open to it, tunnels included */
+  int down;               /* 1 = ejected (active check or passive failures) */
+  int fails;              /* consecutive connect failures */
+  uint64_t down_until_ms; /* passive ejection without active checks: retry after */
+} sy_server_rt;
+
 typedef struct sy_server_cfg {
   sy_addr addr;
   unsigned weight; /* default 1 */
-  /* Runtime state shared by all workers (atomics): connections open to this
-   * server, tunnels included (least_conn), and its health. */
-  int active;
-  int down;          /* 1 = ejected (active check or passive failures) */
-  int fails;         /* consecutive connect failures (passive ejection) */
-  uint64_t down_until_ms; /* passive ejection without active checks: retry after */
+  sy_server_rt *rt;
 } sy_server_cfg;
 
 enum sy_balance { SY_BALANCE_ROUND_ROBIN = 0, SY_BALANCE_LEAST_CONN, SY_BALANCE_HASH };
@@ -169,6 +176,9 @@ sy_config *sy_config_load(const char *path, sy_config_error *err);
 sy_config *sy_config_load_string(const char *name, const char *yaml, size_t len,
                                  sy_config_error *err);
 sy_config *sy_config_ref(sy_config *cfg);
+/* Takes over the runtime state (server counters and health, balancing
+ * cursors) of `old` for every upstream server `cfg` shares with it. */
+void sy_config_adopt_state(sy_config *cfg, const sy_config *old);
 void sy_config_unref(sy_config *cfg);
 
 /* Strict parsers: "250ms", "10s", "5m", "1h", "2d" (integer and unit, nothing

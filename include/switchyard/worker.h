@@ -45,6 +45,8 @@ struct sy_worker {
   int stopping;   /* enum sy_stop, in effect on the loop */
   uint64_t nconns;
   int started;
+  int paused_any; /* a listener waits at max_connections (atomic) */
+  int resume_req; /* another worker saw the count drop (atomic) */
 };
 
 /* Binds the worker's listeners (SO_REUSEPORT). Returns 0 or a negative uv error. */
