@@ -68,6 +68,7 @@ typedef struct sy_flow {
   uv_write_t wreq;
   sy_buf cipher; /* the batch once encrypted, while its write is in flight */
   unsigned writing : 1, msg_done : 1, chunked_out : 1, head_done : 1, discard : 1, eof : 1;
+  unsigned check_chunk_end : 1; /* a chunked message just ended: verify its CRLFs */
   uint64_t bytes; /* read from this flow's source for the current exchange */
 } sy_flow;
 
@@ -103,6 +104,7 @@ struct sy_conn {
 
   /* Response decisions. */
   int close_after, status, resp_head_sent, interim, bad_101, switching;
+  int resp_flushed; /* some of the final response went to the client */
 
   /* Access log. */
   char client_ip[64];
@@ -239,6 +241,18 @@ static void flow_compact(sy_flow *f) {
     f->head_start = 0;
   f->scan_pos = f->scan_pos >= f->pos ? f->scan_pos - f->pos : 0;
   f->pos = 0;
+}
+
+/* llhttp takes a bare LF after the last chunk; the message must end in
+ * CRLF CRLF (last-chunk and trailer section), checked where the bytes are
+ * still in the buffer. -1 bad. */
+static int flow_check_chunk_end(sy_flow *f) {
+  if (!f->check_chunk_end)
+    return 0;
+  f->check_chunk_end = 0;
+  if (f->pos < 4)
+    return 0;
+  return memcmp(f->buf + f->pos - 4, "\r\n\r\n", 4) == 0 ? 0 : -1;
 }
 
 /* Checks the raw bytes of the head being read (see sy_headscan). -1 bad. */
@@ -591,6 +605,7 @@ static void reset_exchange(sy_conn *c) {
   c->ws_key[0] = 0;
   c->check_accept = 0;
   c->close_after = c->status = c->resp_head_sent = c->interim = c->bad_101 = 0;
+  c->resp_flushed = 0;
   c->switching = 0;
   c->offered0[0] = 0;
   c->tls_upgrade_now = 0;
@@ -698,6 +713,8 @@ static void rs_flush(sy_conn *c) {
     return;
   }
   c->rs.wreq.data = c;
+  if (c->resp_head_sent)
+    c->resp_flushed = 1;
   for (uint32_t i = 0; i < c->rs.nsegs; i++)
     c->bytes_out += c->rs.segs[i].len;
   if (flow_write(c, &c->rs, (uv_stream_t *)&c->client, c->ctls, on_rs_written) < 0)
@@ -715,6 +732,13 @@ static void local_response(sy_conn *c, int status, int close) {
 }
 
 static void local_send(sy_conn *c, int status, int close, sy_buf *b) {
+  if (c->resp_head_sent && !c->resp_flushed && !c->rs.writing) {
+    /* The upstream's head is still only queued: an error found in the same
+     * read (a bad chunk, say) replaces it, so the client sees a clean 502. */
+    c->resp_head_sent = 0;
+    c->rs.nsegs = 0;
+    c->rs.scratch.len = 0;
+  }
   if (c->resp_head_sent) {
     /* Part of an upstream response is already out: the only honest signal
      * left is to cut the connection. */
@@ -868,6 +892,7 @@ static int cb_message_complete(llhttp_t *p) {
   if (f->chunked_out && !f->discard && flow_push_scratch(f, "0\r\n\r\n", 5))
     return HPE_USER;
   f->msg_done = 1;
+  f->check_chunk_end = (p->flags & F_CHUNKED) != 0;
   return HPE_PAUSED;
 }
 
@@ -1397,6 +1422,15 @@ static int cb_resp_headers_complete(llhttp_t *p) {
   sy_resp_opts o = {.via = c->cfg->forwarding.via};
   if (sy_head_validate(&f->head, f->buf) < 0)
     return HPE_USER;
+  /* The whole head may come in one read: measure it here, not only while
+   * it is incomplete. */
+  uint32_t end = f->head.reason.off + f->head.reason.len;
+  if (f->head.nfields) {
+    const sy_field *last = &f->head.fields[f->head.nfields - 1];
+    end = last->value.len ? last->value.off + last->value.len : last->name.off + last->name.len;
+  }
+  if (end - f->head_start > c->cfg->limits.max_header_bytes + 1024)
+    return HPE_USER;
   int skip_body = 0;
   if (status == 101) {
     if (!switch_acceptable(c)) {
@@ -1467,6 +1501,12 @@ static void upstream_feed(sy_conn *c) {
       f->pos = f->len;
     } else if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
       f->pos = (uint32_t)(llhttp_get_error_pos(&f->parser) - f->buf);
+      if (flow_check_chunk_end(f) < 0) {
+        sy_log_error("upstream %s: chunked body not ended by CRLF",
+                     c->server ? c->server->addr.text : "?");
+        local_response(c, 502, 1);
+        return;
+      }
       if (!f->msg_done) {
         llhttp_resume(&f->parser); /* end of a 1xx: keep going */
         continue;
@@ -1584,6 +1624,10 @@ static void client_feed(sy_conn *c) {
       continue;
     } else if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
       f->pos = (uint32_t)(llhttp_get_error_pos(&f->parser) - f->buf);
+      if (flow_check_chunk_end(f) < 0) {
+        local_response(c, 400, 1);
+        return;
+      }
     } else {
       int st = f->head.too_many ? 431 : 400;
       if (c->state != SY_READ_HEAD) {
