@@ -112,7 +112,6 @@ struct sy_conn {
   char method[16];
   char *path;
   uint64_t t_start, bytes_in, bytes_out;
-  sy_tunnel *tunnel;
 
   /* TLS: ctls on the client side (TLS listener, or after an RFC 2817
    * upgrade), utls towards the upstream. NULL = cleartext. */
@@ -128,10 +127,27 @@ struct sy_conn {
   int server_counted;      /* this connection counts in server->active */
   int link_keeps_count;    /* a splice tunnel holds the count past the link */
   int link_used;           /* an upstream connection was opened for this request */
+  int handed_off;          /* a spliced tunnel's note took over; see sy_tunnel_note */
 
   /* Relay (TLS tunnel) bookkeeping. */
   uint64_t relay_start, relay_c2u, relay_u2c;
   const char *relay_closed_by;
+};
+
+/* What a tunnel needs once its connection is gone: a spliced tunnel keeps
+ * this (about 150 bytes plus the path), not the whole connection, so an idle
+ * tunnel costs little more than its sockets. */
+struct sy_tunnel_note {
+  sy_worker *w;
+  sy_config *cfg; /* keeps route and server alive */
+  const sy_route_cfg *route;
+  const sy_server_cfg *server;
+  sy_tunnel *tunnel;
+  sy_tunnel_note *next, *prev; /* the worker's live tunnels */
+  int client_port;
+  char proto[32];
+  char client_ip[64];
+  const char *path;
 };
 
 /* Which socket of the connection; per-side code is written once. */
@@ -332,17 +348,30 @@ static sy_msec_t response_timeout(const sy_conn *c) {
 
 /* ---- metrics ------------------------------------------------------------------ */
 
-static void route_label(const sy_conn *c, sy_buf *b) {
+static void route_label_of(const sy_route_cfg *route, sy_buf *b) {
   char idx[32];
   const char *r = "";
-  if (c->route) {
-    r = c->route->name;
+  if (route) {
+    r = route->name;
     if (!r) {
-      snprintf(idx, sizeof(idx), "#%zu", c->route->index);
+      snprintf(idx, sizeof(idx), "#%zu", route->index);
       r = idx;
     }
   }
   sy_metrics_label(b, "route", r, strlen(r));
+}
+
+static void route_label(const sy_conn *c, sy_buf *b) {
+  route_label_of(c->route, b);
+}
+
+/* The note of a connection that is still whole (relay, or before hand-off). */
+static sy_tunnel_note note_of(sy_conn *c) {
+  sy_tunnel_note n = {.w = c->w, .cfg = c->cfg, .route = c->route, .server = c->server,
+                      .client_port = c->client_port, .path = c->path};
+  memcpy(n.proto, c->proto, sizeof(n.proto));
+  snprintf(n.client_ip, sizeof(n.client_ip), "%s", c->client_ip);
+  return n;
 }
 
 static void count_request(sy_conn *c) {
@@ -371,9 +400,9 @@ static void count_request(sy_conn *c) {
   sy_buf_free(&u);
 }
 
-static void count_tunnel(sy_conn *c, int delta, const sy_tunnel_stats *st) {
+static void count_tunnel(const sy_tunnel_note *c, int delta, const sy_tunnel_stats *st) {
   sy_buf b = {0};
-  route_label(c, &b);
+  route_label_of(c->route, &b);
   sy_metrics_label(&b, "protocol", c->proto, strlen(c->proto));
   sy_buf_append(&b, "", 1);
   sy_metrics *m = c->w->metrics;
@@ -429,7 +458,7 @@ static void log_request(sy_conn *c) {
   sy_buf_free(&b);
 }
 
-static void log_tunnel(sy_conn *c, const sy_tunnel_stats *st) {
+static void log_tunnel(const sy_tunnel_note *c, const sy_tunnel_stats *st) {
   if (!sy_access_log_enabled())
     return;
   sy_buf b = {0};
@@ -471,16 +500,19 @@ static void conn_free(sy_conn *c) {
     w->conns = c->next;
   if (c->next)
     c->next->prev = c->prev;
-  sy_metrics_add(w->metrics, "switchyard_connections_open", NULL, -1);
   flow_free(&c->rq);
   flow_free(&c->rs);
   free(c->path);
   sy_buf_free(&c->retry_head);
   sy_tls_conn_free(c->ctls);
   sy_tls_conn_free(c->utls);
+  int handed_off = c->handed_off;
   sy_config_unref(c->cfg);
   free(c);
-  sy_worker_conn_gone(w);
+  if (!handed_off) { /* a spliced tunnel still counts as the client's connection */
+    sy_metrics_add(w->metrics, "switchyard_connections_open", NULL, -1);
+    sy_worker_conn_gone(w);
+  }
 }
 
 static void conn_unref(sy_conn *c) {
@@ -2009,8 +2041,9 @@ static void relay_end(sy_conn *c, const char *reason) {
       .closed_by = c->relay_closed_by ? c->relay_closed_by : "proxy",
       .reason = reason,
   };
-  count_tunnel(c, -1, &st);
-  log_tunnel(c, &st);
+  sy_tunnel_note n = note_of(c);
+  count_tunnel(&n, -1, &st);
+  log_tunnel(&n, &st);
   conn_close(c);
 }
 
@@ -2107,7 +2140,8 @@ static void start_relay(sy_conn *c) {
   log_request(c);
   c->state = SY_RELAY;
   c->relay_start = uv_hrtime();
-  count_tunnel(c, 1, NULL);
+  sy_tunnel_note n = note_of(c);
+  count_tunnel(&n, 1, NULL);
   c->rq.msg_done = c->rs.msg_done = 0;
   c->rq.discard = c->rs.discard = 0;
   c->rq.chunked_out = c->rs.chunked_out = 0;
@@ -2121,15 +2155,40 @@ static void start_relay(sy_conn *c) {
 /* ---- tunnel -------------------------------------------------------------------- */
 
 static void on_tunnel_done(sy_tunnel *t, const sy_tunnel_stats *st, void *arg) {
-  sy_conn *c = arg;
-  count_tunnel(c, -1, st);
-  log_tunnel(c, st);
-  c->tunnel = NULL;
-  if (c->server_counted) {
-    c->server_counted = 0;
-    server_count(c, -1);
+  sy_tunnel_note *n = arg;
+  sy_worker *w = n->w;
+  count_tunnel(n, -1, st);
+  log_tunnel(n, st);
+  if (n->server)
+    __atomic_sub_fetch(&n->server->rt->active, 1, __ATOMIC_RELAXED);
+  if (n->prev)
+    n->prev->next = n->next;
+  else
+    w->tunnels = n->next;
+  if (n->next)
+    n->next->prev = n->prev;
+  sy_config_unref(n->cfg);
+  free(n);
+  sy_metrics_add(w->metrics, "switchyard_connections_open", NULL, -1);
+  sy_worker_conn_gone(w);
+}
+
+/* The note that outlives the connection: copied out of it, path inline. */
+static sy_tunnel_note *note_new(sy_conn *c) {
+  size_t pl = c->path ? strlen(c->path) + 1 : 0;
+  sy_tunnel_note *n = malloc(sizeof(*n) + pl);
+  if (!n)
+    return NULL;
+  *n = note_of(c);
+  n->cfg = sy_config_ref(c->cfg);
+  n->path = NULL;
+  if (pl) {
+    memcpy((char *)(n + 1), c->path, pl);
+    n->path = (const char *)(n + 1);
   }
-  conn_unref(c);
+  n->tunnel = NULL;
+  n->prev = NULL;
+  return n;
 }
 
 static void start_tunnel(sy_conn *c) {
@@ -2142,12 +2201,13 @@ static void start_tunnel(sy_conn *c) {
   c->status = 101;
   count_request(c);
   log_request(c);
-  if (dc < 0 || du < 0) {
+  sy_tunnel_note *n = dc >= 0 && du >= 0 ? note_new(c) : NULL;
+  if (!n) {
     if (dc >= 0)
       close(dc);
     if (du >= 0)
       close(du);
-    sy_log_error("tunnel: dup failed: %s", strerror(errno));
+    sy_log_error("tunnel: cannot hand over: %s", strerror(errno));
     conn_close(c);
     return;
   }
@@ -2160,23 +2220,30 @@ static void start_tunnel(sy_conn *c) {
       .force_copy = 0,
   };
   c->state = SY_TUNNEL;
-  count_tunnel(c, 1, NULL);
-  c->refs++; /* held by the tunnel until its done callback */
-  c->tunnel = sy_tunnel_start(&c->w->loop, c->w->pipes, dc, du, q->buf ? q->buf + q->pos : NULL,
+  n->tunnel = sy_tunnel_start(&c->w->loop, c->w->pipes, dc, du, q->buf ? q->buf + q->pos : NULL,
                               q->buf ? q->len - q->pos : 0, r->buf ? r->buf + r->pos : NULL,
-                              r->buf ? r->len - r->pos : 0, &o, on_tunnel_done, c);
-  if (!c->tunnel) {
+                              r->buf ? r->len - r->pos : 0, &o, on_tunnel_done, n);
+  if (!n->tunnel) {
     close(dc);
     close(du);
-    count_tunnel(c, -1, NULL);
-    c->refs--;
+    sy_config_unref(n->cfg);
+    free(n);
   } else {
-    c->link_keeps_count = 1; /* the tunnel is still a connection to the server */
+    /* From here the note is the client's connection: it counts towards
+     * max_connections and, as a tunnel, towards the server's open
+     * connections (least_conn) until the tunnel ends. */
+    count_tunnel(n, 1, NULL);
+    sy_worker *w = c->w;
+    n->next = w->tunnels;
+    if (w->tunnels)
+      w->tunnels->prev = n;
+    w->tunnels = n;
+    c->handed_off = 1;
+    c->link_keeps_count = 1;
+    c->server_counted = 0;
   }
-  flow_free(q);
-  flow_free(r);
-  /* The tunnel owns the duplicates; the libuv handles and buffers go now, so
-   * an idle tunnel holds no user-space buffer. */
+  /* The tunnel owns the duplicates; the connection, its libuv handles and
+   * its buffers go now. */
   conn_close(c);
 }
 
@@ -2261,11 +2328,11 @@ void sy_conn_drain_all(sy_worker *w) {
 }
 
 void sy_conn_close_all(sy_worker *w) {
+  for (sy_tunnel_note *n = w->tunnels; n; n = n->next)
+    sy_tunnel_close(n->tunnel, "shutdown"); /* done callbacks come on a later turn */
   sy_conn *next;
   for (sy_conn *c = w->conns; c; c = next) {
     next = c->next;
-    if (c->tunnel)
-      sy_tunnel_close(c->tunnel, "shutdown");
     if (c->state == SY_RELAY) {
       c->relay_closed_by = "proxy";
       relay_end(c, "shutdown");

@@ -187,7 +187,7 @@ int sy_worker_init(sy_worker *w, unsigned id, sy_config *cfg) {
 }
 
 static void finish_if_drained(sy_worker *w) {
-  if (w->stopping && !w->conns) {
+  if (w->stopping && !w->conns && !w->tunnels) {
     if (!uv_is_closing((uv_handle_t *)&w->drain_timer))
       uv_close((uv_handle_t *)&w->drain_timer, NULL);
     if (!uv_is_closing((uv_handle_t *)&w->wakeup))
@@ -216,7 +216,7 @@ void sy_worker_conn_gone(sy_worker *w) {
 
 static void on_drain_timeout(uv_timer_t *t) {
   sy_worker *w = t->data;
-  if (w->conns)
+  if (w->conns || w->tunnels)
     sy_log_info("worker %u: drain timeout, closing %llu connection(s)", w->id,
                 (unsigned long long)w->nconns);
   sy_conn_close_all(w);

@@ -15,6 +15,7 @@
 #include "switchyard/upool.h"
 
 typedef struct sy_conn sy_conn;
+typedef struct sy_tunnel_note sy_tunnel_note;
 typedef struct sy_worker sy_worker;
 
 typedef struct sy_listener {
@@ -41,7 +42,8 @@ struct sy_worker {
   sy_pipe_pool *pipes;
   sy_metrics *metrics;
   sy_upool *upool; /* idle upstream keep-alive connections */
-  sy_conn *conns; /* intrusive list, for reload and shutdown */
+  sy_conn *conns;           /* intrusive list, for reload and shutdown */
+  sy_tunnel_note *tunnels;  /* spliced tunnels, whose connections are gone */
   int stopping;   /* enum sy_stop, in effect on the loop */
   uint64_t nconns;
   int started;

@@ -72,7 +72,9 @@ def test_metrics_follow_traffic(proxy, backend, upgrader):
     assert m.one("switchyard_requests_total", route="err", class_="5xx") == 1, m.text
     assert m.get("switchyard_requests_total", class_="4xx") == 2, m.text
     assert m.get("switchyard_requests_total") == 6, m.text
-    assert m.get("switchyard_connections_accepted_total") == acc0 + 1, m.text
+    # the harness's start-up probe may be accepted after m0 was read (slow
+    # sanitizer builds): one or two connections since then, never more
+    assert acc0 + 1 <= m.get("switchyard_connections_accepted_total") <= acc0 + 2, m.text
 
     # upgrade refused by the upstream (400 relayed), and rejected by the route
     r = px.request(upgrade_request("/ref"))
