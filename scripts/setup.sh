@@ -9,7 +9,8 @@ PACKAGES=(
   python3 python3-pytest curl openssl
 )
 if [[ "${1:-}" == "--tests" ]]; then
-  PACKAGES+=(valgrind nghttp2-client nghttp2-proxy chromium buildah debootstrap)
+  PACKAGES+=(valgrind nghttp2-client nghttp2-proxy chromium buildah debootstrap
+             clang libclang-rt-14-dev nginx haproxy wrk)
   # A NodeSource nodejs bundles npm and conflicts with Debian's npm package.
   command -v node >/dev/null || PACKAGES+=(nodejs)
   command -v npm >/dev/null || PACKAGES+=(npm)

@@ -108,6 +108,9 @@ static void render_metrics(sy_admin_state *st, sy_buf *b) {
   sy_buf_appendf(b, "# TYPE switchyard_config_generation gauge\nswitchyard_config_generation %llu\n",
                  (unsigned long long)st->generation);
   sy_buf_appendf(b, "# TYPE switchyard_workers gauge\nswitchyard_workers %u\n", st->nworkers);
+  sy_buf_appendf(b, "# TYPE switchyard_access_log_dropped_total counter\n"
+                    "switchyard_access_log_dropped_total %llu\n",
+                 (unsigned long long)sy_access_log_dropped());
   for (int pass = 0; pass < 2; pass++) {
     const char *name = pass ? "switchyard_upstream_active_connections"
                             : "switchyard_upstream_server_up";

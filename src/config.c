@@ -645,6 +645,8 @@ static int h_servers(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t
   sy_upstream_cfg *u = obj;
   if (want_seq(c, v, path, 1) < 0) return -1;
   size_t n = seq_len(v);
+  /* The balancer tracks tried servers in a 64-bit set. */
+  if (n > 64) return fail(c, v, "%s: at most 64 servers per upstream", path);
   if (!(u->servers = xcalloc(c, v, n, sizeof *u->servers))) return -1;
   u->nservers = n;
   for (size_t i = 0; i < n; i++) {
@@ -1072,6 +1074,14 @@ static void free_listener(sy_listener_cfg *l) {
 
 static void rt_unref(sy_server_rt *rt) {
   if (rt && __atomic_sub_fetch(&rt->refs, 1, __ATOMIC_ACQ_REL) == 0) free(rt);
+}
+
+void sy_server_rt_ref(sy_server_rt *rt) {
+  __atomic_add_fetch(&rt->refs, 1, __ATOMIC_RELAXED);
+}
+
+void sy_server_rt_unref(sy_server_rt *rt) {
+  rt_unref(rt);
 }
 
 void sy_config_adopt_state(sy_config *cfg, const sy_config *old) {

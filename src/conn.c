@@ -162,6 +162,8 @@ static void start_connect(sy_conn *c);
 static void local_response(sy_conn *c, int status, int close);
 static void conn_unref(sy_conn *c);
 static void client_read_update(sy_conn *c);
+static void client_eof(sy_conn *c, ssize_t n);
+static void upstream_eof(sy_conn *c, ssize_t n);
 static void upstream_read_update(sy_conn *c);
 static void tls_pump(sy_conn *c, sy_side side);
 static int tls_flush(sy_conn *c, sy_side side);
@@ -389,7 +391,7 @@ static void count_request(sy_conn *c) {
    * (a route that allows none of the tokens, or a 101 that failed checks). */
   const char *outcome = c->switching                        ? "switched"
                         : (c->bad_101 || !c->upgrading)     ? "rejected"
-                        : c->resp_head_sent && c->link_used ? "refused"
+                        : c->resp_from_upstream             ? "refused"
                                                             : "rejected";
   const char *proto = c->switching ? c->proto : c->offered0;
   sy_buf u = {0};
@@ -548,6 +550,7 @@ static void link_release(sy_conn *c) {
   sy_link *l = c->link;
   const sy_upstream_cfg *up = c->route ? c->route->upstream : NULL;
   int reusable = l && up && !c->utls && !c->upgrading && !c->w->stopping && c->link_used &&
+                 !c->rs.eof &&
                  c->rs.msg_done && c->rq.msg_done && !c->rq.writing && c->rs.pos == c->rs.len &&
                  llhttp_should_keep_alive(&c->rs.parser) && c->resp_from_upstream;
   if (!reusable) {
@@ -559,7 +562,8 @@ static void link_release(sy_conn *c) {
     c->server_counted = 0;
     server_count(c, -1);
   }
-  uv_read_stop((uv_stream_t *)&l->tcp);
+  /* The link keeps reading with on_upstream_read, which closes it on any
+   * byte or EOF while pooled (l->c == NULL). */
   l->c = NULL;
   if (sy_upool_put(c->w->upool, l, up->keepalive_max_idle, up->keepalive_idle) < 0) {
     sy_link_close(l);
@@ -610,8 +614,13 @@ static void conn_linger(sy_conn *c) {
   c->state = SY_LINGER;
   link_close(c);
   uv_read_stop((uv_stream_t *)&c->client);
-  flow_free(&c->rq);
-  flow_free(&c->rs);
+  /* A flow with a write in flight keeps its memory: libuv still holds the
+   * request (its queue links live in the flow) and the bytes. conn_free
+   * takes what is left. */
+  if (!c->rq.writing)
+    flow_free(&c->rq);
+  if (!c->rs.writing)
+    flow_free(&c->rs);
   timer_arm(c, SY_LINGER_MS);
   if (c->ctls) {
     sy_tls_shutdown(c->ctls);
@@ -689,11 +698,15 @@ static void maybe_finish(sy_conn *c) {
     llhttp_resume_after_upgrade(&c->rq.parser);
   else if (llhttp_get_errno(&c->rq.parser) == HPE_PAUSED)
     llhttp_resume(&c->rq.parser);
-  flow_free(&c->rs);
+  /* The response flow is reset, not freed: its small arrays serve the next
+   * exchange; only the data buffer goes when empty (idle holds none). */
+  c->rs.pos = c->rs.len = c->rs.head_start = c->rs.scan_pos = 0;
+  c->rs.eof = 0;
+  flow_batch_done(&c->rs);
+  flow_release_if_idle(&c->rs);
   sy_headscan_init(&c->rs.scan);
   llhttp_init(&c->rs.parser, HTTP_RESPONSE, &resp_settings);
   c->rs.parser.data = c;
-  sy_head_init(&c->rs.head, 0, c->cfg->limits.max_headers);
   flow_compact(&c->rq);
   flow_batch_done(&c->rq);
   reset_exchange(c);
@@ -995,6 +1008,21 @@ static void remember_request(sy_conn *c) {
   memcpy(c->method, m.p, mn);
   c->method[mn] = 0;
   sy_str t = sy_span_str(f->buf, f->head.target);
+  /* absolute-form routes on its path like origin-form (the authority was
+   * checked against Host). */
+  size_t skip = 0;
+  if (t.len > 7 && strncasecmp(t.p, "http://", 7) == 0)
+    skip = 7;
+  else if (t.len > 8 && strncasecmp(t.p, "https://", 8) == 0)
+    skip = 8;
+  if (skip) {
+    while (skip < t.len && t.p[skip] != '/' && t.p[skip] != '?')
+      skip++;
+    t.p += skip;
+    t.len -= skip;
+    if (!t.len || t.p[0] != '/')
+      t = (sy_str){"/", 1};
+  }
   size_t q = 0;
   while (q < t.len && t.p[q] != '?')
     q++;
@@ -1187,8 +1215,14 @@ static void cipher_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
 }
 
 static void upstream_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
+  static __thread char sink[64];
   sy_link *l = h->data;
   sy_conn *c = l->c;
+  if (!c) { /* pooled: anything that arrives condemns the link */
+    buf->base = sink;
+    buf->len = sizeof(sink);
+    return;
+  }
   if (c->utls) {
     cipher_alloc(h, sz, buf);
     return;
@@ -1205,15 +1239,22 @@ static void upstream_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
 static int upstream_wants(const sy_conn *c) {
   if (!c->link || c->closing)
     return 0;
+  /* Reading goes on while a batch is being written (the buffer bounds it):
+   * stopping and restarting a read costs epoll_ctl calls on every request. */
   if (c->state == SY_RELAY)
-    return !c->rs.writing && !c->rs.eof && (!c->rs.buf || c->rs.len < c->rs.cap);
-  return !c->rs.writing && !c->rs.msg_done && c->state >= SY_STREAM_BODY &&
-         c->state <= SY_STREAM_RESP_BODY && (!c->rs.buf || c->rs.len < c->rs.cap);
+    return !c->rs.eof && (!c->rs.buf || c->rs.len < c->rs.cap);
+  return c->state >= SY_STREAM_BODY && c->state <= SY_STREAM_RESP_BODY &&
+         (!c->rs.buf || c->rs.len < c->rs.cap);
 }
 
 static void upstream_read_update(sy_conn *c) {
   if (!c->link || c->closing)
     return;
+  if (c->rs.eof && !c->rs.writing && c->rs.pos == c->rs.len && c->state != SY_RELAY) {
+    c->rs.eof = 0;
+    upstream_eof(c, UV_EOF);
+    return;
+  }
   int want = upstream_wants(c);
   if (c->utls && !sy_tls_handshake_done(c->utls))
     want = 1;
@@ -1350,6 +1391,14 @@ static void start_connect(sy_conn *c) {
   c->server_counted = 1;
   server_count(c, 1);
   int rc = uv_tcp_connect(&l->creq, &l->tcp, (const struct sockaddr *)&s->addr.sa, on_connect);
+  if (rc == UV_EMFILE || rc == UV_ENFILE || rc == UV_ENOBUFS || rc == UV_ENOMEM) {
+    /* Our own shortage, not the server's fault: no passive ejection. */
+    sy_log_error("upstream %s: cannot open a socket: %s (out of file descriptors?)",
+                 s->addr.text, uv_strerror(rc));
+    link_close(c);
+    local_response(c, 503, 1);
+    return;
+  }
   if (rc < 0) {
     link_close(c);
     upstream_failed(c, 0);
@@ -1589,6 +1638,14 @@ static void upstream_eof(sy_conn *c, ssize_t n) {
     local_response(c, 502, 1);
     return;
   }
+  if (n == UV_EOF && (c->rs.writing || c->rs.pos < c->rs.len)) {
+    /* Read ahead of the parser: the EOF counts once those bytes are parsed
+     * (upstream_read_update comes back here). */
+    c->rs.eof = 1;
+    return;
+  }
+  if (c->rs.msg_done)
+    return; /* the response is whole; the connection just is not reusable */
   if (n == UV_EOF && llhttp_message_needs_eof(&c->rs.parser) && c->rs.head_done) {
     llhttp_finish(&c->rs.parser);
     rs_flush(c);
@@ -1605,6 +1662,13 @@ static void upstream_eof(sy_conn *c, ssize_t n) {
 static void on_upstream_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   sy_link *l = s->data;
   sy_conn *c = l->c;
+  if (!c) {
+    /* An idle pooled connection: stray bytes, EOF or an error all mean it
+     * cannot carry another request. */
+    if (n != 0)
+      sy_link_close(l);
+    return;
+  }
   if (c->utls) {
     if (n > 0 && sy_tls_feed(c->utls, buf->base, (size_t)n) < 0)
       n = UV_ENOMEM;
@@ -1744,13 +1808,18 @@ static int client_wants(sy_conn *c) {
   sy_flow *f = &c->rq;
   int want;
   if (c->state == SY_RELAY)
-    want = !f->writing && !f->eof;
+    want = !f->eof;
   else if (c->state == SY_READ_HEAD)
     want = !f->head_done;
   else if (c->state == SY_CONNECT)
     want = 0;
-  else /* after the request ends, an upgrade holds the client until the answer */
-    want = !f->msg_done && !f->writing;
+  else if (f->msg_done)
+    /* Between a request and its answer the client may go on reading into the
+     * buffer (pipelining; no poll churn per request), except after an
+     * upgrade request, which holds the client until the answer. */
+    want = !c->upgrading && !c->tls_upgrade_pending;
+  else
+    want = 1; /* the buffer bounds what is read ahead while a batch is written */
   if (want && f->buf && f->len == f->cap && f->pos == f->len && !f->writing && !f->nsegs)
     flow_compact(f);
   if (want && f->buf && f->len == f->cap)
@@ -1761,6 +1830,15 @@ static int client_wants(sy_conn *c) {
 static void client_read_update(sy_conn *c) {
   if (c->closing || c->state == SY_LINGER || c->state == SY_TUNNEL)
     return;
+  if (c->rq.eof && !c->rq.writing && c->rq.pos == c->rq.len && c->state != SY_RELAY) {
+    c->rq.eof = 0;
+    client_eof(c, UV_EOF);
+    return;
+  }
+  if (c->rq.eof && c->state != SY_RELAY) {
+    uv_read_stop((uv_stream_t *)&c->client);
+    return;
+  }
   int want = client_wants(c);
   if (c->ctls && !sy_tls_handshake_done(c->ctls))
     want = 1; /* the handshake needs the socket whatever HTTP wants */
@@ -1775,8 +1853,10 @@ static void client_read_update(sy_conn *c) {
 }
 
 static void client_input(sy_conn *c, size_t n) {
-  if (c->state == SY_READ_HEAD && c->rq.len == c->rq.head_start && !c->rq.head_done)
+  if (c->state == SY_READ_HEAD && c->rq.len == c->rq.head_start && !c->rq.head_done) {
     timer_arm(c, c->cfg->timeouts.header);
+    c->t_start = uv_hrtime(); /* a request's time starts with its first byte */
+  }
   c->rq.len += (uint32_t)n;
   client_feed(c);
 }
@@ -1791,6 +1871,13 @@ static void client_eof(sy_conn *c, ssize_t n) {
     conn_close(c); /* a clean end between requests */
     return;
   }
+  if (n == UV_EOF && (c->rq.writing || c->rq.pos < c->rq.len)) {
+    /* Read ahead of the parser: the request may still be whole. The EOF
+     * counts once the buffer is parsed (client_read_update comes back). */
+    c->rq.eof = 1;
+    c->close_after = 1;
+    return;
+  }
   if (n == UV_EOF && c->rq.msg_done && c->state != SY_READ_HEAD) {
     /* A half-close after a whole request: answer it, then close. An upgrade
      * carries on: the FIN is still there for the tunnel to read. */
@@ -1802,7 +1889,15 @@ static void client_eof(sy_conn *c, ssize_t n) {
     rq_flush(c);
     return;
   }
-  /* The client left mid-request; nobody is there to read an answer. */
+  /* The client left mid-request; nobody is there to read an answer. Logged
+   * as nginx does, with 499 (client closed request). */
+  sy_log_info("client %s:%d: connection %s mid-request", c->client_ip, c->client_port,
+              n == UV_EOF ? "closed" : uv_strerror((int)n));
+  if (c->method[0] && !c->resp_flushed) {
+    c->status = 499;
+    count_request(c);
+    log_request(c);
+  }
   conn_close(c);
 }
 
@@ -2049,6 +2144,8 @@ static void relay_end(sy_conn *c, const char *reason) {
 
 static void relay_input(sy_conn *c, sy_side from) {
   sy_flow *f = side_flow(c, from);
+  if (f->writing)
+    return; /* relay_written picks up what arrived meanwhile */
   uint32_t n = f->len - f->pos;
   if (n && flow_push(f, f->pos, n, 0) < 0) {
     conn_close(c);

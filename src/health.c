@@ -176,6 +176,14 @@ sy_health *sy_health_start(uv_loop_t *loop, sy_config *cfg, sy_metrics *m) {
     sy_upstream_cfg *up = &cfg->upstreams[u];
     if (!up->health.enabled)
       continue;
+    if (up->tls.enabled) {
+      /* Probes speak cleartext HTTP only: against a TLS server they would
+       * fail and eject every server. Passive ejection still applies. */
+      sy_log_error("upstream %s: active health checks are not supported over TLS yet; "
+                   "relying on passive ejection",
+                   up->name);
+      continue;
+    }
     for (size_t i = 0; i < up->nservers; i++) {
       sy_check *k = &h->checks[h->nchecks++];
       k->h = h;
@@ -192,6 +200,12 @@ sy_health *sy_health_start(uv_loop_t *loop, sy_config *cfg, sy_metrics *m) {
       /* First probe at once: a dead server should not wait an interval. */
       uv_timer_start(&k->interval, on_interval, 0, up->health.interval);
     }
+  }
+  if (!h->nchecks) {
+    sy_config_unref(h->cfg);
+    free(h->checks);
+    free(h);
+    return NULL;
   }
   return h;
 }

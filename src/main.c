@@ -23,7 +23,7 @@ typedef struct sy_main {
   sy_admin_state admin_state;
   sy_admin *admin;
   sy_health *health;
-  uv_signal_t sigs[6];
+  uv_signal_t sigs[5];
   uv_work_t reaper; /* joins the workers off the loop, so signals still work */
   int stopping;
 } sy_main;
@@ -82,7 +82,7 @@ static void workers_joined(uv_work_t *req, int status) {
   M.health = NULL;
   sy_admin_stop(M.admin);
   M.admin = NULL;
-  for (int i = 0; i < 6; i++)
+  for (int i = 0; i < 5; i++)
     if (!uv_is_closing((uv_handle_t *)&M.sigs[i]))
       uv_close((uv_handle_t *)&M.sigs[i], NULL);
 }
@@ -163,8 +163,8 @@ int main(int argc, char **argv) {
   /* Signal handlers first: a SIGTERM that arrives as soon as the port
    * accepts must be a clean shutdown, not the default action. */
   M.loop = uv_default_loop();
-  int signums[6] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
-  for (int i = 0; i < 6; i++) {
+  int signums[5] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1};
+  for (int i = 0; i < 5; i++) {
     uv_signal_init(M.loop, &M.sigs[i]);
     uv_signal_start(&M.sigs[i], on_signal, signums[i]);
   }

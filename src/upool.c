@@ -33,7 +33,6 @@ static void unlink_from_pool(sy_link *l) {
   l->pooled = 0;
   p->n--;
   uv_timer_stop(&l->idle);
-  uv_read_stop((uv_stream_t *)&l->tcp);
 }
 
 static void on_handle_closed(uv_handle_t *h) {
@@ -42,6 +41,8 @@ static void on_handle_closed(uv_handle_t *h) {
     return;
   void *c = l->c;
   void (*cb)(void *) = l->on_closed;
+  if (l->rt)
+    sy_server_rt_unref(l->rt);
   sy_upool *p = l->freed_by_pool ? l->pool : NULL;
   free(l);
   if (c && cb)
@@ -74,23 +75,12 @@ static void on_idle_expired(uv_timer_t *t) {
   sy_link_close(t->data);
 }
 
-static void idle_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
-  static char sink[64]; /* never read: anything arriving condemns the link */
-  buf->base = sink;
-  buf->len = sizeof(sink);
-}
-
-static void on_idle_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
-  if (n != 0)
-    sy_link_close(s->data); /* stray bytes, EOF or error: not reusable */
-}
-
 int sy_upool_put(sy_upool *p, sy_link *l, unsigned max_idle_per_server, uint64_t idle_ms) {
   if (!p || p->freeing || p->n >= p->max || max_idle_per_server == 0)
     return -1;
   unsigned same = 0;
   for (sy_link *x = p->head; x; x = x->next)
-    same += x->server == l->server;
+    same += x->rt == l->server->rt;
   if (same >= max_idle_per_server)
     return -1;
   if (!l->idle.loop) {
@@ -99,9 +89,17 @@ int sy_upool_put(sy_upool *p, sy_link *l, unsigned max_idle_per_server, uint64_t
     l->idle.data = l;
     l->handles++;
   }
-  if (uv_read_start((uv_stream_t *)&l->tcp, idle_alloc, on_idle_read) < 0)
-    return -1;
+  if (!uv_is_active((uv_handle_t *)&l->tcp))
+    return -1; /* the owner must keep it reading to notice a close */
   l->c = NULL;
+  /* Keyed by the server's runtime state, which a reload carries over for the
+   * same upstream and address and which this reference keeps from being
+   * freed and reused: a snapshot's server struct may be gone by reuse time. */
+  if (!l->rt) {
+    l->rt = l->server->rt;
+    sy_server_rt_ref(l->rt);
+  }
+  l->server = NULL;
   l->pool = p;
   l->pooled = 1;
   l->prev = NULL;
@@ -118,7 +116,8 @@ sy_link *sy_upool_get(sy_upool *p, const sy_server_cfg *s) {
   if (!p)
     return NULL;
   for (sy_link *l = p->head; l; l = l->next)
-    if (l->server == s) {
+    if (l->rt == s->rt) {
+      l->server = s;
       unlink_from_pool(l);
       l->pool = NULL;
       l->reused = 1;

@@ -179,6 +179,10 @@ sy_config *sy_config_ref(sy_config *cfg);
 /* Takes over the runtime state (server counters and health, balancing
  * cursors) of `old` for every upstream server `cfg` shares with it. */
 void sy_config_adopt_state(sy_config *cfg, const sy_config *old);
+/* A server's runtime state outlives snapshots while something holds it (a
+ * pooled upstream connection, a reload's adoption). */
+void sy_server_rt_ref(sy_server_rt *rt);
+void sy_server_rt_unref(sy_server_rt *rt);
 void sy_config_unref(sy_config *cfg);
 
 /* Strict parsers: "250ms", "10s", "5m", "1h", "2d" (integer and unit, nothing

@@ -1,6 +1,7 @@
 /* Upstream connections and the per-worker keep-alive pool that holds the idle
- * ones. A pooled connection is watched for reads (any byte or EOF from an
- * idle upstream means it is unusable: closed) and expires after idle_timeout.
+ * ones. A pooled connection stays read by its owner's callbacks, which close
+ * it on any byte or EOF while it is idle (c == NULL), and it expires after
+ * idle_timeout.
  * Only cleartext connections that ended a response cleanly are pooled, never
  * one that carried an upgrade. */
 #ifndef SWITCHYARD_UPOOL_H
@@ -18,7 +19,8 @@ typedef struct sy_link {
   uv_connect_t creq;
   uv_timer_t idle; /* initialised the first time the link is pooled */
   void *c;         /* the connection using it; NULL while pooled or closing */
-  const sy_server_cfg *server;
+  const sy_server_cfg *server; /* valid only while a connection uses the link */
+  sy_server_rt *rt;            /* identity across reloads; held while pooled */
   sy_upool *pool;
   struct sy_link *next, *prev; /* pool list */
   int handles;                 /* open libuv handles; freed at 0 */

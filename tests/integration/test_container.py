@@ -253,11 +253,14 @@ def test_websocket_and_http_through_the_image(image, container, children, tmp_pa
                                      "sy-demo", demo_port)
 
     port = free_port()
+    admin_port = free_port()
     cfg = tmp_path / "switchyard.yaml"
     cfg.write_text("""\
 listeners:
   - name: public
     address: 127.0.0.1:%d
+admin:
+  address: 127.0.0.1:%d
 upstreams:
   demo:
     servers:
@@ -270,7 +273,7 @@ routes:
   - name: default
     upstream: demo
 access_log: stdout
-""" % (port, demo_port))
+""" % (port, admin_port, demo_port))
     cfg.chmod(0o644)
     mount = "%s:%s:ro" % (cfg, CONFIG_IN_IMAGE)
     px, px_pid = start_listening(children, container, ["switchyard", "-c", CONFIG_IN_IMAGE],
@@ -312,7 +315,7 @@ access_log: stdout
 
     # The image's HEALTHCHECK command, as an engine would run it.
     hc = image["Healthcheck"]["Test"]
-    env = ["SWITCHYARD_HEALTH_PORT=%d" % port]
+    env = ["SWITCHYARD_ADMIN_PORT=%d" % admin_port]
     r = run_once(container, hc[1:], volumes=[mount], env=env)
     assert r.returncode == 0, "HEALTHCHECK failed while the proxy runs: %r" % (r,)
 
