@@ -164,6 +164,8 @@ static void conn_unref(sy_conn *c);
 static void client_read_update(sy_conn *c);
 static void client_eof(sy_conn *c, ssize_t n);
 static void upstream_eof(sy_conn *c, ssize_t n);
+static void upstream_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf);
+static void on_upstream_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 static void upstream_read_update(sy_conn *c);
 static void tls_pump(sy_conn *c, sy_side side);
 static int tls_flush(sy_conn *c, sy_side side);
@@ -197,11 +199,12 @@ static int flow_alloc(sy_flow *f, uint32_t cap) {
 }
 
 static void flow_release_if_idle(sy_flow *f) {
-  /* An idle keep-alive connection holds no read buffer. */
-  if (f->buf && f->len == f->pos && !f->writing) {
+  /* An idle keep-alive connection or relay holds no buffer. */
+  if (f->len == f->pos && !f->writing) {
     free(f->buf);
     f->buf = NULL;
     f->cap = f->len = f->pos = 0;
+    sy_buf_free(&f->cipher);
   }
 }
 
@@ -324,7 +327,7 @@ static int flow_write(sy_conn *c, sy_flow *f, uv_stream_t *dst, sy_tls_conn *tls
 static void flow_batch_done(sy_flow *f) {
   f->nsegs = 0;
   f->scratch.len = 0;
-  sy_buf_free(&f->cipher);
+  f->cipher.len = 0; /* capacity kept while the flow is busy: no page churn */
 }
 
 /* ---- timers ---------------------------------------------------------------- */
@@ -562,9 +565,11 @@ static void link_release(sy_conn *c) {
     c->server_counted = 0;
     server_count(c, -1);
   }
-  /* The link keeps reading with on_upstream_read, which closes it on any
-   * byte or EOF while pooled (l->c == NULL). */
+  /* The link is read with on_upstream_read, which closes it on any byte or
+   * EOF while pooled (l->c == NULL). */
   l->c = NULL;
+  if (!uv_is_active((uv_handle_t *)&l->tcp))
+    uv_read_start((uv_stream_t *)&l->tcp, upstream_alloc, on_upstream_read);
   if (sy_upool_put(c->w->upool, l, up->keepalive_max_idle, up->keepalive_idle) < 0) {
     sy_link_close(l);
   }
@@ -1239,11 +1244,12 @@ static void upstream_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
 static int upstream_wants(const sy_conn *c) {
   if (!c->link || c->closing)
     return 0;
-  /* Reading goes on while a batch is being written (the buffer bounds it):
-   * stopping and restarting a read costs epoll_ctl calls on every request. */
+  /* The upstream is not read ahead of a batch in flight: how it ends (FIN
+   * or RST) must be seen in order with the bytes before it, and a read-ahead
+   * RST can surface as a plain EOF once the kernel has reported it. */
   if (c->state == SY_RELAY)
-    return !c->rs.eof && (!c->rs.buf || c->rs.len < c->rs.cap);
-  return c->state >= SY_STREAM_BODY && c->state <= SY_STREAM_RESP_BODY &&
+    return !c->rs.writing && !c->rs.eof && (!c->rs.buf || c->rs.len < c->rs.cap);
+  return !c->rs.writing && c->state >= SY_STREAM_BODY && c->state <= SY_STREAM_RESP_BODY &&
          (!c->rs.buf || c->rs.len < c->rs.cap);
 }
 
