@@ -983,6 +983,9 @@ static const key_spec limits_keys[] = {
     {"max_header_bytes", h_size_pos, offsetof(sy_config, limits.max_header_bytes)},
     {"max_headers", h_u64_pos, offsetof(sy_config, limits.max_headers)},
     {"header_timeout", h_duration_pos, offsetof(sy_config, timeouts.header)},
+    {"max_connections_per_client", h_u64_pos, offsetof(sy_config, limits.max_connections_per_client)},
+    {"max_tunnels", h_u64_pos, offsetof(sy_config, limits.max_tunnels)},
+    {"body_timeout", h_duration_pos, offsetof(sy_config, timeouts.body_idle)},
 };
 
 static int h_limits(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
@@ -1022,7 +1025,8 @@ static void set_defaults(sy_config *cfg) {
                                 .header = 10000,
                                 .tunnel_idle = 3600000,
                                 .tunnel_fin = 30000,
-                                .drain = 30000};
+                                .drain = 30000,
+                                .body_idle = 60000};
   cfg->limits =
       (sy_limits){.max_connections = 100000, .max_header_bytes = 32768, .max_headers = 100};
   cfg->forwarding = (sy_forwarding){1, 1, 1, 1};

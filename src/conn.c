@@ -128,6 +128,7 @@ struct sy_conn {
   int link_keeps_count;    /* a splice tunnel holds the count past the link */
   int link_used;           /* an upstream connection was opened for this request */
   int handed_off;          /* a spliced tunnel's note took over; see sy_tunnel_note */
+  int client_counted;      /* counted in limits.max_connections_per_client */
 
   /* Relay (TLS tunnel) bookkeeping. */
   uint64_t relay_start, relay_c2u, relay_u2c;
@@ -145,6 +146,7 @@ struct sy_tunnel_note {
   sy_tunnel *tunnel;
   sy_tunnel_note *next, *prev; /* the worker's live tunnels */
   int client_port;
+  int client_counted;
   char proto[32];
   char client_ip[64];
   const char *path;
@@ -373,7 +375,8 @@ static void route_label(const sy_conn *c, sy_buf *b) {
 /* The note of a connection that is still whole (relay, or before hand-off). */
 static sy_tunnel_note note_of(sy_conn *c) {
   sy_tunnel_note n = {.w = c->w, .cfg = c->cfg, .route = c->route, .server = c->server,
-                      .client_port = c->client_port, .path = c->path};
+                      .client_port = c->client_port, .client_counted = c->client_counted,
+                      .path = c->path};
   memcpy(n.proto, c->proto, sizeof(n.proto));
   snprintf(n.client_ip, sizeof(n.client_ip), "%s", c->client_ip);
   return n;
@@ -512,6 +515,8 @@ static void conn_free(sy_conn *c) {
   sy_tls_conn_free(c->ctls);
   sy_tls_conn_free(c->utls);
   int handed_off = c->handed_off;
+  if (c->client_counted && !handed_off)
+    sy_client_release(c->client_ip);
   sy_config_unref(c->cfg);
   free(c);
   if (!handed_off) { /* a spliced tunnel still counts as the client's connection */
@@ -851,8 +856,10 @@ static void on_rq_written(uv_write_t *req, int status) {
       flow_compact(&c->rq);
       flow_batch_done(&c->rq);
       if (c->rq.msg_done) {
-        if (c->state == SY_STREAM_BODY)
+        if (c->state == SY_STREAM_BODY) {
           c->state = SY_READ_RESP_HEAD;
+          timer_arm(c, response_timeout(c)); /* the body is out: now the answer */
+        }
         maybe_finish(c);
       } else if (c->rq.len > c->rq.pos) {
         client_feed(c);
@@ -1161,6 +1168,15 @@ static void route_request(sy_conn *c) {
     used += offered[i].len;
   }
   c->upgrading = c->nup_tokens > 0;
+  if (c->upgrading && c->cfg->limits.max_tunnels &&
+      sy_worker_total_tunnels() >= c->cfg->limits.max_tunnels) {
+    sy_log_error("limits.max_tunnels (%llu) reached: upgrade refused",
+                 (unsigned long long)c->cfg->limits.max_tunnels);
+    sy_metrics_add(c->w->metrics, "switchyard_upgrades_refused_total", "reason=\"max_tunnels\"",
+                   1);
+    local_response(c, 503, !c->has_body ? 0 : 1);
+    return;
+  }
   if (c->upgrading && c->route->ws_check_accept) {
     /* Checked whatever the client sent: without a usable key no 101 can be
      * verified, so none is accepted (the client cannot opt out). */
@@ -1438,6 +1454,14 @@ static void on_timeout(uv_timer_t *t) {
     upstream_failed(c, 1);
     break;
   case SY_STREAM_BODY:
+    if (!c->rq.msg_done && !c->rq.writing && !c->resp_head_sent) {
+      /* The client stopped sending its body (not the upstream reading it). */
+      sy_log_error("client %s:%d: request body stalled (limits.body_timeout)", c->client_ip,
+                   c->client_port);
+      local_response(c, 408, 1);
+      break;
+    }
+    /* fall through */
   case SY_READ_RESP_HEAD:
   case SY_STREAM_RESP_BODY:
     if (!c->resp_head_sent) {
@@ -1778,7 +1802,8 @@ static void client_feed(sy_conn *c) {
     }
   } else {
     if (f->nsegs && c->state != SY_READ_HEAD)
-      timer_arm(c, response_timeout(c));
+      timer_arm(c, !f->msg_done && c->state == SY_STREAM_BODY ? c->cfg->timeouts.body_idle
+                                                                : response_timeout(c));
     rq_flush(c);
   }
   client_read_update(c);
@@ -2144,6 +2169,7 @@ static void relay_end(sy_conn *c, const char *reason) {
   };
   sy_tunnel_note n = note_of(c);
   count_tunnel(&n, -1, &st);
+  sy_worker_tunnels_add(-1);
   log_tunnel(&n, &st);
   conn_close(c);
 }
@@ -2245,6 +2271,7 @@ static void start_relay(sy_conn *c) {
   c->relay_start = uv_hrtime();
   sy_tunnel_note n = note_of(c);
   count_tunnel(&n, 1, NULL);
+  sy_worker_tunnels_add(1);
   c->rq.msg_done = c->rs.msg_done = 0;
   c->rq.discard = c->rs.discard = 0;
   c->rq.chunked_out = c->rs.chunked_out = 0;
@@ -2264,6 +2291,9 @@ static void on_tunnel_done(sy_tunnel *t, const sy_tunnel_stats *st, void *arg) {
   log_tunnel(n, st);
   if (n->server)
     __atomic_sub_fetch(&n->server->rt->active, 1, __ATOMIC_RELAXED);
+  if (n->client_counted)
+    sy_client_release(n->client_ip);
+  sy_worker_tunnels_add(-1);
   if (n->prev)
     n->prev->next = n->next;
   else
@@ -2336,6 +2366,7 @@ static void start_tunnel(sy_conn *c) {
      * max_connections and, as a tunnel, towards the server's open
      * connections (least_conn) until the tunnel ends. */
     count_tunnel(n, 1, NULL);
+    sy_worker_tunnels_add(1);
     sy_worker *w = c->w;
     n->next = w->tunnels;
     if (w->tunnels)
@@ -2402,6 +2433,24 @@ void sy_conn_accept(sy_worker *w, sy_listener *l) {
   c->rq.parser.data = c;
   llhttp_init(&c->rs.parser, HTTP_RESPONSE, &resp_settings);
   c->rs.parser.data = c;
+  uint64_t per_client = c->cfg->limits.max_connections_per_client;
+  if (per_client) {
+    if (sy_client_acquire(c->client_ip, per_client) < 0) {
+      sy_log_error("client %s: over limits.max_connections_per_client (%llu): refused",
+                   c->client_ip, (unsigned long long)per_client);
+      sy_metrics_add(w->metrics, "switchyard_connections_refused_total",
+                     "reason=\"per_client\"", 1);
+      sy_head_init(&c->rq.head, 1, c->cfg->limits.max_headers);
+      sy_head_init(&c->rs.head, 0, c->cfg->limits.max_headers);
+      sy_headscan_init(&c->rq.scan);
+      sy_headscan_init(&c->rs.scan);
+      c->state = SY_READ_HEAD;
+      memcpy(c->method, "-", 2);
+      local_response(c, 503, 1);
+      return;
+    }
+    c->client_counted = 1;
+  }
   sy_headscan_init(&c->rq.scan);
   sy_headscan_init(&c->rs.scan);
   sy_head_init(&c->rq.head, 1, c->cfg->limits.max_headers);

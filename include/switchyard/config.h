@@ -103,6 +103,7 @@ typedef struct sy_header_match {
 typedef struct sy_timeouts {
   sy_msec_t connect, response, client_idle, header, tunnel_idle, tunnel_fin;
   sy_msec_t drain; /* global only: how long SIGTERM lets tunnels end on their own */
+  sy_msec_t body_idle; /* global only: a request body that stalls this long -> 408 */
 } sy_timeouts;
 
 typedef struct sy_route_cfg {
@@ -141,6 +142,8 @@ typedef struct sy_limits {
   uint64_t max_connections;  /* default 100000 */
   uint64_t max_header_bytes; /* default 32 KiB */
   uint64_t max_headers;      /* default 100 */
+  uint64_t max_connections_per_client; /* per client address; default 0 = unlimited */
+  uint64_t max_tunnels;      /* switched connections at once; default 0 = unlimited */
 } sy_limits;
 
 typedef struct sy_forwarding {

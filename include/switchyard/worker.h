@@ -65,6 +65,13 @@ void sy_worker_destroy(sy_worker *w);
 void sy_worker_conn_gone(sy_worker *w);
 /* Connections open in the whole process (all workers), for max_connections. */
 uint64_t sy_worker_total_conns(void);
+/* Tunnels open in the whole process, for limits.max_tunnels. */
+void sy_worker_tunnels_add(int delta);
+uint64_t sy_worker_total_tunnels(void);
+/* limits.max_connections_per_client: 0 when this address may connect once
+ * more (then counted), -1 when it is at the limit. */
+int sy_client_acquire(const char *ip, uint64_t limit);
+void sy_client_release(const char *ip);
 
 /* Binds a listening TCP socket with SO_REUSEPORT (libuv 1.44 has no flag for
  * it): socket, setsockopt, bind, listen, uv_tcp_open. */
