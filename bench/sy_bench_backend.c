@@ -43,9 +43,9 @@ typedef struct bconn {
   uint32_t events;
   char *buf; /* HTTP head accumulation, then echo buffer */
   size_t len, cap;
-  size_t off; /* echo: bytes of buf already written */
+  size_t off;       /* echo: bytes of buf already written */
   uint64_t src_off; /* source: stream offset */
-  char *out; /* pending HTTP response bytes */
+  char *out;        /* pending HTTP response bytes */
   size_t out_len, out_off;
 } bconn;
 
@@ -55,7 +55,9 @@ static volatile sig_atomic_t stop;
 
 /* ---- SHA-1 + base64 for Sec-WebSocket-Accept (RFC 6455 §4.2.2) -------------- */
 
-static uint32_t rol(uint32_t v, int n) { return (v << n) | (v >> (32 - n)); }
+static uint32_t rol(uint32_t v, int n) {
+  return (v << n) | (v >> (32 - n));
+}
 
 static void sha1(const unsigned char *msg, size_t len, unsigned char out[20]) {
   uint32_t h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
@@ -77,7 +79,8 @@ static void sha1(const unsigned char *msg, size_t len, unsigned char out[20]) {
     for (int i = 0; i < 16; i++)
       w[i] = (uint32_t)block[4 * i] << 24 | (uint32_t)block[4 * i + 1] << 16 |
              (uint32_t)block[4 * i + 2] << 8 | block[4 * i + 3];
-    for (int i = 16; i < 80; i++) w[i] = rol(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+    for (int i = 16; i < 80; i++)
+      w[i] = rol(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
     uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
     for (int i = 0; i < 80; i++) {
       uint32_t f, k;
@@ -161,9 +164,11 @@ static const char *header(const char *p, const char *end, const char *name, size
     if (!eol) break;
     if ((size_t)(eol - line) > nl && line[nl] == ':' && strncasecmp(line, name, nl) == 0) {
       const char *v = line + nl + 1;
-      while (v < eol && (*v == ' ' || *v == '\t')) v++;
+      while (v < eol && (*v == ' ' || *v == '\t'))
+        v++;
       const char *ve = eol;
-      while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ')) ve--;
+      while (ve > v && (ve[-1] == '\r' || ve[-1] == ' '))
+        ve--;
       *vlen = (size_t)(ve - v);
       return v;
     }
@@ -266,7 +271,8 @@ static int http_process(bconn *c) {
       int n;
       /* Answer with the first token offered. */
       size_t tl = 0;
-      while (tl < vl && up[tl] != ',' && up[tl] != ' ') tl++;
+      while (tl < vl && up[tl] != ',' && up[tl] != ' ')
+        tl++;
       if (key) {
         ws_accept(key, kl, acc);
         n = snprintf(resp, sizeof resp,
@@ -313,37 +319,14 @@ static int http_process(bconn *c) {
 static void on_event(bconn *c, uint32_t ev) {
   int rc = 0;
   switch (c->mode) {
-    case M_HTTP:
-      if (ev & EPOLLIN) {
-        for (;;) {
-          if (c->len == c->cap) {
-            rc = -1;
-            break;
-          }
-          ssize_t n = recv(c->fd, c->buf + c->len, c->cap - c->len, 0);
-          if (n == 0) {
-            rc = -1;
-            break;
-          }
-          if (n < 0) {
-            if (errno == EINTR) continue;
-            if (errno != EAGAIN) rc = -1;
-            break;
-          }
-          c->len += (size_t)n;
-          if ((size_t)n < 4096) break;
+  case M_HTTP:
+    if (ev & EPOLLIN) {
+      for (;;) {
+        if (c->len == c->cap) {
+          rc = -1;
+          break;
         }
-        if (rc == 0) rc = http_process(c);
-      }
-      if (rc == 0 && c->mode == M_HTTP) {
-        if (out_flush(c) < 0) rc = -1;
-        if (rc == 0) set_events(c, c->out_off < c->out_len ? EPOLLOUT : EPOLLIN);
-      }
-      if (rc == 0 && (ev & (EPOLLERR | EPOLLHUP)) && c->mode == M_HTTP) rc = -1;
-      break;
-    case M_SINK:
-      for (int i = 0; i < 16; i++) {
-        ssize_t n = recv(c->fd, NULL, 1 << 20, MSG_TRUNC);
+        ssize_t n = recv(c->fd, c->buf + c->len, c->cap - c->len, 0);
         if (n == 0) {
           rc = -1;
           break;
@@ -353,17 +336,40 @@ static void on_event(bconn *c, uint32_t ev) {
           if (errno != EAGAIN) rc = -1;
           break;
         }
+        c->len += (size_t)n;
+        if ((size_t)n < 4096) break;
       }
-      break;
-    case M_SOURCE:
-      if (ev & (EPOLLERR | EPOLLHUP))
+      if (rc == 0) rc = http_process(c);
+    }
+    if (rc == 0 && c->mode == M_HTTP) {
+      if (out_flush(c) < 0) rc = -1;
+      if (rc == 0) set_events(c, c->out_off < c->out_len ? EPOLLOUT : EPOLLIN);
+    }
+    if (rc == 0 && (ev & (EPOLLERR | EPOLLHUP)) && c->mode == M_HTTP) rc = -1;
+    break;
+  case M_SINK:
+    for (int i = 0; i < 16; i++) {
+      ssize_t n = recv(c->fd, NULL, 1 << 20, MSG_TRUNC);
+      if (n == 0) {
         rc = -1;
-      else
-        rc = source_pump(c);
-      break;
-    case M_ECHO:
-      rc = echo_pump(c);
-      break;
+        break;
+      }
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN) rc = -1;
+        break;
+      }
+    }
+    break;
+  case M_SOURCE:
+    if (ev & (EPOLLERR | EPOLLHUP))
+      rc = -1;
+    else
+      rc = source_pump(c);
+    break;
+  case M_ECHO:
+    rc = echo_pump(c);
+    break;
   }
   if (rc < 0) conn_free(c);
 }
@@ -385,14 +391,15 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: %s [-a ADDR] -p PORT\n", argv[0]);
     return 2;
   }
-  for (size_t i = 0; i < sizeof pattern; i++) pattern[i] = (char)(i % PERIOD);
+  for (size_t i = 0; i < sizeof pattern; i++)
+    pattern[i] = (char)(i % PERIOD);
   signal(SIGPIPE, SIG_IGN);
   int ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   int one = 1;
   setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-  if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1 || bind(ls, (struct sockaddr *)&sa, sizeof sa) < 0 ||
-      listen(ls, 4096) < 0) {
+  if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1 ||
+      bind(ls, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(ls, 4096) < 0) {
     perror("listen");
     return 1;
   }

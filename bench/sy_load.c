@@ -70,9 +70,9 @@ typedef struct lconn {
   int fd;
   int idx;
   enum cstate st;
-  uint32_t events; /* the mask registered with epoll */
-  uint32_t want;   /* the mask the mode wants (TLS may add to it) */
-  SSL *ssl;        /* --tls */
+  uint32_t events;                     /* the mask registered with epoll */
+  uint32_t want;                       /* the mask the mode wants (TLS may add to it) */
+  SSL *ssl;                            /* --tls */
   uint8_t w_wants_read, r_wants_write; /* TLS: SSL_write needs EPOLLIN / SSL_read EPOLLOUT */
   uint8_t pending;                     /* TLS: on the pending list (read more without an event) */
   char head[4096];
@@ -93,7 +93,7 @@ static int nconns = 0;
 static double duration = 5, warmup = 1, hold = 1;
 static size_t wsize = CHUNK;
 static int pid = 0;
-static int spread = 0;    /* source addresses 127.0.0.2 .. 127.0.0.(1+spread); 0: none */
+static int spread = 0;        /* source addresses 127.0.0.2 .. 127.0.0.(1+spread); 0: none */
 static int max_pending = 256; /* handshakes in flight at most (idle) */
 static int use_tls = 0;
 static const char *tls_ca = NULL, *tls_sni = NULL;
@@ -155,7 +155,8 @@ static double cpu_seconds(int p) {
   char *s = strrchr(buf, ')'); /* comm may hold spaces */
   if (!s) return -1;
   unsigned long long ut = 0, st = 0;
-  /* after ')': state(3) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime */
+  /* after ')': state(3) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+   */
   if (sscanf(s + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
     return -1;
   return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
@@ -226,7 +227,8 @@ static void conn_close(lconn *c) {
   if (c->st == CS_TUNNEL) established--;
   if (c->pending) npend_tls--;
   if (c->ssl) {
-    if (c->st == CS_TUNNEL || c->st == CS_DONE) SSL_shutdown(c->ssl); /* close_notify, best effort */
+    if (c->st == CS_TUNNEL || c->st == CS_DONE)
+      SSL_shutdown(c->ssl); /* close_notify, best effort */
     SSL_free(c->ssl);
   }
   close(c->fd);
@@ -261,8 +263,10 @@ static void mark_pending(lconn *c) {
 static int tls_fail(lconn *c, int rc, int writing) {
   int e = SSL_get_error(c->ssl, rc);
   if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-    if (writing) c->w_wants_read = e == SSL_ERROR_WANT_READ;
-    else c->r_wants_write = e == SSL_ERROR_WANT_WRITE;
+    if (writing)
+      c->w_wants_read = e == SSL_ERROR_WANT_READ;
+    else
+      c->r_wants_write = e == SSL_ERROR_WANT_WRITE;
     return IO_AGAIN;
   }
   if (e == SSL_ERROR_ZERO_RETURN) return 0;
@@ -380,7 +384,9 @@ static int tls_step(lconn *c) {
 }
 
 /* After the TCP connect: TLS first, or the request. */
-static int connected(lconn *c) { return use_tls ? tls_step(c) : send_request(c); }
+static int connected(lconn *c) {
+  return use_tls ? tls_step(c) : send_request(c);
+}
 
 static int conn_open(int idx) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -510,21 +516,21 @@ static int on_head(lconn *c) {
 
 static void tunnel_start(lconn *c) {
   switch (mode) {
-    case MODE_SINK:
-      set_events(c, EPOLLOUT);
-      break;
-    case MODE_SOURCE:
-    case MODE_IDLE:
-      set_events(c, EPOLLIN);
-      break;
-    case MODE_ECHO:
-      set_events(c, EPOLLIN | EPOLLOUT);
-      break;
-    case MODE_RTT:
-      set_events(c, EPOLLIN | EPOLLOUT); /* the first ping goes when writable */
-      break;
-    case MODE_HANDSHAKE:
-      break;
+  case MODE_SINK:
+    set_events(c, EPOLLOUT);
+    break;
+  case MODE_SOURCE:
+  case MODE_IDLE:
+    set_events(c, EPOLLIN);
+    break;
+  case MODE_ECHO:
+    set_events(c, EPOLLIN | EPOLLOUT);
+    break;
+  case MODE_RTT:
+    set_events(c, EPOLLIN | EPOLLOUT); /* the first ping goes when writable */
+    break;
+  case MODE_HANDSHAKE:
+    break;
   }
 }
 
@@ -566,76 +572,76 @@ static int tun_recv(lconn *c) {
 
 static int on_tunnel(lconn *c, uint32_t ev) {
   switch (mode) {
-    case MODE_SINK:
-      if (ev & (EPOLLERR | EPOLLHUP)) {
-        note_error("tunnel closed", 0);
-        return -1;
-      }
-      for (int i = 0; i < 16; i++) {
-        uint64_t before = c->sent;
+  case MODE_SINK:
+    if (ev & (EPOLLERR | EPOLLHUP)) {
+      note_error("tunnel closed", 0);
+      return -1;
+    }
+    for (int i = 0; i < 16; i++) {
+      uint64_t before = c->sent;
+      int r = tun_send(c, wsize);
+      if (r < 0) return -1;
+      c_bytes += c->sent - before;
+      if (r == 0) break;
+    }
+    return 0;
+  case MODE_SOURCE:
+    return tun_recv(c);
+  case MODE_ECHO:
+    if ((ev & EPOLLIN) && tun_recv(c) < 0) return -1;
+    if (ev & EPOLLOUT) {
+      for (int i = 0; i < 16 && c->sent - c->rcvd < ECHO_WINDOW; i++) {
         int r = tun_send(c, wsize);
         if (r < 0) return -1;
-        c_bytes += c->sent - before;
         if (r == 0) break;
       }
-      return 0;
-    case MODE_SOURCE:
-      return tun_recv(c);
-    case MODE_ECHO:
-      if ((ev & EPOLLIN) && tun_recv(c) < 0) return -1;
-      if (ev & EPOLLOUT) {
-        for (int i = 0; i < 16 && c->sent - c->rcvd < ECHO_WINDOW; i++) {
-          int r = tun_send(c, wsize);
-          if (r < 0) return -1;
-          if (r == 0) break;
-        }
-      }
-      set_events(c, c->sent - c->rcvd < ECHO_WINDOW ? EPOLLIN | EPOLLOUT : EPOLLIN);
-      if (ev & (EPOLLERR | EPOLLHUP)) {
-        note_error("tunnel closed", 0);
-        return -1;
-      }
-      return 0;
-    case MODE_RTT:
-    case MODE_IDLE:
-      if (ev & EPOLLIN) {
-        uint64_t before = c->rcvd;
-        if (tun_recv(c) < 0) return -1;
-        c->ping_got += c->rcvd - before;
-        if (c->ping_t && c->ping_got >= wsize) {
-          if (c->ping_got > wsize) {
-            note_error("echo returned more than was sent", 0);
-            return -1;
-          }
-          if (mode == MODE_RTT) {
-            if (measuring) c_ops++;
-            add_lat(now_ns() - c->ping_t);
-          } else {
-            c->pinged = 2;
-            c_ops++;
-          }
-          c->ping_t = 0;
-          c->ping_got = 0;
-          if (mode == MODE_RTT) set_events(c, EPOLLIN | EPOLLOUT);
-        }
-      }
-      if ((ev & EPOLLOUT) && !c->ping_t && (mode == MODE_RTT || c->pinged == 1)) {
-        c->ping_t = now_ns();
-        ssize_t n = io_send(c, pattern + c->sent % PERIOD, wsize);
-        if (n != (ssize_t)wsize) {
-          note_error_s("ping send", n == IO_ERR ? io_err : "short or would block");
+    }
+    set_events(c, c->sent - c->rcvd < ECHO_WINDOW ? EPOLLIN | EPOLLOUT : EPOLLIN);
+    if (ev & (EPOLLERR | EPOLLHUP)) {
+      note_error("tunnel closed", 0);
+      return -1;
+    }
+    return 0;
+  case MODE_RTT:
+  case MODE_IDLE:
+    if (ev & EPOLLIN) {
+      uint64_t before = c->rcvd;
+      if (tun_recv(c) < 0) return -1;
+      c->ping_got += c->rcvd - before;
+      if (c->ping_t && c->ping_got >= wsize) {
+        if (c->ping_got > wsize) {
+          note_error("echo returned more than was sent", 0);
           return -1;
         }
-        c->sent += wsize;
-        set_events(c, EPOLLIN);
+        if (mode == MODE_RTT) {
+          if (measuring) c_ops++;
+          add_lat(now_ns() - c->ping_t);
+        } else {
+          c->pinged = 2;
+          c_ops++;
+        }
+        c->ping_t = 0;
+        c->ping_got = 0;
+        if (mode == MODE_RTT) set_events(c, EPOLLIN | EPOLLOUT);
       }
-      if (ev & (EPOLLERR | EPOLLHUP)) {
-        note_error("tunnel closed", 0);
+    }
+    if ((ev & EPOLLOUT) && !c->ping_t && (mode == MODE_RTT || c->pinged == 1)) {
+      c->ping_t = now_ns();
+      ssize_t n = io_send(c, pattern + c->sent % PERIOD, wsize);
+      if (n != (ssize_t)wsize) {
+        note_error_s("ping send", n == IO_ERR ? io_err : "short or would block");
         return -1;
       }
-      return 0;
-    case MODE_HANDSHAKE:
-      break;
+      c->sent += wsize;
+      set_events(c, EPOLLIN);
+    }
+    if (ev & (EPOLLERR | EPOLLHUP)) {
+      note_error("tunnel closed", 0);
+      return -1;
+    }
+    return 0;
+  case MODE_HANDSHAKE:
+    break;
   }
   return 0;
 }
@@ -643,36 +649,36 @@ static int on_tunnel(lconn *c, uint32_t ev) {
 static void on_event(lconn *c, uint32_t ev) {
   int rc = 0;
   switch (c->st) {
-    case CS_CONNECTING: {
-      int err = 0;
-      socklen_t l = sizeof err;
-      getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
-      if (err) {
-        c_connect_fail++;
-        note_error("connect", err);
-        rc = -1;
-      } else
-        rc = connected(c);
-      break;
-    }
-    case CS_TLS:
-      rc = tls_step(c);
-      break;
-    case CS_HEAD:
-      rc = on_head(c);
-      break;
-    case CS_TUNNEL:
-      if (c->ssl) { /* a blocked SSL op is retried on the event it waited for */
-        if ((ev & EPOLLIN) && c->w_wants_read) ev |= EPOLLOUT;
-        if ((ev & EPOLLOUT) && c->r_wants_write) ev |= EPOLLIN;
-        ev &= c->want | EPOLLERR | EPOLLHUP;
-      }
-      rc = on_tunnel(c, ev);
-      if (rc == 0 && c->ssl) set_events(c, c->want); /* adds what a blocked op waits for */
-      break;
-    case CS_DONE:
+  case CS_CONNECTING: {
+    int err = 0;
+    socklen_t l = sizeof err;
+    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
+    if (err) {
+      c_connect_fail++;
+      note_error("connect", err);
       rc = -1;
-      break;
+    } else
+      rc = connected(c);
+    break;
+  }
+  case CS_TLS:
+    rc = tls_step(c);
+    break;
+  case CS_HEAD:
+    rc = on_head(c);
+    break;
+  case CS_TUNNEL:
+    if (c->ssl) { /* a blocked SSL op is retried on the event it waited for */
+      if ((ev & EPOLLIN) && c->w_wants_read) ev |= EPOLLOUT;
+      if ((ev & EPOLLOUT) && c->r_wants_write) ev |= EPOLLIN;
+      ev &= c->want | EPOLLERR | EPOLLHUP;
+    }
+    rc = on_tunnel(c, ev);
+    if (rc == 0 && c->ssl) set_events(c, c->want); /* adds what a blocked op waits for */
+    break;
+  case CS_DONE:
+    rc = -1;
+    break;
   }
   if (rc < 0) conn_close(c);
 }
@@ -728,7 +734,8 @@ static void loop_until(uint64_t deadline, int (*done)(void)) {
       perror("epoll_wait");
       exit(1);
     }
-    for (int i = 0; i < n; i++) on_event(evs[i].data.ptr, evs[i].events);
+    for (int i = 0; i < n; i++)
+      on_event(evs[i].data.ptr, evs[i].events);
     serve_pending();
     if (mode == MODE_HANDSHAKE) /* keep N handshakes going */
       for (int i = 0; i < nconns; i++)
@@ -736,12 +743,15 @@ static void loop_until(uint64_t deadline, int (*done)(void)) {
   }
 }
 
-static int all_established(void) { return established == nconns && npending == 0; }
+static int all_established(void) {
+  return established == nconns && npending == 0;
+}
 
 static int idle_opened;
 static int idle_open_more(void) {
   /* Opens the remaining tunnels, max_pending at a time. */
-  while (idle_opened < nconns && npending < max_pending) conn_open(idle_opened++);
+  while (idle_opened < nconns && npending < max_pending)
+    conn_open(idle_opened++);
   return idle_opened == nconns && npending == 0;
 }
 
@@ -752,50 +762,76 @@ static int idle_pings_done(void) {
 }
 
 int main(int argc, char **argv) {
-  static struct option opts[] = {{"mode", 1, 0, 'm'},    {"host", 1, 0, 'H'},
-                                 {"port", 1, 0, 'p'},    {"conns", 1, 0, 'c'},
-                                 {"duration", 1, 0, 'd'}, {"warmup", 1, 0, 'w'},
-                                 {"hold", 1, 0, 'h'},    {"size", 1, 0, 's'},
-                                 {"pid", 1, 0, 'P'},     {"spread", 1, 0, 'S'},
-                                 {"max-pending", 1, 0, 'M'}, {"tls", 0, 0, 'T'},
-                                 {"tls-ca", 1, 0, 'C'},  {"tls-sni", 1, 0, 'N'},
-                                 {0, 0, 0, 0}};
+  static struct option opts[] = {
+      {"mode", 1, 0, 'm'},   {"host", 1, 0, 'H'},        {"port", 1, 0, 'p'},
+      {"conns", 1, 0, 'c'},  {"duration", 1, 0, 'd'},    {"warmup", 1, 0, 'w'},
+      {"hold", 1, 0, 'h'},   {"size", 1, 0, 's'},        {"pid", 1, 0, 'P'},
+      {"spread", 1, 0, 'S'}, {"max-pending", 1, 0, 'M'}, {"tls", 0, 0, 'T'},
+      {"tls-ca", 1, 0, 'C'}, {"tls-sni", 1, 0, 'N'},     {0, 0, 0, 0}};
   int o, size_set = 0;
   while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     switch (o) {
-      case 'm': {
-        int found = 0;
-        for (int i = 0; i < 6; i++)
-          if (!strcmp(optarg, mode_names[i])) {
-            mode = (enum mode)i;
-            found = 1;
-          }
-        if (!found) usage();
-        break;
-      }
-      case 'H': host = optarg; break;
-      case 'p': port = atoi(optarg); break;
-      case 'c': nconns = atoi(optarg); break;
-      case 'd': duration = atof(optarg); break;
-      case 'w': warmup = atof(optarg); break;
-      case 'h': hold = atof(optarg); break;
-      case 's':
-        wsize = (size_t)atol(optarg);
-        size_set = 1;
-        break;
-      case 'P': pid = atoi(optarg); break;
-      case 'S': spread = atoi(optarg); break;
-      case 'M': max_pending = atoi(optarg); break;
-      case 'T': use_tls = 1; break;
-      case 'C': tls_ca = optarg; use_tls = 1; break;
-      case 'N': tls_sni = optarg; use_tls = 1; break;
-      default: usage();
+    case 'm': {
+      int found = 0;
+      for (int i = 0; i < 6; i++)
+        if (!strcmp(optarg, mode_names[i])) {
+          mode = (enum mode)i;
+          found = 1;
+        }
+      if (!found) usage();
+      break;
+    }
+    case 'H':
+      host = optarg;
+      break;
+    case 'p':
+      port = atoi(optarg);
+      break;
+    case 'c':
+      nconns = atoi(optarg);
+      break;
+    case 'd':
+      duration = atof(optarg);
+      break;
+    case 'w':
+      warmup = atof(optarg);
+      break;
+    case 'h':
+      hold = atof(optarg);
+      break;
+    case 's':
+      wsize = (size_t)atol(optarg);
+      size_set = 1;
+      break;
+    case 'P':
+      pid = atoi(optarg);
+      break;
+    case 'S':
+      spread = atoi(optarg);
+      break;
+    case 'M':
+      max_pending = atoi(optarg);
+      break;
+    case 'T':
+      use_tls = 1;
+      break;
+    case 'C':
+      tls_ca = optarg;
+      use_tls = 1;
+      break;
+    case 'N':
+      tls_sni = optarg;
+      use_tls = 1;
+      break;
+    default:
+      usage();
     }
   }
   if (port <= 0 || duration <= 0 || warmup < 0) usage();
   if (!size_set && (mode == MODE_RTT || mode == MODE_IDLE)) wsize = 32;
   if (wsize == 0 || wsize > CHUNK) usage();
-  if (nconns <= 0) nconns = mode == MODE_HANDSHAKE ? 50 : mode == MODE_RTT ? 1 : mode == MODE_IDLE ? 1000 : 8;
+  if (nconns <= 0)
+    nconns = mode == MODE_HANDSHAKE ? 50 : mode == MODE_RTT ? 1 : mode == MODE_IDLE ? 1000 : 8;
   if (spread < 0 || spread > 250) usage();
   if (mode == MODE_IDLE && !spread) spread = 250;
   if (mode == MODE_HANDSHAKE && !spread) spread = 250; /* TIME_WAIT spreads too */
@@ -808,13 +844,14 @@ int main(int argc, char **argv) {
     rl.rlim_cur = rl.rlim_max;
     setrlimit(RLIMIT_NOFILE, &rl);
   }
-  for (size_t i = 0; i < sizeof pattern; i++) pattern[i] = (char)(i % PERIOD);
+  for (size_t i = 0; i < sizeof pattern; i++)
+    pattern[i] = (char)(i % PERIOD);
   dst.sin_family = AF_INET;
   dst.sin_port = htons((uint16_t)port);
   if (inet_pton(AF_INET, host, &dst.sin_addr) != 1) usage();
-  const char *path = mode == MODE_SOURCE ? "/source"
+  const char *path = mode == MODE_SOURCE                             ? "/source"
                      : (mode == MODE_SINK || mode == MODE_HANDSHAKE) ? "/sink"
-                                                                    : "/echo";
+                                                                     : "/echo";
   request_len = (size_t)snprintf(request, sizeof request,
                                  "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                                  "Connection: Upgrade\r\n"
@@ -844,8 +881,8 @@ int main(int argc, char **argv) {
 
   uint64_t t_start = now_ns();
   double cpu0 = -1, cpu1 = -1, window = 0;
-  long rss0 = -1, rss1 = -1, rss2 = -1, anon0 = -1, anon1 = -1, slab0 = -1, slab1 = -1,
-       tcpm0 = -1, tcpm1 = -1;
+  long rss0 = -1, rss1 = -1, rss2 = -1, anon0 = -1, anon1 = -1, slab0 = -1, slab1 = -1, tcpm0 = -1,
+       tcpm1 = -1;
   double open_s = 0;
   uint64_t b0 = 0, stalled = 0, min_tunnel = 0, max_tunnel = 0;
   uint64_t *tun0 = calloc((size_t)nconns, sizeof *tun0);
@@ -882,7 +919,8 @@ int main(int argc, char **argv) {
     (void)live;
   } else {
     if (mode != MODE_HANDSHAKE) {
-      for (int i = 0; i < nconns; i++) conn_open(i);
+      for (int i = 0; i < nconns; i++)
+        conn_open(i);
       loop_until(t_start + 10000000000ull, all_established);
       if (!all_established() && !first_error) note_error("tunnels not established in 10 s", 0);
     }
@@ -904,7 +942,8 @@ int main(int argc, char **argv) {
       if (mode != MODE_HANDSHAKE && mode != MODE_RTT) {
         min_tunnel = UINT64_MAX;
         for (int i = 0; i < nconns; i++) {
-          uint64_t moved = conns[i] ? (mode == MODE_SINK ? conns[i]->sent : conns[i]->rcvd) - tun0[i] : 0;
+          uint64_t moved =
+              conns[i] ? (mode == MODE_SINK ? conns[i]->sent : conns[i]->rcvd) - tun0[i] : 0;
           if (!moved) stalled++;
           if (moved < min_tunnel) min_tunnel = moved;
           if (moved > max_tunnel) max_tunnel = moved;

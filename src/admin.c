@@ -62,13 +62,10 @@ static const char status_page[] =
 static sy_metrics **tables(sy_admin_state *st, size_t *n) {
   sy_metrics **ms = calloc(st->nworkers + 1, sizeof(*ms));
   size_t k = 0;
-  if (!ms)
-    return NULL;
+  if (!ms) return NULL;
   for (unsigned i = 0; i < st->nworkers; i++)
-    if (st->workers[i].metrics)
-      ms[k++] = st->workers[i].metrics;
-  if (st->main)
-    ms[k++] = st->main;
+    if (st->workers[i].metrics) ms[k++] = st->workers[i].metrics;
+  if (st->main) ms[k++] = st->main;
   *n = k;
   return ms;
 }
@@ -76,8 +73,7 @@ static sy_metrics **tables(sy_admin_state *st, size_t *n) {
 static void pipes(sy_admin_state *st, sy_pipe_pool_stats *sum) {
   memset(sum, 0, sizeof(*sum));
   for (unsigned i = 0; i < st->nworkers; i++) {
-    if (!st->workers[i].pipes)
-      continue;
+    if (!st->workers[i].pipes) continue;
     sy_pipe_pool_stats p;
     sy_pipe_pool_stats_get(st->workers[i].pipes, &p);
     sum->in_use += p.in_use;
@@ -90,30 +86,34 @@ static void pipes(sy_admin_state *st, sy_pipe_pool_stats *sum) {
 static void render_metrics(sy_admin_state *st, sy_buf *b) {
   size_t n;
   sy_metrics **ms = tables(st, &n);
-  if (ms)
-    sy_metrics_render(ms, n, b);
+  if (ms) sy_metrics_render(ms, n, b);
   free(ms);
   sy_pipe_pool_stats p;
   pipes(st, &p);
-  sy_buf_appendf(b, "# TYPE switchyard_pipes gauge\nswitchyard_pipes{state=\"in_use\"} %llu\n"
-                    "switchyard_pipes{state=\"idle\"} %llu\n",
+  sy_buf_appendf(b,
+                 "# TYPE switchyard_pipes gauge\nswitchyard_pipes{state=\"in_use\"} %llu\n"
+                 "switchyard_pipes{state=\"idle\"} %llu\n",
                  (unsigned long long)p.in_use, (unsigned long long)p.idle);
-  sy_buf_appendf(b, "# TYPE switchyard_pipes_created_total counter\n"
-                    "switchyard_pipes_created_total %llu\n",
+  sy_buf_appendf(b,
+                 "# TYPE switchyard_pipes_created_total counter\n"
+                 "switchyard_pipes_created_total %llu\n",
                  (unsigned long long)p.created);
-  sy_buf_appendf(b, "# TYPE switchyard_reloads_total counter\n"
-                    "switchyard_reloads_total{result=\"ok\"} %llu\n"
-                    "switchyard_reloads_total{result=\"failed\"} %llu\n",
+  sy_buf_appendf(b,
+                 "# TYPE switchyard_reloads_total counter\n"
+                 "switchyard_reloads_total{result=\"ok\"} %llu\n"
+                 "switchyard_reloads_total{result=\"failed\"} %llu\n",
                  (unsigned long long)st->reloads_ok, (unsigned long long)st->reloads_failed);
-  sy_buf_appendf(b, "# TYPE switchyard_config_generation gauge\nswitchyard_config_generation %llu\n",
+  sy_buf_appendf(b,
+                 "# TYPE switchyard_config_generation gauge\nswitchyard_config_generation %llu\n",
                  (unsigned long long)st->generation);
   sy_buf_appendf(b, "# TYPE switchyard_workers gauge\nswitchyard_workers %u\n", st->nworkers);
-  sy_buf_appendf(b, "# TYPE switchyard_access_log_dropped_total counter\n"
-                    "switchyard_access_log_dropped_total %llu\n",
+  sy_buf_appendf(b,
+                 "# TYPE switchyard_access_log_dropped_total counter\n"
+                 "switchyard_access_log_dropped_total %llu\n",
                  (unsigned long long)sy_access_log_dropped());
   for (int pass = 0; pass < 2; pass++) {
-    const char *name = pass ? "switchyard_upstream_active_connections"
-                            : "switchyard_upstream_server_up";
+    const char *name =
+        pass ? "switchyard_upstream_active_connections" : "switchyard_upstream_server_up";
     sy_buf_appendf(b, "# TYPE %s gauge\n", name);
     for (size_t u = 0; u < st->cfg->nupstreams; u++) {
       const sy_upstream_cfg *up = &st->cfg->upstreams[u];
@@ -157,11 +157,9 @@ struct tun_rows {
 
 static void tunnel_row(const char *name, const char *labels, int64_t v, void *arg) {
   struct tun_rows *t = arg;
-  if (strcmp(name, "switchyard_tunnels_total") != 0)
-    return;
+  if (strcmp(name, "switchyard_tunnels_total") != 0) return;
   const char *r = strstr(labels, "route=\""), *p = strstr(labels, "protocol=\"");
-  if (!r || !p)
-    return;
+  if (!r || !p) return;
   int64_t open = sy_metrics_get(t->ms, t->n, "switchyard_tunnels_open", labels);
   char route[512], proto[512];
   size_t rl = unescape_label(r + 7, route, sizeof(route));
@@ -180,8 +178,7 @@ struct fam {
 
 static void fam_add(const char *name, const char *labels, int64_t v, void *arg) {
   struct fam *f = arg;
-  if (strcmp(name, f->f) == 0)
-    f->v += v;
+  if (strcmp(name, f->f) == 0) f->v += v;
 }
 
 static int64_t family_sum(sy_metrics **ms, size_t n, const char *family) {
@@ -193,8 +190,7 @@ static int64_t family_sum(sy_metrics **ms, size_t n, const char *family) {
 static void render_status_json(sy_admin_state *st, sy_buf *b) {
   size_t n;
   sy_metrics **ms = tables(st, &n);
-  if (!ms)
-    return;
+  if (!ms) return;
   sy_pipe_pool_stats p;
   pipes(st, &p);
   sy_buf_appendf(b,
@@ -262,8 +258,7 @@ static void route(sy_admin_conn *ac, const char *method, const char *path) {
   }
   if (head) {
     char *end = memmem(ac->out.p, ac->out.len, "\r\n\r\n", 4);
-    if (end)
-      ac->out.len = (size_t)(end + 4 - ac->out.p);
+    if (end) ac->out.len = (size_t)(end + 4 - ac->out.p);
   }
   sy_buf_free(&body);
 }
@@ -294,8 +289,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   ac->len += (size_t)n;
   ac->buf[ac->len] = 0;
   if (!strstr(ac->buf, "\r\n\r\n")) {
-    if (ac->len >= sizeof(ac->buf) - 1)
-      uv_close((uv_handle_t *)s, on_conn_closed);
+    if (ac->len >= sizeof(ac->buf) - 1) uv_close((uv_handle_t *)s, on_conn_closed);
     return;
   }
   uv_read_stop(s);
@@ -307,23 +301,19 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     sy_buf_free(&body);
   } else {
     char *q = strchr(path, '?');
-    if (q)
-      *q = 0;
+    if (q) *q = 0;
     route(ac, method, path);
   }
   uv_buf_t b = uv_buf_init(ac->out.p, (unsigned)ac->out.len);
   ac->wreq.data = ac;
-  if (uv_write(&ac->wreq, s, &b, 1, on_written) < 0)
-    uv_close((uv_handle_t *)s, on_conn_closed);
+  if (uv_write(&ac->wreq, s, &b, 1, on_written) < 0) uv_close((uv_handle_t *)s, on_conn_closed);
 }
 
 static void on_connection(uv_stream_t *server, int status) {
   sy_admin *a = server->data;
-  if (status < 0)
-    return;
+  if (status < 0) return;
   sy_admin_conn *ac = calloc(1, sizeof(*ac));
-  if (!ac)
-    return;
+  if (!ac) return;
   ac->a = a;
   uv_tcp_init(server->loop, &ac->tcp);
   if (uv_accept(server, (uv_stream_t *)&ac->tcp) < 0 ||
@@ -333,14 +323,12 @@ static void on_connection(uv_stream_t *server, int status) {
 
 sy_admin *sy_admin_start(uv_loop_t *loop, const sy_addr *addr, sy_admin_state *st) {
   sy_admin *a = calloc(1, sizeof(*a));
-  if (!a)
-    return NULL;
+  if (!a) return NULL;
   a->st = st;
   uv_tcp_init(loop, &a->tcp);
   a->tcp.data = a;
   int rc = uv_tcp_bind(&a->tcp, (const struct sockaddr *)&addr->sa, 0);
-  if (rc == 0)
-    rc = uv_listen((uv_stream_t *)&a->tcp, 128, on_connection);
+  if (rc == 0) rc = uv_listen((uv_stream_t *)&a->tcp, 128, on_connection);
   if (rc < 0) {
     sy_log_error("admin listener on %s: %s", addr->text, uv_strerror(rc));
     uv_close((uv_handle_t *)&a->tcp, (uv_close_cb)free);
@@ -350,6 +338,5 @@ sy_admin *sy_admin_start(uv_loop_t *loop, const sy_addr *addr, sy_admin_state *s
 }
 
 void sy_admin_stop(sy_admin *a) {
-  if (a)
-    uv_close((uv_handle_t *)&a->tcp, (uv_close_cb)free);
+  if (a) uv_close((uv_handle_t *)&a->tcp, (uv_close_cb)free);
 }

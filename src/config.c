@@ -983,7 +983,8 @@ static const key_spec limits_keys[] = {
     {"max_header_bytes", h_size_pos, offsetof(sy_config, limits.max_header_bytes)},
     {"max_headers", h_u64_pos, offsetof(sy_config, limits.max_headers)},
     {"header_timeout", h_duration_pos, offsetof(sy_config, timeouts.header)},
-    {"max_connections_per_client", h_u64_pos, offsetof(sy_config, limits.max_connections_per_client)},
+    {"max_connections_per_client", h_u64_pos,
+     offsetof(sy_config, limits.max_connections_per_client)},
     {"max_tunnels", h_u64_pos, offsetof(sy_config, limits.max_tunnels)},
     {"body_timeout", h_duration_pos, offsetof(sy_config, timeouts.body_idle)},
 };
@@ -1287,8 +1288,7 @@ sy_config *sy_config_load_string(const char *name, const char *yaml, size_t len,
     rc = parse_root(&c, root);
   }
   yaml_document_delete(&doc);
-  if (rc == 0)
-    rc = build_tls(cfg, err);
+  if (rc == 0) rc = build_tls(cfg, err);
   if (rc < 0 && cfg) {
     free_config(cfg);
     cfg = NULL;

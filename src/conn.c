@@ -69,9 +69,8 @@ typedef struct sy_flow {
   sy_buf cipher; /* the batch once encrypted, while its write is in flight */
   unsigned writing : 1, msg_done : 1, chunked_out : 1, head_done : 1, discard : 1, eof : 1;
   unsigned check_chunk_end : 1; /* a chunked message just ended: verify its CRLFs */
-  uint64_t bytes; /* read from this flow's source for the current exchange */
+  uint64_t bytes;               /* read from this flow's source for the current exchange */
 } sy_flow;
-
 
 struct sy_conn {
   sy_worker *w;
@@ -124,11 +123,11 @@ struct sy_conn {
   char offered0[32];       /* first upgrade token offered, for metrics */
   sy_buf retry_head;       /* the head sent on a reused connection, for one retry */
   int retried, fresh_only, resp_from_upstream;
-  int server_counted;      /* this connection counts in server->active */
-  int link_keeps_count;    /* a splice tunnel holds the count past the link */
-  int link_used;           /* an upstream connection was opened for this request */
-  int handed_off;          /* a spliced tunnel's note took over; see sy_tunnel_note */
-  int client_counted;      /* counted in limits.max_connections_per_client */
+  int server_counted;   /* this connection counts in server->active */
+  int link_keeps_count; /* a splice tunnel holds the count past the link */
+  int link_used;        /* an upstream connection was opened for this request */
+  int handed_off;       /* a spliced tunnel's note took over; see sy_tunnel_note */
+  int client_counted;   /* counted in limits.max_connections_per_client */
 
   /* Relay (TLS tunnel) bookkeeping. */
   uint64_t relay_start, relay_c2u, relay_u2c;
@@ -191,11 +190,9 @@ static inline sy_flow *parser_flow(llhttp_t *p) {
 /* ---- flows ---------------------------------------------------------------- */
 
 static int flow_alloc(sy_flow *f, uint32_t cap) {
-  if (f->buf)
-    return 0;
+  if (f->buf) return 0;
   f->buf = malloc(cap);
-  if (!f->buf)
-    return -1;
+  if (!f->buf) return -1;
   f->cap = cap;
   return 0;
 }
@@ -221,8 +218,7 @@ static void flow_free(sy_flow *f) {
 }
 
 static int flow_push(sy_flow *f, uint32_t off, uint32_t len, int scratch) {
-  if (len == 0)
-    return 0;
+  if (len == 0) return 0;
   if (f->nsegs && !scratch && !f->segs[f->nsegs - 1].scratch &&
       f->segs[f->nsegs - 1].off + f->segs[f->nsegs - 1].len == off) {
     f->segs[f->nsegs - 1].len += len;
@@ -231,8 +227,7 @@ static int flow_push(sy_flow *f, uint32_t off, uint32_t len, int scratch) {
   if (f->nsegs == f->segcap) {
     uint32_t ncap = f->segcap ? f->segcap * 2 : 8;
     sy_seg *ns = realloc(f->segs, ncap * sizeof(*ns));
-    if (!ns)
-      return -1;
+    if (!ns) return -1;
     f->segs = ns;
     f->segcap = ncap;
   }
@@ -242,8 +237,7 @@ static int flow_push(sy_flow *f, uint32_t off, uint32_t len, int scratch) {
 
 static int flow_push_scratch(sy_flow *f, const void *p, size_t n) {
   uint32_t off = (uint32_t)f->scratch.len;
-  if (sy_buf_append(&f->scratch, p, n))
-    return -1;
+  if (sy_buf_append(&f->scratch, p, n)) return -1;
   return flow_push(f, off, (uint32_t)n, 1);
 }
 
@@ -254,8 +248,7 @@ static int flow_push_sybuf(sy_flow *f, sy_buf *b) {
 /* Slides unparsed bytes to the front once nothing refers to what precedes
  * them (no batch in flight, head already forwarded). */
 static void flow_compact(sy_flow *f) {
-  if (!f->buf || f->pos == 0)
-    return;
+  if (!f->buf || f->pos == 0) return;
   memmove(f->buf, f->buf + f->pos, f->len - f->pos);
   f->len -= f->pos;
   if (f->head_start >= f->pos)
@@ -270,32 +263,26 @@ static void flow_compact(sy_flow *f) {
  * CRLF CRLF (last-chunk and trailer section), checked where the bytes are
  * still in the buffer. -1 bad. */
 static int flow_check_chunk_end(sy_flow *f) {
-  if (!f->check_chunk_end)
-    return 0;
+  if (!f->check_chunk_end) return 0;
   f->check_chunk_end = 0;
-  if (f->pos < 4)
-    return 0;
+  if (f->pos < 4) return 0;
   return memcmp(f->buf + f->pos - 4, "\r\n\r\n", 4) == 0 ? 0 : -1;
 }
 
 /* Checks the raw bytes of the head being read (see sy_headscan). -1 bad. */
 static int flow_scan(sy_flow *f) {
-  if (f->scan.done || f->scan_pos >= f->len)
-    return 0;
+  if (f->scan.done || f->scan_pos >= f->len) return 0;
   size_t used = 0;
   int r = sy_headscan_run(&f->scan, f->buf + f->scan_pos, f->len - f->scan_pos, &used);
-  if (r < 0)
-    return -1;
+  if (r < 0) return -1;
   f->scan_pos = r ? f->scan_pos + (uint32_t)used : f->len;
   return 0;
 }
 
-static int flow_write(sy_conn *c, sy_flow *f, uv_stream_t *dst, sy_tls_conn *tls,
-                      uv_write_cb cb) {
+static int flow_write(sy_conn *c, sy_flow *f, uv_stream_t *dst, sy_tls_conn *tls, uv_write_cb cb) {
   if (f->iovcap < f->nsegs) {
     uv_buf_t *ni = realloc(f->iov, f->nsegs * sizeof(*ni));
-    if (!ni)
-      return UV_ENOMEM;
+    if (!ni) return UV_ENOMEM;
     f->iov = ni;
     f->iovcap = f->nsegs;
   }
@@ -374,8 +361,12 @@ static void route_label(const sy_conn *c, sy_buf *b) {
 
 /* The note of a connection that is still whole (relay, or before hand-off). */
 static sy_tunnel_note note_of(sy_conn *c) {
-  sy_tunnel_note n = {.w = c->w, .cfg = c->cfg, .route = c->route, .server = c->server,
-                      .client_port = c->client_port, .client_counted = c->client_counted,
+  sy_tunnel_note n = {.w = c->w,
+                      .cfg = c->cfg,
+                      .route = c->route,
+                      .server = c->server,
+                      .client_port = c->client_port,
+                      .client_counted = c->client_counted,
                       .path = c->path};
   memcpy(n.proto, c->proto, sizeof(n.proto));
   snprintf(n.client_ip, sizeof(n.client_ip), "%s", c->client_ip);
@@ -391,14 +382,13 @@ static void count_request(sy_conn *c) {
   sy_buf_append(&b, "", 1);
   sy_metrics_add(c->w->metrics, "switchyard_requests_total", b.p, 1);
   sy_buf_free(&b);
-  if (!c->offered0[0])
-    return;
+  if (!c->offered0[0]) return;
   /* Upgrades: switched, refused by the upstream, or rejected by the proxy
    * (a route that allows none of the tokens, or a 101 that failed checks). */
-  const char *outcome = c->switching                        ? "switched"
-                        : (c->bad_101 || !c->upgrading)     ? "rejected"
-                        : c->resp_from_upstream             ? "refused"
-                                                            : "rejected";
+  const char *outcome = c->switching                    ? "switched"
+                        : (c->bad_101 || !c->upgrading) ? "rejected"
+                        : c->resp_from_upstream         ? "refused"
+                                                        : "rejected";
   const char *proto = c->switching ? c->proto : c->offered0;
   sy_buf u = {0};
   sy_metrics_label(&u, "protocol", proto, strlen(proto));
@@ -415,8 +405,7 @@ static void count_tunnel(const sy_tunnel_note *c, int delta, const sy_tunnel_sta
   sy_buf_append(&b, "", 1);
   sy_metrics *m = c->w->metrics;
   sy_metrics_add(m, "switchyard_tunnels_open", b.p, delta);
-  if (delta > 0)
-    sy_metrics_add(m, "switchyard_tunnels_total", b.p, 1);
+  if (delta > 0) sy_metrics_add(m, "switchyard_tunnels_total", b.p, 1);
   sy_buf_free(&b);
   if (st) {
     sy_metrics_add(m, "switchyard_tunnel_bytes_total", "direction=\"to_upstream\"",
@@ -429,16 +418,14 @@ static void count_tunnel(const sy_tunnel_note *c, int delta, const sy_tunnel_sta
 }
 
 static void server_count(sy_conn *c, int delta) {
-  if (!c->server)
-    return;
+  if (!c->server) return;
   __atomic_add_fetch(&c->server->rt->active, delta, __ATOMIC_RELAXED);
 }
 
 /* ---- access log ------------------------------------------------------------ */
 
 static void log_request(sy_conn *c) {
-  if (!sy_access_log_enabled() || !c->method[0])
-    return;
+  if (!sy_access_log_enabled() || !c->method[0]) return;
   sy_buf b = {0};
   char route[32];
   const char *rname = NULL;
@@ -461,14 +448,12 @@ static void log_request(sy_conn *c) {
   sy_buf_appendf(&b, ",\"status\":%d,\"bytes_in\":%llu,\"bytes_out\":%llu,\"duration_ms\":%.3f}\n",
                  c->status, (unsigned long long)c->bytes_in, (unsigned long long)c->bytes_out,
                  (double)(uv_hrtime() - c->t_start) / 1e6);
-  if (b.p)
-    sy_access_log_write(b.p, b.len);
+  if (b.p) sy_access_log_write(b.p, b.len);
   sy_buf_free(&b);
 }
 
 static void log_tunnel(const sy_tunnel_note *c, const sy_tunnel_stats *st) {
-  if (!sy_access_log_enabled())
-    return;
+  if (!sy_access_log_enabled()) return;
   sy_buf b = {0};
   char route[32];
   const char *rname = c->route ? c->route->name : NULL;
@@ -493,8 +478,7 @@ static void log_tunnel(const sy_tunnel_note *c, const sy_tunnel_stats *st) {
   sy_json_str(&b, "closed_by", st->closed_by, strlen(st->closed_by), 1);
   sy_json_str(&b, "reason", st->reason, strlen(st->reason), 1);
   sy_buf_append(&b, "}\n", 2);
-  if (b.p)
-    sy_access_log_write(b.p, b.len);
+  if (b.p) sy_access_log_write(b.p, b.len);
   sy_buf_free(&b);
 }
 
@@ -506,8 +490,7 @@ static void conn_free(sy_conn *c) {
     c->prev->next = c->next;
   else if (w->conns == c)
     w->conns = c->next;
-  if (c->next)
-    c->next->prev = c->prev;
+  if (c->next) c->next->prev = c->prev;
   flow_free(&c->rq);
   flow_free(&c->rs);
   free(c->path);
@@ -515,8 +498,7 @@ static void conn_free(sy_conn *c) {
   sy_tls_conn_free(c->ctls);
   sy_tls_conn_free(c->utls);
   int handed_off = c->handed_off;
-  if (c->client_counted && !handed_off)
-    sy_client_release(c->client_ip);
+  if (c->client_counted && !handed_off) sy_client_release(c->client_ip);
   sy_config_unref(c->cfg);
   free(c);
   if (!handed_off) { /* a spliced tunnel still counts as the client's connection */
@@ -526,8 +508,7 @@ static void conn_free(sy_conn *c) {
 }
 
 static void conn_unref(sy_conn *c) {
-  if (--c->refs == 0 && c->closing)
-    conn_free(c);
+  if (--c->refs == 0 && c->closing) conn_free(c);
 }
 
 static void on_handle_closed(uv_handle_t *h) {
@@ -540,8 +521,7 @@ static void on_link_closed(void *arg) {
 
 static void link_close(sy_conn *c) {
   sy_link *l = c->link;
-  if (!l)
-    return;
+  if (!l) return;
   c->link = NULL;
   sy_tls_conn_free(c->utls);
   c->utls = NULL;
@@ -558,9 +538,9 @@ static void link_release(sy_conn *c) {
   sy_link *l = c->link;
   const sy_upstream_cfg *up = c->route ? c->route->upstream : NULL;
   int reusable = l && up && !c->utls && !c->upgrading && !c->w->stopping && c->link_used &&
-                 !c->rs.eof &&
-                 c->rs.msg_done && c->rq.msg_done && !c->rq.writing && c->rs.pos == c->rs.len &&
-                 llhttp_should_keep_alive(&c->rs.parser) && c->resp_from_upstream;
+                 !c->rs.eof && c->rs.msg_done && c->rq.msg_done && !c->rq.writing &&
+                 c->rs.pos == c->rs.len && llhttp_should_keep_alive(&c->rs.parser) &&
+                 c->resp_from_upstream;
   if (!reusable) {
     link_close(c);
     return;
@@ -583,8 +563,7 @@ static void link_release(sy_conn *c) {
 }
 
 static void conn_close(sy_conn *c) {
-  if (c->closing)
-    return;
+  if (c->closing) return;
   c->closing = 1;
   c->state = SY_CLOSED;
   link_close(c);
@@ -599,8 +578,7 @@ static void conn_close(sy_conn *c) {
 static void on_linger_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   sy_conn *c = s->data;
   free(buf->base);
-  if (n < 0)
-    conn_close(c);
+  if (n < 0) conn_close(c);
 }
 
 static void linger_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
@@ -619,18 +597,15 @@ static void on_shutdown(uv_shutdown_t *req, int status) {
 }
 
 static void conn_linger(sy_conn *c) {
-  if (c->closing || c->state == SY_LINGER)
-    return;
+  if (c->closing || c->state == SY_LINGER) return;
   c->state = SY_LINGER;
   link_close(c);
   uv_read_stop((uv_stream_t *)&c->client);
   /* A flow with a write in flight keeps its memory: libuv still holds the
    * request (its queue links live in the flow) and the bytes. conn_free
    * takes what is left. */
-  if (!c->rq.writing)
-    flow_free(&c->rq);
-  if (!c->rs.writing)
-    flow_free(&c->rs);
+  if (!c->rq.writing) flow_free(&c->rq);
+  if (!c->rs.writing) flow_free(&c->rs);
   timer_arm(c, SY_LINGER_MS);
   if (c->ctls) {
     sy_tls_shutdown(c->ctls);
@@ -679,19 +654,15 @@ static const llhttp_settings_t resp_settings;
 
 /* Both halves done (or the request abandoned): log, then keep-alive or close. */
 static void maybe_finish(sy_conn *c) {
-  if (c->closing || c->state == SY_LINGER || c->state == SY_TUNNEL || c->state == SY_RELAY)
-    return;
-  if (!c->rs.msg_done || c->rs.writing)
-    return;
+  if (c->closing || c->state == SY_LINGER || c->state == SY_TUNNEL || c->state == SY_RELAY) return;
+  if (!c->rs.msg_done || c->rs.writing) return;
   if (c->switching) {
     /* Splice needs both sides in cleartext; TLS on either side is copied. */
-    if (!c->rq.writing)
-      (c->ctls || c->utls) ? start_relay(c) : start_tunnel(c);
+    if (!c->rq.writing) (c->ctls || c->utls) ? start_relay(c) : start_tunnel(c);
     return;
   }
   if (!c->rq.msg_done && !c->close_after) {
-    if (c->rq.discard)
-      return; /* still swallowing the body of a request answered locally */
+    if (c->rq.discard) return; /* still swallowing the body of a request answered locally */
     /* The upstream answered before the request ended: the stream cannot be
      * resynchronised, so this connection ends with the response. */
     c->close_after = 1;
@@ -750,8 +721,7 @@ static void on_rs_written(uv_write_t *req, int status) {
       if (c->rs.msg_done) {
         maybe_finish(c);
       } else {
-        if (c->rs.len > c->rs.pos)
-          upstream_feed(c);
+        if (c->rs.len > c->rs.pos) upstream_feed(c);
         upstream_read_update(c);
       }
     }
@@ -760,20 +730,16 @@ static void on_rs_written(uv_write_t *req, int status) {
 }
 
 static void rs_flush(sy_conn *c) {
-  if (c->rs.writing || c->closing)
-    return;
+  if (c->rs.writing || c->closing) return;
   if (c->rs.nsegs == 0) {
-    if (c->rs.msg_done)
-      maybe_finish(c);
+    if (c->rs.msg_done) maybe_finish(c);
     return;
   }
   c->rs.wreq.data = c;
-  if (c->resp_head_sent)
-    c->resp_flushed = 1;
+  if (c->resp_head_sent) c->resp_flushed = 1;
   for (uint32_t i = 0; i < c->rs.nsegs; i++)
     c->bytes_out += c->rs.segs[i].len;
-  if (flow_write(c, &c->rs, (uv_stream_t *)&c->client, c->ctls, on_rs_written) < 0)
-    conn_close(c);
+  if (flow_write(c, &c->rs, (uv_stream_t *)&c->client, c->ctls, on_rs_written) < 0) conn_close(c);
 }
 
 static void local_send(sy_conn *c, int status, int close, sy_buf *b);
@@ -803,8 +769,7 @@ static void local_send(sy_conn *c, int status, int close, sy_buf *b) {
   c->status = status;
   c->resp_head_sent = 1;
   link_close(c);
-  if (close)
-    c->close_after = 1;
+  if (close) c->close_after = 1;
   if (!c->rq.msg_done && !c->close_after) {
     /* Read and drop the rest of the request body so keep-alive can go on. */
     c->rq.discard = 1;
@@ -817,8 +782,7 @@ static void local_send(sy_conn *c, int status, int close, sy_buf *b) {
   timer_arm(c, response_timeout(c));
   rs_flush(c);
   if (c->rq.discard && !c->rq.writing && !c->closing) {
-    if (llhttp_get_errno(&c->rq.parser) == HPE_PAUSED)
-      llhttp_resume(&c->rq.parser);
+    if (llhttp_get_errno(&c->rq.parser) == HPE_PAUSED) llhttp_resume(&c->rq.parser);
     client_feed(c);
   }
 }
@@ -871,10 +835,8 @@ static void on_rq_written(uv_write_t *req, int status) {
 }
 
 static void rq_flush(sy_conn *c) {
-  if (c->rq.writing || c->closing || !c->link)
-    return;
-  if (c->rq.nsegs == 0)
-    return;
+  if (c->rq.writing || c->closing || !c->link) return;
+  if (c->rq.nsegs == 0) return;
   c->rq.wreq.data = c;
   if (flow_write(c, &c->rq, (uv_stream_t *)&c->link->tcp, c->utls, on_rq_written) < 0) {
     if (!c->resp_head_sent)
@@ -922,8 +884,7 @@ static int cb_message_begin(llhttp_t *p) {
 
 static int cb_body(llhttp_t *p, const char *at, size_t n) {
   sy_flow *f = parser_flow(p);
-  if (f->discard)
-    return 0;
+  if (f->discard) return 0;
   int rc = 0;
   if (f->chunked_out) {
     char hex[24];
@@ -931,8 +892,7 @@ static int cb_body(llhttp_t *p, const char *at, size_t n) {
     rc |= flow_push_scratch(f, hex, (size_t)k);
   }
   rc |= flow_push(f, (uint32_t)(at - f->buf), (uint32_t)n, 0);
-  if (f->chunked_out)
-    rc |= flow_push_scratch(f, "\r\n", 2);
+  if (f->chunked_out) rc |= flow_push_scratch(f, "\r\n", 2);
   return rc ? HPE_USER : 0;
 }
 
@@ -946,8 +906,7 @@ static int cb_message_complete(llhttp_t *p) {
     sy_headscan_init(&f->scan);
     return HPE_PAUSED;
   }
-  if (f->chunked_out && !f->discard && flow_push_scratch(f, "0\r\n\r\n", 5))
-    return HPE_USER;
+  if (f->chunked_out && !f->discard && flow_push_scratch(f, "0\r\n\r\n", 5)) return HPE_USER;
   f->msg_done = 1;
   f->check_chunk_end = (p->flags & F_CHUNKED) != 0;
   return HPE_PAUSED;
@@ -993,8 +952,7 @@ struct tok_collect {
 
 static int collect_tok(sy_str tok, void *arg) {
   struct tok_collect *tc = arg;
-  if (tc->n < tc->max)
-    tc->toks[tc->n++] = tok;
+  if (tc->n < tc->max) tc->toks[tc->n++] = tok;
   return 0;
 }
 
@@ -1002,10 +960,8 @@ static int collect_tok(sy_str tok, void *arg) {
  * request whose Connection lists "upgrade" and that carries Upgrade. */
 static size_t offered_upgrades(sy_conn *c, sy_str *out, size_t max) {
   sy_flow *f = &c->rq;
-  if (f->head.major != 1 || f->head.minor < 1)
-    return 0;
-  if (!sy_head_lists(&f->head, f->buf, "connection", "upgrade"))
-    return 0;
+  if (f->head.major != 1 || f->head.minor < 1) return 0;
+  if (!sy_head_lists(&f->head, f->buf, "connection", "upgrade")) return 0;
   struct tok_collect tc = {out, 0, max};
   for (size_t i = 0; i < f->head.nfields; i++)
     if (sy_str_ieq(sy_span_str(f->buf, f->head.fields[i].name), "upgrade"))
@@ -1032,8 +988,7 @@ static void remember_request(sy_conn *c) {
       skip++;
     t.p += skip;
     t.len -= skip;
-    if (!t.len || t.p[0] != '/')
-      t = (sy_str){"/", 1};
+    if (!t.len || t.p[0] != '/') t = (sy_str){"/", 1};
   }
   size_t q = 0;
   while (q < t.len && t.p[q] != '?')
@@ -1052,8 +1007,7 @@ static void remember_request(sy_conn *c) {
  * one server. A missing header or cookie hashes as empty (one server). */
 static uint64_t balance_key(sy_conn *c) {
   const sy_upstream_cfg *up = c->route->upstream;
-  if (up->balance != SY_BALANCE_HASH || !up->hash_key)
-    return 0;
+  if (up->balance != SY_BALANCE_HASH || !up->hash_key) return 0;
   sy_flow *f = &c->rq;
   const char *k = up->hash_key;
   if (strncmp(k, "header:", 7) == 0) {
@@ -1063,12 +1017,11 @@ static uint64_t balance_key(sy_conn *c) {
   if (strncmp(k, "cookie:", 7) == 0) {
     size_t nl = strlen(k + 7);
     for (size_t i = 0; i < f->head.nfields; i++) {
-      if (!sy_str_ieq(sy_span_str(f->buf, f->head.fields[i].name), "cookie"))
-        continue;
+      if (!sy_str_ieq(sy_span_str(f->buf, f->head.fields[i].name), "cookie")) continue;
       sy_str v = sy_span_str(f->buf, f->head.fields[i].value);
       for (size_t p = 0; p + nl < v.len; p++) {
-        if ((p == 0 || v.p[p - 1] == ' ' || v.p[p - 1] == ';') &&
-            memcmp(v.p + p, k + 7, nl) == 0 && v.p[p + nl] == '=') {
+        if ((p == 0 || v.p[p - 1] == ' ' || v.p[p - 1] == ';') && memcmp(v.p + p, k + 7, nl) == 0 &&
+            v.p[p + nl] == '=') {
           size_t e = p + nl + 1;
           while (e < v.len && v.p[e] != ';')
             e++;
@@ -1159,10 +1112,8 @@ static void route_request(sy_conn *c) {
   /* Keep only the tokens the route lets through, in the client's order. */
   size_t used = 0;
   for (size_t i = 0; i < noffered && c->nup_tokens < SY_MAX_UPGRADES; i++) {
-    if (!sy_route_allows_upgrade(c->route, offered[i]))
-      continue;
-    if (used + offered[i].len > sizeof(c->up_store))
-      break;
+    if (!sy_route_allows_upgrade(c->route, offered[i])) continue;
+    if (used + offered[i].len > sizeof(c->up_store)) break;
     memcpy(c->up_store + used, offered[i].p, offered[i].len);
     c->up_tokens[c->nup_tokens++] = (sy_str){c->up_store + used, offered[i].len};
     used += offered[i].len;
@@ -1172,8 +1123,7 @@ static void route_request(sy_conn *c) {
       sy_worker_total_tunnels() >= c->cfg->limits.max_tunnels) {
     sy_log_error("limits.max_tunnels (%llu) reached: upgrade refused",
                  (unsigned long long)c->cfg->limits.max_tunnels);
-    sy_metrics_add(c->w->metrics, "switchyard_upgrades_refused_total", "reason=\"max_tunnels\"",
-                   1);
+    sy_metrics_add(c->w->metrics, "switchyard_upgrades_refused_total", "reason=\"max_tunnels\"", 1);
     local_response(c, 503, !c->has_body ? 0 : 1);
     return;
   }
@@ -1219,8 +1169,7 @@ static int queue_request_head(sy_conn *c) {
   };
   sy_buf b = {0};
   int rc = sy_http_build_request(&b, &f->head, f->buf, &o);
-  if (rc == 0)
-    rc = flow_push_sybuf(f, &b);
+  if (rc == 0) rc = flow_push_sybuf(f, &b);
   sy_buf_free(&b);
   return rc;
 }
@@ -1258,8 +1207,7 @@ static void upstream_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
 }
 
 static int upstream_wants(const sy_conn *c) {
-  if (!c->link || c->closing)
-    return 0;
+  if (!c->link || c->closing) return 0;
   /* The upstream is not read ahead of a batch in flight: how it ends (FIN
    * or RST) must be seen in order with the bytes before it, and a read-ahead
    * RST can surface as a plain EOF once the kernel has reported it. */
@@ -1270,8 +1218,7 @@ static int upstream_wants(const sy_conn *c) {
 }
 
 static void upstream_read_update(sy_conn *c) {
-  if (!c->link || c->closing)
-    return;
+  if (!c->link || c->closing) return;
   if (c->rs.eof && !c->rs.writing && c->rs.pos == c->rs.len && c->state != SY_RELAY) {
     c->rs.eof = 0;
     upstream_eof(c, UV_EOF);
@@ -1282,8 +1229,7 @@ static void upstream_read_update(sy_conn *c) {
     want = 1;
   else if (c->utls && want && sy_tls_has_pending(c->utls))
     tls_pump(c, SY_UPSTREAM);
-  if (!c->link || c->closing)
-    return;
+  if (!c->link || c->closing) return;
   if (want)
     uv_read_start((uv_stream_t *)&c->link->tcp, upstream_alloc, on_upstream_read);
   else
@@ -1297,8 +1243,7 @@ static void on_connect(uv_connect_t *req, int status) {
   sy_link *l = req->data;
   sy_conn *c = l->c;
   if (!c || c->closing || c->link != l) {
-    if (c)
-      conn_unref(c);
+    if (c) conn_unref(c);
     return;
   }
   conn_unref(c);
@@ -1328,8 +1273,7 @@ static void on_connect(uv_connect_t *req, int status) {
 static int idempotent(const sy_conn *c) {
   static const char *const m[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE", NULL};
   for (const char *const *p = m; *p; p++)
-    if (strcmp(c->method, *p) == 0)
-      return 1;
+    if (strcmp(c->method, *p) == 0) return 1;
   return 0;
 }
 
@@ -1360,8 +1304,7 @@ static void upstream_ready(sy_conn *c) {
 
 /* A reused connection that died before any response byte: retry once. */
 static int retry_stale(sy_conn *c) {
-  if (!c->link || !c->link->reused || c->rs.bytes || !c->retry_head.len || c->retried)
-    return 0;
+  if (!c->link || !c->link->reused || c->rs.bytes || !c->retry_head.len || c->retried) return 0;
   c->retried = 1;
   sy_metrics_add(c->w->metrics, "switchyard_upstream_stale_retries_total", NULL, 1);
   link_close(c);
@@ -1376,8 +1319,7 @@ static void start_connect(sy_conn *c) {
   sy_upstream_cfg *up = (sy_upstream_cfg *)c->route->upstream;
   int i = sy_upstream_pick(up, c->tried, c->key_hash, uv_now(&c->w->loop));
   if (i < 0) {
-    if (i == SY_PICK_ALL_DOWN)
-      sy_log_error("upstream %s: no server is up", up->name);
+    if (i == SY_PICK_ALL_DOWN) sy_log_error("upstream %s: no server is up", up->name);
     local_response(c, i == SY_PICK_ALL_DOWN ? 503 : c->last_err_timeout ? 504 : 502, 0);
     return;
   }
@@ -1415,8 +1357,8 @@ static void start_connect(sy_conn *c) {
   int rc = uv_tcp_connect(&l->creq, &l->tcp, (const struct sockaddr *)&s->addr.sa, on_connect);
   if (rc == UV_EMFILE || rc == UV_ENFILE || rc == UV_ENOBUFS || rc == UV_ENOMEM) {
     /* Our own shortage, not the server's fault: no passive ejection. */
-    sy_log_error("upstream %s: cannot open a socket: %s (out of file descriptors?)",
-                 s->addr.text, uv_strerror(rc));
+    sy_log_error("upstream %s: cannot open a socket: %s (out of file descriptors?)", s->addr.text,
+                 uv_strerror(rc));
     link_close(c);
     local_response(c, 503, 1);
     return;
@@ -1484,8 +1426,7 @@ static void on_timeout(uv_timer_t *t) {
 
 static int token_offered(const sy_conn *c, sy_str tok) {
   for (size_t i = 0; i < c->nup_tokens; i++)
-    if (sy_str_ieq2(c->up_tokens[i], tok))
-      return 1;
+    if (sy_str_ieq2(c->up_tokens[i], tok)) return 1;
   return 0;
 }
 
@@ -1498,26 +1439,21 @@ static int first_tok(sy_str tok, void *arg) {
  * smuggling class and the client gets a 502. */
 static int switch_acceptable(sy_conn *c) {
   sy_flow *f = &c->rs;
-  if (!c->upgrading)
-    return 0;
+  if (!c->upgrading) return 0;
   const sy_field *up = sy_head_find(&f->head, f->buf, "upgrade");
-  if (!up)
-    return 0;
+  if (!up) return 0;
   sy_str chosen = {0};
   sy_list_each(sy_span_str(f->buf, up->value), first_tok, &chosen);
-  if (!chosen.len || !token_offered(c, chosen))
-    return 0;
+  if (!chosen.len || !token_offered(c, chosen)) return 0;
   size_t n = chosen.len < sizeof(c->proto) - 1 ? chosen.len : sizeof(c->proto) - 1;
   memcpy(c->proto, chosen.p, n);
   c->proto[n] = 0;
   if (c->check_accept && sy_str_ieq(chosen, "websocket")) {
     const sy_field *acc = sy_head_find(&f->head, f->buf, "sec-websocket-accept");
-    if (!c->ws_key[0])
-      return 0;
+    if (!c->ws_key[0]) return 0;
     char want[29];
     sy_ws_accept((sy_str){c->ws_key, strlen(c->ws_key)}, want);
-    if (!acc || acc->value.len != 28 || memcmp(f->buf + acc->value.off, want, 28) != 0)
-      return 0;
+    if (!acc || acc->value.len != 28 || memcmp(f->buf + acc->value.off, want, 28) != 0) return 0;
   }
   return 1;
 }
@@ -1531,8 +1467,7 @@ static int cb_resp_headers_complete(llhttp_t *p) {
   f->head_done = 1;
   int status = p->status_code;
   sy_resp_opts o = {.via = c->cfg->forwarding.via};
-  if (sy_head_validate(&f->head, f->buf) < 0)
-    return HPE_USER;
+  if (sy_head_validate(&f->head, f->buf) < 0) return HPE_USER;
   /* The whole head may come in one read: measure it here, not only while
    * it is incomplete. */
   uint32_t end = f->head.reason.off + f->head.reason.len;
@@ -1540,8 +1475,7 @@ static int cb_resp_headers_complete(llhttp_t *p) {
     const sy_field *last = &f->head.fields[f->head.nfields - 1];
     end = last->value.len ? last->value.off + last->value.len : last->name.off + last->name.len;
   }
-  if (end - f->head_start > c->cfg->limits.max_header_bytes + 1024)
-    return HPE_USER;
+  if (end - f->head_start > c->cfg->limits.max_header_bytes + 1024) return HPE_USER;
   int skip_body = 0;
   if (status == 101) {
     if (!switch_acceptable(c)) {
@@ -1567,8 +1501,7 @@ static int cb_resp_headers_complete(llhttp_t *p) {
       else
         f->chunked_out = 1;
     }
-    if (c->client_close)
-      c->close_after = 1;
+    if (c->client_close) c->close_after = 1;
     o.chunked = f->chunked_out;
     o.conn_close = c->close_after || c->w->stopping; /* a drain closes after it */
     o.keep_alive10 = c->keep_alive10 && !c->close_after;
@@ -1581,13 +1514,10 @@ static int cb_resp_headers_complete(llhttp_t *p) {
   }
   sy_buf b = {0};
   int rc = sy_http_build_response(&b, &f->head, f->buf, &o);
-  if (rc == 0)
-    rc = flow_push_sybuf(f, &b);
+  if (rc == 0) rc = flow_push_sybuf(f, &b);
   sy_buf_free(&b);
-  if (rc)
-    return HPE_USER;
-  if (!c->interim)
-    c->resp_head_sent = 1;
+  if (rc) return HPE_USER;
+  if (!c->interim) c->resp_head_sent = 1;
   return skip_body ? 1 : 0;
 }
 
@@ -1632,17 +1562,15 @@ static void upstream_feed(sy_conn *c) {
       local_response(c, 502, 1);
       return;
     }
-    if (!f->head_done && (f->len == f->cap ||
-                          f->len - f->head_start > c->cfg->limits.max_header_bytes + 1024)) {
+    if (!f->head_done &&
+        (f->len == f->cap || f->len - f->head_start > c->cfg->limits.max_header_bytes + 1024)) {
       sy_log_error("upstream %s: response head too large", c->server ? c->server->addr.text : "?");
       local_response(c, 502, 1);
       return;
     }
   }
-  if (c->closing)
-    return;
-  if (f->nsegs)
-    timer_arm(c, response_timeout(c));
+  if (c->closing) return;
+  if (f->nsegs) timer_arm(c, response_timeout(c));
   rs_flush(c);
   upstream_read_update(c);
 }
@@ -1654,10 +1582,8 @@ static void upstream_input(sy_conn *c, size_t n) {
 }
 
 static void upstream_eof(sy_conn *c, ssize_t n) {
-  if (c->link)
-    uv_read_stop((uv_stream_t *)&c->link->tcp);
-  if (c->state != SY_RELAY && retry_stale(c))
-    return;
+  if (c->link) uv_read_stop((uv_stream_t *)&c->link->tcp);
+  if (c->state != SY_RELAY && retry_stale(c)) return;
   if (c->state == SY_RELAY) {
     relay_eof(c, SY_UPSTREAM, n);
     return;
@@ -1674,8 +1600,7 @@ static void upstream_eof(sy_conn *c, ssize_t n) {
     c->rs.eof = 1;
     return;
   }
-  if (c->rs.msg_done)
-    return; /* the response is whole; the connection just is not reusable */
+  if (c->rs.msg_done) return; /* the response is whole; the connection just is not reusable */
   if (n == UV_EOF && llhttp_message_needs_eof(&c->rs.parser) && c->rs.head_done) {
     llhttp_finish(&c->rs.parser);
     rs_flush(c);
@@ -1695,13 +1620,11 @@ static void on_upstream_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   if (!c) {
     /* An idle pooled connection: stray bytes, EOF or an error all mean it
      * cannot carry another request. */
-    if (n != 0)
-      sy_link_close(l);
+    if (n != 0) sy_link_close(l);
     return;
   }
   if (c->utls) {
-    if (n > 0 && sy_tls_feed(c->utls, buf->base, (size_t)n) < 0)
-      n = UV_ENOMEM;
+    if (n > 0 && sy_tls_feed(c->utls, buf->base, (size_t)n) < 0) n = UV_ENOMEM;
     free(buf->base);
     if (n > 0) {
       tls_pump(c, SY_UPSTREAM);
@@ -1712,8 +1635,7 @@ static void on_upstream_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     upstream_input(c, (size_t)n);
     return;
   }
-  if (n == 0 || n == UV_ENOBUFS)
-    return;
+  if (n == 0 || n == UV_ENOBUFS) return;
   upstream_eof(c, n);
 }
 
@@ -1728,10 +1650,8 @@ static void client_feed(sy_conn *c) {
   int kick = f->head_done && c->state != SY_READ_HEAD;
   while (!c->closing && (f->pos < f->len || kick) && !f->writing && !f->msg_done) {
     kick = 0;
-    if (c->state == SY_CONNECT)
-      return;
-    if (c->state == SY_READ_HEAD && f->head_done)
-      return;
+    if (c->state == SY_CONNECT) return;
+    if (c->state == SY_READ_HEAD && f->head_done) return;
     if (c->state == SY_READ_HEAD && flow_scan(f) < 0) {
       memcpy(c->method, "-", 2);
       local_response(c, 400, 1);
@@ -1768,8 +1688,7 @@ static void client_feed(sy_conn *c) {
         size_t mn = f->head.method.len < 15 ? f->head.method.len : 15;
         memcpy(c->method, f->buf + f->head.method.off, mn);
         c->method[mn] = 0;
-        if (!mn)
-          memcpy(c->method, "-", 2);
+        if (!mn) memcpy(c->method, "-", 2);
       }
       local_response(c, st, 1);
       return;
@@ -1790,8 +1709,7 @@ static void client_feed(sy_conn *c) {
       }
     }
   }
-  if (c->closing)
-    return;
+  if (c->closing) return;
   if (c->rq.discard) {
     f->nsegs = 0;
     f->scratch.len = 0;
@@ -1803,7 +1721,7 @@ static void client_feed(sy_conn *c) {
   } else {
     if (f->nsegs && c->state != SY_READ_HEAD)
       timer_arm(c, !f->msg_done && c->state == SY_STREAM_BODY ? c->cfg->timeouts.body_idle
-                                                                : response_timeout(c));
+                                                              : response_timeout(c));
     rq_flush(c);
   }
   client_read_update(c);
@@ -1853,14 +1771,12 @@ static int client_wants(sy_conn *c) {
     want = 1; /* the buffer bounds what is read ahead while a batch is written */
   if (want && f->buf && f->len == f->cap && f->pos == f->len && !f->writing && !f->nsegs)
     flow_compact(f);
-  if (want && f->buf && f->len == f->cap)
-    want = 0;
+  if (want && f->buf && f->len == f->cap) want = 0;
   return want;
 }
 
 static void client_read_update(sy_conn *c) {
-  if (c->closing || c->state == SY_LINGER || c->state == SY_TUNNEL)
-    return;
+  if (c->closing || c->state == SY_LINGER || c->state == SY_TUNNEL) return;
   if (c->rq.eof && !c->rq.writing && c->rq.pos == c->rq.len && c->state != SY_RELAY) {
     c->rq.eof = 0;
     client_eof(c, UV_EOF);
@@ -1875,8 +1791,7 @@ static void client_read_update(sy_conn *c) {
     want = 1; /* the handshake needs the socket whatever HTTP wants */
   else if (c->ctls && want && sy_tls_has_pending(c->ctls))
     tls_pump(c, SY_CLIENT); /* plaintext OpenSSL already holds comes first */
-  if (c->closing || c->state == SY_LINGER)
-    return;
+  if (c->closing || c->state == SY_LINGER) return;
   if (want)
     uv_read_start((uv_stream_t *)&c->client, client_alloc, on_client_read);
   else
@@ -1935,8 +1850,7 @@ static void client_eof(sy_conn *c, ssize_t n) {
 static void on_client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   sy_conn *c = s->data;
   if (c->ctls) {
-    if (n > 0 && sy_tls_feed(c->ctls, buf->base, (size_t)n) < 0)
-      n = UV_ENOMEM;
+    if (n > 0 && sy_tls_feed(c->ctls, buf->base, (size_t)n) < 0) n = UV_ENOMEM;
     free(buf->base);
     if (n > 0) {
       tls_pump(c, SY_CLIENT);
@@ -1947,16 +1861,14 @@ static void on_client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     client_input(c, (size_t)n);
     return;
   }
-  if (n == 0 || n == UV_ENOBUFS)
-    return;
+  if (n == 0 || n == UV_ENOBUFS) return;
   client_eof(c, n);
 }
 
 /* ---- TLS on either socket ------------------------------------------------------ */
 
 static uv_stream_t *side_stream(sy_conn *c, sy_side side) {
-  if (side == SY_CLIENT)
-    return (uv_stream_t *)&c->client;
+  if (side == SY_CLIENT) return (uv_stream_t *)&c->client;
   return c->link ? (uv_stream_t *)&c->link->tcp : NULL;
 }
 
@@ -1983,8 +1895,7 @@ static void on_raw_written(uv_write_t *req, int status) {
   sy_conn *c = w->c;
   sy_buf_free(&w->buf);
   free(w);
-  if (status < 0 && !c->closing)
-    conn_close(c);
+  if (status < 0 && !c->closing) conn_close(c);
   conn_unref(c);
 }
 
@@ -1993,8 +1904,7 @@ static void on_raw_written(uv_write_t *req, int status) {
  * writes in order. Takes the buffer. */
 static int raw_write(sy_conn *c, uv_stream_t *st, sy_buf *b) {
   sy_raw_write *w = calloc(1, sizeof(*w));
-  if (!w)
-    return -1;
+  if (!w) return -1;
   w->c = c;
   w->buf = *b;
   *b = (sy_buf){0};
@@ -2011,12 +1921,10 @@ static int raw_write(sy_conn *c, uv_stream_t *st, sy_buf *b) {
 static int tls_flush(sy_conn *c, sy_side side) {
   sy_tls_conn *t = side_tls(c, side);
   uv_stream_t *st = side_stream(c, side);
-  if (!t || !st)
-    return 0;
+  if (!t || !st) return 0;
   sy_buf b = {0};
   int rc = sy_tls_take_output(t, &b);
-  if (rc == 0 && b.len)
-    rc = raw_write(c, st, &b);
+  if (rc == 0 && b.len) rc = raw_write(c, st, &b);
   sy_buf_free(&b);
   return rc;
 }
@@ -2027,8 +1935,8 @@ static void tls_handshake_failed(sy_conn *c, sy_side side) {
                  sy_tls_error(c->ctls));
     conn_close(c);
   } else {
-    sy_log_error("upstream %s: TLS handshake failed: %s",
-                 c->server ? c->server->addr.text : "?", sy_tls_error(c->utls));
+    sy_log_error("upstream %s: TLS handshake failed: %s", c->server ? c->server->addr.text : "?",
+                 sy_tls_error(c->utls));
     local_response(c, 502, 1);
   }
 }
@@ -2048,13 +1956,11 @@ static void tls_handshake_finished(sy_conn *c, sy_side side) {
  * re-entry that feeding the parser can cause. */
 static void tls_pump(sy_conn *c, sy_side side) {
   int bit = 1 << side;
-  if (c->in_pump & bit)
-    return;
+  if (c->in_pump & bit) return;
   c->in_pump |= bit;
   for (int guard = 0; guard < 4096 && !c->closing && c->state != SY_LINGER; guard++) {
     sy_tls_conn *t = side_tls(c, side);
-    if (!t)
-      break;
+    if (!t) break;
     if (!sy_tls_handshake_done(t)) {
       int h = sy_tls_handshake(t);
       if (tls_flush(c, side) < 0) {
@@ -2065,14 +1971,12 @@ static void tls_pump(sy_conn *c, sy_side side) {
         tls_handshake_failed(c, side);
         break;
       }
-      if (h == 0)
-        break;
+      if (h == 0) break;
       tls_handshake_finished(c, side);
       continue;
     }
     int wants = side == SY_CLIENT ? client_wants(c) : upstream_wants(c);
-    if (!wants)
-      break;
+    if (!wants) break;
     sy_flow *f = side_flow(c, side);
     if (flow_alloc(f, side == SY_CLIENT ? client_buf_cap(c) : SY_FLOW_BUF) < 0) {
       conn_close(c);
@@ -2151,14 +2055,12 @@ static uint64_t *relay_counter(sy_conn *c, sy_side from) {
 
 static void relay_arm(sy_conn *c) {
   const sy_route_cfg *rt = c->route;
-  if (c->rq.eof || c->rs.eof)
-    return; /* the FIN timer set at the first EOF keeps running */
+  if (c->rq.eof || c->rs.eof) return; /* the FIN timer set at the first EOF keeps running */
   timer_arm(c, route_timeout(c, rt->timeouts.tunnel_idle, c->cfg->timeouts.tunnel_idle));
 }
 
 static void relay_end(sy_conn *c, const char *reason) {
-  if (c->closing)
-    return;
+  if (c->closing) return;
   sy_tunnel_stats st = {
       .bytes_c2u = c->relay_c2u,
       .bytes_u2c = c->relay_u2c,
@@ -2176,8 +2078,7 @@ static void relay_end(sy_conn *c, const char *reason) {
 
 static void relay_input(sy_conn *c, sy_side from) {
   sy_flow *f = side_flow(c, from);
-  if (f->writing)
-    return; /* relay_written picks up what arrived meanwhile */
+  if (f->writing) return; /* relay_written picks up what arrived meanwhile */
   uint32_t n = f->len - f->pos;
   if (n && flow_push(f, f->pos, n, 0) < 0) {
     conn_close(c);
@@ -2205,15 +2106,13 @@ static void on_relay_shutdown(uv_shutdown_t *req, int status) {
 static void relay_shutdown(sy_conn *c, sy_side to) {
   sy_tls_conn *t = side_tls(c, to);
   uv_stream_t *st = side_stream(c, to);
-  if (!st)
-    return;
+  if (!st) return;
   if (t) {
     sy_tls_shutdown(t);
     tls_flush(c, to);
   }
   uv_shutdown_t *req = malloc(sizeof(*req));
-  if (!req)
-    return;
+  if (!req) return;
   req->data = c;
   if (uv_shutdown(req, st, on_relay_shutdown) == 0)
     c->refs++;
@@ -2223,11 +2122,9 @@ static void relay_shutdown(sy_conn *c, sy_side to) {
 
 static void relay_maybe_done(sy_conn *c, sy_side from) {
   sy_flow *f = side_flow(c, from);
-  if (!f->eof || f->writing || f->nsegs || f->pos < f->len)
-    return;
+  if (!f->eof || f->writing || f->nsegs || f->pos < f->len) return;
   relay_shutdown(c, from == SY_CLIENT ? SY_UPSTREAM : SY_CLIENT);
-  if (c->rq.eof && c->rs.eof && !c->rq.writing && !c->rs.writing)
-    relay_end(c, "eof");
+  if (c->rq.eof && c->rs.eof && !c->rq.writing && !c->rs.writing) relay_end(c, "eof");
 }
 
 static void relay_written(sy_conn *c, sy_side from) {
@@ -2251,11 +2148,9 @@ static void relay_eof(sy_conn *c, sy_side from, ssize_t status) {
     return;
   }
   sy_flow *f = side_flow(c, from);
-  if (f->eof)
-    return;
+  if (f->eof) return;
   f->eof = 1;
-  if (!c->relay_closed_by)
-    c->relay_closed_by = side_name(from);
+  if (!c->relay_closed_by) c->relay_closed_by = side_name(from);
   if (!(c->rq.eof && c->rs.eof)) {
     const sy_route_cfg *rt = c->route;
     timer_arm(c, route_timeout(c, rt->timeouts.tunnel_fin, c->cfg->timeouts.tunnel_fin));
@@ -2278,8 +2173,7 @@ static void start_relay(sy_conn *c) {
   relay_arm(c);
   /* Bytes read past either head go first, in order. */
   relay_input(c, SY_CLIENT);
-  if (!c->closing)
-    relay_input(c, SY_UPSTREAM);
+  if (!c->closing) relay_input(c, SY_UPSTREAM);
 }
 
 /* ---- tunnel -------------------------------------------------------------------- */
@@ -2289,17 +2183,14 @@ static void on_tunnel_done(sy_tunnel *t, const sy_tunnel_stats *st, void *arg) {
   sy_worker *w = n->w;
   count_tunnel(n, -1, st);
   log_tunnel(n, st);
-  if (n->server)
-    __atomic_sub_fetch(&n->server->rt->active, 1, __ATOMIC_RELAXED);
-  if (n->client_counted)
-    sy_client_release(n->client_ip);
+  if (n->server) __atomic_sub_fetch(&n->server->rt->active, 1, __ATOMIC_RELAXED);
+  if (n->client_counted) sy_client_release(n->client_ip);
   sy_worker_tunnels_add(-1);
   if (n->prev)
     n->prev->next = n->next;
   else
     w->tunnels = n->next;
-  if (n->next)
-    n->next->prev = n->prev;
+  if (n->next) n->next->prev = n->prev;
   sy_config_unref(n->cfg);
   free(n);
   sy_metrics_add(w->metrics, "switchyard_connections_open", NULL, -1);
@@ -2310,8 +2201,7 @@ static void on_tunnel_done(sy_tunnel *t, const sy_tunnel_stats *st, void *arg) {
 static sy_tunnel_note *note_new(sy_conn *c) {
   size_t pl = c->path ? strlen(c->path) + 1 : 0;
   sy_tunnel_note *n = malloc(sizeof(*n) + pl);
-  if (!n)
-    return NULL;
+  if (!n) return NULL;
   *n = note_of(c);
   n->cfg = sy_config_ref(c->cfg);
   n->path = NULL;
@@ -2327,8 +2217,7 @@ static sy_tunnel_note *note_new(sy_conn *c) {
 static void start_tunnel(sy_conn *c) {
   uv_os_fd_t cfd = -1, ufd = -1;
   uv_fileno((uv_handle_t *)&c->client, &cfd);
-  if (c->link)
-    uv_fileno((uv_handle_t *)&c->link->tcp, &ufd);
+  if (c->link) uv_fileno((uv_handle_t *)&c->link->tcp, &ufd);
   int dc = cfd >= 0 ? dup(cfd) : -1;
   int du = ufd >= 0 ? dup(ufd) : -1;
   c->status = 101;
@@ -2336,10 +2225,8 @@ static void start_tunnel(sy_conn *c) {
   log_request(c);
   sy_tunnel_note *n = dc >= 0 && du >= 0 ? note_new(c) : NULL;
   if (!n) {
-    if (dc >= 0)
-      close(dc);
-    if (du >= 0)
-      close(du);
+    if (dc >= 0) close(dc);
+    if (du >= 0) close(du);
     sy_log_error("tunnel: cannot hand over: %s", strerror(errno));
     conn_close(c);
     return;
@@ -2369,8 +2256,7 @@ static void start_tunnel(sy_conn *c) {
     sy_worker_tunnels_add(1);
     sy_worker *w = c->w;
     n->next = w->tunnels;
-    if (w->tunnels)
-      w->tunnels->prev = n;
+    if (w->tunnels) w->tunnels->prev = n;
     w->tunnels = n;
     c->handed_off = 1;
     c->link_keeps_count = 1;
@@ -2392,8 +2278,7 @@ static void free_unaccepted(uv_handle_t *h) {
 
 void sy_conn_accept(sy_worker *w, sy_listener *l) {
   sy_conn *c = calloc(1, sizeof(*c));
-  if (!c)
-    return;
+  if (!c) return;
   c->w = w;
   uv_tcp_init(&w->loop, &c->client);
   c->client.data = c;
@@ -2410,8 +2295,7 @@ void sy_conn_accept(sy_worker *w, sy_listener *l) {
   c->cfg = sy_config_ref(w->cfg);
   c->lcfg = l->cfg;
   c->next = w->conns;
-  if (w->conns)
-    w->conns->prev = c;
+  if (w->conns) w->conns->prev = c;
   w->conns = c;
   sy_metrics_add(w->metrics, "switchyard_connections_accepted_total", NULL, 1);
   sy_metrics_add(w->metrics, "switchyard_connections_open", NULL, 1);
@@ -2438,8 +2322,8 @@ void sy_conn_accept(sy_worker *w, sy_listener *l) {
     if (sy_client_acquire(c->client_ip, per_client) < 0) {
       sy_log_error("client %s: over limits.max_connections_per_client (%llu): refused",
                    c->client_ip, (unsigned long long)per_client);
-      sy_metrics_add(w->metrics, "switchyard_connections_refused_total",
-                     "reason=\"per_client\"", 1);
+      sy_metrics_add(w->metrics, "switchyard_connections_refused_total", "reason=\"per_client\"",
+                     1);
       sy_head_init(&c->rq.head, 1, c->cfg->limits.max_headers);
       sy_head_init(&c->rs.head, 0, c->cfg->limits.max_headers);
       sy_headscan_init(&c->rq.scan);
@@ -2474,8 +2358,7 @@ void sy_conn_drain_all(sy_worker *w) {
     next = c->next;
     /* Between requests: nothing to finish. In flight: maybe_finish closes
      * after the response (w->stopping). Tunnels: left to the drain timer. */
-    if (c->state == SY_READ_HEAD && !c->rq.head_done && c->rq.len == c->rq.pos)
-      conn_close(c);
+    if (c->state == SY_READ_HEAD && !c->rq.head_done && c->rq.len == c->rq.pos) conn_close(c);
   }
 }
 

@@ -72,7 +72,8 @@ static void record(sy_check *k, int ok, const char *why) {
   sy_buf_free(&labels);
   if (ok) {
     k->fail_run = 0;
-    if (++k->ok_run >= k->up->health.healthy && __atomic_load_n(&k->s->rt->down, __ATOMIC_RELAXED)) {
+    if (++k->ok_run >= k->up->health.healthy &&
+        __atomic_load_n(&k->s->rt->down, __ATOMIC_RELAXED)) {
       __atomic_store_n(&k->s->rt->fails, 0, __ATOMIC_RELAXED);
       __atomic_store_n(&k->s->rt->down, 0, __ATOMIC_RELAXED);
       sy_log_info("upstream %s: server %s is healthy again", k->up->name, k->s->addr.text);
@@ -139,18 +140,16 @@ static void on_probe_connect(uv_connect_t *req, int status) {
 
 static void on_interval(uv_timer_t *t) {
   sy_check *k = t->data;
-  if (k->tcp)
-    return; /* the previous probe has not ended (its deadline will end it) */
+  if (k->tcp) return; /* the previous probe has not ended (its deadline will end it) */
   k->tcp = malloc(sizeof(uv_tcp_t));
-  if (!k->tcp)
-    return;
+  if (!k->tcp) return;
   uv_tcp_init(k->h->loop, k->tcp);
   k->tcp->data = k;
   k->h->open_handles++;
   k->resp_len = 0;
   k->creq.data = k;
-  if (uv_tcp_connect(&k->creq, k->tcp, (const struct sockaddr *)&k->s->addr.sa,
-                     on_probe_connect) < 0) {
+  if (uv_tcp_connect(&k->creq, k->tcp, (const struct sockaddr *)&k->s->addr.sa, on_probe_connect) <
+      0) {
     record(k, 0, "connect failed");
     return;
   }
@@ -160,10 +159,8 @@ static void on_interval(uv_timer_t *t) {
 sy_health *sy_health_start(uv_loop_t *loop, sy_config *cfg, sy_metrics *m) {
   size_t n = 0;
   for (size_t u = 0; u < cfg->nupstreams; u++)
-    if (cfg->upstreams[u].health.enabled)
-      n += cfg->upstreams[u].nservers;
-  if (!n)
-    return NULL;
+    if (cfg->upstreams[u].health.enabled) n += cfg->upstreams[u].nservers;
+  if (!n) return NULL;
   sy_health *h = calloc(1, sizeof(*h));
   if (!h || !(h->checks = calloc(n, sizeof(sy_check)))) {
     free(h);
@@ -174,8 +171,7 @@ sy_health *sy_health_start(uv_loop_t *loop, sy_config *cfg, sy_metrics *m) {
   h->metrics = m;
   for (size_t u = 0; u < cfg->nupstreams; u++) {
     sy_upstream_cfg *up = &cfg->upstreams[u];
-    if (!up->health.enabled)
-      continue;
+    if (!up->health.enabled) continue;
     if (up->tls.enabled) {
       /* Probes speak cleartext HTTP only: against a TLS server they would
        * fail and eject every server. Passive ejection still applies. */
@@ -211,8 +207,7 @@ sy_health *sy_health_start(uv_loop_t *loop, sy_config *cfg, sy_metrics *m) {
 }
 
 void sy_health_stop(sy_health *h) {
-  if (!h)
-    return;
+  if (!h) return;
   h->stopped = 1;
   for (size_t i = 0; i < h->nchecks; i++) {
     sy_check *k = &h->checks[i];

@@ -33,8 +33,7 @@ void sy_head_free(sy_head *h) {
 void sy_span_extend(sy_span *s, uint32_t off, uint32_t len) {
   /* llhttp hands a span over in pieces when it straddles reads; the pieces are
    * adjacent in our buffer, so extending the end is enough. */
-  if (s->len == 0)
-    s->off = off;
+  if (s->len == 0) s->off = off;
   s->len = off + len - s->off;
 }
 
@@ -46,11 +45,9 @@ int sy_head_on_field(sy_head *h, uint32_t off, uint32_t len) {
     }
     if (h->nfields == h->cap) {
       size_t ncap = h->cap ? h->cap * 2 : 16;
-      if (ncap > h->max_fields)
-        ncap = h->max_fields;
+      if (ncap > h->max_fields) ncap = h->max_fields;
       sy_field *nf = realloc(h->fields, ncap * sizeof(*nf));
-      if (!nf)
-        return -1;
+      if (!nf) return -1;
       h->fields = nf;
       h->cap = ncap;
     }
@@ -64,8 +61,7 @@ int sy_head_on_field(sy_head *h, uint32_t off, uint32_t len) {
 }
 
 int sy_head_on_value(sy_head *h, uint32_t off, uint32_t len) {
-  if (h->nfields == 0)
-    return -1;
+  if (h->nfields == 0) return -1;
   sy_field *f = &h->fields[h->nfields - 1];
   h->in_value = 1;
   sy_span_extend(&f->value, off, len);
@@ -100,8 +96,7 @@ int sy_list_each(sy_str v, int (*fn)(sy_str tok, void *arg), void *arg) {
     if (end > start) {
       sy_str tok = {v.p + start, end - start};
       int r = fn(tok, arg);
-      if (r)
-        return r;
+      if (r) return r;
     }
     i++; /* skip the comma */
   }
@@ -123,14 +118,13 @@ int sy_head_lists(const sy_head *h, const char *base, const char *name, const ch
 
 const sy_field *sy_head_find(const sy_head *h, const char *base, const char *name) {
   for (size_t i = 0; i < h->nfields; i++)
-    if (sy_str_ieq(sy_span_str(base, h->fields[i].name), name))
-      return &h->fields[i];
+    if (sy_str_ieq(sy_span_str(base, h->fields[i].name), name)) return &h->fields[i];
   return NULL;
 }
 
-static const char *const fixed_hop[] = {"connection", "keep-alive",        "proxy-connection",
-                                        "te",         "trailer",           "transfer-encoding",
-                                        "upgrade",    "proxy-authenticate", NULL};
+static const char *const fixed_hop[] = {
+    "connection",        "keep-alive", "proxy-connection",   "te", "trailer",
+    "transfer-encoding", "upgrade",    "proxy-authenticate", NULL};
 
 struct named_arg {
   sy_str name;
@@ -142,13 +136,11 @@ static int tok_names(sy_str tok, void *arg) {
 
 int sy_head_is_hop(const sy_head *h, const char *base, sy_str name) {
   for (const char *const *p = fixed_hop; *p; p++)
-    if (sy_str_ieq(name, *p))
-      return 1;
+    if (sy_str_ieq(name, *p)) return 1;
   /* Framing and routing fields stay whatever Connection names: dropping
    * Content-Length would unframe a body the upstream then reads as the next
    * request, and dropping Host would route there differently than here. */
-  if (sy_str_ieq(name, "content-length") || sy_str_ieq(name, "host"))
-    return 0;
+  if (sy_str_ieq(name, "content-length") || sy_str_ieq(name, "host")) return 0;
   struct named_arg a = {name};
   for (size_t i = 0; i < h->nfields; i++) {
     if (sy_str_ieq(sy_span_str(base, h->fields[i].name), "connection") &&
@@ -179,15 +171,11 @@ void sy_headscan_init(sy_headscan *s) {
 int sy_headscan_run(sy_headscan *s, const char *p, size_t n, size_t *used) {
   for (size_t i = 0; i < n; i++) {
     unsigned char c = (unsigned char)p[i];
-    if (c == 0)
-      return -1;
-    if (c == '\n' && s->prev != '\r')
-      return -1;
-    if (s->prev == '\r' && c != '\n')
-      return -1;
+    if (c == 0) return -1;
+    if (c == '\n' && s->prev != '\r') return -1;
+    if (s->prev == '\r' && c != '\n') return -1;
     if (s->line_start && c != '\r' && c != '\n') {
-      if ((c == ' ' || c == '\t') && !s->first_line)
-        return -1; /* obs-fold */
+      if ((c == ' ' || c == '\t') && !s->first_line) return -1; /* obs-fold */
       s->line_start = 0;
     }
     if (c == '\n') {
@@ -201,8 +189,7 @@ int sy_headscan_run(sy_headscan *s, const char *p, size_t n, size_t *used) {
         s->prev = 0;
         return 1;
       }
-      if (!empty)
-        s->first_line = 0;
+      if (!empty) s->first_line = 0;
     }
     s->prev = c;
   }
@@ -237,27 +224,21 @@ int sy_head_validate(const sy_head *h, const char *base) {
   const sy_field *host = NULL;
   struct last_tok te = {{NULL, 0}};
   int has_te = 0;
-  if (h->major != 1 || h->minor > 1)
-    return -1; /* HTTP/1.0 and 1.1 only */
+  if (h->major != 1 || h->minor > 1) return -1; /* HTTP/1.0 and 1.1 only */
   if (!h->is_request) {
-    if (h->status < 100 || h->status > 599)
-      return -1;
+    if (h->status < 100 || h->status > 599) return -1;
     sy_str r = sy_span_str(base, h->reason);
     for (size_t k = 0; k < r.len; k++)
-      if (!valid_value_byte((unsigned char)r.p[k]))
-        return -1;
+      if (!valid_value_byte((unsigned char)r.p[k])) return -1;
   }
   for (size_t i = 0; i < h->nfields; i++) {
     sy_str n = sy_span_str(base, h->fields[i].name);
     sy_str v = sy_span_str(base, h->fields[i].value);
-    if (n.len == 0)
-      return -1;
+    if (n.len == 0) return -1;
     for (size_t k = 0; k < n.len; k++)
-      if (!is_tchar((unsigned char)n.p[k]))
-        return -1;
+      if (!is_tchar((unsigned char)n.p[k])) return -1;
     for (size_t k = 0; k < v.len; k++)
-      if (!valid_value_byte((unsigned char)v.p[k]))
-        return -1;
+      if (!valid_value_byte((unsigned char)v.p[k])) return -1;
     if (h->is_request && sy_str_ieq(n, "host")) {
       hosts++;
       host = &h->fields[i];
@@ -268,10 +249,8 @@ int sy_head_validate(const sy_head *h, const char *base) {
     }
   }
   /* Transfer-Encoding must end in chunked, and means nothing in 1.0. */
-  if (has_te && (h->minor == 0 || !sy_str_ieq(te.tok, "chunked")))
-    return -1;
-  if (host && !valid_host(sy_span_str(base, host->value)))
-    return -1;
+  if (has_te && (h->minor == 0 || !sy_str_ieq(te.tok, "chunked"))) return -1;
+  if (host && !valid_host(sy_span_str(base, host->value))) return -1;
   if (h->is_request && host) {
     /* absolute-form: the authority in the target must be the Host. */
     sy_str t = sy_span_str(base, h->target);
@@ -285,15 +264,13 @@ int sy_head_validate(const sy_head *h, const char *base) {
       while (e < t.len && t.p[e] != '/' && t.p[e] != '?' && t.p[e] != '#')
         e++;
       sy_str auth = {t.p + skip, e - skip};
-      if (!sy_str_ieq2(auth, sy_span_str(base, host->value)))
-        return -1;
+      if (!sy_str_ieq2(auth, sy_span_str(base, host->value))) return -1;
     }
   }
   if (h->is_request) {
     /* RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request; two Hosts are
      * how routing and the upstream are made to disagree. */
-    if (hosts > 1 || (hosts == 0 && h->major == 1 && h->minor >= 1))
-      return -1;
+    if (hosts > 1 || (hosts == 0 && h->major == 1 && h->minor >= 1)) return -1;
   }
   return 0;
 }
@@ -304,8 +281,7 @@ int sy_buf_append(sy_buf *b, const void *p, size_t n) {
     while (ncap < b->len + n)
       ncap *= 2;
     char *np = realloc(b->p, ncap);
-    if (!np)
-      return -1;
+    if (!np) return -1;
     b->p = np;
     b->cap = ncap;
   }
@@ -320,8 +296,7 @@ int sy_buf_appendf(sy_buf *b, const char *fmt, ...) {
   va_start(ap, fmt);
   int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
   va_end(ap);
-  if (n < 0 || (size_t)n >= sizeof(tmp))
-    return -1;
+  if (n < 0 || (size_t)n >= sizeof(tmp)) return -1;
   return sy_buf_append(b, tmp, (size_t)n);
 }
 
@@ -354,11 +329,9 @@ static int append_line(sy_buf *b, const char *base, const sy_field *f) {
 /* Fields a route's Upgrade needs even though the client's Connection names
  * them (RFC 7540 §3.2: HTTP2-Settings travels with h2c). */
 static int needed_by_upgrade(sy_str name, const sy_fwd_opts *o) {
-  if (!sy_str_ieq(name, "http2-settings"))
-    return 0;
+  if (!sy_str_ieq(name, "http2-settings")) return 0;
   for (size_t i = 0; i < o->nupgrades; i++)
-    if (sy_str_ieq(o->upgrades[i], "h2c"))
-      return 1;
+    if (sy_str_ieq(o->upgrades[i], "h2c")) return 1;
   return 0;
 }
 
@@ -371,8 +344,7 @@ static int ws_keep_tok(sy_str tok, void *arg) {
   struct ws_filter *wf = arg;
   for (size_t i = 0; i < wf->o->nws_protocols; i++) {
     if (sy_str_ieq2(tok, wf->o->ws_protocols[i])) {
-      if (wf->kept.len)
-        sy_buf_append(&wf->kept, ", ", 2);
+      if (wf->kept.len) sy_buf_append(&wf->kept, ", ", 2);
       append_str(&wf->kept, tok);
     }
   }
@@ -406,18 +378,13 @@ int sy_http_build_request(sy_buf *out, const sy_head *h, const char *base, const
   for (size_t i = 0; i < h->nfields; i++) {
     const sy_field *f = &h->fields[i];
     sy_str name = sy_span_str(base, f->name);
-    if (sy_head_is_hop(h, base, name) && !needed_by_upgrade(name, o))
-      continue;
-    if (o->xfproto && sy_str_ieq(name, "x-forwarded-proto"))
-      continue;
-    if (o->xfhost && sy_str_ieq(name, "x-forwarded-host"))
-      continue;
-    if (o->nupgrades && o->ws_protocols_restricted &&
-        sy_str_ieq(name, "sec-websocket-protocol")) {
+    if (sy_head_is_hop(h, base, name) && !needed_by_upgrade(name, o)) continue;
+    if (o->xfproto && sy_str_ieq(name, "x-forwarded-proto")) continue;
+    if (o->xfhost && sy_str_ieq(name, "x-forwarded-host")) continue;
+    if (o->nupgrades && o->ws_protocols_restricted && sy_str_ieq(name, "sec-websocket-protocol")) {
       /* The route narrows the offers: one line with what survives, where the
        * first offer line stood, so the field keeps its place. */
-      if (!ws_written)
-        rc |= append_ws_protocols(out, h, base, o);
+      if (!ws_written) rc |= append_ws_protocols(out, h, base, o);
       ws_written = 1;
       continue;
     }
@@ -435,33 +402,26 @@ int sy_http_build_request(sy_buf *out, const sy_head *h, const char *base, const
     }
     rc |= sy_buf_append(out, CRLF "Upgrade: ", 11);
     for (size_t i = 0; i < o->nupgrades; i++) {
-      if (i)
-        rc |= sy_buf_append(out, ", ", 2);
+      if (i) rc |= sy_buf_append(out, ", ", 2);
       rc |= append_str(out, o->upgrades[i]);
     }
     rc |= sy_buf_append(out, CRLF, 2);
   }
-  if (o->chunked)
-    rc |= sy_buf_append(out, "Transfer-Encoding: chunked" CRLF, 28);
-  if (!host && o->default_host)
-    rc |= sy_buf_appendf(out, "Host: %s" CRLF, o->default_host);
-  if (o->xff)
-    rc |= sy_buf_appendf(out, "X-Forwarded-For: %s" CRLF, o->client_ip);
-  if (o->xfproto)
-    rc |= sy_buf_appendf(out, "X-Forwarded-Proto: %s" CRLF, o->proto);
+  if (o->chunked) rc |= sy_buf_append(out, "Transfer-Encoding: chunked" CRLF, 28);
+  if (!host && o->default_host) rc |= sy_buf_appendf(out, "Host: %s" CRLF, o->default_host);
+  if (o->xff) rc |= sy_buf_appendf(out, "X-Forwarded-For: %s" CRLF, o->client_ip);
+  if (o->xfproto) rc |= sy_buf_appendf(out, "X-Forwarded-Proto: %s" CRLF, o->proto);
   if (o->xfhost && host) {
     rc |= sy_buf_append(out, "X-Forwarded-Host: ", 18);
     rc |= append_str(out, sy_span_str(base, host->value));
     rc |= sy_buf_append(out, CRLF, 2);
   }
-  if (o->via)
-    rc |= sy_buf_append(out, "Via: 1.1 switchyard" CRLF, 21);
+  if (o->via) rc |= sy_buf_append(out, "Via: 1.1 switchyard" CRLF, 21);
   rc |= sy_buf_append(out, CRLF, 2);
   return rc ? -1 : 0;
 }
 
-int sy_http_build_response(sy_buf *out, const sy_head *h, const char *base,
-                           const sy_resp_opts *o) {
+int sy_http_build_response(sy_buf *out, const sy_head *h, const char *base, const sy_resp_opts *o) {
   int rc = sy_buf_appendf(out, "HTTP/1.1 %03d ", h->status);
   rc |= append_str(out, sy_span_str(base, h->reason));
   rc |= sy_buf_append(out, CRLF, 2);
@@ -469,64 +429,81 @@ int sy_http_build_response(sy_buf *out, const sy_head *h, const char *base,
   for (size_t i = 0; i < h->nfields; i++) {
     const sy_field *f = &h->fields[i];
     sy_str name = sy_span_str(base, f->name);
-    if (o->upgrade && !upgrade && sy_str_ieq(name, "upgrade"))
-      upgrade = f;
+    if (o->upgrade && !upgrade && sy_str_ieq(name, "upgrade")) upgrade = f;
     /* RFC 9110 §15.5.22: a 426 names the protocols it wants in Upgrade; the
      * client needs that line, so it passes. */
     if (h->status == 426 && sy_str_ieq(name, "upgrade")) {
       rc |= append_line(out, base, f);
       continue;
     }
-    if (sy_head_is_hop(h, base, name))
-      continue;
+    if (sy_head_is_hop(h, base, name)) continue;
     rc |= append_line(out, base, f);
   }
   if (o->upgrade) {
     rc |= sy_buf_append(out, "Connection: upgrade" CRLF, 21);
-    if (upgrade)
-      rc |= append_line(out, base, upgrade);
+    if (upgrade) rc |= append_line(out, base, upgrade);
   }
-  if (o->chunked)
-    rc |= sy_buf_append(out, "Transfer-Encoding: chunked" CRLF, 28);
+  if (o->chunked) rc |= sy_buf_append(out, "Transfer-Encoding: chunked" CRLF, 28);
   if (o->conn_close)
     rc |= sy_buf_append(out, "Connection: close" CRLF, 19);
   else if (o->keep_alive10)
     rc |= sy_buf_append(out, "Connection: keep-alive" CRLF, 24);
-  if (o->via)
-    rc |= sy_buf_append(out, "Via: 1.1 switchyard" CRLF, 21);
+  if (o->via) rc |= sy_buf_append(out, "Via: 1.1 switchyard" CRLF, 21);
   rc |= sy_buf_append(out, CRLF, 2);
   return rc ? -1 : 0;
 }
 
 const char *sy_http_reason(int status) {
   switch (status) {
-  case 101: return "Switching Protocols";
-  case 400: return "Bad Request";
-  case 404: return "Not Found";
-  case 405: return "Method Not Allowed";
-  case 408: return "Request Timeout";
-  case 413: return "Content Too Large";
-  case 426: return "Upgrade Required";
-  case 431: return "Request Header Fields Too Large";
-  case 500: return "Internal Server Error";
-  case 502: return "Bad Gateway";
-  case 503: return "Service Unavailable";
-  case 504: return "Gateway Timeout";
-  default: return "Error";
+  case 101:
+    return "Switching Protocols";
+  case 400:
+    return "Bad Request";
+  case 404:
+    return "Not Found";
+  case 405:
+    return "Method Not Allowed";
+  case 408:
+    return "Request Timeout";
+  case 413:
+    return "Content Too Large";
+  case 426:
+    return "Upgrade Required";
+  case 431:
+    return "Request Header Fields Too Large";
+  case 500:
+    return "Internal Server Error";
+  case 502:
+    return "Bad Gateway";
+  case 503:
+    return "Service Unavailable";
+  case 504:
+    return "Gateway Timeout";
+  default:
+    return "Error";
   }
 }
 
 static const char *error_body(int status) {
   switch (status) {
-  case 400: return "bad request: the request is not valid HTTP/1.1\n";
-  case 404: return "no route matches this request\n";
-  case 405: return "method not allowed on this proxy\n";
-  case 408: return "request head not received in time\n";
-  case 431: return "request head too large\n";
-  case 502: return "bad gateway: the upstream failed or answered invalidly\n";
-  case 503: return "no upstream server available\n";
-  case 504: return "gateway timeout: the upstream did not answer in time\n";
-  default: return "error\n";
+  case 400:
+    return "bad request: the request is not valid HTTP/1.1\n";
+  case 404:
+    return "no route matches this request\n";
+  case 405:
+    return "method not allowed on this proxy\n";
+  case 408:
+    return "request head not received in time\n";
+  case 431:
+    return "request head too large\n";
+  case 502:
+    return "bad gateway: the upstream failed or answered invalidly\n";
+  case 503:
+    return "no upstream server available\n";
+  case 504:
+    return "gateway timeout: the upstream did not answer in time\n";
+  default:
+    return "error\n";
   }
 }
 

@@ -35,8 +35,7 @@ static void vlog(const char *level, const char *fmt, va_list ap) {
   int n = snprintf(line, sizeof(line), "switchyard: %s: ", level);
   int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
   size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
-  if (len > sizeof(line) - 2)
-    len = sizeof(line) - 2;
+  if (len > sizeof(line) - 2) len = sizeof(line) - 2;
   line[len++] = '\n';
   /* One write per line so lines from several workers never interleave. */
   ssize_t w = write(2, line, len);
@@ -60,10 +59,8 @@ void sy_log_info(const char *fmt, ...) {
 static void write_all(int fd, const char *p, size_t n) {
   while (n > 0 && fd >= 0) {
     ssize_t w = write(fd, p, n);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0)
-      return; /* a broken destination loses lines, never the proxy */
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return; /* a broken destination loses lines, never the proxy */
     p += w;
     n -= (size_t)w;
   }
@@ -76,13 +73,11 @@ static void *writer(void *arg) {
     while (!L.len && !L.has_next && !L.stop)
       pthread_cond_wait(&L.cv, &L.mu);
     if (L.has_next) {
-      if (L.fd > 2)
-        close(L.fd);
+      if (L.fd > 2) close(L.fd);
       L.fd = L.next_fd;
       L.has_next = 0;
     }
-    if (!L.len && L.stop)
-      break;
+    if (!L.len && L.stop) break;
     size_t n = L.len < 64 * 1024 ? L.len : 64 * 1024;
     for (size_t i = 0; i < n; i++)
       chunk[i] = L.q[(L.head + i) % SY_LOG_QUEUE];
@@ -93,8 +88,7 @@ static void *writer(void *arg) {
     write_all(fd, chunk, n);
     pthread_mutex_lock(&L.mu);
   }
-  if (L.fd > 2)
-    close(L.fd);
+  if (L.fd > 2) close(L.fd);
   L.fd = -1;
   pthread_mutex_unlock(&L.mu);
   free(chunk);
@@ -117,19 +111,16 @@ int sy_access_log_open(const char *where) {
   pthread_mutex_lock(&L.mu);
   if (!L.q && !(L.q = malloc(SY_LOG_QUEUE))) {
     pthread_mutex_unlock(&L.mu);
-    if (fd > 2)
-      close(fd);
+    if (fd > 2) close(fd);
     return -1;
   }
   __atomic_store_n(&L.enabled, fd >= 0, __ATOMIC_RELAXED);
   if (!L.running) {
     L.fd = fd;
     L.stop = 0;
-    if (pthread_create(&L.thread, NULL, writer, NULL) == 0)
-      L.running = 1;
+    if (pthread_create(&L.thread, NULL, writer, NULL) == 0) L.running = 1;
   } else {
-    if (L.has_next && L.next_fd > 2)
-      close(L.next_fd);
+    if (L.has_next && L.next_fd > 2) close(L.next_fd);
     L.next_fd = fd;
     L.has_next = 1;
     pthread_cond_signal(&L.cv);
@@ -144,8 +135,7 @@ void sy_access_log_close(void) {
   L.stop = 1;
   pthread_cond_signal(&L.cv);
   pthread_mutex_unlock(&L.mu);
-  if (running)
-    pthread_join(L.thread, NULL); /* lines queued before the exit are written */
+  if (running) pthread_join(L.thread, NULL); /* lines queued before the exit are written */
   pthread_mutex_lock(&L.mu);
   L.running = 0;
   free(L.q);
@@ -165,8 +155,7 @@ uint64_t sy_access_log_dropped(void) {
 void sy_access_log_write(const char *line, size_t len) {
   pthread_mutex_lock(&L.mu);
   if (!L.running || !L.q || L.len + len > SY_LOG_QUEUE) {
-    if (L.running)
-      __atomic_add_fetch(&L.dropped, 1, __ATOMIC_RELAXED);
+    if (L.running) __atomic_add_fetch(&L.dropped, 1, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&L.mu);
     return;
   }

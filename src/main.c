@@ -64,8 +64,7 @@ static void reload(void) {
   M.health = sy_health_start(M.loop, cfg, M.admin_state.main);
   sy_config_unref(M.admin_state.cfg);
   M.admin_state.cfg = cfg;
-  if (sy_access_log_open(cfg->access_log) < 0)
-    sy_log_error("reload: access log unchanged");
+  if (sy_access_log_open(cfg->access_log) < 0) sy_log_error("reload: access log unchanged");
   M.admin_state.reloads_ok++;
   M.admin_state.generation++;
   sy_log_info("reloaded %s (generation %llu)", M.path,
@@ -83,8 +82,7 @@ static void workers_joined(uv_work_t *req, int status) {
   sy_admin_stop(M.admin);
   M.admin = NULL;
   for (int i = 0; i < 5; i++)
-    if (!uv_is_closing((uv_handle_t *)&M.sigs[i]))
-      uv_close((uv_handle_t *)&M.sigs[i], NULL);
+    if (!uv_is_closing((uv_handle_t *)&M.sigs[i])) uv_close((uv_handle_t *)&M.sigs[i], NULL);
 }
 
 /* Stops the workers; the admin listener answers (readyz: draining) and the
@@ -92,18 +90,15 @@ static void workers_joined(uv_work_t *req, int status) {
 static void stop_all(enum sy_stop how) {
   M.admin_state.draining = 1;
   for (unsigned i = 0; i < M.nworkers; i++)
-    if (M.workers[i].started)
-      sy_worker_stop(&M.workers[i], how);
-  if (!M.stopping)
-    uv_queue_work(M.loop, &M.reaper, join_workers, workers_joined);
+    if (M.workers[i].started) sy_worker_stop(&M.workers[i], how);
+  if (!M.stopping) uv_queue_work(M.loop, &M.reaper, join_workers, workers_joined);
   M.stopping = 1;
 }
 
 static void on_signal(uv_signal_t *s, int signum) {
   switch (signum) {
   case SIGHUP:
-    if (!M.stopping)
-      reload();
+    if (!M.stopping) reload();
     break;
   case SIGUSR1:
     sy_log_info("SIGUSR1: reopening the access log");
@@ -131,11 +126,21 @@ int main(int argc, char **argv) {
   M.path = "/etc/switchyard/switchyard.yaml";
   while ((opt = getopt(argc, argv, "c:tvh")) != -1) {
     switch (opt) {
-    case 'c': M.path = optarg; break;
-    case 't': check_only = 1; break;
-    case 'v': printf("switchyard %s\n", SY_VERSION); return 0;
-    case 'h': usage(stdout); return 0;
-    default: usage(stderr); return 2;
+    case 'c':
+      M.path = optarg;
+      break;
+    case 't':
+      check_only = 1;
+      break;
+    case 'v':
+      printf("switchyard %s\n", SY_VERSION);
+      return 0;
+    case 'h':
+      usage(stdout);
+      return 0;
+    default:
+      usage(stderr);
+      return 2;
     }
   }
   if (optind != argc) {
@@ -177,19 +182,18 @@ int main(int argc, char **argv) {
   int rc = 0;
   for (unsigned i = 0; i < M.nworkers && rc == 0; i++) {
     rc = sy_worker_init(&M.workers[i], i, cfg);
-    if (rc == 0)
-      rc = sy_worker_start(&M.workers[i]);
+    if (rc == 0) rc = sy_worker_start(&M.workers[i]);
   }
-  if (rc == 0 && cfg->admin_enabled && !(M.admin = sy_admin_start(M.loop, &cfg->admin_addr,
-                                                                   &M.admin_state)))
+  if (rc == 0 && cfg->admin_enabled &&
+      !(M.admin = sy_admin_start(M.loop, &cfg->admin_addr, &M.admin_state)))
     rc = UV_EADDRINUSE;
   if (rc < 0) {
     sy_log_error("start-up failed: %s", uv_strerror(rc));
     stop_all(SY_STOP_NOW);
   } else {
     M.health = sy_health_start(M.loop, cfg, M.admin_state.main);
-    sy_log_info("switchyard %s: %u worker(s), %zu listener(s), config %s", SY_VERSION,
-                M.nworkers, cfg->nlisteners, M.path);
+    sy_log_info("switchyard %s: %u worker(s), %zu listener(s), config %s", SY_VERSION, M.nworkers,
+                cfg->nlisteners, M.path);
   }
   uv_run(M.loop, UV_RUN_DEFAULT);
   for (unsigned i = 0; i < M.nworkers; i++)
@@ -200,7 +204,6 @@ int main(int argc, char **argv) {
   sy_metrics_free(M.admin_state.main);
   sy_access_log_close();
   sy_config_unref(M.admin_state.cfg);
-  if (rc == 0)
-    sy_log_info("stopped");
+  if (rc == 0) sy_log_info("stopped");
   return rc < 0 ? 1 : 0;
 }

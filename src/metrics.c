@@ -4,7 +4,7 @@
 #include <string.h>
 
 #define SY_METRIC_SLOTS 2048 /* power of two */
-#define SY_METRIC_KEY 448 /* calloc'd: slots never touched cost no RSS */
+#define SY_METRIC_KEY 448    /* calloc'd: slots never touched cost no RSS */
 
 typedef struct sy_slot {
   int used; /* set (release) after key is written; never cleared */
@@ -42,14 +42,12 @@ static int slot_is(const sy_slot *s, const char *name, size_t nl, const char *la
 
 static sy_slot *find(sy_metrics *m, const char *name, const char *labels, int create) {
   size_t nl = strlen(name), ll = labels ? strlen(labels) : 0;
-  if (nl + ll + 2 > SY_METRIC_KEY)
-    return NULL;
+  if (nl + ll + 2 > SY_METRIC_KEY) return NULL;
   uint32_t h = hash(name, labels);
   for (uint32_t i = 0; i < SY_METRIC_SLOTS; i++) {
     sy_slot *s = &m->slots[(h + i) & (SY_METRIC_SLOTS - 1)];
     if (!__atomic_load_n(&s->used, __ATOMIC_ACQUIRE)) {
-      if (!create)
-        return NULL;
+      if (!create) return NULL;
       memcpy(s->key, name, nl);
       s->key[nl] = 0;
       memcpy(s->key + nl + 1, labels ? labels : "", ll + 1);
@@ -57,24 +55,21 @@ static sy_slot *find(sy_metrics *m, const char *name, const char *labels, int cr
       __atomic_store_n(&s->used, 1, __ATOMIC_RELEASE);
       return s;
     }
-    if (slot_is(s, name, nl, labels))
-      return s;
+    if (slot_is(s, name, nl, labels)) return s;
   }
   return NULL;
 }
 
 void sy_metrics_add(sy_metrics *m, const char *name, const char *labels, int64_t delta) {
   sy_slot *s = find(m, name, labels, 1);
-  if (s)
-    __atomic_add_fetch(&s->value, delta, __ATOMIC_RELAXED);
+  if (s) __atomic_add_fetch(&s->value, delta, __ATOMIC_RELAXED);
 }
 
 int64_t sy_metrics_get(sy_metrics *const *ms, size_t n, const char *name, const char *labels) {
   int64_t sum = 0;
   for (size_t i = 0; i < n; i++) {
     sy_slot *s = find(ms[i], name, labels, 0);
-    if (s)
-      sum += __atomic_load_n(&s->value, __ATOMIC_RELAXED);
+    if (s) sum += __atomic_load_n(&s->value, __ATOMIC_RELAXED);
   }
   return sum;
 }
@@ -95,13 +90,11 @@ static int cmp_series(const void *a, const void *b) {
 static series *collect(sy_metrics *const *ms, size_t n, size_t *count) {
   series *all = malloc(sizeof(series) * SY_METRIC_SLOTS * (n ? n : 1));
   size_t k = 0;
-  if (!all)
-    return NULL;
+  if (!all) return NULL;
   for (size_t t = 0; t < n; t++)
     for (size_t i = 0; i < SY_METRIC_SLOTS; i++) {
       sy_slot *s = &ms[t]->slots[i];
-      if (!__atomic_load_n(&s->used, __ATOMIC_ACQUIRE))
-        continue;
+      if (!__atomic_load_n(&s->used, __ATOMIC_ACQUIRE)) continue;
       all[k++] = (series){s->key, s->namelen, __atomic_load_n(&s->value, __ATOMIC_RELAXED)};
     }
   qsort(all, k, sizeof(series), cmp_series);
@@ -121,8 +114,7 @@ void sy_metrics_each(sy_metrics *const *ms, size_t n,
                      void *arg) {
   size_t k;
   series *all = collect(ms, n, &k);
-  if (!all)
-    return;
+  if (!all) return;
   for (size_t i = 0; i < k; i++)
     fn(all[i].key, all[i].key + all[i].namelen + 1, all[i].value, arg);
   free(all);
@@ -136,8 +128,7 @@ static const char *type_of(const char *name) {
 void sy_metrics_render(sy_metrics *const *ms, size_t n, sy_buf *out) {
   size_t k;
   series *all = collect(ms, n, &k);
-  if (!all)
-    return;
+  if (!all) return;
   const char *last = NULL;
   for (size_t i = 0; i < k; i++) {
     const char *name = all[i].key, *labels = all[i].key + all[i].namelen + 1;
@@ -154,13 +145,11 @@ void sy_metrics_render(sy_metrics *const *ms, size_t n, sy_buf *out) {
 }
 
 void sy_metrics_label(sy_buf *b, const char *label, const char *value, size_t len) {
-  if (b->len)
-    sy_buf_append(b, ",", 1);
+  if (b->len) sy_buf_append(b, ",", 1);
   sy_buf_appendf(b, "%s=\"", label);
   for (size_t i = 0; i < len; i++) {
     char c = value[i];
-    if (c == '\\' || c == '"')
-      sy_buf_append(b, "\\", 1);
+    if (c == '\\' || c == '"') sy_buf_append(b, "\\", 1);
     if (c == '\n')
       sy_buf_append(b, "\\n", 2);
     else

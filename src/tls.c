@@ -32,8 +32,7 @@ struct sy_tls_conn {
 static void openssl_why(char *why, size_t n, const char *what) {
   unsigned long e = ERR_peek_last_error();
   char buf[200] = "";
-  if (e)
-    ERR_error_string_n(e, buf, sizeof(buf));
+  if (e) ERR_error_string_n(e, buf, sizeof(buf));
   snprintf(why, n, "%s%s%s", what, e ? ": " : "", buf);
   ERR_clear_error();
 }
@@ -50,8 +49,7 @@ static int readable(const char *what, const char *path, char *why, size_t n) {
 }
 
 int sy_tls_check_pair(const char *cert, const char *key, char *why, size_t n) {
-  if (!readable("certificate", cert, why, n) || !readable("private key", key, why, n))
-    return -1;
+  if (!readable("certificate", cert, why, n) || !readable("private key", key, why, n)) return -1;
   SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
   int rc = -1;
   if (!ctx) {
@@ -73,8 +71,7 @@ int sy_tls_check_pair(const char *cert, const char *key, char *why, size_t n) {
     openssl_why(why, n, what);
   } else if (SSL_CTX_check_private_key(ctx) != 1) {
     char what[600];
-    snprintf(what, sizeof(what), "private key \"%s\" does not match certificate \"%s\"", key,
-             cert);
+    snprintf(what, sizeof(what), "private key \"%s\" does not match certificate \"%s\"", key, cert);
     openssl_why(why, n, what);
   } else {
     rc = 0;
@@ -84,8 +81,7 @@ int sy_tls_check_pair(const char *cert, const char *key, char *why, size_t n) {
 }
 
 int sy_tls_check_ca(const char *ca, char *why, size_t n) {
-  if (!readable("CA file", ca, why, n))
-    return -1;
+  if (!readable("CA file", ca, why, n)) return -1;
   SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
   int rc = 0;
   if (!ctx || SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1) {
@@ -100,23 +96,19 @@ int sy_tls_check_ca(const char *ca, char *why, size_t n) {
 
 static void add_name(sy_tls_cert_ctx *cc, const char *s, size_t len) {
   char **nn = realloc(cc->names, (cc->nnames + 1) * sizeof(*nn));
-  if (!nn)
-    return;
+  if (!nn) return;
   cc->names = nn;
   char *d = strndup(s, len);
-  if (!d)
-    return;
+  if (!d) return;
   for (char *p = d; *p; p++)
-    if (*p >= 'A' && *p <= 'Z')
-      *p = (char)(*p - 'A' + 'a');
+    if (*p >= 'A' && *p <= 'Z') *p = (char)(*p - 'A' + 'a');
   cc->names[cc->nnames++] = d;
 }
 
 /* The names a certificate answers for: its DNS subjectAltNames, else its CN. */
 static void collect_names(sy_tls_cert_ctx *cc) {
   X509 *x = SSL_CTX_get0_certificate(cc->ctx);
-  if (!x)
-    return;
+  if (!x) return;
   GENERAL_NAMES *gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
   if (gens) {
     for (int i = 0; i < sk_GENERAL_NAME_num(gens); i++) {
@@ -135,10 +127,8 @@ static void collect_names(sy_tls_cert_ctx *cc) {
 }
 
 static int name_matches(const char *pattern, const char *host, int wildcard) {
-  if (!wildcard)
-    return strcasecmp(pattern, host) == 0;
-  if (strncmp(pattern, "*.", 2) != 0)
-    return 0;
+  if (!wildcard) return strcasecmp(pattern, host) == 0;
+  if (strncmp(pattern, "*.", 2) != 0) return 0;
   const char *dot = strchr(host, '.');
   return dot && dot != host && strcasecmp(dot + 1, pattern + 2) == 0;
 }
@@ -146,15 +136,13 @@ static int name_matches(const char *pattern, const char *host, int wildcard) {
 static int on_servername(SSL *ssl, int *alert, void *arg) {
   sy_tls_ctx *t = arg;
   const char *host = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-  if (!host)
-    return SSL_TLSEXT_ERR_NOACK; /* the default certificate answers */
+  if (!host) return SSL_TLSEXT_ERR_NOACK; /* the default certificate answers */
   /* Exact names win over wildcards, whichever certificate comes first. */
   for (int wild = 0; wild < 2; wild++)
     for (size_t i = 0; i < t->ncerts; i++)
       for (size_t k = 0; k < t->certs[i].nnames; k++)
         if (name_matches(t->certs[i].names[k], host, wild)) {
-          if (i)
-            SSL_set_SSL_CTX(ssl, t->certs[i].ctx);
+          if (i) SSL_set_SSL_CTX(ssl, t->certs[i].ctx);
           return SSL_TLSEXT_ERR_OK;
         }
   return SSL_TLSEXT_ERR_NOACK;
@@ -186,26 +174,22 @@ static int apply_common(SSL_CTX *ctx, const char *min_version, const char *ciphe
 
 sy_tls_ctx *sy_tls_server_ctx_new(const sy_listener_tls *cfg, char *why, size_t n) {
   sy_tls_ctx *t = calloc(1, sizeof(*t));
-  if (!t)
-    return NULL;
+  if (!t) return NULL;
   t->server = 1;
   t->certs = calloc(cfg->ncerts ? cfg->ncerts : 1, sizeof(*t->certs));
-  if (!t->certs)
-    goto fail;
+  if (!t->certs) goto fail;
   for (size_t i = 0; i < cfg->ncerts; i++) {
     sy_tls_cert_ctx *cc = &t->certs[i];
     cc->ctx = SSL_CTX_new(TLS_server_method());
     t->ncerts = i + 1;
-    if (!cc->ctx)
-      goto fail;
+    if (!cc->ctx) goto fail;
     if (SSL_CTX_use_certificate_chain_file(cc->ctx, cfg->certs[i].cert) != 1 ||
         SSL_CTX_use_PrivateKey_file(cc->ctx, cfg->certs[i].key, SSL_FILETYPE_PEM) != 1 ||
         SSL_CTX_check_private_key(cc->ctx) != 1) {
       openssl_why(why, n, cfg->certs[i].cert);
       goto fail;
     }
-    if (apply_common(cc->ctx, cfg->min_version, cfg->ciphers, why, n) < 0)
-      goto fail;
+    if (apply_common(cc->ctx, cfg->min_version, cfg->ciphers, why, n) < 0) goto fail;
     static const unsigned char sid[] = "switchyard";
     SSL_CTX_set_session_id_context(cc->ctx, sid, sizeof(sid) - 1);
     SSL_CTX_set_tlsext_servername_callback(cc->ctx, on_servername);
@@ -221,11 +205,9 @@ fail:
 
 sy_tls_ctx *sy_tls_client_ctx_new(const sy_upstream_tls *cfg, char *why, size_t n) {
   sy_tls_ctx *t = calloc(1, sizeof(*t));
-  if (!t)
-    return NULL;
+  if (!t) return NULL;
   t->client = SSL_CTX_new(TLS_client_method());
-  if (!t->client || apply_common(t->client, NULL, NULL, why, n) < 0)
-    goto fail;
+  if (!t->client || apply_common(t->client, NULL, NULL, why, n) < 0) goto fail;
   if (cfg->verify) {
     SSL_CTX_set_verify(t->client, SSL_VERIFY_PEER, NULL);
     int ok = cfg->ca ? SSL_CTX_load_verify_locations(t->client, cfg->ca, NULL)
@@ -249,8 +231,7 @@ fail:
 }
 
 void sy_tls_ctx_free(sy_tls_ctx *t) {
-  if (!t)
-    return;
+  if (!t) return;
   for (size_t i = 0; i < t->ncerts; i++) {
     SSL_CTX_free(t->certs[i].ctx);
     for (size_t k = 0; k < t->certs[i].nnames; k++)
@@ -264,8 +245,7 @@ void sy_tls_ctx_free(sy_tls_ctx *t) {
 
 sy_tls_conn *sy_tls_conn_new(sy_tls_ctx *ctx, int server, const char *sni, int verify) {
   sy_tls_conn *t = calloc(1, sizeof(*t));
-  if (!t)
-    return NULL;
+  if (!t) return NULL;
   t->ssl = SSL_new(server ? ctx->certs[0].ctx : ctx->client);
   t->rbio = BIO_new(BIO_s_mem());
   t->wbio = BIO_new(BIO_s_mem());
@@ -287,8 +267,7 @@ sy_tls_conn *sy_tls_conn_new(sy_tls_ctx *ctx, int server, const char *sni, int v
       struct in6_addr a6;
       struct in_addr a4;
       int is_ip = inet_pton(AF_INET, sni, &a4) == 1 || inet_pton(AF_INET6, sni, &a6) == 1;
-      if (!is_ip)
-        SSL_set_tlsext_host_name(t->ssl, sni);
+      if (!is_ip) SSL_set_tlsext_host_name(t->ssl, sni);
       if (verify) {
         if (is_ip)
           X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl), sni);
@@ -301,8 +280,7 @@ sy_tls_conn *sy_tls_conn_new(sy_tls_ctx *ctx, int server, const char *sni, int v
 }
 
 void sy_tls_conn_free(sy_tls_conn *t) {
-  if (!t)
-    return;
+  if (!t) return;
   SSL_free(t->ssl);
   free(t);
 }
@@ -313,10 +291,8 @@ int sy_tls_feed(sy_tls_conn *t, const char *data, size_t n) {
 
 static int fail_with(sy_tls_conn *t, int rc) {
   int e = SSL_get_error(t->ssl, rc);
-  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
-    return SY_TLS_AGAIN;
-  if (e == SSL_ERROR_ZERO_RETURN)
-    return SY_TLS_CLOSED;
+  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return SY_TLS_AGAIN;
+  if (e == SSL_ERROR_ZERO_RETURN) return SY_TLS_CLOSED;
   long vr = SSL_get_verify_result(t->ssl);
   if (vr != X509_V_OK)
     snprintf(t->err, sizeof(t->err), "certificate verify failed: %s",
@@ -328,18 +304,15 @@ static int fail_with(sy_tls_conn *t, int rc) {
 }
 
 int sy_tls_handshake(sy_tls_conn *t) {
-  if (SSL_is_init_finished(t->ssl))
-    return 1;
+  if (SSL_is_init_finished(t->ssl)) return 1;
   int rc = SSL_do_handshake(t->ssl);
-  if (rc == 1)
-    return 1;
+  if (rc == 1) return 1;
   return fail_with(t, rc) == SY_TLS_AGAIN ? 0 : -1;
 }
 
 int sy_tls_read(sy_tls_conn *t, char *out, size_t cap) {
   int rc = SSL_read(t->ssl, out, (int)(cap > 1 << 30 ? 1 << 30 : cap));
-  if (rc > 0)
-    return rc;
+  if (rc > 0) return rc;
   return fail_with(t, rc);
 }
 
@@ -366,10 +339,8 @@ void sy_tls_shutdown(sy_tls_conn *t) {
 int sy_tls_take_output(sy_tls_conn *t, sy_buf *out) {
   char *p;
   long n = BIO_get_mem_data(t->wbio, &p);
-  if (n <= 0)
-    return 0;
-  if (sy_buf_append(out, p, (size_t)n) < 0)
-    return -1;
+  if (n <= 0) return 0;
+  if (sy_buf_append(out, p, (size_t)n) < 0) return -1;
   (void)BIO_reset(t->wbio);
   return 0;
 }

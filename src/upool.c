@@ -21,14 +21,12 @@ sy_upool *sy_upool_new(uv_loop_t *loop, size_t max_idle_total) {
 
 static void unlink_from_pool(sy_link *l) {
   sy_upool *p = l->pool;
-  if (!l->pooled || !p)
-    return;
+  if (!l->pooled || !p) return;
   if (l->prev)
     l->prev->next = l->next;
   else
     p->head = l->next;
-  if (l->next)
-    l->next->prev = l->prev;
+  if (l->next) l->next->prev = l->prev;
   l->next = l->prev = NULL;
   l->pooled = 0;
   p->n--;
@@ -37,24 +35,19 @@ static void unlink_from_pool(sy_link *l) {
 
 static void on_handle_closed(uv_handle_t *h) {
   sy_link *l = h->data;
-  if (--l->handles > 0)
-    return;
+  if (--l->handles > 0) return;
   void *c = l->c;
   void (*cb)(void *) = l->on_closed;
-  if (l->rt)
-    sy_server_rt_unref(l->rt);
+  if (l->rt) sy_server_rt_unref(l->rt);
   sy_upool *p = l->freed_by_pool ? l->pool : NULL;
   free(l);
-  if (c && cb)
-    cb(c);
-  if (p && --p->closing == 0)
-    free(p);
+  if (c && cb) cb(c);
+  if (p && --p->closing == 0) free(p);
 }
 
 sy_link *sy_link_new(uv_loop_t *loop, const sy_server_cfg *s) {
   sy_link *l = calloc(1, sizeof(*l));
-  if (!l)
-    return NULL;
+  if (!l) return NULL;
   uv_tcp_init(loop, &l->tcp);
   l->tcp.data = l;
   l->creq.data = l;
@@ -65,8 +58,7 @@ sy_link *sy_link_new(uv_loop_t *loop, const sy_server_cfg *s) {
 
 void sy_link_close(sy_link *l) {
   unlink_from_pool(l);
-  if (!uv_is_closing((uv_handle_t *)&l->tcp))
-    uv_close((uv_handle_t *)&l->tcp, on_handle_closed);
+  if (!uv_is_closing((uv_handle_t *)&l->tcp)) uv_close((uv_handle_t *)&l->tcp, on_handle_closed);
   if (l->idle.loop && !uv_is_closing((uv_handle_t *)&l->idle))
     uv_close((uv_handle_t *)&l->idle, on_handle_closed);
 }
@@ -76,16 +68,13 @@ static void on_idle_expired(uv_timer_t *t) {
 }
 
 int sy_upool_put(sy_upool *p, sy_link *l, unsigned max_idle_per_server, uint64_t idle_ms) {
-  if (!p || p->freeing || p->n >= p->max || max_idle_per_server == 0)
-    return -1;
+  if (!p || p->freeing || p->n >= p->max || max_idle_per_server == 0) return -1;
   unsigned same = 0;
   for (sy_link *x = p->head; x; x = x->next)
     same += x->rt == l->server->rt;
-  if (same >= max_idle_per_server)
-    return -1;
+  if (same >= max_idle_per_server) return -1;
   if (!l->idle.loop) {
-    if (uv_timer_init(p->loop, &l->idle) < 0)
-      return -1;
+    if (uv_timer_init(p->loop, &l->idle) < 0) return -1;
     l->idle.data = l;
     l->handles++;
   }
@@ -104,8 +93,7 @@ int sy_upool_put(sy_upool *p, sy_link *l, unsigned max_idle_per_server, uint64_t
   l->pooled = 1;
   l->prev = NULL;
   l->next = p->head;
-  if (p->head)
-    p->head->prev = l;
+  if (p->head) p->head->prev = l;
   p->head = l;
   p->n++;
   uv_timer_start(&l->idle, on_idle_expired, idle_ms, 0);
@@ -113,8 +101,7 @@ int sy_upool_put(sy_upool *p, sy_link *l, unsigned max_idle_per_server, uint64_t
 }
 
 sy_link *sy_upool_get(sy_upool *p, const sy_server_cfg *s) {
-  if (!p)
-    return NULL;
+  if (!p) return NULL;
   for (sy_link *l = p->head; l; l = l->next)
     if (l->rt == s->rt) {
       l->server = s;
@@ -131,8 +118,7 @@ size_t sy_upool_idle(const sy_upool *p) {
 }
 
 void sy_upool_free(sy_upool *p) {
-  if (!p)
-    return;
+  if (!p) return;
   p->freeing = 1;
   if (!p->head) {
     free(p);

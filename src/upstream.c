@@ -15,8 +15,7 @@ static unsigned weight(const sy_server_cfg *s) {
 }
 
 static int usable(sy_server_cfg *s, uint64_t now_ms) {
-  if (!__atomic_load_n(&s->rt->down, __ATOMIC_RELAXED))
-    return 1;
+  if (!__atomic_load_n(&s->rt->down, __ATOMIC_RELAXED)) return 1;
   /* A passively ejected server (no active check to revive it) gets a new
    * chance once its rest is over. */
   uint64_t until = __atomic_load_n(&s->rt->down_until_ms, __ATOMIC_RELAXED);
@@ -31,8 +30,7 @@ static int slot_server(const sy_upstream_cfg *up, uint64_t slot) {
   slot %= total ? total : 1;
   for (size_t i = 0; i < up->nservers; i++) {
     unsigned w = weight(&up->servers[i]);
-    if (slot < w)
-      return (int)i;
+    if (slot < w) return (int)i;
     slot -= w;
   }
   return 0;
@@ -46,10 +44,8 @@ int sy_upstream_pick(sy_upstream_cfg *up, uint64_t tried, uint64_t key_hash, uin
     any_up |= u;
     candidates += u && !(tried & (1ull << i));
   }
-  if (!any_up)
-    return SY_PICK_ALL_DOWN;
-  if (!candidates)
-    return SY_PICK_NONE_LEFT;
+  if (!any_up) return SY_PICK_ALL_DOWN;
+  if (!candidates) return SY_PICK_NONE_LEFT;
 
   if (up->balance == SY_BALANCE_LEAST_CONN) {
     /* Fewest open connections per unit of weight (tunnels count: a WebSocket
@@ -60,8 +56,7 @@ int sy_upstream_pick(sy_upstream_cfg *up, uint64_t tried, uint64_t key_hash, uin
     for (size_t k = 0; k < n; k++) {
       size_t i = (start + k) % n;
       sy_server_cfg *s = &up->servers[i];
-      if ((tried & (1ull << i)) || !usable(s, now_ms))
-        continue;
+      if ((tried & (1ull << i)) || !usable(s, now_ms)) continue;
       int a = __atomic_load_n(&s->rt->active, __ATOMIC_RELAXED);
       uint64_t score = ((uint64_t)(a < 0 ? 0 : a) << 16) / weight(s);
       if (score < best_score) {
@@ -79,8 +74,7 @@ int sy_upstream_pick(sy_upstream_cfg *up, uint64_t tried, uint64_t key_hash, uin
    * keeps landing on the same server while it is up. */
   for (size_t k = 0; k < n; k++) {
     size_t i = ((size_t)first + k) % n;
-    if (!(tried & (1ull << i)) && usable(&up->servers[i], now_ms))
-      return (int)i;
+    if (!(tried & (1ull << i)) && usable(&up->servers[i], now_ms)) return (int)i;
   }
   return SY_PICK_NONE_LEFT;
 }

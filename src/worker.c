@@ -85,19 +85,15 @@ void sy_client_release(const char *ip) {
 
 int sy_listen_reuseport(uv_loop_t *loop, uv_tcp_t *tcp, const struct sockaddr *sa, int backlog) {
   int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0)
-    return -errno;
+  if (fd < 0) return -errno;
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
-    goto fail;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) goto fail;
   socklen_t len =
       sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-  if (bind(fd, sa, len) < 0 || listen(fd, backlog) < 0)
-    goto fail;
+  if (bind(fd, sa, len) < 0 || listen(fd, backlog) < 0) goto fail;
   int rc = uv_tcp_init(loop, tcp);
-  if (rc == 0)
-    rc = uv_tcp_open(tcp, fd);
+  if (rc == 0) rc = uv_tcp_open(tcp, fd);
   if (rc < 0) {
     close(fd);
     return rc;
@@ -145,8 +141,7 @@ static void on_accept(uv_stream_t *s, int status) {
 static void resume_paused(sy_worker *w) {
   int still = 0;
   for (sy_listener *l = w->listeners; l; l = l->next) {
-    if (!l->paused)
-      continue;
+    if (!l->paused) continue;
     if (at_limit(w)) {
       still = 1;
       continue;
@@ -159,8 +154,7 @@ static void resume_paused(sy_worker *w) {
 
 static int bind_listener(sy_worker *w, const sy_listener_cfg *lc) {
   sy_listener *l = calloc(1, sizeof(*l));
-  if (!l)
-    return UV_ENOMEM;
+  if (!l) return UV_ENOMEM;
   l->w = w;
   l->cfg = lc;
   int rc = sy_listen_reuseport(&w->loop, &l->tcp, (const struct sockaddr *)&lc->addr.sa, 511);
@@ -233,19 +227,16 @@ int sy_worker_init(sy_worker *w, unsigned id, sy_config *cfg) {
   w->id = id;
   pthread_mutex_init(&w->mu, NULL);
   int rc = uv_loop_init(&w->loop);
-  if (rc < 0)
-    return rc;
+  if (rc < 0) return rc;
   w->cfg = sy_config_ref(cfg);
   w->pipes = sy_pipe_pool_new(64);
   w->metrics = sy_metrics_new();
   w->upool = sy_upool_new(&w->loop, 4096);
-  if (!w->pipes || !w->metrics || !w->upool)
-    return UV_ENOMEM;
+  if (!w->pipes || !w->metrics || !w->upool) return UV_ENOMEM;
   uv_timer_init(&w->loop, &w->drain_timer);
   w->drain_timer.data = w;
   for (size_t i = 0; i < cfg->nlisteners; i++)
-    if ((rc = bind_listener(w, &cfg->listeners[i])) < 0)
-      return rc;
+    if ((rc = bind_listener(w, &cfg->listeners[i])) < 0) return rc;
   return 0;
 }
 
@@ -253,8 +244,7 @@ static void finish_if_drained(sy_worker *w) {
   if (w->stopping && !w->conns && !w->tunnels) {
     if (!uv_is_closing((uv_handle_t *)&w->drain_timer))
       uv_close((uv_handle_t *)&w->drain_timer, NULL);
-    if (!uv_is_closing((uv_handle_t *)&w->wakeup))
-      uv_close((uv_handle_t *)&w->wakeup, NULL);
+    if (!uv_is_closing((uv_handle_t *)&w->wakeup)) uv_close((uv_handle_t *)&w->wakeup, NULL);
   }
 }
 
@@ -266,8 +256,7 @@ void sy_worker_conn_gone(sy_worker *w) {
     return;
   }
   resume_paused(w);
-  if (at_limit(w))
-    return;
+  if (at_limit(w)) return;
   for (unsigned i = 0; i < SY_MAX_WORKERS; i++) {
     sy_worker *x = __atomic_load_n(&registry[i], __ATOMIC_ACQUIRE);
     if (x && x != w && __atomic_load_n(&x->paused_any, __ATOMIC_ACQUIRE)) {
@@ -301,8 +290,7 @@ static void on_wakeup(uv_async_t *a) {
   } else if (next) {
     sy_config_unref(next);
   }
-  if (__atomic_exchange_n(&w->resume_req, 0, __ATOMIC_ACQ_REL) && !w->stopping)
-    resume_paused(w);
+  if (__atomic_exchange_n(&w->resume_req, 0, __ATOMIC_ACQ_REL) && !w->stopping) resume_paused(w);
   if (stop && stop > w->stopping) {
     w->stopping = stop;
     close_listeners(w);
@@ -326,21 +314,17 @@ static void *worker_main(void *arg) {
 
 int sy_worker_start(sy_worker *w) {
   int rc = uv_async_init(&w->loop, &w->wakeup, on_wakeup);
-  if (rc < 0)
-    return rc;
+  if (rc < 0) return rc;
   w->wakeup.data = w;
-  if (pthread_create(&w->thread, NULL, worker_main, w))
-    return UV_EAGAIN;
+  if (pthread_create(&w->thread, NULL, worker_main, w)) return UV_EAGAIN;
   w->started = 1;
-  if (w->id < SY_MAX_WORKERS)
-    __atomic_store_n(&registry[w->id], w, __ATOMIC_RELEASE);
+  if (w->id < SY_MAX_WORKERS) __atomic_store_n(&registry[w->id], w, __ATOMIC_RELEASE);
   return 0;
 }
 
 void sy_worker_reload(sy_worker *w, sy_config *cfg) {
   pthread_mutex_lock(&w->mu);
-  if (w->pending)
-    sy_config_unref(w->pending);
+  if (w->pending) sy_config_unref(w->pending);
   w->pending = sy_config_ref(cfg);
   pthread_mutex_unlock(&w->mu);
   uv_async_send(&w->wakeup);
@@ -348,28 +332,23 @@ void sy_worker_reload(sy_worker *w, sy_config *cfg) {
 
 void sy_worker_stop(sy_worker *w, enum sy_stop how) {
   pthread_mutex_lock(&w->mu);
-  if ((int)how > w->stop)
-    w->stop = how;
+  if ((int)how > w->stop) w->stop = how;
   pthread_mutex_unlock(&w->mu);
   uv_async_send(&w->wakeup);
 }
 
 void sy_worker_join(sy_worker *w) {
-  if (!w->started)
-    return;
+  if (!w->started) return;
   pthread_join(w->thread, NULL);
-  if (w->id < SY_MAX_WORKERS)
-    __atomic_store_n(&registry[w->id], NULL, __ATOMIC_RELEASE);
+  if (w->id < SY_MAX_WORKERS) __atomic_store_n(&registry[w->id], NULL, __ATOMIC_RELEASE);
 }
 
 static void close_walk(uv_handle_t *h, void *arg) {
-  if (!uv_is_closing(h))
-    uv_close(h, NULL);
+  if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
 void sy_worker_destroy(sy_worker *w) {
-  if (!w->cfg)
-    return; /* never initialised */
+  if (!w->cfg) return; /* never initialised */
   /* Whatever is left (a failed start) closes here, and its callbacks run. */
   if (w->upool) { /* a failed start: close what the pool holds */
     sy_upool_free(w->upool);
@@ -381,13 +360,10 @@ void sy_worker_destroy(sy_worker *w) {
     uv_run(&w->loop, UV_RUN_DEFAULT);
   }
   uv_loop_close(&w->loop);
-  if (w->pipes)
-    sy_pipe_pool_free(w->pipes);
+  if (w->pipes) sy_pipe_pool_free(w->pipes);
   sy_metrics_free(w->metrics);
-  if (w->cfg)
-    sy_config_unref(w->cfg);
-  if (w->pending)
-    sy_config_unref(w->pending);
+  if (w->cfg) sy_config_unref(w->cfg);
+  if (w->pending) sy_config_unref(w->pending);
   pthread_mutex_destroy(&w->mu);
   memset(w, 0, sizeof(*w));
 }

@@ -41,7 +41,7 @@ typedef struct sy_listener_cfg {
   sy_addr addr;
   sy_listener_tls tls;
   enum sy_tls_offer offer_tls_upgrade;
-  int line, column; /* where it was declared, for later diagnostics */
+  int line, column;           /* where it was declared, for later diagnostics */
   struct sy_tls_ctx *tls_ctx; /* built by sy_config_load when tls is set; freed with the config */
 } sy_listener_cfg;
 
@@ -102,7 +102,7 @@ typedef struct sy_header_match {
 /* Per-route timeouts; 0 means "inherit the global value". */
 typedef struct sy_timeouts {
   sy_msec_t connect, response, client_idle, header, tunnel_idle, tunnel_fin;
-  sy_msec_t drain; /* global only: how long SIGTERM lets tunnels end on their own */
+  sy_msec_t drain;     /* global only: how long SIGTERM lets tunnels end on their own */
   sy_msec_t body_idle; /* global only: a request body that stalls this long -> 408 */
 } sy_timeouts;
 
@@ -139,11 +139,11 @@ typedef struct sy_route_cfg {
 } sy_route_cfg;
 
 typedef struct sy_limits {
-  uint64_t max_connections;  /* default 100000 */
-  uint64_t max_header_bytes; /* default 32 KiB */
-  uint64_t max_headers;      /* default 100 */
+  uint64_t max_connections;            /* default 100000 */
+  uint64_t max_header_bytes;           /* default 32 KiB */
+  uint64_t max_headers;                /* default 100 */
   uint64_t max_connections_per_client; /* per client address; default 0 = unlimited */
-  uint64_t max_tunnels;      /* switched connections at once; default 0 = unlimited */
+  uint64_t max_tunnels;                /* switched connections at once; default 0 = unlimited */
 } sy_limits;
 
 typedef struct sy_forwarding {

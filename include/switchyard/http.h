@@ -116,8 +116,7 @@ typedef struct sy_resp_opts {
 } sy_resp_opts;
 
 /* The response head the client gets. */
-int sy_http_build_response(sy_buf *out, const sy_head *h, const char *base,
-                           const sy_resp_opts *o);
+int sy_http_build_response(sy_buf *out, const sy_head *h, const char *base, const sy_resp_opts *o);
 
 /* A complete short error response (status line, Content-Type, Content-Length,
  * optional Connection: close, body). */

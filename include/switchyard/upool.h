@@ -17,8 +17,8 @@ typedef struct sy_upool sy_upool;
 typedef struct sy_link {
   uv_tcp_t tcp; /* first member: the handle's close callback finds the link */
   uv_connect_t creq;
-  uv_timer_t idle; /* initialised the first time the link is pooled */
-  void *c;         /* the connection using it; NULL while pooled or closing */
+  uv_timer_t idle;             /* initialised the first time the link is pooled */
+  void *c;                     /* the connection using it; NULL while pooled or closing */
   const sy_server_cfg *server; /* valid only while a connection uses the link */
   sy_server_rt *rt;            /* identity across reloads; held while pooled */
   sy_upool *pool;

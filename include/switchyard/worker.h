@@ -41,10 +41,10 @@ struct sy_worker {
   sy_listener *listeners;
   sy_pipe_pool *pipes;
   sy_metrics *metrics;
-  sy_upool *upool; /* idle upstream keep-alive connections */
-  sy_conn *conns;           /* intrusive list, for reload and shutdown */
-  sy_tunnel_note *tunnels;  /* spliced tunnels, whose connections are gone */
-  int stopping;   /* enum sy_stop, in effect on the loop */
+  sy_upool *upool;         /* idle upstream keep-alive connections */
+  sy_conn *conns;          /* intrusive list, for reload and shutdown */
+  sy_tunnel_note *tunnels; /* spliced tunnels, whose connections are gone */
+  int stopping;            /* enum sy_stop, in effect on the loop */
   uint64_t nconns;
   int started;
   int paused_any; /* a listener waits at max_connections (atomic) */

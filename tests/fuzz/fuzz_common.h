@@ -16,15 +16,14 @@
 
 /* A failed invariant is a finding: print it and abort, so libFuzzer saves the
  * input as a crash. */
-#define FZ_CHECK(cond, ...)                                                              \
-  do {                                                                                   \
-    if (!(cond)) {                                                                       \
-      fprintf(stderr, "\nFUZZ INVARIANT FAILED at %s:%d: %s\n  ", __FILE__, __LINE__,   \
-              #cond);                                                                    \
-      fprintf(stderr, __VA_ARGS__);                                                      \
-      fprintf(stderr, "\n");                                                             \
-      abort();                                                                           \
-    }                                                                                    \
+#define FZ_CHECK(cond, ...)                                                                        \
+  do {                                                                                             \
+    if (!(cond)) {                                                                                 \
+      fprintf(stderr, "\nFUZZ INVARIANT FAILED at %s:%d: %s\n  ", __FILE__, __LINE__, #cond);      \
+      fprintf(stderr, __VA_ARGS__);                                                                \
+      fprintf(stderr, "\n");                                                                       \
+      abort();                                                                                     \
+    }                                                                                              \
   } while (0)
 
 typedef struct fz_msg {
@@ -94,8 +93,7 @@ static void fz_msg_init(fz_msg *m, int request, size_t max_fields) {
 static int fz_parse(fz_msg *m, const char *buf, size_t len, size_t split1, size_t split2) {
   m->base = buf;
   size_t cuts[3] = {split1 < len ? split1 : len, split2 < len ? split2 : len, len};
-  if (cuts[1] < cuts[0])
-    cuts[1] = cuts[0];
+  if (cuts[1] < cuts[0]) cuts[1] = cuts[0];
   size_t pos = 0;
 #ifdef SY_HAVE_HEADSCAN
   /* conn.c runs the raw head scanner over the bytes of a head before llhttp. */
@@ -103,24 +101,20 @@ static int fz_parse(fz_msg *m, const char *buf, size_t len, size_t split1, size_
   sy_headscan_init(&scan);
 #endif
   for (int i = 0; i < 3; i++) {
-    if (cuts[i] <= pos && i < 2)
-      continue;
+    if (cuts[i] <= pos && i < 2) continue;
 #ifdef SY_HAVE_HEADSCAN
     if (!scan.done) {
       size_t used = 0;
-      if (sy_headscan_run(&scan, buf + pos, cuts[i] - pos, &used) < 0)
-        return -1;
+      if (sy_headscan_run(&scan, buf + pos, cuts[i] - pos, &used) < 0) return -1;
     }
 #endif
     llhttp_errno_t e = llhttp_execute(&m->parser, buf + pos, cuts[i] - pos);
     if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
-      if (!m->head_done)
-        return -1;
+      if (!m->head_done) return -1;
       m->head_end = (size_t)(llhttp_get_error_pos(&m->parser) - buf);
       return 1;
     }
-    if (e != HPE_OK)
-      return -1;
+    if (e != HPE_OK) return -1;
     pos = cuts[i];
   }
   return 0;
@@ -160,11 +154,10 @@ static void fz_check_wire_head(const char *p, size_t n, const char *what) {
     unsigned char c = (unsigned char)p[i];
     FZ_CHECK(c != 0, "%s head holds a NUL at %zu: %.*s", what, i, (int)n, p);
     if (c == '\r')
-      FZ_CHECK(i + 1 < n && p[i + 1] == '\n', "%s head has a bare CR at %zu: %.*s", what, i,
-               (int)n, p);
-    if (c == '\n')
-      FZ_CHECK(i > 0 && p[i - 1] == '\r', "%s head has a bare LF at %zu: %.*s", what, i, (int)n,
+      FZ_CHECK(i + 1 < n && p[i + 1] == '\n', "%s head has a bare CR at %zu: %.*s", what, i, (int)n,
                p);
+    if (c == '\n')
+      FZ_CHECK(i > 0 && p[i - 1] == '\r', "%s head has a bare LF at %zu: %.*s", what, i, (int)n, p);
     if (i + 4 < n)
       FZ_CHECK(memcmp(p + i, "\r\n\r\n", 4) != 0, "%s head ends early at %zu: %.*s", what, i,
                (int)n, p);
@@ -178,16 +171,14 @@ static void fz_check_wire_head(const char *p, size_t n, const char *what) {
 static int fz_count_fields(const sy_head *h, const char *base, const char *name) {
   int k = 0;
   for (size_t i = 0; i < h->nfields; i++)
-    if (sy_str_ieq(sy_span_str(base, h->fields[i].name), name))
-      k++;
+    if (sy_str_ieq(sy_span_str(base, h->fields[i].name), name)) k++;
   return k;
 }
 
 static int fz_has_ctl(const char *p, size_t n, int allow_tab) {
   for (size_t i = 0; i < n; i++) {
     unsigned char c = (unsigned char)p[i];
-    if ((c < 0x20 && !(allow_tab && c == '\t')) || c == 0x7f)
-      return 1;
+    if ((c < 0x20 && !(allow_tab && c == '\t')) || c == 0x7f) return 1;
   }
   return 0;
 }
@@ -196,8 +187,7 @@ static int fz_has_ctl(const char *p, size_t n, int allow_tab) {
 static int fz_muted_copy(const sy_head *h, const char *base) {
   if (fz_known("line-cr"))
     for (size_t i = 0; i < h->nfields; i++)
-      if (memchr(base + h->fields[i].line.off, '\r', h->fields[i].line.len))
-        return 1;
+      if (memchr(base + h->fields[i].line.off, '\r', h->fields[i].line.len)) return 1;
   if (fz_known("start-ctl") && (fz_has_ctl(base + h->reason.off, h->reason.len, 0) ||
                                 fz_has_ctl(base + h->target.off, h->target.len, 0)))
     return 1;
@@ -207,8 +197,7 @@ static int fz_muted_copy(const sy_head *h, const char *base) {
 /* Copy into an exactly sized heap block so ASan sees any read past the end. */
 static char *fz_dup(const uint8_t *data, size_t size) {
   char *p = malloc(size ? size : 1);
-  if (size)
-    memcpy(p, data, size);
+  if (size) memcpy(p, data, size);
   return p;
 }
 

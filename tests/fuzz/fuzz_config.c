@@ -28,15 +28,14 @@
 #define SY_FUZZ_DEFAULT_CONFIG_DIR "."
 #endif
 
-#define FZ_CHECK(cond, ...)                                                              \
-  do {                                                                                   \
-    if (!(cond)) {                                                                       \
-      fprintf(stderr, "\nFUZZ INVARIANT FAILED at %s:%d: %s\n  ", __FILE__, __LINE__,   \
-              #cond);                                                                    \
-      fprintf(stderr, __VA_ARGS__);                                                      \
-      fprintf(stderr, "\n");                                                             \
-      abort();                                                                           \
-    }                                                                                    \
+#define FZ_CHECK(cond, ...)                                                                        \
+  do {                                                                                             \
+    if (!(cond)) {                                                                                 \
+      fprintf(stderr, "\nFUZZ INVARIANT FAILED at %s:%d: %s\n  ", __FILE__, __LINE__, #cond);      \
+      fprintf(stderr, __VA_ARGS__);                                                                \
+      fprintf(stderr, "\n");                                                                       \
+      abort();                                                                                     \
+    }                                                                                              \
   } while (0)
 
 typedef int (*gai_fn)(const char *, const char *, const struct addrinfo *, struct addrinfo **);
@@ -44,14 +43,11 @@ typedef int (*gai_fn)(const char *, const char *, const struct addrinfo *, struc
 int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
                 struct addrinfo **res) {
   static gai_fn real;
-  if (!real)
-    real = (gai_fn)dlsym(RTLD_NEXT, "getaddrinfo");
+  if (!real) real = (gai_fn)dlsym(RTLD_NEXT, "getaddrinfo");
   struct addrinfo h;
   memset(&h, 0, sizeof(h));
-  if (hints)
-    h = *hints;
-  if (node && strcmp(node, "localhost") == 0)
-    node = "127.0.0.1";
+  if (hints) h = *hints;
+  if (node && strcmp(node, "localhost") == 0) node = "127.0.0.1";
   h.ai_flags |= AI_NUMERICHOST;
   return real(node, service, &h, res);
 }
@@ -69,8 +65,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 static int mentions(const uint8_t *d, size_t n, const char *s) {
   size_t k = strlen(s);
   for (size_t i = 0; i + k <= n; i++)
-    if (memcmp(d + i, s, k) == 0)
-      return 1;
+    if (memcmp(d + i, s, k) == 0) return 1;
   return 0;
 }
 
@@ -79,8 +74,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       mentions(data, size, "/sys"))
     return 0;
   char *yaml = malloc(size ? size : 1);
-  if (size)
-    memcpy(yaml, data, size);
+  if (size) memcpy(yaml, data, size);
   sy_config_error err;
   memset(&err, 0x5a, sizeof(err));
   sy_config *cfg = sy_config_load_string(g_name, yaml, size, &err);
@@ -125,8 +119,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (k == 1 && ok) {
           int named = 0;
           for (size_t j = 0; j < r->nallow_upgrades; j++)
-            if (strncasecmp(r->allow_upgrades[j], "h2c", 3) == 0)
-              named = 1;
+            if (strncasecmp(r->allow_upgrades[j], "h2c", 3) == 0) named = 1;
           FZ_CHECK(named, "h2c allowed by a route that does not name it");
         }
       }

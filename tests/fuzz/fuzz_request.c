@@ -62,23 +62,20 @@ struct tok_collect {
 
 static int collect_tok(sy_str tok, void *arg) {
   struct tok_collect *tc = arg;
-  if (tc->n < tc->max)
-    tc->toks[tc->n++] = tok;
+  if (tc->n < tc->max) tc->toks[tc->n++] = tok;
   return 0;
 }
 
 static int route_names(const sy_route_cfg *r, const char *tok) {
   for (size_t i = 0; i < r->nallow_upgrades; i++)
-    if (strcasecmp(r->allow_upgrades[i], tok) == 0)
-      return 1;
+    if (strcasecmp(r->allow_upgrades[i], tok) == 0) return 1;
   return 0;
 }
 
 /* The forwarded head must be one well-formed request that frames the body
  * exactly as the client's did. */
 static void check_forwarded(const sy_buf *out, const fz_msg *in, const sy_fwd_opts *o) {
-  if (fz_muted_copy(&in->head, in->base) || (in->head.major != 1 && fz_known("version")))
-    return;
+  if (fz_muted_copy(&in->head, in->base) || (in->head.major != 1 && fz_known("version"))) return;
   FZ_CHECK(in->head.major == 1, "HTTP/%d.%d request forwarded as HTTP/1.1", in->head.major,
            in->head.minor);
   FZ_CHECK(!fz_has_ctl(in->base + in->head.target.off, in->head.target.len, 0),
@@ -111,8 +108,8 @@ static void check_forwarded(const sy_buf *out, const fz_msg *in, const sy_fwd_op
              "Content-Length body (%llu bytes) forwarded without the same Content-Length: %.*s",
              (unsigned long long)in->parser.content_length, (int)out->len, out->p);
   } else {
-    FZ_CHECK(!out_cl && !out_chunked, "bodiless request gained a body framing: %.*s",
-             (int)out->len, out->p);
+    FZ_CHECK(!out_cl && !out_chunked, "bodiless request gained a body framing: %.*s", (int)out->len,
+             out->p);
   }
   (void)in_chunked;
 
@@ -139,8 +136,7 @@ static void check_forwarded(const sy_buf *out, const fz_msg *in, const sy_fwd_op
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  if (size < 2)
-    return 0;
+  if (size < 2) return 0;
   uint8_t ctl = data[0];
   size_t len = size - 2;
   char *buf = fz_dup(data + 2, len);
@@ -157,8 +153,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int rcw = fz_parse(&w, buf, len, len, len);
   FZ_CHECK(rc == rcw, "split parse %d vs whole parse %d", rc, rcw);
   if (rc == 1) {
-    FZ_CHECK(m.head.nfields == w.head.nfields, "fields %zu vs %zu", m.head.nfields,
-             w.head.nfields);
+    FZ_CHECK(m.head.nfields == w.head.nfields, "fields %zu vs %zu", m.head.nfields, w.head.nfields);
     for (size_t i = 0; i < m.head.nfields; i++)
       FZ_CHECK(memcmp(&m.head.fields[i], &w.head.fields[i], sizeof(sy_field)) == 0,
                "field %zu spans differ when fed in pieces", i);
@@ -168,16 +163,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   fz_msg_free(&w);
 
-  if (rc != 1 || sy_head_validate(&m.head, buf) < 0 || m.parser.method == HTTP_CONNECT)
-    goto out;
+  if (rc != 1 || sy_head_validate(&m.head, buf) < 0 || m.parser.method == HTTP_CONNECT) goto out;
 
   /* What route_request() in conn.c builds. */
   sy_str t = sy_span_str(buf, m.head.target);
   size_t q = 0;
   while (q < t.len && t.p[q] != '?')
     q++;
-  if (q > 2048)
-    q = 2048;
+  if (q > 2048) q = 2048;
   sy_header hv[128];
   size_t nh = m.head.nfields < 128 ? m.head.nfields : 128;
   for (size_t i = 0; i < nh; i++) {
@@ -202,14 +195,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       .nupgrades = tc.n,
   };
   const sy_route_cfg *r = sy_route_match(g_cfg, &rv);
-  if (!r)
-    goto out; /* 404: "*" and absolute-form targets miss every path_prefix route */
+  if (!r) goto out; /* 404: "*" and absolute-form targets miss every path_prefix route */
 
   sy_str toks[8];
   size_t ntoks = 0;
   for (size_t i = 0; i < tc.n; i++) {
-    if (!sy_route_allows_upgrade(r, offered[i]))
-      continue;
+    if (!sy_route_allows_upgrade(r, offered[i])) continue;
     if (offered[i].len >= 3 && strncasecmp(offered[i].p, "h2c", 3) == 0 &&
         (offered[i].len == 3 || offered[i].p[3] == '/'))
       FZ_CHECK(route_names(r, "h2c"), "h2c let through by a route that does not name it");
@@ -236,8 +227,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         .ws_protocols_restricted = pass ? r->ws_subprotocols_set : 0,
     };
     sy_buf b = {0};
-    if (sy_http_build_request(&b, &m.head, buf, &o) == 0)
-      check_forwarded(&b, &m, &o);
+    if (sy_http_build_request(&b, &m.head, buf, &o) == 0) check_forwarded(&b, &m, &o);
     sy_buf_free(&b);
   }
 

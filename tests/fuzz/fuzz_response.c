@@ -15,8 +15,7 @@
 
 static void check_relayed(const sy_buf *out, const fz_msg *in, const sy_resp_opts *o,
                           int bodyless) {
-  if (fz_muted_copy(&in->head, in->base) || (in->head.major != 1 && fz_known("version")))
-    return;
+  if (fz_muted_copy(&in->head, in->base) || (in->head.major != 1 && fz_known("version"))) return;
   FZ_CHECK(in->head.major == 1, "HTTP/%d.%d response relayed", in->head.major, in->head.minor);
   FZ_CHECK((in->parser.status_code >= 100 && in->parser.status_code <= 599) || fz_known("status"),
            "status %d relayed", in->parser.status_code);
@@ -45,8 +44,7 @@ static void check_relayed(const sy_buf *out, const fz_msg *in, const sy_resp_opt
                fz_connection_names(&in->head, in->base, "content-length")) {
       /* known: see fz_known() */
     } else if (in_cl) {
-      FZ_CHECK(out_cl && !out_chunked &&
-                   re.parser.content_length == in->parser.content_length,
+      FZ_CHECK(out_cl && !out_chunked && re.parser.content_length == in->parser.content_length,
                "Content-Length body (%llu bytes) relayed without the same Content-Length: %.*s",
                (unsigned long long)in->parser.content_length, (int)out->len, out->p);
     } else {
@@ -63,8 +61,7 @@ static void check_relayed(const sy_buf *out, const fz_msg *in, const sy_resp_opt
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  if (size < 2)
-    return 0;
+  if (size < 2) return 0;
   uint8_t ctl = data[0];
   size_t len = size - 2;
   char *buf = fz_dup(data + 2, len);
@@ -81,8 +78,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int rcw = fz_parse(&w, buf, len, len, len);
   FZ_CHECK(rc == rcw, "split parse %d vs whole parse %d", rc, rcw);
   if (rc == 1) {
-    FZ_CHECK(m.head.nfields == w.head.nfields, "fields %zu vs %zu", m.head.nfields,
-             w.head.nfields);
+    FZ_CHECK(m.head.nfields == w.head.nfields, "fields %zu vs %zu", m.head.nfields, w.head.nfields);
     for (size_t i = 0; i < m.head.nfields; i++)
       FZ_CHECK(memcmp(&m.head.fields[i], &w.head.fields[i], sizeof(sy_field)) == 0,
                "field %zu spans differ when fed in pieces", i);
@@ -90,16 +86,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
              "reason spans differ when fed in pieces");
   }
   fz_msg_free(&w);
-  if (rc != 1 || sy_head_validate(&m.head, buf) < 0)
-    goto out;
+  if (rc != 1 || sy_head_validate(&m.head, buf) < 0) goto out;
 
   /* The decisions of cb_resp_headers_complete(). */
   int status = m.parser.status_code;
   sy_resp_opts o = {.via = 1};
   int bodyless = 1;
   if (status == 101) {
-    if (!upgrading)
-      goto out; /* conn.c: 502, never relayed */
+    if (!upgrading) goto out; /* conn.c: 502, never relayed */
     o.upgrade = 1;
   } else if (status >= 100 && status < 200) {
     /* interim: relayed as is */
@@ -113,15 +107,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       else
         chunked_out = 1;
     }
-    if (client_close)
-      close_after = 1;
+    if (client_close) close_after = 1;
     o.chunked = chunked_out;
     o.conn_close = close_after;
     o.keep_alive10 = http10 && !client_close && !close_after;
   }
   sy_buf b = {0};
-  if (sy_http_build_response(&b, &m.head, buf, &o) == 0)
-    check_relayed(&b, &m, &o, bodyless);
+  if (sy_http_build_response(&b, &m.head, buf, &o) == 0) check_relayed(&b, &m, &o, bodyless);
   sy_buf_free(&b);
 out:
   fz_msg_free(&m);

@@ -29,8 +29,7 @@ int main(int argc, char **argv) {
   int req = strcmp(argv[1], "req") == 0;
   int raw = argc > 3 && strcmp(argv[3], "--raw") == 0;
   FILE *f = fopen(argv[2], "rb");
-  if (!f)
-    return 2;
+  if (!f) return 2;
   static char in[1 << 20];
   size_t n = fread(in, 1, sizeof(in), f);
   fclose(f);

@@ -67,8 +67,8 @@ static void done(parsed *ps) {
 }
 
 static sy_fwd_opts plain_opts(void) {
-  sy_fwd_opts o = {.xff = 1, .xfproto = 1, .xfhost = 1, .via = 1,
-                   .client_ip = "10.1.2.3", .proto = "http"};
+  sy_fwd_opts o = {
+      .xff = 1, .xfproto = 1, .xfhost = 1, .via = 1, .client_ip = "10.1.2.3", .proto = "http"};
   return o;
 }
 
@@ -85,14 +85,15 @@ static void expect_request(const char *raw, const sy_fwd_opts *o, const char *wa
 
 START_TEST(hop_by_hop_removed_order_kept) {
   sy_fwd_opts o = plain_opts();
-  expect_request("GET /a?b HTTP/1.1\r\nhost: x.test\r\nX-B:  2 \r\nConnection: keep-alive, X-Secret\r\n"
-                 "X-Secret: s\r\nKeep-Alive: 5\r\nProxy-Connection: x\r\nTE: trailers\r\n"
-                 "Trailer: X-T\r\nUpgrade: websocket\r\nX-A: 1\r\nX-B: 3\r\nconnection: x-other\r\n"
-                 "X-Other: o\r\n\r\n",
-                 &o,
-                 "GET /a?b HTTP/1.1\r\nhost: x.test\r\nX-B:  2 \r\nX-A: 1\r\nX-B: 3\r\n"
-                 "X-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\n"
-                 "X-Forwarded-Host: x.test\r\nVia: 1.1 switchyard\r\n\r\n");
+  expect_request(
+      "GET /a?b HTTP/1.1\r\nhost: x.test\r\nX-B:  2 \r\nConnection: keep-alive, X-Secret\r\n"
+      "X-Secret: s\r\nKeep-Alive: 5\r\nProxy-Connection: x\r\nTE: trailers\r\n"
+      "Trailer: X-T\r\nUpgrade: websocket\r\nX-A: 1\r\nX-B: 3\r\nconnection: x-other\r\n"
+      "X-Other: o\r\n\r\n",
+      &o,
+      "GET /a?b HTTP/1.1\r\nhost: x.test\r\nX-B:  2 \r\nX-A: 1\r\nX-B: 3\r\n"
+      "X-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\n"
+      "X-Forwarded-Host: x.test\r\nVia: 1.1 switchyard\r\n\r\n");
 }
 END_TEST
 
@@ -123,12 +124,13 @@ END_TEST
 START_TEST(upgrade_head) {
   sy_str toks[] = {{"websocket", 9}};
   sy_fwd_opts o = {.client_ip = "x", .proto = "http", .upgrades = toks, .nupgrades = 1};
-  expect_request("GET /ws HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\n"
-                 "Upgrade: websocket, foo/2\r\nSec-WebSocket-Key: k\r\nSec-WebSocket-Extensions: a\r\n"
-                 "Sec-WebSocket-Extensions: b\r\n\r\n",
-                 &o,
-                 "GET /ws HTTP/1.1\r\nHost: h\r\nSec-WebSocket-Key: k\r\nSec-WebSocket-Extensions: "
-                 "a\r\nSec-WebSocket-Extensions: b\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
+  expect_request(
+      "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\n"
+      "Upgrade: websocket, foo/2\r\nSec-WebSocket-Key: k\r\nSec-WebSocket-Extensions: a\r\n"
+      "Sec-WebSocket-Extensions: b\r\n\r\n",
+      &o,
+      "GET /ws HTTP/1.1\r\nHost: h\r\nSec-WebSocket-Key: k\r\nSec-WebSocket-Extensions: "
+      "a\r\nSec-WebSocket-Extensions: b\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
 }
 END_TEST
 
@@ -145,32 +147,42 @@ START_TEST(h2c_keeps_http2_settings) {
   o.upgrades = ws;
   expect_request("GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\n"
                  "Upgrade: websocket\r\nHTTP2-Settings: AA\r\n\r\n",
-                 &o, "GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
+                 &o,
+                 "GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
 }
 END_TEST
 
 START_TEST(subprotocols_restricted) {
   sy_str toks[] = {{"websocket", 9}};
   sy_str keep[] = {{"chat", 4}, {"superchat", 9}};
-  sy_fwd_opts o = {.client_ip = "x", .proto = "http", .upgrades = toks, .nupgrades = 1,
-                   .ws_protocols = keep, .nws_protocols = 2, .ws_protocols_restricted = 1};
-  expect_request("GET / HTTP/1.1\r\nHost: h\r\nSec-WebSocket-Protocol: evil, chat\r\nX: 1\r\n"
-                 "Sec-WebSocket-Protocol: superchat\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-                 &o,
-                 "GET / HTTP/1.1\r\nHost: h\r\nSec-WebSocket-Protocol: chat, superchat\r\nX: 1\r\n"
-                 "Connection: upgrade\r\nUpgrade: websocket\r\n\r\n");
+  sy_fwd_opts o = {.client_ip = "x",
+                   .proto = "http",
+                   .upgrades = toks,
+                   .nupgrades = 1,
+                   .ws_protocols = keep,
+                   .nws_protocols = 2,
+                   .ws_protocols_restricted = 1};
+  expect_request(
+      "GET / HTTP/1.1\r\nHost: h\r\nSec-WebSocket-Protocol: evil, chat\r\nX: 1\r\n"
+      "Sec-WebSocket-Protocol: superchat\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+      &o,
+      "GET / HTTP/1.1\r\nHost: h\r\nSec-WebSocket-Protocol: chat, superchat\r\nX: 1\r\n"
+      "Connection: upgrade\r\nUpgrade: websocket\r\n\r\n");
 }
 END_TEST
 
 START_TEST(response_head) {
   parsed ps;
-  parse(&ps, "HTTP/1.1 200 Fine Thanks\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nSet-Cookie: a\r\n"
-             "Transfer-Encoding: chunked\r\nSet-Cookie: b\r\nKeep-Alive: 1\r\n\r\n", 0);
+  parse(&ps,
+        "HTTP/1.1 200 Fine Thanks\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nSet-Cookie: a\r\n"
+        "Transfer-Encoding: chunked\r\nSet-Cookie: b\r\nKeep-Alive: 1\r\n\r\n",
+        0);
   sy_resp_opts o = {.via = 1, .chunked = 1, .conn_close = 1};
   sy_buf out = {0};
   ck_assert_int_eq(sy_http_build_response(&out, &ps.head, ps.base, &o), 0);
-  const char *want = "HTTP/1.1 200 Fine Thanks\r\nSet-Cookie: a\r\nSet-Cookie: b\r\n"
-                     "Transfer-Encoding: chunked\r\nConnection: close\r\nVia: 1.1 switchyard\r\n\r\n";
+  const char *want =
+      "HTTP/1.1 200 Fine Thanks\r\nSet-Cookie: a\r\nSet-Cookie: b\r\n"
+      "Transfer-Encoding: chunked\r\nConnection: close\r\nVia: 1.1 switchyard\r\n\r\n";
   ck_assert_uint_eq(out.len, strlen(want));
   ck_assert_mem_eq(out.p, want, out.len);
   sy_buf_free(&out);
@@ -180,8 +192,10 @@ END_TEST
 
 START_TEST(switching_head) {
   parsed ps;
-  parse(&ps, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-             "Sec-WebSocket-Accept: abc\r\n\r\n", 0);
+  parse(&ps,
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Accept: abc\r\n\r\n",
+        0);
   sy_resp_opts o = {.upgrade = 1};
   sy_buf out = {0};
   ck_assert_int_eq(sy_http_build_response(&out, &ps.head, ps.base, &o), 0);
@@ -212,8 +226,8 @@ END_TEST
 
 START_TEST(list_and_lookup) {
   parsed ps;
-  parse(&ps, "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nconnection: , UPGRADE \r\n\r\n",
-        1);
+  parse(&ps,
+        "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nconnection: , UPGRADE \r\n\r\n", 1);
   ck_assert(sy_head_lists(&ps.head, ps.base, "connection", "upgrade"));
   ck_assert(!sy_head_lists(&ps.head, ps.base, "connection", "close"));
   ck_assert(sy_head_is_hop(&ps.head, ps.base, (sy_str){"UPGRADE", 7}));
