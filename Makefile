@@ -5,7 +5,7 @@ JOBS ?= $(shell nproc)
 BUILD ?= build
 ASAN_BUILD ?= build-asan
 
-.PHONY: all setup build demo test test-plain test-asan format clean
+.PHONY: all setup build demo test test-plain test-asan test-valgrind format clean
 
 all: build
 
@@ -21,16 +21,21 @@ demo: setup build
 
 test:
 	@bash scripts/setup.sh --tests
-	@$(MAKE) --no-print-directory test-plain test-asan
+	@$(MAKE) --no-print-directory test-plain test-asan test-valgrind
 
+# The soak test runs 60 s here (20 s by default, and under ASan).
 test-plain: build
-	cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
+	cd $(BUILD) && SY_SOAK_SECONDS=60 ctest --output-on-failure -j$(JOBS)
 
 test-asan:
 	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DSY_SANITIZE=ON >/dev/null
 	cmake --build $(ASAN_BUILD) -j$(JOBS)
 	cd $(ASAN_BUILD) && SY_SKIP_CONTAINER=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j$(JOBS)
+
+# memcheck over a representative integration subset (about 7 minutes).
+test-valgrind: build
+	SY_BUILD_DIR=$(CURDIR)/$(BUILD) sh scripts/valgrind-suite.sh
 
 format:
 	clang-format -i src/*.c include/switchyard/*.h tests/unit/*.c demo/*.c bench/*.c 2>/dev/null || true

@@ -4,9 +4,16 @@
 and stops it at teardown; `backend(...)` starts scriptable backends
 (tests/support/backend.py). Outputs of every process are printed at teardown,
 so pytest shows them next to a failing test.
+
+SY_VALGRIND=1 runs every proxy started through `Proxy` (so `proxy(...)` and
+support.tls's `tls_proxy(...)`) under valgrind's memcheck, with longer start-up
+and stop deadlines; an autouse fixture fails the test at teardown when a
+proxy's valgrind log reports an error or a definite/indirect leak (the log is
+printed). scripts/valgrind-suite.sh runs a representative subset that way.
 """
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -26,6 +33,21 @@ from support.backend import Backend, RefusingAddress, blackhole, free_port  # no
 
 SOURCE_DIR = Path(os.environ.get("SY_SOURCE_DIR") or TESTS_DIR.parent)
 BUILD_DIR = Path(os.environ.get("SY_BUILD_DIR") or SOURCE_DIR / "build")
+
+
+VALGRIND = os.environ.get("SY_VALGRIND", "") not in ("", "0")
+# Under memcheck the proxy runs 10-50x slower: every start/stop deadline below
+# is stretched by this factor (tests' own deadlines are theirs to choose).
+SLOWDOWN = 6.0 if VALGRIND else 1.0
+VALGRIND_EXIT = 99
+VALGRIND_ARGS = ["valgrind", "--tool=memcheck", "--leak-check=full",
+                 "--show-leak-kinds=definite,indirect",
+                 "--errors-for-leak-kinds=definite,indirect",
+                 "--error-exitcode=%d" % VALGRIND_EXIT, "--track-fds=no",
+                 "--num-callers=30"]
+
+# every Proxy made during the current test (checked by _valgrind_check)
+_ALL_PROXIES = []
 
 
 def switchyard_bin():
@@ -149,19 +171,38 @@ class Proxy:
         self.proc = None
         self.port = None
         self.stopped = False
+        self.nofile = None   # (soft, hard) RLIMIT_NOFILE for the process, or None
+        self.vg_log_path = None
+        _ALL_PROXIES.append(self)
 
-    def start(self, ready_timeout=10.0):
+    def argv(self):
+        argv = [switchyard_bin(), "-c", str(self.config_path)]
+        if VALGRIND:  # %p: valgrind's pid, which is the proxy's (same process)
+            argv = VALGRIND_ARGS + ["--log-file=%s" % (self.workdir / ("%s.vg.%%p.log" % self.name))] + argv
+        return argv
+
+    def _preexec(self):
+        if self.nofile is not None:
+            import resource
+            resource.setrlimit(resource.RLIMIT_NOFILE, self.nofile)
+
+    def start(self, ready_timeout=None):
+        if ready_timeout is None:
+            ready_timeout = 10.0 if not VALGRIND else 90.0
         self.config_path = self.workdir / ("%s.yaml" % self.name)
         self.config_path.write_text(to_yaml(self.config))
         self.out_path = self.workdir / ("%s.stdout" % self.name)
         self.err_path = self.workdir / ("%s.stderr" % self.name)
         self._out = open(self.out_path, "wb")
         self._err = open(self.err_path, "wb")
-        self.proc = subprocess.Popen([switchyard_bin(), "-c", str(self.config_path)],
+        self.proc = subprocess.Popen(self.argv(),
                                      stdin=subprocess.DEVNULL, stdout=self._out,
                                      stderr=self._err, cwd=str(self.workdir),
-                                     env=dict(os.environ, LIBC_FATAL_STDERR_="1"))
+                                     env=dict(os.environ, LIBC_FATAL_STDERR_="1"),
+                                     preexec_fn=self._preexec if self.nofile else None)
         self.pid = self.proc.pid
+        if VALGRIND:
+            self.vg_log_path = self.workdir / ("%s.vg.%d.log" % (self.name, self.pid))
         end = time.monotonic() + ready_timeout
         while True:
             if self.proc.poll() is not None:
@@ -219,6 +260,33 @@ class Proxy:
                     return int(line.split()[1])
         raise AssertionError("no VmHWM in /proc/%d/status" % self.pid)
 
+    def vm_rss_kib(self):
+        with open("/proc/%d/status" % self.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmRSS in /proc/%d/status" % self.pid)
+
+    def cpu_seconds(self):
+        """utime + stime of the whole process (all threads), in seconds."""
+        with open("/proc/%d/stat" % self.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # fields[0] is field 3 (state): utime is field 14, stime field 15
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def sanitized(self):
+        """True when the proxy runs with ASan/UBSan/TSan linked in (whose
+        allocators keep freed memory in quarantine: RSS figures mean little)."""
+        try:
+            with open("/proc/%d/maps" % self.pid) as f:
+                maps = f.read()
+        except OSError:
+            return False
+        return any(lib in maps for lib in ("libasan", "libtsan", "libubsan", "libhwasan"))
+
+    def open_fds(self):
+        return len(os.listdir("/proc/%d/fd" % self.pid))
+
     # -------------------------------------------------------------- clients
     def connect(self, timeout=10.0):
         return Client(self.port, timeout)
@@ -236,6 +304,8 @@ class Proxy:
     def stop(self, timeout=10.0):
         if self.proc is None or self.stopped:
             return self.proc.returncode if self.proc else None
+        if VALGRIND:  # draining, then the leak check, at memcheck speed
+            timeout = max(timeout * SLOWDOWN, 60.0)
         self.stopped = True
         rc = self.proc.poll()
         self.died_early = rc is not None
@@ -251,6 +321,73 @@ class Proxy:
         self._err.close()
         return rc
 
+    # -------------------------------------------------------------- valgrind
+    def valgrind_log(self):
+        if self.vg_log_path is None:
+            return None
+        try:
+            return self.vg_log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def valgrind_problems(self):
+        """What memcheck found in this (stopped) proxy: a list of strings."""
+        log = self.valgrind_log()
+        if log is None:
+            return []
+        found = []
+        rc = self.proc.returncode if self.proc else None
+        if rc == VALGRIND_EXIT:
+            found.append("exit status %d (memcheck found errors)" % VALGRIND_EXIT)
+        for pat in _VG_BAD:
+            n = len(re.findall(pat, log))
+            if n:
+                found.append("%d x %r" % (n, pat))
+        for kind in ("definitely lost", "indirectly lost"):
+            for m in re.finditer(r"%s: ([0-9,]+) bytes in ([0-9,]+) blocks" % kind, log):
+                if int(m.group(1).replace(",", "")):
+                    found.append("%s: %s bytes in %s blocks" % (kind, m.group(1), m.group(2)))
+        m = re.search(r"ERROR SUMMARY: ([0-9,]+) errors", log)
+        if m and int(m.group(1).replace(",", "")):
+            found.append("ERROR SUMMARY: %s errors" % m.group(1))
+        if not m and not getattr(self, "needed_kill", False) and rc is not None and rc >= 0:
+            found.append("no ERROR SUMMARY in the valgrind log (rc %s)" % rc)
+        return found
+
+
+# Kinds of memcheck reports that fail a test wherever they appear in a log.
+_VG_BAD = [r"Invalid read", r"Invalid write", r"Invalid free", r"Mismatched free",
+           r"uninitialised", r"Uninitialised", r"unaddressable", r"Source and destination overlap",
+           r"Syscall param .* points to", r"Process terminating with default action",
+           r"Argument 'size' of function \w+ has a fishy"]
+
+
+@pytest.fixture(autouse=True)
+def _valgrind_check():
+    """With SY_VALGRIND=1: after every other fixture is torn down (so after the
+    proxies were stopped), fail the test on any memcheck finding."""
+    del _ALL_PROXIES[:]
+    yield
+    if not VALGRIND:
+        del _ALL_PROXIES[:]
+        return
+    problems = []
+    for p in list(_ALL_PROXIES):
+        if p.proc is None:
+            continue
+        if not p.stopped:
+            p.stop()
+        found = p.valgrind_problems()
+        if found:
+            problems.append("%s (pid %d): %s" % (p.name, p.pid, "; ".join(found)))
+            sys.stdout.write("\n--- valgrind log of %s (%s):\n%s\n"
+                             % (p.name, p.vg_log_path, p.valgrind_log()[-60000:]))
+        elif getattr(p, "needed_kill", False):
+            sys.stdout.write("\n--- %s was killed: no leak check ran\n" % p.name)
+    del _ALL_PROXIES[:]
+    if problems:
+        pytest.fail("valgrind: " + " | ".join(problems), pytrace=False)
+
 
 @pytest.fixture
 def proxy(tmp_path):
@@ -258,11 +395,12 @@ def proxy(tmp_path):
 
     upstreams values are lists of "host:port" (or full dicts); without routes,
     a single upstream gets a catch-all route. Other keyword arguments become
-    top-level config keys (timeouts=..., limits=..., forwarding=..., ...).
+    top-level config keys (timeouts=..., limits=..., forwarding=..., ...),
+    except proc_nofile=N or (soft, hard): RLIMIT_NOFILE of the proxy process.
     """
     started = []
 
-    def factory(upstreams=None, routes=None, listeners=None, **extra):
+    def factory(upstreams=None, routes=None, listeners=None, proc_nofile=None, **extra):
         ups = {}
         for name, spec in (upstreams or {}).items():
             if isinstance(spec, dict):
@@ -282,6 +420,9 @@ def proxy(tmp_path):
             cfg.update(extra)
             p = Proxy(cfg, tmp_path, "proxy%d" % len(started))
             p.port = port
+            if proc_nofile is not None:
+                p.nofile = (proc_nofile, proc_nofile) if isinstance(proc_nofile, int) \
+                    else tuple(proc_nofile)
             started.append(p)
             if p.start():
                 return p
@@ -359,4 +500,5 @@ def simple_get(path="/", host="example.test", extra=b""):
     return b"GET " + path.encode() + b" HTTP/1.1\r\nHost: " + host.encode() + b"\r\n" + extra + b"\r\n"
 
 
-__all__ = ["Client", "Proxy", "to_yaml", "simple_get", "response_bytes", "switchyard_bin"]
+__all__ = ["Client", "Proxy", "to_yaml", "simple_get", "response_bytes", "switchyard_bin",
+           "VALGRIND", "SLOWDOWN"]
