@@ -123,11 +123,10 @@ struct sy_conn {
   char offered0[32];       /* first upgrade token offered, for metrics */
   sy_buf retry_head;       /* the head sent on a reused connection, for one retry */
   int retried, fresh_only, resp_from_upstream;
-  int server_counted;   /* this connection counts in server->active */
-  int link_keeps_count; /* a splice tunnel holds the count past the link */
-  int link_used;        /* an upstream connection was opened for this request */
-  int handed_off;       /* a spliced tunnel's note took over; see sy_tunnel_note */
-  int client_counted;   /* counted in limits.max_connections_per_client */
+  int server_counted; /* this connection counts in server->active */
+  int link_used;      /* an upstream connection was opened for this request */
+  int handed_off;     /* a spliced tunnel's note took over; see sy_tunnel_note */
+  int client_counted; /* counted in limits.max_connections_per_client */
 
   /* Relay (TLS tunnel) bookkeeping. */
   uint64_t relay_start, relay_c2u, relay_u2c;
@@ -286,12 +285,10 @@ static int flow_write(sy_conn *c, sy_flow *f, uv_stream_t *dst, sy_tls_conn *tls
     f->iov = ni;
     f->iovcap = f->nsegs;
   }
-  size_t total = 0;
   for (uint32_t i = 0; i < f->nsegs; i++) {
     sy_seg *s = &f->segs[i];
     char *base = s->scratch ? f->scratch.p : f->buf;
     f->iov[i] = uv_buf_init(base + s->off, s->len);
-    total += s->len;
   }
   int rc;
   if (tls) {
@@ -309,7 +306,6 @@ static int flow_write(sy_conn *c, sy_flow *f, uv_stream_t *dst, sy_tls_conn *tls
     f->writing = 1;
     c->refs++;
   }
-  (void)total;
   return rc;
 }
 
@@ -342,17 +338,19 @@ static sy_msec_t response_timeout(const sy_conn *c) {
 
 /* ---- metrics ------------------------------------------------------------------ */
 
+/* A route as logs and metrics name it: its name, or "#<index>"; NULL for
+ * no route. `idx` holds the generated name. */
+static const char *route_name(const sy_route_cfg *route, char idx[32]) {
+  if (!route) return NULL;
+  if (route->name) return route->name;
+  snprintf(idx, 32, "#%zu", route->index);
+  return idx;
+}
+
 static void route_label_of(const sy_route_cfg *route, sy_buf *b) {
   char idx[32];
-  const char *r = "";
-  if (route) {
-    r = route->name;
-    if (!r) {
-      snprintf(idx, sizeof(idx), "#%zu", route->index);
-      r = idx;
-    }
-  }
-  sy_metrics_label(b, "route", r, strlen(r));
+  const char *r = route_name(route, idx);
+  sy_metrics_label(b, "route", r ? r : "", r ? strlen(r) : 0);
 }
 
 static void route_label(const sy_conn *c, sy_buf *b) {
@@ -381,8 +379,10 @@ static void count_request(sy_conn *c) {
   sy_metrics_label(&b, "class", cls, strlen(cls));
   sy_buf_append(&b, "", 1);
   sy_metrics_add(c->w->metrics, "switchyard_requests_total", b.p, 1);
-  sy_buf_free(&b);
-  if (!c->offered0[0]) return;
+  if (!c->offered0[0]) {
+    sy_buf_free(&b);
+    return;
+  }
   /* Upgrades: switched, refused by the upstream, or rejected by the proxy
    * (a route that allows none of the tokens, or a 101 that failed checks). */
   const char *outcome = c->switching                    ? "switched"
@@ -390,12 +390,12 @@ static void count_request(sy_conn *c) {
                         : c->resp_from_upstream         ? "refused"
                                                         : "rejected";
   const char *proto = c->switching ? c->proto : c->offered0;
-  sy_buf u = {0};
-  sy_metrics_label(&u, "protocol", proto, strlen(proto));
-  sy_metrics_label(&u, "outcome", outcome, strlen(outcome));
-  sy_buf_append(&u, "", 1);
-  sy_metrics_add(c->w->metrics, "switchyard_upgrades_total", u.p, 1);
-  sy_buf_free(&u);
+  b.len = 0; /* the same buffer for the second series */
+  sy_metrics_label(&b, "protocol", proto, strlen(proto));
+  sy_metrics_label(&b, "outcome", outcome, strlen(outcome));
+  sy_buf_append(&b, "", 1);
+  sy_metrics_add(c->w->metrics, "switchyard_upgrades_total", b.p, 1);
+  sy_buf_free(&b);
 }
 
 static void count_tunnel(const sy_tunnel_note *c, int delta, const sy_tunnel_stats *st) {
@@ -428,14 +428,7 @@ static void log_request(sy_conn *c) {
   if (!sy_access_log_enabled() || !c->method[0]) return;
   sy_buf b = {0};
   char route[32];
-  const char *rname = NULL;
-  if (c->route) {
-    rname = c->route->name;
-    if (!rname) {
-      snprintf(route, sizeof(route), "#%zu", c->route->index);
-      rname = route;
-    }
-  }
+  const char *rname = route_name(c->route, route);
   sy_buf_append(&b, "{", 1);
   sy_json_time(&b, "time", 0);
   sy_buf_appendf(&b, ",\"type\":\"request\"");
@@ -456,11 +449,7 @@ static void log_tunnel(const sy_tunnel_note *c, const sy_tunnel_stats *st) {
   if (!sy_access_log_enabled()) return;
   sy_buf b = {0};
   char route[32];
-  const char *rname = c->route ? c->route->name : NULL;
-  if (c->route && !rname) {
-    snprintf(route, sizeof(route), "#%zu", c->route->index);
-    rname = route;
-  }
+  const char *rname = route_name(c->route, route);
   sy_buf_append(&b, "{", 1);
   sy_json_time(&b, "time", 0);
   sy_buf_appendf(&b, ",\"type\":\"tunnel\",\"client\":\"%s:%d\"", c->client_ip, c->client_port);
@@ -525,7 +514,7 @@ static void link_close(sy_conn *c) {
   c->link = NULL;
   sy_tls_conn_free(c->utls);
   c->utls = NULL;
-  if (c->server_counted && !c->link_keeps_count) {
+  if (c->server_counted) {
     c->server_counted = 0;
     server_count(c, -1);
   }
@@ -636,7 +625,7 @@ static void reset_exchange(sy_conn *c) {
   c->offered0[0] = 0;
   c->tls_upgrade_now = 0;
   c->link_used = 0;
-  sy_buf_free(&c->retry_head);
+  c->retry_head.len = 0; /* capacity kept: no allocation per request */
   c->retried = c->fresh_only = c->resp_from_upstream = 0;
   c->method[0] = 0;
   free(c->path);
@@ -697,6 +686,8 @@ static void maybe_finish(sy_conn *c) {
   sy_headscan_init(&c->rq.scan);
   c->t_start = uv_hrtime();
   flow_release_if_idle(&c->rq);
+  if (!c->rq.buf)
+    sy_buf_free(&c->retry_head); /* an idle connection holds no buffer at all */
   timer_arm(c, c->rq.len ? c->cfg->timeouts.header : c->cfg->timeouts.client_idle);
   if (c->rq.len)
     client_feed(c);
@@ -978,18 +969,8 @@ static void remember_request(sy_conn *c) {
   sy_str t = sy_span_str(f->buf, f->head.target);
   /* absolute-form routes on its path like origin-form (the authority was
    * checked against Host). */
-  size_t skip = 0;
-  if (t.len > 7 && strncasecmp(t.p, "http://", 7) == 0)
-    skip = 7;
-  else if (t.len > 8 && strncasecmp(t.p, "https://", 8) == 0)
-    skip = 8;
-  if (skip) {
-    while (skip < t.len && t.p[skip] != '/' && t.p[skip] != '?')
-      skip++;
-    t.p += skip;
-    t.len -= skip;
-    if (!t.len || t.p[0] != '/') t = (sy_str){"/", 1};
-  }
+  if (sy_target_authority(t, &t).p != f->buf + f->head.target.off && (!t.len || t.p[0] != '/'))
+    t = (sy_str){"/", 1};
   size_t q = 0;
   while (q < t.len && t.p[q] != '?')
     q++;
@@ -1167,11 +1148,9 @@ static int queue_request_head(sy_conn *c) {
       .nws_protocols = nwsp,
       .ws_protocols_restricted = r->ws_subprotocols_set,
   };
-  sy_buf b = {0};
-  int rc = sy_http_build_request(&b, &f->head, f->buf, &o);
-  if (rc == 0) rc = flow_push_sybuf(f, &b);
-  sy_buf_free(&b);
-  return rc;
+  uint32_t off = (uint32_t)f->scratch.len;
+  int rc = sy_http_build_request(&f->scratch, &f->head, f->buf, &o);
+  return rc ? rc : flow_push(f, off, (uint32_t)f->scratch.len - off, 1);
 }
 
 /* ---- upstream connection --------------------------------------------------------- */
@@ -1284,7 +1263,7 @@ static void upstream_ready(sy_conn *c) {
     /* A stale pooled connection failed this request before any answer: the
      * same head goes once more on a fresh connection. */
     flow_push_sybuf(&c->rq, &c->retry_head);
-    sy_buf_free(&c->retry_head);
+    c->retry_head.len = 0;
     rq_flush(c);
     upstream_read_update(c);
     return;
@@ -1512,10 +1491,10 @@ static int cb_resp_headers_complete(llhttp_t *p) {
     skip_body = bodyless;
     c->state = SY_STREAM_RESP_BODY;
   }
-  sy_buf b = {0};
-  int rc = sy_http_build_response(&b, &f->head, f->buf, &o);
-  if (rc == 0) rc = flow_push_sybuf(f, &b);
-  sy_buf_free(&b);
+  /* Built straight into the scratch buffer it is written from. */
+  uint32_t off = (uint32_t)f->scratch.len;
+  int rc = sy_http_build_response(&f->scratch, &f->head, f->buf, &o);
+  if (rc == 0) rc = flow_push(f, off, (uint32_t)f->scratch.len - off, 1);
   if (rc) return HPE_USER;
   if (!c->interim) c->resp_head_sent = 1;
   return skip_body ? 1 : 0;
@@ -2259,7 +2238,6 @@ static void start_tunnel(sy_conn *c) {
     if (w->tunnels) w->tunnels->prev = n;
     w->tunnels = n;
     c->handed_off = 1;
-    c->link_keeps_count = 1;
     c->server_counted = 0;
   }
   /* The tunnel owns the duplicates; the connection, its libuv handles and
@@ -2317,24 +2295,6 @@ void sy_conn_accept(sy_worker *w, sy_listener *l) {
   c->rq.parser.data = c;
   llhttp_init(&c->rs.parser, HTTP_RESPONSE, &resp_settings);
   c->rs.parser.data = c;
-  uint64_t per_client = c->cfg->limits.max_connections_per_client;
-  if (per_client) {
-    if (sy_client_acquire(c->client_ip, per_client) < 0) {
-      sy_log_error("client %s: over limits.max_connections_per_client (%llu): refused",
-                   c->client_ip, (unsigned long long)per_client);
-      sy_metrics_add(w->metrics, "switchyard_connections_refused_total", "reason=\"per_client\"",
-                     1);
-      sy_head_init(&c->rq.head, 1, c->cfg->limits.max_headers);
-      sy_head_init(&c->rs.head, 0, c->cfg->limits.max_headers);
-      sy_headscan_init(&c->rq.scan);
-      sy_headscan_init(&c->rs.scan);
-      c->state = SY_READ_HEAD;
-      memcpy(c->method, "-", 2);
-      local_response(c, 503, 1);
-      return;
-    }
-    c->client_counted = 1;
-  }
   sy_headscan_init(&c->rq.scan);
   sy_headscan_init(&c->rs.scan);
   sy_head_init(&c->rq.head, 1, c->cfg->limits.max_headers);
@@ -2348,6 +2308,19 @@ void sy_conn_accept(sy_worker *w, sy_listener *l) {
       return;
     }
   }
+  uint64_t per_client = c->cfg->limits.max_connections_per_client;
+  if (per_client && sy_client_acquire(c->client_ip, per_client) < 0) {
+    sy_log_error("client %s: over limits.max_connections_per_client (%llu): refused", c->client_ip,
+                 (unsigned long long)per_client);
+    sy_metrics_add(w->metrics, "switchyard_connections_refused_total", "reason=\"per_client\"", 1);
+    memcpy(c->method, "-", 2);
+    if (c->ctls) /* no handshake yet to carry an answer over */
+      conn_close(c);
+    else
+      local_response(c, 503, 1);
+    return;
+  }
+  c->client_counted = per_client != 0;
   timer_arm(c, c->cfg->timeouts.header);
   client_read_update(c);
 }

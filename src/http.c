@@ -210,6 +210,19 @@ static int valid_host(sy_str v) {
   return 1;
 }
 
+sy_str sy_target_authority(sy_str t, sy_str *rest) {
+  size_t skip = 0;
+  if (t.len > 7 && strncasecmp(t.p, "http://", 7) == 0)
+    skip = 7;
+  else if (t.len > 8 && strncasecmp(t.p, "https://", 8) == 0)
+    skip = 8;
+  size_t e = skip;
+  while (skip && e < t.len && t.p[e] != '/' && t.p[e] != '?' && t.p[e] != '#')
+    e++;
+  if (rest) *rest = skip ? (sy_str){t.p + e, t.len - e} : t;
+  return (sy_str){t.p + skip, e - skip};
+}
+
 struct last_tok {
   sy_str tok;
 };
@@ -254,18 +267,8 @@ int sy_head_validate(const sy_head *h, const char *base) {
   if (h->is_request && host) {
     /* absolute-form: the authority in the target must be the Host. */
     sy_str t = sy_span_str(base, h->target);
-    size_t skip = 0;
-    if (t.len > 7 && strncasecmp(t.p, "http://", 7) == 0)
-      skip = 7;
-    else if (t.len > 8 && strncasecmp(t.p, "https://", 8) == 0)
-      skip = 8;
-    if (skip) {
-      size_t e = skip;
-      while (e < t.len && t.p[e] != '/' && t.p[e] != '?' && t.p[e] != '#')
-        e++;
-      sy_str auth = {t.p + skip, e - skip};
-      if (!sy_str_ieq2(auth, sy_span_str(base, host->value))) return -1;
-    }
+    sy_str auth = sy_target_authority(t, NULL);
+    if (auth.p != t.p && !sy_str_ieq2(auth, sy_span_str(base, host->value))) return -1;
   }
   if (h->is_request) {
     /* RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request; two Hosts are

@@ -50,6 +50,10 @@ int sy_str_ieq2(sy_str a, sy_str b);
 /* Calls fn for each comma-separated token of a list field value (trimmed, empty
  * elements skipped); stops early when fn returns non-zero and returns that. */
 int sy_list_each(sy_str value, int (*fn)(sy_str tok, void *arg), void *arg);
+/* An absolute-form request target ("http://host/path"): its authority
+ * (len 0 for any other form) and, in *rest, what follows it. */
+sy_str sy_target_authority(sy_str target, sy_str *rest);
+
 /* Does any field `name` list `token` (case-insensitive)? */
 int sy_head_lists(const sy_head *h, const char *base, const char *name, const char *token);
 /* First field named `name`, or NULL. */

@@ -17,7 +17,7 @@ import struct
 import threading
 import time
 
-from .http import Reader, read_response, deadline_in
+from .http import Reader, read_response, deadline_in, wait_until
 
 MiB = 1024 * 1024
 RSS_LIMIT_KIB = 64 * 1024
@@ -25,18 +25,7 @@ RSS_LIMIT_KIB = 64 * 1024
 
 # ------------------------------------------------------------------ waiting
 
-def wait_until(pred, timeout, what, interval=0.02):
-    end = time.monotonic() + timeout
-    for _ in range(10 ** 7):
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > end:
-            break
-        time.sleep(interval)  # poll interval of a bounded condition wait
-    raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
-
-
+# wait_until lives in support.http (one poll loop for every helper)
 def wait_stderr(px, pattern, timeout=5.0, n=1):
     """The proxy's stderr lines matching the regex pattern, once there are n."""
     rx = re.compile(pattern)

@@ -356,3 +356,17 @@ def assert_bytes(got, want, what="bytes"):
              min(len(got), len(want)))
     raise AssertionError("%s differ at byte %d\n  observed:\n%s\n  expected:\n%s"
                          % (what, i, show(got), show(want)))
+
+
+def wait_until(pred, timeout, what, interval=0.02):
+    """Poll pred() until it returns something true (and return that);
+    AssertionError naming `what` after timeout seconds."""
+    end = time.monotonic() + timeout
+    for _ in range(10 ** 7):
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > end:
+            break
+        time.sleep(interval)  # poll interval of a bounded condition wait
+    raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from .http import wait_until  # noqa: F401 (re-exported for the interop tests)
+
 TESTS_DIR = Path(__file__).resolve().parents[1]
 SOURCE_DIR = Path(os.environ.get("SY_SOURCE_DIR") or TESTS_DIR.parent)
 BUILD_DIR = Path(os.environ.get("SY_BUILD_DIR") or SOURCE_DIR / "build")
@@ -85,18 +87,7 @@ def node_with_ws():
 
 # ------------------------------------------------------------------ waiting
 
-def wait_until(pred, timeout, what, interval=0.02):
-    """Poll pred() until true; AssertionError naming `what` after timeout."""
-    end = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > end:
-            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
-        time.sleep(interval)  # poll interval of a bounded condition wait
-
-
+# wait_until lives in support.http (one poll loop for every helper)
 def port_accepts(port, host="127.0.0.1"):
     try:
         socket.create_connection((host, port), timeout=0.5).close()

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 
+from .http import wait_until  # noqa: F401 (re-exported for the ops tests)
 from .http import Reader, read_request, read_response, deadline_in, HTTPTimeout, ProtocolError, \
     response_bytes
 from .backend import free_port
@@ -29,18 +30,7 @@ from .backend import free_port
 
 # ------------------------------------------------------------------ waiting
 
-def wait_until(pred, timeout, what, interval=0.02):
-    """Poll pred() until it returns something true; AssertionError after timeout."""
-    end = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > end:
-            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
-        time.sleep(interval)  # poll interval of a bounded condition wait
-
-
+# wait_until lives in support.http (one poll loop for every helper)
 def connect_refused(port, timeout=0.5):
     """True when a connect to 127.0.0.1:port is refused right away."""
     try:
