@@ -2,7 +2,9 @@
 for requests and tunnels; SIGUSR1 reopens the file after a rename."""
 import os
 import re
+import select
 import signal
+import time
 
 from support.http import response_bytes, get
 from support.ops import file_entries, wait_until
@@ -99,3 +101,38 @@ def test_sigusr1_reopens_after_rename(proxy, backend, tmp_path):
     assert [e["path"] for e in old] == ["/before/0", "/before/1", "/before/2", "/between"], old
     assert all(e["path"].startswith("/after") for e in file_entries(log)), file_entries(log)
     assert px.proc.poll() is None
+
+
+def test_stuck_log_destination_never_stalls_requests(proxy, backend, tmp_path):
+    """The access log goes to a FIFO whose reader never reads: once the pipe
+    is full the log writer blocks, but requests keep being answered (lines
+    queue in memory, then are dropped and counted) and the lines queued
+    before are still delivered when the reader finally reads."""
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    # Opened before the proxy so its open() for writing does not wait.
+    rd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        be = backend(response=response_bytes(200, body=b"ok"))
+        px = proxy(upstreams={"web": [be.address]}, access_log=str(fifo), workers=1)
+        path = "/" + "p" * 400  # ~600-byte lines: 64 KiB of pipe is ~110 of them
+        with px.connect() as c:
+            for i in range(600):  # several pipe-fulls of log lines
+                r = c.request(get(path + "/%d" % i))
+                assert r.status == 200, (i, r.head)
+        # the reader wakes up: what was queued arrives, whole lines of JSON
+        got = b""
+        end = time.monotonic() + 10
+        while got.count(b"\n") < 200:
+            try:
+                chunk = os.read(rd, 1 << 16)
+            except BlockingIOError:
+                chunk = b""
+            got += chunk
+            assert time.monotonic() < end, "queued log lines never arrived"
+            if not chunk:
+                select.select([rd], [], [], 0.1)
+        lines = got.split(b"\n")[:200]
+        assert all(b'"type":"request"' in ln for ln in lines)
+    finally:
+        os.close(rd)
