@@ -402,8 +402,14 @@ run_one() {
       line=$(timeout 60 $PIN_LOAD "$LOAD" --mode "${s#tls-}" --port "$port" --conns 8 --size 65536 \
                "${tls[@]}" --duration "$DURATION" --warmup "$WARMUP" ${pid:+--pid $pid} 2>"$err") || rc=$? ;;
     rtt)
+      # Latency is measured with everything on one core (the method):
+      # the proxy joins the load generator and the backend for this run, so
+      # every hop is a context switch, not a cross-CPU wakeup.
+      local p
+      for p in ${PID[$t]:-} ${WPID[$t]:-}; do taskset -a -p -c "$LOAD_CPU" "$p" >/dev/null; done
       line=$(timeout 60 $PIN_LOAD "$LOAD" --mode rtt --port "$port" --conns 1 --size 32 \
-               --duration "$DURATION" --warmup "$WARMUP" ${pid:+--pid $pid} 2>"$err") || rc=$? ;;
+               --duration "$DURATION" --warmup "$WARMUP" ${pid:+--pid $pid} 2>"$err") || rc=$?
+      for p in ${PID[$t]:-} ${WPID[$t]:-}; do taskset -a -p -c "$PROXY_CPU" "$p" >/dev/null || true; done ;;
     idle)
       if [[ $t == direct ]]; then return 0; fi
       line=$(timeout 120 $PIN_LOAD "$LOAD" --mode idle --port "$port" --conns "$IDLE_TUNNELS" \

@@ -66,7 +66,9 @@ typedef struct sy_flow {
   uv_buf_t *iov;
   uint32_t iovcap;
   uv_write_t wreq;
-  sy_buf cipher; /* the batch once encrypted, while its write is in flight */
+  uv_write_cb done_cb;   /* a write that went out at once: its callback, deferred */
+  struct sy_flow *dnext; /* the worker's list of those */
+  sy_buf cipher;         /* the batch once encrypted, while its write is in flight */
   unsigned writing : 1, msg_done : 1, chunked_out : 1, head_done : 1, discard : 1, eof : 1;
   unsigned check_chunk_end : 1; /* a chunked message just ended: verify its CRLFs */
   uint64_t bytes;               /* read from this flow's source for the current exchange */
@@ -134,21 +136,18 @@ struct sy_conn {
 };
 
 /* What a tunnel needs once its connection is gone: a spliced tunnel keeps
- * this (about 150 bytes plus the path), not the whole connection, so an idle
- * tunnel costs little more than its sockets. */
+ * this in its own allocation (sy_tunnel_extra), strings inline, not the whole
+ * connection, so an idle tunnel costs little more than its sockets. */
 struct sy_tunnel_note {
   sy_worker *w;
   sy_config *cfg; /* keeps route and server alive */
   const sy_route_cfg *route;
   const sy_server_cfg *server;
-  sy_tunnel *tunnel;
-  sy_tunnel_note *next, *prev; /* the worker's live tunnels */
+  const char *proto, *client_ip, *path;
   int client_port;
   int client_counted;
-  char proto[32];
-  char client_ip[64];
-  const char *path;
 };
+typedef struct sy_tunnel_note sy_tunnel_note;
 
 /* Which socket of the connection; per-side code is written once. */
 typedef enum sy_side { SY_CLIENT, SY_UPSTREAM } sy_side;
@@ -165,6 +164,8 @@ static void client_read_update(sy_conn *c);
 static void client_eof(sy_conn *c, ssize_t n);
 static void upstream_eof(sy_conn *c, ssize_t n);
 static void upstream_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf);
+static int upstream_wants(const sy_conn *c);
+static int client_wants(sy_conn *c);
 static void on_upstream_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 static void upstream_read_update(sy_conn *c);
 static void tls_pump(sy_conn *c, sy_side side);
@@ -188,26 +189,43 @@ static inline sy_flow *parser_flow(llhttp_t *p) {
 
 /* ---- flows ---------------------------------------------------------------- */
 
-static int flow_alloc(sy_flow *f, uint32_t cap) {
+/* Flow buffers of the usual size are recycled through a small per-worker
+ * stack: a keep-alive request takes and returns two of them, and going
+ * through malloc each time made glibc consolidate and trim its heap
+ * (madvise, then page faults) on every other request. */
+static char *flow_buf_get(sy_worker *w, uint32_t cap) {
+  if (cap == SY_FLOW_BUF && w->nbuf_cache > 0) return w->buf_cache[--w->nbuf_cache];
+  return malloc(cap);
+}
+
+static void flow_buf_put(sy_worker *w, char *p, uint32_t cap) {
+  if (p && cap == SY_FLOW_BUF && w->nbuf_cache < SY_BUF_CACHE)
+    w->buf_cache[w->nbuf_cache++] = p;
+  else
+    free(p);
+}
+
+static int flow_alloc(sy_conn *c, sy_flow *f, uint32_t cap) {
   if (f->buf) return 0;
-  f->buf = malloc(cap);
+  f->buf = flow_buf_get(c->w, cap);
   if (!f->buf) return -1;
   f->cap = cap;
   return 0;
 }
 
-static void flow_release_if_idle(sy_flow *f) {
+static void flow_release_if_idle(sy_conn *c, sy_flow *f) {
   /* An idle keep-alive connection or relay holds no buffer. */
   if (f->len == f->pos && !f->writing) {
-    free(f->buf);
+    flow_buf_put(c->w, f->buf, f->cap);
     f->buf = NULL;
     f->cap = f->len = f->pos = 0;
     sy_buf_free(&f->cipher);
   }
 }
 
-static void flow_free(sy_flow *f) {
-  free(f->buf);
+static void flow_free(sy_conn *c, sy_flow *f) {
+  flow_buf_put(c->w, f->buf, f->cap);
+  f->buf = NULL;
   sy_buf_free(&f->cipher);
   free(f->segs);
   free(f->iov);
@@ -300,13 +318,67 @@ static int flow_write(sy_conn *c, sy_flow *f, uv_stream_t *dst, sy_tls_conn *tls
     uv_buf_t b = uv_buf_init(f->cipher.p, (unsigned)f->cipher.len);
     rc = uv_write(&f->wreq, dst, &b, 1, cb);
   } else {
-    rc = uv_write(&f->wreq, dst, f->iov, f->nsegs, cb);
+    /* Try at once: a write that goes out whole needs no libuv request, whose
+     * completion would re-arm the socket's epoll entry (a wasted epoll_ctl per
+     * write); its callback still runs later in this loop turn, never from in
+     * here, so callers see the same order of events either way. */
+    size_t total = 0, done = 0;
+    for (uint32_t i = 0; i < f->nsegs; i++)
+      total += f->iov[i].len;
+    int n = uv_try_write(dst, f->iov, f->nsegs);
+    if (n > 0 && (size_t)n == total) {
+      f->writing = 1;
+      c->refs++;
+      f->wreq.handle = dst;
+      f->done_cb = cb;
+      sy_worker *w = c->w;
+      f->dnext = NULL;
+      *w->written_tail = f;
+      w->written_tail = &f->dnext;
+      uv_idle_start(&w->written_idle, sy_conn_on_written_idle);
+      return 0;
+    }
+    uint32_t k = 0;
+    for (done = n > 0 ? (size_t)n : 0; done > 0 && k < f->nsegs; k++) {
+      if (done < f->iov[k].len) {
+        f->iov[k].base += done;
+        f->iov[k].len -= done;
+        break;
+      }
+      done -= f->iov[k].len;
+    }
+    rc = uv_write(&f->wreq, dst, f->iov + k, f->nsegs - k, cb);
   }
   if (rc == 0) {
     f->writing = 1;
     c->refs++;
   }
   return rc;
+}
+
+/* Runs the callbacks of writes that went out at once, in order; a callback
+ * may queue more (the next pipelined answer), which run in the same pass. */
+static void run_written(sy_worker *w) {
+  while (w->written) {
+    sy_flow *f = w->written;
+    w->written = f->dnext;
+    if (!w->written) w->written_tail = &w->written;
+    f->dnext = NULL;
+    f->done_cb(&f->wreq, 0); /* may free the connection, f with it */
+  }
+  uv_idle_stop(&w->written_idle);
+}
+
+/* After the poll phase (writes made by I/O callbacks complete in the same
+ * turn) and, through the idle handle, before the next poll (writes made by
+ * timers; the idle handle also keeps that poll from blocking). */
+void sy_conn_on_written_check(uv_check_t *h) {
+  sy_worker *w = h->data;
+  if (w->written) run_written(w);
+}
+
+void sy_conn_on_written_idle(uv_idle_t *h) {
+  run_written(h->data);
 }
 
 static void flow_batch_done(sy_flow *f) {
@@ -359,16 +431,15 @@ static void route_label(const sy_conn *c, sy_buf *b) {
 
 /* The note of a connection that is still whole (relay, or before hand-off). */
 static sy_tunnel_note note_of(sy_conn *c) {
-  sy_tunnel_note n = {.w = c->w,
-                      .cfg = c->cfg,
-                      .route = c->route,
-                      .server = c->server,
-                      .client_port = c->client_port,
-                      .client_counted = c->client_counted,
-                      .path = c->path};
-  memcpy(n.proto, c->proto, sizeof(n.proto));
-  snprintf(n.client_ip, sizeof(n.client_ip), "%s", c->client_ip);
-  return n;
+  return (sy_tunnel_note){.w = c->w,
+                          .cfg = c->cfg,
+                          .route = c->route,
+                          .server = c->server,
+                          .proto = c->proto,
+                          .client_ip = c->client_ip,
+                          .path = c->path,
+                          .client_port = c->client_port,
+                          .client_counted = c->client_counted};
 }
 
 static void count_request(sy_conn *c) {
@@ -480,8 +551,9 @@ static void conn_free(sy_conn *c) {
   else if (w->conns == c)
     w->conns = c->next;
   if (c->next) c->next->prev = c->prev;
-  flow_free(&c->rq);
-  flow_free(&c->rs);
+  if (!w->conns) sy_worker_conns_idle(w);
+  flow_free(c, &c->rq);
+  flow_free(c, &c->rs);
   free(c->path);
   sy_buf_free(&c->retry_head);
   sy_tls_conn_free(c->ctls);
@@ -593,8 +665,8 @@ static void conn_linger(sy_conn *c) {
   /* A flow with a write in flight keeps its memory: libuv still holds the
    * request (its queue links live in the flow) and the bytes. conn_free
    * takes what is left. */
-  if (!c->rq.writing) flow_free(&c->rq);
-  if (!c->rs.writing) flow_free(&c->rs);
+  if (!c->rq.writing) flow_free(c, &c->rq);
+  if (!c->rs.writing) flow_free(c, &c->rs);
   timer_arm(c, SY_LINGER_MS);
   if (c->ctls) {
     sy_tls_shutdown(c->ctls);
@@ -673,7 +745,7 @@ static void maybe_finish(sy_conn *c) {
   c->rs.pos = c->rs.len = c->rs.head_start = c->rs.scan_pos = 0;
   c->rs.eof = 0;
   flow_batch_done(&c->rs);
-  flow_release_if_idle(&c->rs);
+  flow_release_if_idle(c, &c->rs);
   sy_headscan_init(&c->rs.scan);
   llhttp_init(&c->rs.parser, HTTP_RESPONSE, &resp_settings);
   c->rs.parser.data = c;
@@ -685,9 +757,8 @@ static void maybe_finish(sy_conn *c) {
   c->rq.scan_pos = 0;
   sy_headscan_init(&c->rq.scan);
   c->t_start = uv_hrtime();
-  flow_release_if_idle(&c->rq);
-  if (!c->rq.buf)
-    sy_buf_free(&c->retry_head); /* an idle connection holds no buffer at all */
+  flow_release_if_idle(c, &c->rq);
+  if (!c->rq.buf) sy_buf_free(&c->retry_head); /* an idle connection holds no buffer at all */
   timer_arm(c, c->rq.len ? c->cfg->timeouts.header : c->cfg->timeouts.client_idle);
   if (c->rq.len)
     client_feed(c);
@@ -1176,7 +1247,7 @@ static void upstream_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
     cipher_alloc(h, sz, buf);
     return;
   }
-  if (flow_alloc(&c->rs, SY_FLOW_BUF) < 0 || c->rs.len == c->rs.cap) {
+  if (!upstream_wants(c) || flow_alloc(c, &c->rs, SY_FLOW_BUF) < 0 || c->rs.len == c->rs.cap) {
     buf->base = NULL;
     buf->len = 0;
     return;
@@ -1211,8 +1282,12 @@ static void upstream_read_update(sy_conn *c) {
   if (!c->link || c->closing) return;
   if (want)
     uv_read_start((uv_stream_t *)&c->link->tcp, upstream_alloc, on_upstream_read);
-  else
+  else if (c->utls)
     uv_read_stop((uv_stream_t *)&c->link->tcp);
+  /* Cleartext: the read stays armed and upstream_alloc refuses a buffer if
+   * bytes come while they are not wanted; only then is the read stopped.
+   * Stopping eagerly cost two epoll_ctl per request (libuv re-adds a
+   * stopped watcher with ADD, gets EEXIST, then MODs). */
 }
 
 static void upstream_failed(sy_conn *c, int timeout);
@@ -1614,7 +1689,11 @@ static void on_upstream_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     upstream_input(c, (size_t)n);
     return;
   }
-  if (n == 0 || n == UV_ENOBUFS) return;
+  if (n == UV_ENOBUFS) { /* bytes nobody wants yet: now the read stops */
+    uv_read_stop(s);
+    return;
+  }
+  if (n == 0) return;
   upstream_eof(c, n);
 }
 
@@ -1723,7 +1802,7 @@ static void client_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
     cipher_alloc(h, sz, buf);
     return;
   }
-  if (flow_alloc(&c->rq, client_buf_cap(c)) < 0 || c->rq.len == c->rq.cap) {
+  if (!client_wants(c) || flow_alloc(c, &c->rq, client_buf_cap(c)) < 0 || c->rq.len == c->rq.cap) {
     buf->base = NULL;
     buf->len = 0;
     return;
@@ -1773,8 +1852,9 @@ static void client_read_update(sy_conn *c) {
   if (c->closing || c->state == SY_LINGER) return;
   if (want)
     uv_read_start((uv_stream_t *)&c->client, client_alloc, on_client_read);
-  else
+  else if (c->ctls)
     uv_read_stop((uv_stream_t *)&c->client);
+  /* Cleartext: stopped lazily, by client_alloc (see upstream_read_update). */
 }
 
 static void client_input(sy_conn *c, size_t n) {
@@ -1840,7 +1920,11 @@ static void on_client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     client_input(c, (size_t)n);
     return;
   }
-  if (n == 0 || n == UV_ENOBUFS) return;
+  if (n == UV_ENOBUFS) { /* bytes nobody wants yet: now the read stops */
+    uv_read_stop(s);
+    return;
+  }
+  if (n == 0) return;
   client_eof(c, n);
 }
 
@@ -1957,7 +2041,7 @@ static void tls_pump(sy_conn *c, sy_side side) {
     int wants = side == SY_CLIENT ? client_wants(c) : upstream_wants(c);
     if (!wants) break;
     sy_flow *f = side_flow(c, side);
-    if (flow_alloc(f, side == SY_CLIENT ? client_buf_cap(c) : SY_FLOW_BUF) < 0) {
+    if (flow_alloc(c, f, side == SY_CLIENT ? client_buf_cap(c) : SY_FLOW_BUF) < 0) {
       conn_close(c);
       break;
     }
@@ -2110,7 +2194,7 @@ static void relay_written(sy_conn *c, sy_side from) {
   sy_flow *f = side_flow(c, from);
   flow_compact(f);
   flow_batch_done(f);
-  flow_release_if_idle(f); /* an idle relay holds no buffer */
+  flow_release_if_idle(c, f); /* an idle relay holds no buffer */
   if (f->pos < f->len)
     relay_input(c, from);
   else if (from == SY_CLIENT)
@@ -2157,40 +2241,27 @@ static void start_relay(sy_conn *c) {
 
 /* ---- tunnel -------------------------------------------------------------------- */
 
-static void on_tunnel_done(sy_tunnel *t, const sy_tunnel_stats *st, void *arg) {
-  sy_tunnel_note *n = arg;
+void sy_conn_tunnel_done(sy_tunnel *t, const sy_tunnel_stats *st, void *arg) {
+  sy_tunnel_note *n = sy_tunnel_extra(t);
   sy_worker *w = n->w;
   count_tunnel(n, -1, st);
   log_tunnel(n, st);
   if (n->server) __atomic_sub_fetch(&n->server->rt->active, 1, __ATOMIC_RELAXED);
   if (n->client_counted) sy_client_release(n->client_ip);
   sy_worker_tunnels_add(-1);
-  if (n->prev)
-    n->prev->next = n->next;
-  else
-    w->tunnels = n->next;
-  if (n->next) n->next->prev = n->prev;
   sy_config_unref(n->cfg);
-  free(n);
   sy_metrics_add(w->metrics, "switchyard_connections_open", NULL, -1);
   sy_worker_conn_gone(w);
 }
 
-/* The note that outlives the connection: copied out of it, path inline. */
-static sy_tunnel_note *note_new(sy_conn *c) {
-  size_t pl = c->path ? strlen(c->path) + 1 : 0;
-  sy_tunnel_note *n = malloc(sizeof(*n) + pl);
-  if (!n) return NULL;
-  *n = note_of(c);
-  n->cfg = sy_config_ref(c->cfg);
-  n->path = NULL;
-  if (pl) {
-    memcpy((char *)(n + 1), c->path, pl);
-    n->path = (const char *)(n + 1);
-  }
-  n->tunnel = NULL;
-  n->prev = NULL;
-  return n;
+/* Copies s after the note; returns where it went. */
+static const char *note_str(char **at, const char *s) {
+  if (!s) return NULL;
+  size_t l = strlen(s) + 1;
+  memcpy(*at, s, l);
+  const char *r = *at;
+  *at += l;
+  return r;
 }
 
 static void start_tunnel(sy_conn *c) {
@@ -2202,14 +2273,6 @@ static void start_tunnel(sy_conn *c) {
   c->status = 101;
   count_request(c);
   log_request(c);
-  sy_tunnel_note *n = dc >= 0 && du >= 0 ? note_new(c) : NULL;
-  if (!n) {
-    if (dc >= 0) close(dc);
-    if (du >= 0) close(du);
-    sy_log_error("tunnel: cannot hand over: %s", strerror(errno));
-    conn_close(c);
-    return;
-  }
   /* Bytes read past either head go first, in order. */
   sy_flow *q = &c->rq, *r = &c->rs;
   sy_route_cfg const *rt = c->route;
@@ -2218,25 +2281,32 @@ static void start_tunnel(sy_conn *c) {
       .fin_timeout_ms = route_timeout(c, rt->timeouts.tunnel_fin, c->cfg->timeouts.tunnel_fin),
       .force_copy = 0,
   };
+  size_t extra = sizeof(sy_tunnel_note) + strlen(c->proto) + strlen(c->client_ip) + 2 +
+                 (c->path ? strlen(c->path) + 1 : 0);
   c->state = SY_TUNNEL;
-  n->tunnel = sy_tunnel_start(&c->w->loop, c->w->pipes, dc, du, q->buf ? q->buf + q->pos : NULL,
-                              q->buf ? q->len - q->pos : 0, r->buf ? r->buf + r->pos : NULL,
-                              r->buf ? r->len - r->pos : 0, &o, on_tunnel_done, n);
-  if (!n->tunnel) {
-    close(dc);
-    close(du);
-    sy_config_unref(n->cfg);
-    free(n);
+  sy_tunnel *t =
+      dc >= 0 && du >= 0
+          ? sy_tunnel_start(c->w->tunnels, dc, du, q->buf ? q->buf + q->pos : NULL,
+                            q->buf ? q->len - q->pos : 0, r->buf ? r->buf + r->pos : NULL,
+                            r->buf ? r->len - r->pos : 0, &o, extra, NULL)
+          : NULL;
+  if (!t) {
+    sy_log_error("tunnel: cannot hand over: %s", strerror(errno));
+    if (dc >= 0) close(dc);
+    if (du >= 0) close(du);
   } else {
+    sy_tunnel_note *n = sy_tunnel_extra(t);
+    char *at = (char *)(n + 1);
+    *n = note_of(c);
+    n->cfg = sy_config_ref(c->cfg);
+    n->proto = note_str(&at, c->proto);
+    n->client_ip = note_str(&at, c->client_ip);
+    n->path = note_str(&at, c->path);
     /* From here the note is the client's connection: it counts towards
      * max_connections and, as a tunnel, towards the server's open
      * connections (least_conn) until the tunnel ends. */
     count_tunnel(n, 1, NULL);
     sy_worker_tunnels_add(1);
-    sy_worker *w = c->w;
-    n->next = w->tunnels;
-    if (w->tunnels) w->tunnels->prev = n;
-    w->tunnels = n;
     c->handed_off = 1;
     c->server_counted = 0;
   }
@@ -2336,8 +2406,7 @@ void sy_conn_drain_all(sy_worker *w) {
 }
 
 void sy_conn_close_all(sy_worker *w) {
-  for (sy_tunnel_note *n = w->tunnels; n; n = n->next)
-    sy_tunnel_close(n->tunnel, "shutdown"); /* done callbacks come on a later turn */
+  sy_tunnel_hub_close_all(w->tunnels, "shutdown"); /* done callbacks come on a later turn */
   sy_conn *next;
   for (sy_conn *c = w->conns; c; c = next) {
     next = c->next;

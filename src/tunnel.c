@@ -3,104 +3,217 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 /* One pipe's worth: the most a direction ever has in flight. */
 #define TUN_CHUNK (64 * 1024)
-/* Chunks one direction may move per wakeup before yielding to the rest of the
- * loop; the poll is level-triggered, so unread data simply wakes us again. */
+/* Chunks one direction may move per turn before yielding to the rest of the
+ * loop; a tunnel that had more to do is queued and resumed on the next turn. */
 #define TUN_ROUNDS 16
 /* Never SPLICE_F_MORE: it would make the kernel hold back small frames
  * (interactive WebSocket traffic) waiting for more (cf. Go issue 10948). */
 #define TUN_SPLICE_FLAGS (SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+/* Timer wheel: deadlines are rounded up to a tick; one lap covers ~16 s, and a
+ * tunnel whose deadline is further away is looked at once per lap. */
+#define WHEEL_TICK_MS 16
+#define WHEEL_SLOTS 1024
+#define HUB_EVENTS 128
+/* Writability is only asked for once a write has found the socket full: an
+ * idle or lightly used tunnel never gets writable events. */
+#define EV_BASE (EPOLLIN | EPOLLRDHUP | EPOLLET)
 
-typedef struct tun_end tun_end;
-typedef struct tun_dir tun_dir;
+enum { END_CLIENT = 0, END_UPSTREAM = 1 };
+enum { BY_NONE, BY_CLIENT, BY_UPSTREAM, BY_PROXY };
+static const char *const by_names[] = {NULL, "client", "upstream", "proxy"};
 
-/* What a direction is waiting for; the poll mask of each fd is derived from the
- * two directions touching it, so only needed events are ever enabled. */
-enum tun_wait { TUN_WAIT_NONE, TUN_WAIT_READ, TUN_WAIT_WRITE };
-
-/* One socket. libuv allows one watcher per fd, so the reading direction and the
- * writing direction of this socket share the poll handle. */
-struct tun_end {
-  sy_tunnel *t;
-  const char *name; /* "client" | "upstream", as reported in closed_by */
-  int fd;
-  int events; /* what the poll handle is asking for right now */
-  uv_poll_t poll;
-  tun_dir *rx; /* the direction that reads this socket */
-  tun_dir *tx; /* the direction that writes it */
-};
-
-/* One direction, src -> dst. Invariants: bytes in flight live either in the
- * buffer (pending bytes, copy mode) or in the pipe, never both; a new chunk is
- * read only when nothing is in flight; and between wakeups a direction with
- * nothing in flight holds neither pipe nor buffer. */
-struct tun_dir {
-  sy_tunnel *t;
-  tun_end *src, *dst;
-  enum tun_wait wait;
-  int pipe[2]; /* borrowed from the pool for the length of a pump */
-  size_t in_pipe;
-  char *buf; /* pending bytes or a copy-mode chunk, likewise only while pumping */
-  size_t off, len, cap;
+/* One direction: dir[i] reads fd[i] and writes fd[1 - i]. Invariants: bytes in
+ * flight live either in the buffer (pending bytes, copy mode) or in the pipe,
+ * never both; a new chunk is read only when nothing is in flight; and between
+ * turns a direction with nothing in flight holds neither pipe nor buffer. */
+typedef struct tun_dir {
+  int pipe[2]; /* borrowed from the pool while bytes are in flight */
+  uint32_t in_pipe;
+  uint32_t off, len; /* buf[off, len) is in flight */
+  char *buf;         /* pending bytes (exact size) or a TUN_CHUNK copy buffer */
+  uint64_t bytes, spliced;
   unsigned eof : 1;  /* the source sent FIN */
   unsigned done : 1; /* ... and it was passed on with shutdown(dst, SHUT_WR) */
   unsigned copy : 1; /* no splice for this direction */
-  uint64_t bytes, spliced, copied;
+  unsigned big : 1;  /* buf holds TUN_CHUNK */
+} tun_dir;
+
+/* The whole state of a tunnel: everything here, nothing in libuv. */
+struct sy_tunnel {
+  sy_tunnel_hub *hub;
+  void *arg;
+  int fd[2];
+  tun_dir dir[2];
+  /* Exactly one list at a time: a wheel slot or the untimed list while open,
+   * the hub's zombie list (wnext only) once closed. */
+  sy_tunnel *wnext, **wprev;
+  sy_tunnel *rnext; /* the ready list: more to do on the next turn */
+  uint64_t last_active_ms, fin_deadline_ms, start_ms, end_ms;
+  uint32_t idle_ms, fin_ms;
+  uint32_t wakeups;
+  const char *reason;
+  /* Edge-triggered readiness as last learnt: set by events, cleared by EAGAIN. */
+  uint8_t readable[2], writable[2], out_armed[2];
+  uint8_t closing, queued, timed, first_fin, closed_by;
 };
 
-struct sy_tunnel {
+struct sy_tunnel_hub {
   uv_loop_t *loop;
   sy_pipe_pool *pool;
-  tun_end end[2]; /* client, upstream */
-  tun_dir dir[2]; /* client -> upstream, upstream -> client */
-  uv_timer_t timer;
-  sy_tunnel_opts opts;
-  uint64_t start_ns, end_ns;
-  uint64_t last_active_ms;  /* loop time of the last byte moved */
-  uint64_t fin_deadline_ms; /* 0: no FIN seen yet (or no fin timeout) */
-  const char *first_fin;
-  const char *closed_by;
-  char reason[32];
-  int closing;
-  int open_handles;
-  int aborted; /* start failed half-way: free without calling back */
-  uint64_t wakeups;
   sy_tunnel_done_cb cb;
-  void *arg;
+  int epfd;
+  uv_poll_t poll;
+  uv_timer_t timer;
+  uv_idle_t idle;
+  int open_handles;
+  size_t count;  /* started, not yet reported done */
+  size_t ntimed; /* in the wheel */
+  uint64_t cur_tick, armed_tick;
+  int armed;
+  sy_tunnel *ready, *zombies, *untimed;
+  sy_tunnel *wheel[WHEEL_SLOTS];
 };
 
 enum { TUN_RST_CLIENT = 1, TUN_RST_UPSTREAM = 2 };
 
-static void tun_on_poll(uv_poll_t *h, int status, int events);
+static void hub_kick(sy_tunnel_hub *h);
+
+/* ---- lists ---- */
+
+static void wl_insert(sy_tunnel **head, sy_tunnel *t) {
+  t->wnext = *head;
+  if (*head) (*head)->wprev = &t->wnext;
+  *head = t;
+  t->wprev = head;
+}
+
+static void wl_remove(sy_tunnel *t) {
+  if (!t->wprev) return;
+  *t->wprev = t->wnext;
+  if (t->wnext) t->wnext->wprev = t->wprev;
+  t->wnext = NULL;
+  t->wprev = NULL;
+  if (t->timed) {
+    t->timed = 0;
+    t->hub->ntimed--;
+  }
+}
+
+static void queue_ready(sy_tunnel *t) {
+  if (t->queued || t->closing) return;
+  t->queued = 1;
+  t->rnext = t->hub->ready;
+  t->hub->ready = t;
+  hub_kick(t->hub);
+}
+
+/* ---- timeouts ---- */
+
+static uint64_t tun_deadline(const sy_tunnel *t) {
+  uint64_t d = UINT64_MAX;
+  if (t->idle_ms) d = t->last_active_ms + t->idle_ms;
+  if (t->fin_deadline_ms && t->fin_deadline_ms < d) d = t->fin_deadline_ms;
+  return d;
+}
+
+static void hub_on_timer(uv_timer_t *tm);
+
+static void hub_arm(sy_tunnel_hub *h, uint64_t tick) {
+  uint64_t now = uv_now(h->loop), at = tick * WHEEL_TICK_MS;
+  h->armed = 1;
+  h->armed_tick = tick;
+  uv_timer_start(&h->timer, hub_on_timer, at > now ? at - now : 0, 0);
+}
+
+/* (Re)files t by its current deadline. Traffic does not move a tunnel in the
+ * wheel: last_active_ms just moves on, and the slot, when due, files it again. */
+static void tun_schedule(sy_tunnel *t) {
+  sy_tunnel_hub *h = t->hub;
+  wl_remove(t);
+  uint64_t d = tun_deadline(t);
+  if (d == UINT64_MAX) {
+    wl_insert(&h->untimed, t);
+    return;
+  }
+  if (h->ntimed == 0) h->cur_tick = uv_now(h->loop) / WHEEL_TICK_MS;
+  uint64_t tick = (d + WHEEL_TICK_MS - 1) / WHEEL_TICK_MS;
+  if (tick <= h->cur_tick) tick = h->cur_tick + 1;
+  if (tick >= h->cur_tick + WHEEL_SLOTS) tick = h->cur_tick + WHEEL_SLOTS - 1;
+  wl_insert(&h->wheel[tick % WHEEL_SLOTS], t);
+  t->timed = 1;
+  h->ntimed++;
+  if (!h->armed || tick < h->armed_tick) hub_arm(h, tick);
+}
+
+static void tun_finish(sy_tunnel *t, int by, const char *reason, int rst);
+
+static void hub_on_timer(uv_timer_t *tm) {
+  sy_tunnel_hub *h = tm->data;
+  uint64_t now = uv_now(h->loop), to = now / WHEEL_TICK_MS;
+  h->armed = 0;
+  uint64_t from = h->cur_tick + 1;
+  if (to + 1 > from + WHEEL_SLOTS) from = to + 1 - WHEEL_SLOTS;
+  sy_tunnel *due = NULL;
+  for (uint64_t tk = from; tk <= to; tk++) {
+    sy_tunnel **slot = &h->wheel[tk % WHEEL_SLOTS];
+    while (*slot) {
+      sy_tunnel *t = *slot;
+      wl_remove(t);
+      t->wnext = due; /* free until t is filed again */
+      due = t;
+    }
+  }
+  h->cur_tick = to;
+  while (due) {
+    sy_tunnel *t = due;
+    due = t->wnext;
+    t->wnext = NULL;
+    if (t->fin_deadline_ms && now >= t->fin_deadline_ms)
+      tun_finish(t, BY_PROXY, "fin_timeout", 0);
+    else if (t->idle_ms && now - t->last_active_ms >= t->idle_ms)
+      tun_finish(t, BY_PROXY, "idle_timeout", 0);
+    else
+      tun_schedule(t);
+  }
+  if (h->armed || h->ntimed == 0) return;
+  for (uint64_t tk = h->cur_tick + 1; tk < h->cur_tick + WHEEL_SLOTS; tk++)
+    if (h->wheel[tk % WHEEL_SLOTS]) {
+      hub_arm(h, tk);
+      return;
+    }
+}
+
+/* ---- moving bytes ---- */
 
 static int tun_dir_in_flight(const tun_dir *d) {
   return d->in_pipe > 0 || d->off < d->len;
 }
 
-/* Hands back what a direction no longer needs: an idle direction owns nothing. */
-static void tun_dir_release(tun_dir *d) {
-  if (d->pipe[0] >= 0 && d->in_pipe == 0) sy_pipe_pool_put(d->t->pool, d->pipe);
-  if (d->buf && d->off == d->len) {
-    free(d->buf);
-    d->buf = NULL;
-    d->off = d->len = d->cap = 0;
-  }
+static void tun_dir_free_buf(tun_dir *d) {
+  free(d->buf);
+  d->buf = NULL;
+  d->off = d->len = 0;
+  d->big = 0;
 }
 
-static void tun_dir_count(tun_dir *d, size_t n, int spliced) {
+/* Hands back what a direction no longer needs: an idle direction owns nothing. */
+static void tun_dir_release(sy_tunnel *t, tun_dir *d) {
+  if (d->pipe[0] >= 0 && d->in_pipe == 0) sy_pipe_pool_put(t->hub->pool, d->pipe);
+  if (d->buf && d->off == d->len) tun_dir_free_buf(d);
+}
+
+static void tun_dir_count(sy_tunnel *t, tun_dir *d, size_t n, int spliced) {
   d->bytes += n;
-  if (spliced)
-    d->spliced += n;
-  else
-    d->copied += n;
-  d->t->last_active_ms = uv_now(d->t->loop);
+  if (spliced) d->spliced += n;
+  t->last_active_ms = uv_now(t->hub->loop);
 }
 
 /* The destination refuses splice: move what the pipe holds into a buffer and go
@@ -120,278 +233,355 @@ static int tun_dir_unsplice(tun_dir *d) {
     got += (size_t)n;
   }
   d->in_pipe = 0;
-  free(d->buf); /* empty: bytes are never in buffer and pipe at once */
+  tun_dir_free_buf(d); /* empty: bytes are never in buffer and pipe at once */
   d->buf = b;
-  d->off = 0;
-  d->len = got;
-  d->cap = TUN_CHUNK;
+  d->len = (uint32_t)got;
+  d->big = 1;
   d->copy = 1;
   return 0;
 }
 
-/* Writes what is in flight. 0 when all of it went out, -EAGAIN when dst is full,
- * another -errno when dst failed. */
-static int tun_dir_flush(tun_dir *d) {
+/* Writes what is in flight to fd. 0 when all of it went out, -EAGAIN when fd is
+ * full, another -errno when it failed. */
+static int tun_dir_flush(sy_tunnel *t, tun_dir *d, int fd) {
   while (d->off < d->len) {
-    ssize_t n = send(d->dst->fd, d->buf + d->off, d->len - d->off, MSG_NOSIGNAL);
+    ssize_t n = send(fd, d->buf + d->off, d->len - d->off, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
       return -errno;
     }
-    d->off += (size_t)n;
-    tun_dir_count(d, (size_t)n, 0);
+    d->off += (uint32_t)n;
+    tun_dir_count(t, d, (size_t)n, 0);
   }
   while (d->in_pipe > 0) {
-    ssize_t n = splice(d->pipe[0], NULL, d->dst->fd, NULL, d->in_pipe, TUN_SPLICE_FLAGS);
+    ssize_t n = splice(d->pipe[0], NULL, fd, NULL, d->in_pipe, TUN_SPLICE_FLAGS);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EINVAL || errno == ENOSYS) {
         int r = tun_dir_unsplice(d);
-        return r < 0 ? r : tun_dir_flush(d);
+        return r < 0 ? r : tun_dir_flush(t, d, fd);
       }
       return -errno;
     }
     /* The pipe is non-empty and we hold its write end, so 0 cannot mean EOF;
      * treat it as a stall rather than looping on it. */
     if (n == 0) return -EIO;
-    d->in_pipe -= (size_t)n;
-    tun_dir_count(d, (size_t)n, 1);
+    d->in_pipe -= (uint32_t)n;
+    tun_dir_count(t, d, (size_t)n, 1);
   }
   return 0;
 }
 
 /* Reads one chunk into a buffer: >0 bytes, 0 at EOF, -errno. */
-static ssize_t tun_dir_fill_copy(tun_dir *d) {
-  if (d->cap < TUN_CHUNK) {
-    /* a short pending-bytes buffer is not worth keeping */
-    free(d->buf);
-    d->cap = 0;
+static ssize_t tun_dir_fill_copy(tun_dir *d, int fd) {
+  if (!d->big) { /* a short pending-bytes buffer is not worth keeping */
+    tun_dir_free_buf(d);
     if (!(d->buf = malloc(TUN_CHUNK))) return -ENOMEM;
-    d->cap = TUN_CHUNK;
+    d->big = 1;
   }
   ssize_t n;
   do
-    n = recv(d->src->fd, d->buf, TUN_CHUNK, 0);
+    n = recv(fd, d->buf, TUN_CHUNK, 0);
   while (n < 0 && errno == EINTR);
   d->off = 0;
-  d->len = n > 0 ? (size_t)n : 0;
+  d->len = n > 0 ? (uint32_t)n : 0;
   return n < 0 ? -errno : n;
 }
 
-/* Reads one chunk from src into the (borrowed) pipe: >0 bytes, 0 at EOF, -errno. */
-static ssize_t tun_dir_fill(tun_dir *d) {
+/* Reads one chunk from fd into the (borrowed) pipe: >0 bytes, 0 at EOF, -errno. */
+static ssize_t tun_dir_fill(sy_tunnel *t, tun_dir *d, int fd) {
   assert(!tun_dir_in_flight(d));
-  if (d->copy) return tun_dir_fill_copy(d);
+  if (d->copy) return tun_dir_fill_copy(d, fd);
   /* Out of fds for a pipe: this chunk goes through a buffer instead of failing
-   * the tunnel; the next wakeup tries the pool again. */
-  if (d->pipe[0] < 0 && sy_pipe_pool_get(d->t->pool, d->pipe) < 0) return tun_dir_fill_copy(d);
+   * the tunnel; the next chunk tries the pool again. */
+  if (d->pipe[0] < 0 && sy_pipe_pool_get(t->hub->pool, d->pipe) < 0)
+    return tun_dir_fill_copy(d, fd);
   ssize_t n;
   do
-    n = splice(d->src->fd, NULL, d->pipe[1], NULL, TUN_CHUNK, TUN_SPLICE_FLAGS);
+    n = splice(fd, NULL, d->pipe[1], NULL, TUN_CHUNK, TUN_SPLICE_FLAGS);
   while (n < 0 && errno == EINTR);
-  if (n > 0) d->in_pipe = (size_t)n;
+  if (n > 0) d->in_pipe = (uint32_t)n;
   if (n >= 0) return n;
   if (errno == EINVAL || errno == ENOSYS) {
     d->copy = 1;
-    return tun_dir_fill_copy(d);
+    return tun_dir_fill_copy(d, fd);
   }
   return -errno;
 }
 
-static void tun_arm_timer(sy_tunnel *t);
-
-static void tun_saw_fin(tun_dir *d) {
-  sy_tunnel *t = d->t;
-  if (!t->first_fin) t->first_fin = d->src->name;
-  if (t->opts.fin_timeout_ms && !t->fin_deadline_ms) {
-    t->fin_deadline_ms = uv_now(t->loop) + t->opts.fin_timeout_ms;
-    tun_arm_timer(t);
+static void tun_saw_fin(sy_tunnel *t, int src) {
+  if (!t->first_fin) t->first_fin = (uint8_t)(src == END_CLIENT ? BY_CLIENT : BY_UPSTREAM);
+  if (t->fin_ms && !t->fin_deadline_ms) {
+    t->fin_deadline_ms = uv_now(t->hub->loop) + t->fin_ms;
+    tun_schedule(t);
   }
 }
 
-/* Moves bytes until dst is full, src has nothing more, src ended, or the round
- * budget is spent; sets d->wait to the event that lets it go on. 0, or -errno
- * with *culprit set to the end at fault (NULL: the proxy itself). */
-static int tun_dir_move(tun_dir *d, tun_end **culprit) {
-  int more = 1;
+/* Moves bytes of direction i until the destination is full, the source has
+ * nothing more (EAGAIN: with edge-triggered events a short read proves nothing,
+ * the FIN may still be queued behind it), the source ended, or the round budget
+ * is spent (*again). 0, or -errno with *culprit the end at fault (-1: us). */
+static int tun_dir_move(sy_tunnel *t, int i, int *culprit, int *again) {
+  tun_dir *d = &t->dir[i];
+  int src = i, dst = 1 - i;
   for (int round = 0;; round++) {
-    int r = tun_dir_flush(d);
-    if (r == -EAGAIN) {
-      d->wait = TUN_WAIT_WRITE;
-      return 0;
-    }
-    if (r < 0) {
-      *culprit = r == -ENOMEM ? NULL : d->dst;
-      return r;
+    if (tun_dir_in_flight(d)) {
+      if (!t->writable[dst]) return 0;
+      int r = tun_dir_flush(t, d, t->fd[dst]);
+      if (r == -EAGAIN) {
+        t->writable[dst] = 0;
+        return 0;
+      }
+      if (r < 0) {
+        *culprit = r == -ENOMEM ? -1 : dst;
+        return r;
+      }
     }
     if (d->eof) {
-      d->wait = TUN_WAIT_NONE;
       d->done = 1;
-      if (shutdown(d->dst->fd, SHUT_WR) < 0) {
-        *culprit = d->dst;
+      if (shutdown(t->fd[dst], SHUT_WR) < 0) {
+        *culprit = dst;
         return -errno;
       }
       return 0;
     }
-    /* A short read means the socket was drained a moment ago: asking again now
-     * would mostly cost an EAGAIN per message; the level-triggered poll says
-     * when there is more (as libuv's own stream reads do). */
-    if (!more || round == TUN_ROUNDS) {
-      d->wait = TUN_WAIT_READ;
+    if (!t->readable[src]) return 0;
+    if (round == TUN_ROUNDS) {
+      *again = 1;
       return 0;
     }
-    ssize_t n = tun_dir_fill(d);
+    ssize_t n = tun_dir_fill(t, d, t->fd[src]);
     if (n == -EAGAIN) {
-      d->wait = TUN_WAIT_READ;
+      t->readable[src] = 0;
       return 0;
     }
     if (n < 0) {
-      *culprit = n == -ENOMEM ? NULL : d->src;
+      *culprit = n == -ENOMEM ? -1 : src;
       return (int)n;
     }
     if (n == 0) {
       d->eof = 1;
-      tun_saw_fin(d);
+      tun_saw_fin(t, src);
     } else {
-      d->t->last_active_ms = uv_now(d->t->loop);
-      more = n == TUN_CHUNK;
+      t->last_active_ms = uv_now(t->hub->loop);
     }
   }
 }
 
-/* The one routine both directions run, called with (from, to) implied by d. */
-static int tun_dir_pump(tun_dir *d, tun_end **culprit) {
-  if (d->done) return 0;
-  int r = tun_dir_move(d, culprit);
-  if (r == 0 && !tun_dir_in_flight(d)) tun_dir_release(d);
-  return r;
+static void tun_fail(sy_tunnel *t, int culprit, int err) {
+  int reset = err == -ECONNRESET || err == -EPIPE || err == -ENOTCONN;
+  int by = culprit < 0 ? BY_PROXY : culprit == END_CLIENT ? BY_CLIENT : BY_UPSTREAM;
+  tun_finish(t, by, reset ? "reset" : "error", TUN_RST_CLIENT | TUN_RST_UPSTREAM);
 }
 
-static void tun_on_close(uv_handle_t *h) {
-  sy_tunnel *t = h->type == UV_POLL ? ((tun_end *)h->data)->t : h->data;
-  if (--t->open_handles > 0) return;
-  if (!t->aborted) {
-    sy_tunnel_stats st;
-    sy_tunnel_stats_get(t, &st);
-    t->cb(t, &st, t->arg);
+/* Runs both directions as far as they can go now. */
+static void tun_pump(sy_tunnel *t) {
+  int again = 0;
+  for (int i = 0; i < 2 && !t->closing; i++) {
+    if (t->dir[i].done) continue;
+    int culprit = -1;
+    int r = tun_dir_move(t, i, &culprit, &again);
+    if (r < 0) {
+      tun_fail(t, culprit, r);
+      return;
+    }
   }
-  free(t);
+  if (t->dir[0].done && t->dir[1].done) {
+    tun_finish(t, t->first_fin, "eof", 0);
+    return;
+  }
+  for (int e = 0; e < 2; e++) {
+    if (t->writable[e] || t->out_armed[e]) continue;
+    /* A full destination: from now on this socket reports writability too
+     * (edge-triggered, so it costs nothing while it stays writable). MOD also
+     * reports the current state, so space freed since the EAGAIN is not lost. */
+    struct epoll_event ev = {.events = EV_BASE | EPOLLOUT, .data.u64 = (uintptr_t)t | (unsigned)e};
+    if (epoll_ctl(t->hub->epfd, EPOLL_CTL_MOD, t->fd[e], &ev) < 0) {
+      tun_fail(t, -1, -errno);
+      return;
+    }
+    t->out_armed[e] = 1;
+  }
+  for (int i = 0; i < 2; i++)
+    if (!tun_dir_in_flight(&t->dir[i])) tun_dir_release(t, &t->dir[i]);
+  if (again) queue_ready(t);
 }
 
-static void tun_finish(sy_tunnel *t, const char *closed_by, const char *reason, int rst) {
+static void tun_finish(sy_tunnel *t, int by, const char *reason, int rst) {
   if (t->closing) return;
+  sy_tunnel_hub *h = t->hub;
   t->closing = 1;
-  t->end_ns = uv_hrtime();
-  t->closed_by = closed_by;
-  snprintf(t->reason, sizeof(t->reason), "%s", reason);
+  t->end_ms = uv_now(h->loop);
+  t->closed_by = (uint8_t)by;
+  t->reason = reason;
   for (int i = 0; i < 2; i++) {
     tun_dir *d = &t->dir[i];
     /* Bytes we drop must not look like a clean end to the side expecting them. */
-    if (tun_dir_in_flight(d)) rst |= d->dst == &t->end[0] ? TUN_RST_CLIENT : TUN_RST_UPSTREAM;
+    if (tun_dir_in_flight(d)) rst |= i == 0 ? TUN_RST_UPSTREAM : TUN_RST_CLIENT;
     if (d->pipe[0] >= 0) {
       if (d->in_pipe)
-        sy_pipe_pool_drop(t->pool, d->pipe);
+        sy_pipe_pool_drop(h->pool, d->pipe);
       else
-        sy_pipe_pool_put(t->pool, d->pipe);
+        sy_pipe_pool_put(h->pool, d->pipe);
     }
     d->in_pipe = 0;
-    free(d->buf);
-    d->buf = NULL;
-    d->off = d->len = 0;
+    tun_dir_free_buf(d);
   }
-  uv_close((uv_handle_t *)&t->timer, tun_on_close);
-  for (int i = 0; i < 2; i++) {
-    tun_end *e = &t->end[i];
-    /* uv_close on a poll handle removes the fd from epoll synchronously, so the
-     * fd can be closed right away without the loop ever seeing a reused number. */
-    uv_close((uv_handle_t *)&e->poll, tun_on_close);
-    if (rst & (i == 0 ? TUN_RST_CLIENT : TUN_RST_UPSTREAM)) {
+  for (int e = 0; e < 2; e++) {
+    /* Removed explicitly: the connection's own descriptor for the socket may
+     * still be open, and epoll watches the file, not the number. */
+    (void)epoll_ctl(h->epfd, EPOLL_CTL_DEL, t->fd[e], NULL);
+    if (rst & (e == END_CLIENT ? TUN_RST_CLIENT : TUN_RST_UPSTREAM)) {
       struct linger lg = {.l_onoff = 1, .l_linger = 0};
-      (void)setsockopt(e->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+      (void)setsockopt(t->fd[e], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
     }
-    close(e->fd);
-    e->fd = -1;
+    close(t->fd[e]);
+    t->fd[e] = -1;
+  }
+  wl_remove(t);
+  if (h->ntimed == 0 && h->armed) {
+    uv_timer_stop(&h->timer);
+    h->armed = 0;
+  }
+  /* Freed on a later turn: events already fetched may still name it. */
+  t->wnext = h->zombies;
+  h->zombies = t;
+  hub_kick(h);
+}
+
+/* ---- the hub ---- */
+
+static void hub_run_ready(sy_tunnel_hub *h) {
+  sy_tunnel *list = h->ready;
+  h->ready = NULL;
+  while (list) {
+    sy_tunnel *t = list;
+    list = t->rnext;
+    t->rnext = NULL;
+    t->queued = 0;
+    if (!t->closing) tun_pump(t);
   }
 }
 
-static void tun_fail(sy_tunnel *t, tun_end *culprit, int err) {
-  int reset = err == -ECONNRESET || err == -EPIPE || err == -ENOTCONN;
-  tun_finish(t, culprit ? culprit->name : "proxy", reset ? "reset" : "error",
-             TUN_RST_CLIENT | TUN_RST_UPSTREAM);
-}
-
-static void tun_update_polls(sy_tunnel *t) {
-  for (int i = 0; i < 2 && !t->closing; i++) {
-    tun_end *e = &t->end[i];
-    int ev = (e->rx->wait == TUN_WAIT_READ ? UV_READABLE : 0) |
-             (e->tx->wait == TUN_WAIT_WRITE ? UV_WRITABLE : 0);
-    if (ev == e->events) continue;
-    int r = ev ? uv_poll_start(&e->poll, ev, tun_on_poll) : uv_poll_stop(&e->poll);
-    if (r < 0) {
-      tun_fail(t, NULL, r);
-      return;
+static void hub_reap(sy_tunnel_hub *h) {
+  sy_tunnel *list = h->zombies;
+  h->zombies = NULL;
+  while (list) {
+    sy_tunnel *t = list;
+    list = t->wnext;
+    if (t->queued) { /* still on the ready list: next turn */
+      t->wnext = h->zombies;
+      h->zombies = t;
+      continue;
     }
-    e->events = ev;
+    sy_tunnel_stats st;
+    sy_tunnel_stats_get(t, &st);
+    if (--h->count == 0) uv_unref((uv_handle_t *)&h->poll);
+    h->cb(t, &st, t->arg);
+    free(t);
   }
 }
 
-static void tun_run(sy_tunnel *t, tun_dir *d) {
-  tun_end *culprit = NULL;
-  int r = tun_dir_pump(d, &culprit);
-  if (r < 0)
-    tun_fail(t, culprit, r);
-  else if (t->dir[0].done && t->dir[1].done)
-    tun_finish(t, t->first_fin, "eof", 0);
+static void hub_on_idle(uv_idle_t *idle) {
+  sy_tunnel_hub *h = idle->data;
+  hub_run_ready(h);
+  hub_reap(h);
+  if (!h->ready && !h->zombies) uv_idle_stop(&h->idle);
 }
 
-static void tun_on_poll(uv_poll_t *h, int status, int events) {
-  tun_end *e = h->data;
-  sy_tunnel *t = e->t;
-  t->wakeups++;
-  if (status < 0) {
-    /* libuv reports POLLERR as a bare UV_EBADF and has already stopped the
-     * watcher; the socket knows the real error (ECONNRESET for an RST). */
-    int err = 0;
-    socklen_t len = sizeof(err);
-    if (getsockopt(e->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
-    if (err) {
-      tun_fail(t, e, -err);
-      return;
+/* Work for the next turn: the idle handle keeps the loop from blocking. */
+static void hub_kick(sy_tunnel_hub *h) {
+  if (!uv_is_active((uv_handle_t *)&h->idle)) uv_idle_start(&h->idle, hub_on_idle);
+}
+
+static void hub_on_poll(uv_poll_t *p, int status, int events) {
+  sy_tunnel_hub *h = p->data;
+  struct epoll_event ev[HUB_EVENTS];
+  int n;
+  do
+    n = epoll_wait(h->epfd, ev, HUB_EVENTS, 0);
+  while (n < 0 && errno == EINTR);
+  for (int i = 0; i < n; i++) {
+    sy_tunnel *t = (sy_tunnel *)(uintptr_t)(ev[i].data.u64 & ~(uint64_t)1);
+    int e = (int)(ev[i].data.u64 & 1);
+    uint32_t x = ev[i].events;
+    if (t->closing) continue;
+    t->wakeups++;
+    if (x & EPOLLERR) {
+      /* The socket knows the real error (ECONNRESET for an RST); without this a
+       * direction waiting to write elsewhere would not notice it. */
+      int err = 0;
+      socklen_t len = sizeof(err);
+      if (getsockopt(t->fd[e], SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+      if (err) {
+        tun_fail(t, e, -err);
+        continue;
+      }
     }
-    /* The error was already consumed: let the syscalls find out what is left. */
-    e->events = 0;
-    events = UV_READABLE | UV_WRITABLE;
+    if (x & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) t->readable[e] = 1;
+    if (x & (EPOLLOUT | EPOLLHUP | EPOLLERR)) t->writable[e] = 1;
+    tun_pump(t);
   }
-  /* UV_DISCONNECT is never asked for, but a read is the right answer to it too. */
-  if (events & (UV_READABLE | UV_DISCONNECT)) tun_run(t, e->rx);
-  if (!t->closing && (events & UV_WRITABLE)) tun_run(t, e->tx);
-  tun_update_polls(t);
+  hub_run_ready(h);
 }
 
-/* One timer serves both limits; it is not re-armed per byte: when it fires
- * early (traffic moved in the meantime) it is pushed to the new deadline. */
-static void tun_on_timer(uv_timer_t *h) {
-  sy_tunnel *t = h->data;
-  uint64_t now = uv_now(t->loop);
-  if (t->fin_deadline_ms && now >= t->fin_deadline_ms)
-    tun_finish(t, "proxy", "fin_timeout", 0);
-  else if (t->opts.idle_timeout_ms && now - t->last_active_ms >= t->opts.idle_timeout_ms)
-    tun_finish(t, "proxy", "idle_timeout", 0);
-  else
-    tun_arm_timer(t);
+static void hub_on_close(uv_handle_t *hd) {
+  sy_tunnel_hub *h = hd->data;
+  if (--h->open_handles == 0) free(h);
 }
 
-static void tun_arm_timer(sy_tunnel *t) {
-  uint64_t due = UINT64_MAX;
-  if (t->opts.idle_timeout_ms) due = t->last_active_ms + t->opts.idle_timeout_ms;
-  if (t->fin_deadline_ms && t->fin_deadline_ms < due) due = t->fin_deadline_ms;
-  if (due == UINT64_MAX) {
-    uv_timer_stop(&t->timer);
-    return;
+sy_tunnel_hub *sy_tunnel_hub_new(uv_loop_t *loop, sy_pipe_pool *pool, sy_tunnel_done_cb cb) {
+  if (!loop || !pool || !cb) return NULL;
+  sy_tunnel_hub *h = calloc(1, sizeof(*h));
+  if (!h) return NULL;
+  h->loop = loop;
+  h->pool = pool;
+  h->cb = cb;
+  h->epfd = epoll_create1(EPOLL_CLOEXEC);
+  if (h->epfd < 0 || uv_poll_init(loop, &h->poll, h->epfd) < 0) {
+    if (h->epfd >= 0) close(h->epfd);
+    free(h);
+    return NULL;
   }
-  uint64_t now = uv_now(t->loop);
-  uv_timer_start(&t->timer, tun_on_timer, due > now ? due - now : 0, 0);
+  h->poll.data = h->timer.data = h->idle.data = h;
+  uv_timer_init(loop, &h->timer);
+  uv_idle_init(loop, &h->idle);
+  h->open_handles = 3;
+  uv_poll_start(&h->poll, UV_READABLE, hub_on_poll);
+  uv_unref((uv_handle_t *)&h->poll); /* only tunnels keep the loop alive */
+  return h;
 }
+
+size_t sy_tunnel_hub_count(const sy_tunnel_hub *h) {
+  return h ? h->count : 0;
+}
+
+static void close_list(sy_tunnel *t, const char *reason) {
+  while (t) {
+    sy_tunnel *next = t->wnext; /* tun_finish moves t to the zombie list */
+    tun_finish(t, BY_PROXY, reason, 0);
+    t = next;
+  }
+}
+
+void sy_tunnel_hub_close_all(sy_tunnel_hub *h, const char *reason) {
+  if (!h) return;
+  if (!reason) reason = "shutdown";
+  close_list(h->untimed, reason);
+  for (size_t i = 0; i < WHEEL_SLOTS; i++)
+    close_list(h->wheel[i], reason);
+}
+
+void sy_tunnel_hub_free(sy_tunnel_hub *h) {
+  if (!h) return;
+  assert(h->count == 0);
+  uv_close((uv_handle_t *)&h->poll, hub_on_close);
+  close(h->epfd); /* uv_close has already taken it out of the loop's epoll */
+  uv_close((uv_handle_t *)&h->timer, hub_on_close);
+  uv_close((uv_handle_t *)&h->idle, hub_on_close);
+}
+
+/* ---- tunnels ---- */
 
 static int tun_set_nonblock(int fd) {
   int fl = fcntl(fd, F_GETFL);
@@ -400,92 +590,88 @@ static int tun_set_nonblock(int fd) {
   return 0;
 }
 
-static int tun_dir_init(sy_tunnel *t, tun_dir *d, tun_end *src, tun_end *dst, const char *pending,
-                        size_t len) {
-  d->t = t;
-  d->src = src;
-  d->dst = dst;
+static int tun_dir_init(tun_dir *d, const char *pending, size_t len) {
   d->pipe[0] = d->pipe[1] = -1;
-  d->copy = t->opts.force_copy != 0;
-  src->rx = d;
-  dst->tx = d;
   if (len > 0) {
-    if (!(d->buf = malloc(len))) return -ENOMEM;
+    if (len > UINT32_MAX || !(d->buf = malloc(len))) return -ENOMEM;
     memcpy(d->buf, pending, len);
-    d->len = d->cap = len;
+    d->len = (uint32_t)len;
   }
-  /* Pending bytes go first: until they are out, the source is not even polled. */
-  d->wait = len > 0 ? TUN_WAIT_WRITE : TUN_WAIT_READ;
   return 0;
 }
 
-sy_tunnel *sy_tunnel_start(uv_loop_t *loop, sy_pipe_pool *pool, int client_fd, int upstream_fd,
+#define TUN_EXTRA_OFF ((sizeof(sy_tunnel) + 15) & ~(size_t)15)
+
+static uint32_t clamp_ms(uint64_t ms) {
+  return ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms;
+}
+
+sy_tunnel *sy_tunnel_start(sy_tunnel_hub *h, int client_fd, int upstream_fd,
                            const char *to_upstream, size_t to_upstream_len, const char *to_client,
-                           size_t to_client_len, const sy_tunnel_opts *opts, sy_tunnel_done_cb cb,
+                           size_t to_client_len, const sy_tunnel_opts *opts, size_t extra,
                            void *arg) {
-  if (!loop || !pool || !cb || client_fd < 0 || upstream_fd < 0 || client_fd == upstream_fd) {
+  if (!h || client_fd < 0 || upstream_fd < 0 || client_fd == upstream_fd) {
     errno = EINVAL;
     return NULL;
   }
-  sy_tunnel *t = calloc(1, sizeof(*t));
+  sy_tunnel *t = calloc(1, TUN_EXTRA_OFF + extra);
   if (!t) return NULL;
-  t->loop = loop;
-  t->pool = pool;
-  if (opts) t->opts = *opts;
-  t->cb = cb;
+  t->hub = h;
   t->arg = arg;
-  t->end[0] = (tun_end){.t = t, .name = "client", .fd = client_fd};
-  t->end[1] = (tun_end){.t = t, .name = "upstream", .fd = upstream_fd};
-  if (tun_dir_init(t, &t->dir[0], &t->end[0], &t->end[1], to_upstream, to_upstream_len) < 0 ||
-      tun_dir_init(t, &t->dir[1], &t->end[1], &t->end[0], to_client, to_client_len) < 0)
-    goto fail_free;
-  int r;
-  if ((r = tun_set_nonblock(client_fd)) < 0 || (r = tun_set_nonblock(upstream_fd)) < 0 ||
-      (r = uv_poll_init(loop, &t->end[0].poll, client_fd)) < 0)
-    goto fail_free;
-  t->end[0].poll.data = &t->end[0];
-  if ((r = uv_poll_init(loop, &t->end[1].poll, upstream_fd)) < 0) {
-    /* The first handle is live in the loop now and can only go away through
-     * uv_close; it frees the struct later without calling back. */
-    t->aborted = 1;
-    t->open_handles = 1;
-    free(t->dir[0].buf);
-    free(t->dir[1].buf);
-    uv_close((uv_handle_t *)&t->end[0].poll, tun_on_close);
-    errno = -r;
-    return NULL;
+  t->fd[END_CLIENT] = client_fd;
+  t->fd[END_UPSTREAM] = upstream_fd;
+  if (opts) {
+    t->idle_ms = clamp_ms(opts->idle_timeout_ms);
+    t->fin_ms = clamp_ms(opts->fin_timeout_ms);
   }
-  t->end[1].poll.data = &t->end[1];
-  uv_timer_init(loop, &t->timer);
-  t->timer.data = t;
-  t->open_handles = 3;
-  t->start_ns = uv_hrtime();
-  t->last_active_ms = uv_now(loop);
-  /* No I/O here: the level-triggered polls start everything on the next loop
-   * turn, so no caller ever sees a callback from inside this function. */
-  tun_update_polls(t);
-  tun_arm_timer(t);
+  int r = -ENOMEM;
+  if (tun_dir_init(&t->dir[0], to_upstream, to_upstream_len) < 0 ||
+      tun_dir_init(&t->dir[1], to_client, to_client_len) < 0)
+    goto fail;
+  t->dir[0].copy = t->dir[1].copy = opts && opts->force_copy;
+  if ((r = tun_set_nonblock(client_fd)) < 0 || (r = tun_set_nonblock(upstream_fd)) < 0) goto fail;
+  for (int e = 0; e < 2; e++) {
+    struct epoll_event ev = {.events = EV_BASE, .data.u64 = (uintptr_t)t | (unsigned)e};
+    if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, t->fd[e], &ev) < 0) {
+      r = -errno;
+      if (e == 1) (void)epoll_ctl(h->epfd, EPOLL_CTL_DEL, t->fd[0], NULL);
+      goto fail;
+    }
+  }
+  /* Sockets with bytes already queued are reported by the ADD itself; the
+   * pending bytes are written on the next turn (never from in here, so no
+   * caller sees a callback from inside this function). */
+  t->writable[0] = t->writable[1] = 1;
+  t->start_ms = t->last_active_ms = uv_now(h->loop);
+  if (h->count++ == 0) uv_ref((uv_handle_t *)&h->poll);
+  tun_schedule(t);
+  queue_ready(t);
   return t;
 
-fail_free:
+fail:
   free(t->dir[0].buf);
   free(t->dir[1].buf);
   free(t);
+  errno = -r;
   return NULL;
+}
+
+void *sy_tunnel_extra(sy_tunnel *t) {
+  return (char *)t + TUN_EXTRA_OFF;
 }
 
 void sy_tunnel_close(sy_tunnel *t, const char *reason) {
   if (!t) return;
-  tun_finish(t, "proxy", reason ? reason : "shutdown", 0);
+  tun_finish(t, BY_PROXY, reason ? reason : "shutdown", 0);
 }
 
 void sy_tunnel_stats_get(const sy_tunnel *t, sy_tunnel_stats *out) {
   out->bytes_c2u = t->dir[0].bytes;
   out->bytes_u2c = t->dir[1].bytes;
   out->spliced = t->dir[0].spliced + t->dir[1].spliced;
-  out->copied = t->dir[0].copied + t->dir[1].copied;
-  out->duration_ms = ((t->closing ? t->end_ns : uv_hrtime()) - t->start_ns) / 1000000u;
+  out->copied = out->bytes_c2u + out->bytes_u2c - out->spliced;
+  out->duration_ms = (t->closing ? t->end_ms : uv_now(t->hub->loop)) - t->start_ms;
   out->wakeups = t->wakeups;
-  out->closed_by = t->closing ? t->closed_by : NULL;
+  out->closed_by = t->closing ? by_names[t->closed_by] : NULL;
   out->reason = t->closing ? t->reason : NULL;
 }

@@ -1,6 +1,7 @@
 #include "switchyard/worker.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -222,6 +223,25 @@ static void apply_listeners(sy_worker *w, sy_config *cfg) {
   w->listeners = keep;
 }
 
+/* A burst of connections (say, handshakes that became tunnels) leaves the heap
+ * full of freed buffers between long-lived tunnels, and glibc only returns the
+ * top of a heap by itself: without this the RSS would stay at the burst's peak.
+ * malloc_trim gives back every free page; it costs a few milliseconds, so it
+ * runs only when much is free, at most every 10 s and once after a burst. */
+#define TRIM_MIN_FREE (4u << 20)
+#define TRIM_PERIOD_MS 10000
+#define TRIM_AFTER_BURST_MS 200
+
+static void on_trim(uv_timer_t *t) {
+  struct mallinfo2 mi = mallinfo2();
+  if (mi.fordblks > TRIM_MIN_FREE && mi.fordblks > mi.uordblks / 4) malloc_trim(0);
+}
+
+void sy_worker_conns_idle(sy_worker *w) {
+  if (w->stopping || uv_timer_get_due_in(&w->trim_timer) <= TRIM_AFTER_BURST_MS) return;
+  uv_timer_start(&w->trim_timer, on_trim, TRIM_AFTER_BURST_MS, TRIM_PERIOD_MS);
+}
+
 int sy_worker_init(sy_worker *w, unsigned id, sy_config *cfg) {
   memset(w, 0, sizeof(*w));
   w->id = id;
@@ -233,17 +253,34 @@ int sy_worker_init(sy_worker *w, unsigned id, sy_config *cfg) {
   w->metrics = sy_metrics_new();
   w->upool = sy_upool_new(&w->loop, 4096);
   if (!w->pipes || !w->metrics || !w->upool) return UV_ENOMEM;
+  if (!(w->tunnels = sy_tunnel_hub_new(&w->loop, w->pipes, sy_conn_tunnel_done))) return UV_ENOMEM;
   uv_timer_init(&w->loop, &w->drain_timer);
   w->drain_timer.data = w;
+  w->written_tail = &w->written;
+  uv_check_init(&w->loop, &w->written_check);
+  uv_idle_init(&w->loop, &w->written_idle);
+  w->written_check.data = w->written_idle.data = w;
+  uv_check_start(&w->written_check, sy_conn_on_written_check);
+  uv_unref((uv_handle_t *)&w->written_check); /* the idle handle holds the loop when needed */
+  uv_timer_init(&w->loop, &w->trim_timer);
+  w->trim_timer.data = w;
+  uv_timer_start(&w->trim_timer, on_trim, TRIM_PERIOD_MS, TRIM_PERIOD_MS);
+  uv_unref((uv_handle_t *)&w->trim_timer); /* never what keeps a worker running */
   for (size_t i = 0; i < cfg->nlisteners; i++)
     if ((rc = bind_listener(w, &cfg->listeners[i])) < 0) return rc;
   return 0;
 }
 
 static void finish_if_drained(sy_worker *w) {
-  if (w->stopping && !w->conns && !w->tunnels) {
+  if (w->stopping && !w->conns && !sy_tunnel_hub_count(w->tunnels)) {
     if (!uv_is_closing((uv_handle_t *)&w->drain_timer))
       uv_close((uv_handle_t *)&w->drain_timer, NULL);
+    if (!uv_is_closing((uv_handle_t *)&w->trim_timer))
+      uv_close((uv_handle_t *)&w->trim_timer, NULL);
+    if (!uv_is_closing((uv_handle_t *)&w->written_check)) {
+      uv_close((uv_handle_t *)&w->written_check, NULL);
+      uv_close((uv_handle_t *)&w->written_idle, NULL);
+    }
     if (!uv_is_closing((uv_handle_t *)&w->wakeup)) uv_close((uv_handle_t *)&w->wakeup, NULL);
   }
 }
@@ -268,7 +305,7 @@ void sy_worker_conn_gone(sy_worker *w) {
 
 static void on_drain_timeout(uv_timer_t *t) {
   sy_worker *w = t->data;
-  if (w->conns || w->tunnels)
+  if (w->conns || sy_tunnel_hub_count(w->tunnels))
     sy_log_info("worker %u: drain timeout, closing %llu connection(s)", w->id,
                 (unsigned long long)w->nconns);
   sy_conn_close_all(w);
@@ -354,13 +391,17 @@ void sy_worker_destroy(sy_worker *w) {
     sy_upool_free(w->upool);
     w->upool = NULL;
   }
+  sy_tunnel_hub_free(w->tunnels); /* its handles close on the run below */
+  w->tunnels = NULL;
   if (!w->started) {
     close_listeners(w);
     uv_walk(&w->loop, close_walk, NULL);
-    uv_run(&w->loop, UV_RUN_DEFAULT);
   }
+  uv_run(&w->loop, UV_RUN_DEFAULT);
   uv_loop_close(&w->loop);
   if (w->pipes) sy_pipe_pool_free(w->pipes);
+  while (w->nbuf_cache > 0)
+    free(w->buf_cache[--w->nbuf_cache]);
   sy_metrics_free(w->metrics);
   if (w->cfg) sy_config_unref(w->cfg);
   if (w->pending) sy_config_unref(w->pending);

@@ -4,14 +4,19 @@
  * Each direction moves bytes source -> pipe -> destination with splice(2), so
  * payload never enters user space; a buffered read/write path is used instead
  * when asked (force_copy) or when the kernel refuses splice on a socket.
- * A direction holds a pipe (or a copy buffer) only while it has bytes in flight:
- * an idle tunnel costs two fds, two poll watchers and a timer, nothing more.
+ * A direction holds a pipe (or a copy buffer) only while it has bytes in flight.
  * At most one pipe's worth (64 KiB) per direction is ever in flight: when the
  * destination is full the source stops being read (backpressure).
  *
+ * Tunnels live in a hub, one per loop: the hub owns an edge-triggered epoll set
+ * (watched by one libuv poll handle), a timer wheel for the idle and FIN
+ * timeouts and the pipe pool. So a tunnel is one small allocation and two epoll
+ * entries, with no libuv handle of its own; an idle tunnel costs its sockets and
+ * a few hundred bytes, and moving bytes needs no epoll_ctl.
+ *
  * Requirements on the process: SIGPIPE must be ignored (splice(2) into a socket
  * whose peer is gone raises it, and unlike send() it has no MSG_NOSIGNAL).
- * Everything runs on the loop's thread; the pool must belong to that loop. */
+ * Everything runs on the loop's thread. */
 #ifndef SWITCHYARD_TUNNEL_H
 #define SWITCHYARD_TUNNEL_H
 
@@ -23,6 +28,7 @@
 #include "switchyard/pipepool.h"
 
 typedef struct sy_tunnel sy_tunnel;
+typedef struct sy_tunnel_hub sy_tunnel_hub;
 
 typedef struct sy_tunnel_opts {
   /* No byte either way for this long -> close, reason "idle_timeout". 0: never. */
@@ -39,7 +45,7 @@ typedef struct sy_tunnel_stats {
   uint64_t bytes_c2u, bytes_u2c; /* payload bytes delivered each way, pending bytes included */
   uint64_t spliced, copied;      /* of those, how they moved (pending bytes count as copied) */
   uint64_t duration_ms;          /* from sy_tunnel_start to close (or to now while live) */
-  uint64_t wakeups;              /* poll callbacks run; a level-triggered spin shows here */
+  uint64_t wakeups;              /* epoll events handled for this tunnel */
   const char *closed_by;         /* "client" | "upstream" | "proxy"; NULL while live */
   /* "eof" (both directions finished cleanly; closed_by = the side whose FIN came
    * first), "reset" (ECONNRESET/EPIPE), "error" (any other failure; closed_by
@@ -48,32 +54,52 @@ typedef struct sy_tunnel_stats {
   const char *reason;
 } sy_tunnel_stats;
 
-/* Called exactly once, always from a libuv callback (never from inside
- * sy_tunnel_start or sy_tunnel_close), after both fds are closed and every
- * handle's close callback has run. st and its strings are valid only during the
- * call; the tunnel frees itself when the callback returns, so forget t there. */
+/* Called exactly once per tunnel, always from a libuv callback (never from
+ * inside sy_tunnel_start or sy_tunnel_close), after both fds are closed. st and
+ * its strings are valid only during the call; the tunnel (and its extra area)
+ * is freed when the callback returns. The hub no longer counts it. */
 typedef void (*sy_tunnel_done_cb)(sy_tunnel *t, const sy_tunnel_stats *st, void *arg);
 
-/* Takes ownership of both fds (already dup'd by the caller, no other libuv handle
- * on them; they are made non-blocking here). The pending bytes, read past the HTTP
+/* NULL on failure (allocation, epoll_create1, libuv). The hub keeps the loop
+ * alive only while it holds tunnels. */
+sy_tunnel_hub *sy_tunnel_hub_new(uv_loop_t *loop, sy_pipe_pool *pool, sy_tunnel_done_cb cb);
+
+/* Tunnels started and not yet reported done. */
+size_t sy_tunnel_hub_count(const sy_tunnel_hub *h);
+
+/* sy_tunnel_close on every live tunnel. */
+void sy_tunnel_hub_close_all(sy_tunnel_hub *h, const char *reason);
+
+/* Closes the hub's handles; the hub is freed once libuv has closed them (run
+ * the loop). The count must be 0. */
+void sy_tunnel_hub_free(sy_tunnel_hub *h);
+
+/* Takes ownership of both fds (already dup'd by the caller, no other watcher on
+ * them; they are made non-blocking here). The pending bytes, read past the HTTP
  * heads, are copied and delivered before anything else each way: to_upstream
  * before any client byte, to_client before any upstream byte.
+ * extra: bytes the caller wants kept with the tunnel (sy_tunnel_extra), zeroed,
+ * so per-tunnel bookkeeping costs no allocation of its own.
  * On an error the peers get an RST (SO_LINGER 0) so neither mistakes a broken
  * tunnel for a clean end; so does a peer whose in-flight bytes were dropped by a
  * timeout or sy_tunnel_close. Clean ends and idle closes send FIN.
- * Returns NULL on failure (allocation, or libuv refusing an fd for polling):
- * the fds are then neither closed nor owned, and done_cb is never called. */
-sy_tunnel *sy_tunnel_start(uv_loop_t *loop, sy_pipe_pool *pool, int client_fd, int upstream_fd,
+ * Nothing moves before the next loop turn. Returns NULL on failure (allocation,
+ * an fd epoll refuses): the fds are then neither closed nor owned, and the done
+ * callback is never called. */
+sy_tunnel *sy_tunnel_start(sy_tunnel_hub *h, int client_fd, int upstream_fd,
                            const char *to_upstream, size_t to_upstream_len, const char *to_client,
-                           size_t to_client_len, const sy_tunnel_opts *opts, sy_tunnel_done_cb cb,
+                           size_t to_client_len, const sy_tunnel_opts *opts, size_t extra,
                            void *arg);
 
+/* The caller's area of `extra` bytes (suitably aligned for any type). */
+void *sy_tunnel_extra(sy_tunnel *t);
+
 /* Proxy-initiated close (shutdown, drain): closed_by "proxy", reason as given
- * (copied, at most 31 chars; NULL means "shutdown").
- * Asynchronous: the fds are closed before this returns, but done_cb runs on a
- * later loop turn, once libuv has closed the handles. Until then t stays valid
- * and further sy_tunnel_close calls are no-ops; calling it from done_cb is a
- * no-op too. Never call it after done_cb has returned (t is freed). */
+ * (a string that outlives the tunnel, e.g. a literal; NULL means "shutdown").
+ * Asynchronous: the fds are closed before this returns, but the done callback
+ * runs on a later loop turn. Until then t stays valid and further
+ * sy_tunnel_close calls are no-ops; calling it from the done callback is a
+ * no-op too. Never call it after the done callback has returned (t is freed). */
 void sy_tunnel_close(sy_tunnel *t, const char *reason);
 
 /* Live counters (duration so far; closed_by/reason NULL until the tunnel closes). */

@@ -1,5 +1,5 @@
 /* A worker: one thread, one libuv loop, its own SO_REUSEPORT listening sockets,
- * its own pipe pool, metrics table and connection list. Nothing on the
+ * its own pipe pool, tunnel hub, metrics table and connection list. Nothing on the
  * per-request path is shared between workers except the upstream cursors and
  * per-server counters (atomics in the config snapshot). */
 #ifndef SWITCHYARD_WORKER_H
@@ -12,10 +12,10 @@
 #include "switchyard/config.h"
 #include "switchyard/metrics.h"
 #include "switchyard/pipepool.h"
+#include "switchyard/tunnel.h"
 #include "switchyard/upool.h"
 
 typedef struct sy_conn sy_conn;
-typedef struct sy_tunnel_note sy_tunnel_note;
 typedef struct sy_worker sy_worker;
 
 typedef struct sy_listener {
@@ -26,6 +26,9 @@ typedef struct sy_listener {
   int paused; /* not accepting: max_connections reached */
 } sy_listener;
 
+/* Flow buffers kept for reuse per worker (64 KiB each, 2 MiB at most). */
+#define SY_BUF_CACHE 32
+
 enum sy_stop { SY_RUN = 0, SY_DRAIN, SY_STOP_NOW };
 
 struct sy_worker {
@@ -33,6 +36,7 @@ struct sy_worker {
   uv_loop_t loop;
   uv_async_t wakeup; /* reload and stop requests from the main thread */
   uv_timer_t drain_timer;
+  uv_timer_t trim_timer; /* gives memory freed by a burst back to the system */
   pthread_t thread;
   pthread_mutex_t mu; /* guards `pending` and `stop` */
   sy_config *pending; /* a reloaded snapshot waiting to be taken */
@@ -41,10 +45,15 @@ struct sy_worker {
   sy_listener *listeners;
   sy_pipe_pool *pipes;
   sy_metrics *metrics;
-  sy_upool *upool;         /* idle upstream keep-alive connections */
-  sy_conn *conns;          /* intrusive list, for reload and shutdown */
-  sy_tunnel_note *tunnels; /* spliced tunnels, whose connections are gone */
-  int stopping;            /* enum sy_stop, in effect on the loop */
+  sy_upool *upool;                         /* idle upstream keep-alive connections */
+  sy_conn *conns;                          /* intrusive list, for reload and shutdown */
+  sy_tunnel_hub *tunnels;                  /* spliced tunnels, whose connections are gone */
+  struct sy_flow *written, **written_tail; /* writes done at once (conn.c) */
+  uv_check_t written_check;
+  uv_idle_t written_idle;
+  char *buf_cache[SY_BUF_CACHE]; /* idle flow buffers (conn.c) */
+  unsigned nbuf_cache;
+  int stopping; /* enum sy_stop, in effect on the loop */
   uint64_t nconns;
   int started;
   int paused_any; /* a listener waits at max_connections (atomic) */
@@ -63,6 +72,9 @@ void sy_worker_destroy(sy_worker *w);
 /* Called by conn when a connection ends: lets a draining worker finish, and
  * a worker at max_connections accept again. */
 void sy_worker_conn_gone(sy_worker *w);
+/* Called by conn when the worker's last connection struct is freed (tunnels
+ * may remain): a burst is over, so freed heap memory is handed back soon. */
+void sy_worker_conns_idle(sy_worker *w);
 /* Connections open in the whole process (all workers), for max_connections. */
 uint64_t sy_worker_total_conns(void);
 /* Tunnels open in the whole process, for limits.max_tunnels. */

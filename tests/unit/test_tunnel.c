@@ -97,6 +97,7 @@ static int fd_is_open(int fd) {
 typedef struct fx {
   uv_loop_t loop;
   sy_pipe_pool *pool;
+  sy_tunnel_hub *hub;
   int client_peer, upstream_peer; /* the test's ends */
   int client_fd, upstream_fd;     /* the tunnel's ends */
   sy_tunnel *t;
@@ -124,14 +125,16 @@ static void fx_init(fx *f) {
   ck_assert_int_eq(uv_loop_init(&f->loop), 0);
   f->pool = sy_pipe_pool_new(16);
   ck_assert_ptr_nonnull(f->pool);
+  f->hub = sy_tunnel_hub_new(&f->loop, f->pool, fx_on_done);
+  ck_assert_ptr_nonnull(f->hub);
   tcp_pair(&f->client_peer, &f->client_fd);
   tcp_pair(&f->upstream_fd, &f->upstream_peer);
 }
 
 static void fx_start(fx *f, const sy_tunnel_opts *o, const void *to_up, size_t to_up_len,
                      const void *to_cl, size_t to_cl_len) {
-  f->t = sy_tunnel_start(&f->loop, f->pool, f->client_fd, f->upstream_fd, to_up, to_up_len, to_cl,
-                         to_cl_len, o, fx_on_done, f);
+  f->t = sy_tunnel_start(f->hub, f->client_fd, f->upstream_fd, to_up, to_up_len, to_cl, to_cl_len,
+                         o, 0, f);
   ck_assert_ptr_nonnull(f->t);
 }
 
@@ -196,6 +199,8 @@ static void fx_teardown(fx *f) {
   ck_assert_int_le(f->done_calls, 1);
   if (f->client_peer >= 0) close(f->client_peer);
   if (f->upstream_peer >= 0) close(f->upstream_peer);
+  ck_assert_uint_eq(sy_tunnel_hub_count(f->hub), 0);
+  sy_tunnel_hub_free(f->hub);
   uv_run(&f->loop, UV_RUN_DEFAULT);
   ck_assert_int_eq(uv_loop_close(&f->loop), 0);
   ck_assert_uint_eq(fx_pool(f).in_use, 0);
@@ -807,8 +812,6 @@ START_TEST(test_no_pipe_falls_back_to_copy) {
 }
 END_TEST
 
-static void on_other_poll(uv_poll_t *h, int status, int events) {}
-
 /* splice(2) into an O_APPEND file is EINVAL, sockets included: the direction
  * towards that socket must carry on by copying, bytes already in its pipe too,
  * while the other direction keeps splicing. */
@@ -836,23 +839,27 @@ END_TEST
 START_TEST(test_start_rejects_bad_arguments) {
   fx f;
   fx_init(&f);
-  ck_assert_ptr_null(sy_tunnel_start(&f.loop, f.pool, f.client_fd, f.client_fd, NULL, 0, NULL, 0,
-                                     NULL, fx_on_done, &f));
-  ck_assert_ptr_null(sy_tunnel_start(&f.loop, f.pool, f.client_fd, f.upstream_fd, NULL, 0, NULL, 0,
-                                     NULL, NULL, &f));
-  /* an fd the loop already watches is refused, and the fds stay the caller's */
-  uv_poll_t other;
-  other.data = NULL;
-  ck_assert_int_eq(uv_poll_init(&f.loop, &other, f.upstream_fd), 0);
-  ck_assert_int_eq(uv_poll_start(&other, UV_READABLE, on_other_poll), 0);
-  ck_assert_ptr_null(sy_tunnel_start(&f.loop, f.pool, f.client_fd, f.upstream_fd, "x", 1, NULL, 0,
-                                     NULL, fx_on_done, &f));
-  uv_close((uv_handle_t *)&other, NULL);
-  uv_run(&f.loop, UV_RUN_DEFAULT);
+  ck_assert_ptr_null(
+      sy_tunnel_start(f.hub, f.client_fd, f.client_fd, NULL, 0, NULL, 0, NULL, 0, &f));
+  ck_assert_ptr_null(
+      sy_tunnel_start(NULL, f.client_fd, f.upstream_fd, NULL, 0, NULL, 0, NULL, 0, &f));
+  /* an fd epoll refuses (a regular file) is refused, and the fds stay the caller's */
+  char path[] = "/tmp/sy-tunnel-test-XXXXXX";
+  int file = mkstemp(path);
+  ck_assert_int_ge(file, 0);
+  unlink(path);
+  ck_assert_ptr_null(sy_tunnel_start(f.hub, f.client_fd, file, "x", 1, NULL, 0, NULL, 0, &f));
+  ck_assert_ptr_null(sy_tunnel_start(f.hub, file, f.upstream_fd, "x", 1, NULL, 0, NULL, 0, &f));
+  ck_assert_uint_eq(sy_tunnel_hub_count(f.hub), 0);
+  uv_run(&f.loop, UV_RUN_NOWAIT);
   ck_assert_int_eq(f.done_calls, 0);
-  ck_assert(fd_is_open(f.client_fd) && fd_is_open(f.upstream_fd));
-  close(f.client_fd);
-  close(f.upstream_fd);
+  ck_assert(fd_is_open(f.client_fd) && fd_is_open(f.upstream_fd) && fd_is_open(file));
+  /* ... and the first one was taken out of epoll again: a tunnel on it works */
+  close(file);
+  fx_start(&f, NULL, NULL, 0, NULL, 0);
+  xfer x = {.from = f.client_peer, .to = f.upstream_peer, .seed = 31, .total = 100000};
+  ck_assert(fx_wait(&f, cond_xfer_received, &x, WAIT_MS));
+  ck_assert(!x.mismatch);
   fx_teardown(&f);
 }
 END_TEST
