@@ -164,8 +164,6 @@ static void client_read_update(sy_conn *c);
 static void client_eof(sy_conn *c, ssize_t n);
 static void upstream_eof(sy_conn *c, ssize_t n);
 static void upstream_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf);
-static int upstream_wants(const sy_conn *c);
-static int client_wants(sy_conn *c);
 static void on_upstream_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 static void upstream_read_update(sy_conn *c);
 static void tls_pump(sy_conn *c, sy_side side);
@@ -1247,7 +1245,7 @@ static void upstream_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
     cipher_alloc(h, sz, buf);
     return;
   }
-  if (!upstream_wants(c) || flow_alloc(c, &c->rs, SY_FLOW_BUF) < 0 || c->rs.len == c->rs.cap) {
+  if (flow_alloc(c, &c->rs, SY_FLOW_BUF) < 0 || c->rs.len == c->rs.cap) {
     buf->base = NULL;
     buf->len = 0;
     return;
@@ -1282,12 +1280,8 @@ static void upstream_read_update(sy_conn *c) {
   if (!c->link || c->closing) return;
   if (want)
     uv_read_start((uv_stream_t *)&c->link->tcp, upstream_alloc, on_upstream_read);
-  else if (c->utls)
+  else
     uv_read_stop((uv_stream_t *)&c->link->tcp);
-  /* Cleartext: the read stays armed and upstream_alloc refuses a buffer if
-   * bytes come while they are not wanted; only then is the read stopped.
-   * Stopping eagerly cost two epoll_ctl per request (libuv re-adds a
-   * stopped watcher with ADD, gets EEXIST, then MODs). */
 }
 
 static void upstream_failed(sy_conn *c, int timeout);
@@ -1689,11 +1683,7 @@ static void on_upstream_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     upstream_input(c, (size_t)n);
     return;
   }
-  if (n == UV_ENOBUFS) { /* bytes nobody wants yet: now the read stops */
-    uv_read_stop(s);
-    return;
-  }
-  if (n == 0) return;
+  if (n == 0 || n == UV_ENOBUFS) return;
   upstream_eof(c, n);
 }
 
@@ -1802,7 +1792,7 @@ static void client_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
     cipher_alloc(h, sz, buf);
     return;
   }
-  if (!client_wants(c) || flow_alloc(c, &c->rq, client_buf_cap(c)) < 0 || c->rq.len == c->rq.cap) {
+  if (flow_alloc(c, &c->rq, client_buf_cap(c)) < 0 || c->rq.len == c->rq.cap) {
     buf->base = NULL;
     buf->len = 0;
     return;
@@ -1852,9 +1842,8 @@ static void client_read_update(sy_conn *c) {
   if (c->closing || c->state == SY_LINGER) return;
   if (want)
     uv_read_start((uv_stream_t *)&c->client, client_alloc, on_client_read);
-  else if (c->ctls)
+  else
     uv_read_stop((uv_stream_t *)&c->client);
-  /* Cleartext: stopped lazily, by client_alloc (see upstream_read_update). */
 }
 
 static void client_input(sy_conn *c, size_t n) {
@@ -1920,11 +1909,7 @@ static void on_client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     client_input(c, (size_t)n);
     return;
   }
-  if (n == UV_ENOBUFS) { /* bytes nobody wants yet: now the read stops */
-    uv_read_stop(s);
-    return;
-  }
-  if (n == 0) return;
+  if (n == 0 || n == UV_ENOBUFS) return;
   client_eof(c, n);
 }
 

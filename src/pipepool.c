@@ -7,10 +7,11 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
-/* The tunnel splices at most this much into an empty pipe, so this capacity is
- * all it needs; asking for it also undoes a larger /proc/sys/fs/pipe-max-size
- * default on 64 KiB-page kernels, keeping pinned memory per pipe bounded. */
-#define POOL_PIPE_SIZE (64 * 1024)
+/* What the tunnel splices at most into an empty pipe. Fewer, larger moves cost
+ * less CPU per byte; the kernel memory this pins exists only while a direction
+ * has bytes in flight. Asking for it also undoes a larger default on 64
+ * KiB-page kernels. */
+#define POOL_PIPE_SIZE (256 * 1024)
 
 struct sy_pipe_pool {
   size_t max_idle;

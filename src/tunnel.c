@@ -9,8 +9,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* One pipe's worth: the most a direction ever has in flight. */
+/* A copy-mode read. */
 #define TUN_CHUNK (64 * 1024)
+/* A splice asks for this much; the kernel moves at most what the pipe holds
+ * (256 KiB from the pool, less when fs.pipe-user-pages-soft is reached), so a
+ * direction never has more than one pipe's worth in flight. 256 KiB rather
+ * than 64 KiB: a third less CPU per byte in the sink benchmark. */
+#define TUN_SPLICE_LEN (256 * 1024)
 /* Chunks one direction may move per turn before yielding to the rest of the
  * loop; a tunnel that had more to do is queued and resumed on the next turn. */
 #define TUN_ROUNDS 16
@@ -217,10 +222,10 @@ static void tun_dir_count(sy_tunnel *t, tun_dir *d, size_t n, int spliced) {
 }
 
 /* The destination refuses splice: move what the pipe holds into a buffer and go
- * on copying. The pipe holds at most TUN_CHUNK (it is only filled when empty). */
+ * on copying. The pipe holds at most one splice (it is only filled when empty). */
 static int tun_dir_unsplice(tun_dir *d) {
-  assert(d->in_pipe <= TUN_CHUNK && d->off == d->len);
-  char *b = malloc(TUN_CHUNK);
+  assert(d->in_pipe <= TUN_SPLICE_LEN && d->off == d->len);
+  char *b = malloc(d->in_pipe > TUN_CHUNK ? d->in_pipe : TUN_CHUNK);
   if (!b) return -ENOMEM;
   size_t got = 0;
   while (got < d->in_pipe) {
@@ -298,7 +303,7 @@ static ssize_t tun_dir_fill(sy_tunnel *t, tun_dir *d, int fd) {
     return tun_dir_fill_copy(d, fd);
   ssize_t n;
   do
-    n = splice(fd, NULL, d->pipe[1], NULL, TUN_CHUNK, TUN_SPLICE_FLAGS);
+    n = splice(fd, NULL, d->pipe[1], NULL, TUN_SPLICE_LEN, TUN_SPLICE_FLAGS);
   while (n < 0 && errno == EINTR);
   if (n > 0) d->in_pipe = (uint32_t)n;
   if (n >= 0) return n;

@@ -27,7 +27,7 @@ sy_pipe_pool *sy_pipe_pool_new(size_t max_idle);
 void sy_pipe_pool_free(sy_pipe_pool *p);
 
 /* fds[0] is the read end, fds[1] the write end, both O_NONBLOCK|O_CLOEXEC, capacity
- * 64 KiB where the kernel allows it. 0, or -errno from pipe2 (EMFILE, ENFILE). */
+ * 256 KiB where the kernel allows it. 0, or -errno from pipe2 (EMFILE, ENFILE). */
 int sy_pipe_pool_get(sy_pipe_pool *p, int fds[2]);
 
 /* Gives back an EMPTY pipe: pooled, or closed beyond max_idle. fds are set to -1.

@@ -5,7 +5,7 @@
  * payload never enters user space; a buffered read/write path is used instead
  * when asked (force_copy) or when the kernel refuses splice on a socket.
  * A direction holds a pipe (or a copy buffer) only while it has bytes in flight.
- * At most one pipe's worth (64 KiB) per direction is ever in flight: when the
+ * At most one pipe's worth (256 KiB) per direction is ever in flight: when the
  * destination is full the source stops being read (backpressure).
  *
  * Tunnels live in a hub, one per loop: the hub owns an edge-triggered epoll set

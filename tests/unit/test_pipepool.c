@@ -18,7 +18,7 @@ static int fd_is_open(int fd) {
   return fcntl(fd, F_GETFD) >= 0;
 }
 
-START_TEST(test_get_gives_nonblocking_cloexec_64k_pipe) {
+START_TEST(test_get_gives_nonblocking_cloexec_256k_pipe) {
   sy_pipe_pool *p = sy_pipe_pool_new(4);
   ck_assert_ptr_nonnull(p);
   int fds[2] = {-1, -1};
@@ -28,7 +28,7 @@ START_TEST(test_get_gives_nonblocking_cloexec_64k_pipe) {
     ck_assert(fcntl(fds[i], F_GETFL) & O_NONBLOCK);
     ck_assert(fcntl(fds[i], F_GETFD) & FD_CLOEXEC);
   }
-  ck_assert_int_eq(fcntl(fds[1], F_GETPIPE_SZ), 64 * 1024);
+  ck_assert_int_eq(fcntl(fds[1], F_GETPIPE_SZ), 256 * 1024);
   /* fds[1] writes into fds[0] */
   ck_assert_int_eq(write(fds[1], "x", 1), 1);
   char c = 0;
@@ -181,7 +181,7 @@ END_TEST
 static Suite *pipepool_suite(void) {
   Suite *s = suite_create("pipepool");
   TCase *tc = tcase_create("core");
-  tcase_add_test(tc, test_get_gives_nonblocking_cloexec_64k_pipe);
+  tcase_add_test(tc, test_get_gives_nonblocking_cloexec_256k_pipe);
   tcase_add_test(tc, test_put_then_get_reuses_the_same_pipe);
   tcase_add_test(tc, test_max_idle_bounds_kept_pipes);
   tcase_add_test(tc, test_max_idle_zero_closes_every_returned_pipe);
