@@ -500,12 +500,14 @@ def main():
           "*a* that have bytes in flight; kernel memory per socket as above, ×2 per tunnel; "
           "pipes only while a direction has data in flight (switchyard's pool and HAProxy's "
           "pipes both work that way; nginx copies through user-space buffers instead), each "
-          "pipe at most 16 pages = 64 KiB plus ~1 KiB of pipe_inode_info/pipe_buffer; an "
+          "pipe holding at most its capacity (switchyard 256 KiB, HAProxy 64 KiB) plus ~1 KiB "
+          "of pipe_inode_info/pipe_buffer — an upper bound: a pipe is only that full while "
+          "the destination is slower than the source; an "
           "active direction also has up to a socket buffer of queued data, which tcp_rmem/"
           "tcp_wmem and autotuning bound, not the proxy.")
         w("")
         hdr = ["proxy", "user RSS/tunnel", "user total", "kernel sockets (2 × "
-               f"{fmt(ks, 0)} B)", "idle total", "+1% active (2 pipes × 65 KiB each)"]
+               f"{fmt(ks, 0)} B)", "idle total", "+1% active (2 full pipes each)"]
         w("| " + " | ".join(hdr) + " |")
         w("|" + "---|" * len(hdr))
         for t in idle.targets:
@@ -520,8 +522,9 @@ def main():
                 pipes = 0.01 * 1e6 * 2 * bufsz
                 extra = f" (user buffers 2 × {bufsz // 1024} KiB)"
             else:
-                pipes = 0.01 * 1e6 * 2 * 65 * 1024
-                extra = ""
+                kib = 257 if t.startswith("switchyard") else 65
+                pipes = 0.01 * 1e6 * 2 * kib * 1024
+                extra = f" (2 × {kib} KiB)"
             w("| " + " | ".join([t, fmt(u, 0) + " B", f"{user / 2**30:.2f} GiB",
                                  f"{kern / 2**30:.2f} GiB", f"{(user + kern) / 2**30:.2f} GiB",
                                  f"+{pipes / 2**30:.2f} GiB{extra}"]) + " |")

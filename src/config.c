@@ -763,7 +763,7 @@ static int h_upstreams(ctx *c, yaml_node_t *v, const char *path, void *obj, size
     yaml_node_t *k = node_at(c, p->key), *item = node_at(c, p->value);
     if (dup_string(c, k, path, &u->name) < 0) return -1;
     join_key(child, path, u->name);
-    u->keepalive_max_idle = 16;
+    u->keepalive_max_idle = 256;
     u->keepalive_idle = 30000;
     if (parse_map(c, item, child, upstream_keys, NKEYS(upstream_keys), u, &seen) < 0 ||
         require_keys(c, item, child, upstream_keys, seen, 1u << UK_SERVERS) < 0)

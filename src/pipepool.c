@@ -17,12 +17,16 @@ struct sy_pipe_pool {
   size_t max_idle;
   size_t nidle;
   uint64_t in_use, created, closed;
-  int idle[][2]; /* LIFO: the most recently used pipe is the most likely cache-hot */
+  struct {
+    int fds[2];
+    int cap;
+  } idle[]; /* LIFO: the most recently used pipe is the most likely cache-hot */
 };
 
 sy_pipe_pool *sy_pipe_pool_new(size_t max_idle) {
-  if (max_idle > (SIZE_MAX - sizeof(sy_pipe_pool)) / sizeof(int[2])) return NULL;
-  sy_pipe_pool *p = calloc(1, sizeof(*p) + max_idle * sizeof(int[2]));
+  if (max_idle > (SIZE_MAX - sizeof(sy_pipe_pool)) / sizeof(((sy_pipe_pool *)0)->idle[0]))
+    return NULL;
+  sy_pipe_pool *p = calloc(1, sizeof(*p) + max_idle * sizeof(p->idle[0]));
   if (!p) return NULL;
   p->max_idle = max_idle;
   return p;
@@ -40,17 +44,17 @@ void sy_pipe_pool_free(sy_pipe_pool *p) {
   /* A tunnel still holding a pipe would later put it into freed memory. */
   assert(p->in_use == 0);
   while (p->nidle > 0)
-    pool_close(p, p->idle[--p->nidle]);
+    pool_close(p, p->idle[--p->nidle].fds);
   free(p);
 }
 
 int sy_pipe_pool_get(sy_pipe_pool *p, int fds[2]) {
   if (p->nidle > 0) {
     p->nidle--;
-    fds[0] = p->idle[p->nidle][0];
-    fds[1] = p->idle[p->nidle][1];
+    fds[0] = p->idle[p->nidle].fds[0];
+    fds[1] = p->idle[p->nidle].fds[1];
     p->in_use++;
-    return 0;
+    return p->idle[p->nidle].cap;
   }
   if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) {
     fds[0] = fds[1] = -1;
@@ -58,13 +62,15 @@ int sy_pipe_pool_get(sy_pipe_pool *p, int fds[2]) {
   }
   /* Best effort: over fs.pipe-user-pages-soft the kernel may refuse, and a smaller
    * pipe only means shorter splices, not a failure. */
-  (void)fcntl(fds[1], F_SETPIPE_SZ, POOL_PIPE_SIZE);
+  int cap = fcntl(fds[1], F_SETPIPE_SZ, POOL_PIPE_SIZE);
+  if (cap < 0) cap = fcntl(fds[1], F_GETPIPE_SZ);
+  if (cap <= 0) cap = 4096; /* the least a pipe can be */
   p->created++;
   p->in_use++;
-  return 0;
+  return cap;
 }
 
-void sy_pipe_pool_put(sy_pipe_pool *p, int fds[2]) {
+void sy_pipe_pool_put(sy_pipe_pool *p, int fds[2], int cap) {
   assert(p->in_use > 0);
   p->in_use--;
 #ifndef NDEBUG
@@ -78,8 +84,9 @@ void sy_pipe_pool_put(sy_pipe_pool *p, int fds[2]) {
   }
 #endif
   if (p->nidle < p->max_idle) {
-    p->idle[p->nidle][0] = fds[0];
-    p->idle[p->nidle][1] = fds[1];
+    p->idle[p->nidle].fds[0] = fds[0];
+    p->idle[p->nidle].fds[1] = fds[1];
+    p->idle[p->nidle].cap = cap;
     p->nidle++;
     fds[0] = fds[1] = -1;
     return;

@@ -41,7 +41,7 @@ static const char *const by_names[] = {NULL, "client", "upstream", "proxy"};
  * turns a direction with nothing in flight holds neither pipe nor buffer. */
 typedef struct tun_dir {
   int pipe[2]; /* borrowed from the pool while bytes are in flight */
-  uint32_t in_pipe;
+  uint32_t in_pipe, pipe_cap;
   uint32_t off, len; /* buf[off, len) is in flight */
   char *buf;         /* pending bytes (exact size) or a TUN_CHUNK copy buffer */
   uint64_t bytes, spliced;
@@ -67,6 +67,7 @@ struct sy_tunnel {
   const char *reason;
   /* Edge-triggered readiness as last learnt: set by events, cleared by EAGAIN. */
   uint8_t readable[2], writable[2], out_armed[2];
+  uint8_t rdhup[2]; /* the peer's FIN was reported: read on until 0, whatever */
   uint8_t closing, queued, timed, first_fin, closed_by;
 };
 
@@ -79,6 +80,7 @@ struct sy_tunnel_hub {
   uv_timer_t timer;
   uv_idle_t idle;
   int open_handles;
+  uint32_t page; /* a pipe has one slot per page of capacity */
   size_t count;  /* started, not yet reported done */
   size_t ntimed; /* in the wheel */
   uint64_t cur_tick, armed_tick;
@@ -211,7 +213,7 @@ static void tun_dir_free_buf(tun_dir *d) {
 
 /* Hands back what a direction no longer needs: an idle direction owns nothing. */
 static void tun_dir_release(sy_tunnel *t, tun_dir *d) {
-  if (d->pipe[0] >= 0 && d->in_pipe == 0) sy_pipe_pool_put(t->hub->pool, d->pipe);
+  if (d->pipe[0] >= 0 && d->in_pipe == 0) sy_pipe_pool_put(t->hub->pool, d->pipe, (int)d->pipe_cap);
   if (d->buf && d->off == d->len) tun_dir_free_buf(d);
 }
 
@@ -299,8 +301,11 @@ static ssize_t tun_dir_fill(sy_tunnel *t, tun_dir *d, int fd) {
   if (d->copy) return tun_dir_fill_copy(d, fd);
   /* Out of fds for a pipe: this chunk goes through a buffer instead of failing
    * the tunnel; the next chunk tries the pool again. */
-  if (d->pipe[0] < 0 && sy_pipe_pool_get(t->hub->pool, d->pipe) < 0)
-    return tun_dir_fill_copy(d, fd);
+  if (d->pipe[0] < 0) {
+    int cap = sy_pipe_pool_get(t->hub->pool, d->pipe);
+    if (cap < 0) return tun_dir_fill_copy(d, fd);
+    d->pipe_cap = (uint32_t)cap;
+  }
   ssize_t n;
   do
     n = splice(fd, NULL, d->pipe[1], NULL, TUN_SPLICE_LEN, TUN_SPLICE_FLAGS);
@@ -320,6 +325,23 @@ static void tun_saw_fin(sy_tunnel *t, int src) {
     t->fin_deadline_ms = uv_now(t->hub->loop) + t->fin_ms;
     tun_schedule(t);
   }
+}
+
+/* Whether a read of n bytes proves the socket had nothing more, so the EAGAIN
+ * read that edge-triggered events otherwise need can be skipped (for small
+ * messages that read was a third of the syscalls). Bytes or a FIN arriving
+ * after the read raise a new edge, so only what was already queued matters:
+ * - recv() copies across queued segments until the buffer is full or the
+ *   queue is empty, so a short recv() drained it;
+ * - a splice stops early when the queue is empty or the pipe is out of slots
+ *   (one page-sized slot per segment or less): fewer bytes than
+ *   the pipe has slots cannot have filled them.
+ * A FIN queued behind the data is the exception: once the peer's FIN was
+ * reported (EPOLLRDHUP), reads go on until they return 0. */
+static int tun_read_drained(const sy_tunnel *t, const tun_dir *d, int src, size_t n) {
+  if (t->rdhup[src]) return 0;
+  if (d->copy || d->pipe[0] < 0) return n < TUN_CHUNK;
+  return n < d->pipe_cap / t->hub->page;
 }
 
 /* Moves bytes of direction i until the destination is full, the source has
@@ -369,6 +391,7 @@ static int tun_dir_move(sy_tunnel *t, int i, int *culprit, int *again) {
       tun_saw_fin(t, src);
     } else {
       t->last_active_ms = uv_now(t->hub->loop);
+      if (tun_read_drained(t, d, src, (size_t)n)) t->readable[src] = 0;
     }
   }
 }
@@ -427,7 +450,7 @@ static void tun_finish(sy_tunnel *t, int by, const char *reason, int rst) {
       if (d->in_pipe)
         sy_pipe_pool_drop(h->pool, d->pipe);
       else
-        sy_pipe_pool_put(h->pool, d->pipe);
+        sy_pipe_pool_put(h->pool, d->pipe, (int)d->pipe_cap);
     }
     d->in_pipe = 0;
     tun_dir_free_buf(d);
@@ -524,6 +547,7 @@ static void hub_on_poll(uv_poll_t *p, int status, int events) {
       }
     }
     if (x & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) t->readable[e] = 1;
+    if (x & (EPOLLRDHUP | EPOLLHUP)) t->rdhup[e] = 1;
     if (x & (EPOLLOUT | EPOLLHUP | EPOLLERR)) t->writable[e] = 1;
     tun_pump(t);
   }
@@ -542,6 +566,8 @@ sy_tunnel_hub *sy_tunnel_hub_new(uv_loop_t *loop, sy_pipe_pool *pool, sy_tunnel_
   h->loop = loop;
   h->pool = pool;
   h->cb = cb;
+  long pg = sysconf(_SC_PAGESIZE);
+  h->page = pg > 0 ? (uint32_t)pg : 4096;
   h->epfd = epoll_create1(EPOLL_CLOEXEC);
   if (h->epfd < 0 || uv_poll_init(loop, &h->poll, h->epfd) < 0) {
     if (h->epfd >= 0) close(h->epfd);

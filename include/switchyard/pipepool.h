@@ -27,13 +27,16 @@ sy_pipe_pool *sy_pipe_pool_new(size_t max_idle);
 void sy_pipe_pool_free(sy_pipe_pool *p);
 
 /* fds[0] is the read end, fds[1] the write end, both O_NONBLOCK|O_CLOEXEC, capacity
- * 256 KiB where the kernel allows it. 0, or -errno from pipe2 (EMFILE, ENFILE). */
+ * 256 KiB where the kernel allows it. Returns the pipe's capacity in bytes (a
+ * multiple of the page size: one slot per page), or -errno from pipe2 (EMFILE,
+ * ENFILE). */
 int sy_pipe_pool_get(sy_pipe_pool *p, int fds[2]);
 
-/* Gives back an EMPTY pipe: pooled, or closed beyond max_idle. fds are set to -1.
- * A pipe still holding bytes must go to sy_pipe_pool_drop instead, or the next
- * borrower would receive another connection's data. */
-void sy_pipe_pool_put(sy_pipe_pool *p, int fds[2]);
+/* Gives back an EMPTY pipe with the capacity get reported: pooled, or closed
+ * beyond max_idle. fds are set to -1. A pipe still holding bytes must go to
+ * sy_pipe_pool_drop instead, or the next borrower would receive another
+ * connection's data. */
+void sy_pipe_pool_put(sy_pipe_pool *p, int fds[2], int cap);
 
 /* Gives back a pipe that may still hold bytes: closed, never reused. fds set to -1. */
 void sy_pipe_pool_drop(sy_pipe_pool *p, int fds[2]);

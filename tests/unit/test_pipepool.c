@@ -22,7 +22,7 @@ START_TEST(test_get_gives_nonblocking_cloexec_256k_pipe) {
   sy_pipe_pool *p = sy_pipe_pool_new(4);
   ck_assert_ptr_nonnull(p);
   int fds[2] = {-1, -1};
-  ck_assert_int_eq(sy_pipe_pool_get(p, fds), 0);
+  ck_assert_int_eq(sy_pipe_pool_get(p, fds), 256 * 1024);
   for (int i = 0; i < 2; i++) {
     ck_assert_int_ge(fds[i], 0);
     ck_assert(fcntl(fds[i], F_GETFL) & O_NONBLOCK);
@@ -42,7 +42,7 @@ START_TEST(test_get_gives_nonblocking_cloexec_256k_pipe) {
   ck_assert_uint_eq(st.idle, 0);
   ck_assert_uint_eq(st.created, 1);
   ck_assert_uint_eq(st.closed, 0);
-  sy_pipe_pool_put(p, fds);
+  sy_pipe_pool_put(p, fds, 256 * 1024);
   ck_assert_int_eq(fds[0], -1);
   ck_assert_int_eq(fds[1], -1);
   sy_pipe_pool_free(p);
@@ -52,19 +52,19 @@ END_TEST
 START_TEST(test_put_then_get_reuses_the_same_pipe) {
   sy_pipe_pool *p = sy_pipe_pool_new(4);
   int a[2], b[2];
-  ck_assert_int_eq(sy_pipe_pool_get(p, a), 0);
+  ck_assert_int_eq(sy_pipe_pool_get(p, a), 256 * 1024);
   int r0 = a[0], w0 = a[1];
-  sy_pipe_pool_put(p, a);
+  sy_pipe_pool_put(p, a, 256 * 1024);
   ck_assert_uint_eq(pool_stats(p).idle, 1);
   ck_assert_uint_eq(pool_stats(p).in_use, 0);
-  ck_assert_int_eq(sy_pipe_pool_get(p, b), 0);
+  ck_assert_int_eq(sy_pipe_pool_get(p, b), 256 * 1024);
   ck_assert_int_eq(b[0], r0);
   ck_assert_int_eq(b[1], w0);
   sy_pipe_pool_stats st = pool_stats(p);
   ck_assert_uint_eq(st.created, 1); /* no second pipe2() */
   ck_assert_uint_eq(st.in_use, 1);
   ck_assert_uint_eq(st.idle, 0);
-  sy_pipe_pool_put(p, b);
+  sy_pipe_pool_put(p, b, 256 * 1024);
   sy_pipe_pool_free(p);
 }
 END_TEST
@@ -74,7 +74,7 @@ START_TEST(test_max_idle_bounds_kept_pipes) {
   sy_pipe_pool *p = sy_pipe_pool_new(MAX_IDLE);
   int fds[N][2], saved[N][2];
   for (int i = 0; i < N; i++) {
-    ck_assert_int_eq(sy_pipe_pool_get(p, fds[i]), 0);
+    ck_assert_int_eq(sy_pipe_pool_get(p, fds[i]), 256 * 1024);
     saved[i][0] = fds[i][0];
     saved[i][1] = fds[i][1];
   }
@@ -82,7 +82,7 @@ START_TEST(test_max_idle_bounds_kept_pipes) {
   ck_assert_uint_eq(st.in_use, N);
   ck_assert_uint_eq(st.created, N);
   for (int i = 0; i < N; i++)
-    sy_pipe_pool_put(p, fds[i]);
+    sy_pipe_pool_put(p, fds[i], 256 * 1024);
   st = pool_stats(p);
   ck_assert_uint_eq(st.in_use, 0);
   ck_assert_uint_eq(st.idle, MAX_IDLE);
@@ -102,9 +102,9 @@ START_TEST(test_max_idle_zero_closes_every_returned_pipe) {
   sy_pipe_pool *p = sy_pipe_pool_new(0);
   int fds[2];
   for (int i = 0; i < 3; i++) {
-    ck_assert_int_eq(sy_pipe_pool_get(p, fds), 0);
+    ck_assert_int_eq(sy_pipe_pool_get(p, fds), 256 * 1024);
     int r = fds[0];
-    sy_pipe_pool_put(p, fds);
+    sy_pipe_pool_put(p, fds, 256 * 1024);
     ck_assert(!fd_is_open(r));
   }
   sy_pipe_pool_stats st = pool_stats(p);
@@ -118,7 +118,7 @@ END_TEST
 START_TEST(test_drop_closes_a_full_pipe_instead_of_pooling_it) {
   sy_pipe_pool *p = sy_pipe_pool_new(4);
   int fds[2];
-  ck_assert_int_eq(sy_pipe_pool_get(p, fds), 0);
+  ck_assert_int_eq(sy_pipe_pool_get(p, fds), 256 * 1024);
   ck_assert_int_eq(write(fds[1], "secret", 6), 6);
   int r = fds[0];
   sy_pipe_pool_drop(p, fds);
@@ -129,11 +129,11 @@ START_TEST(test_drop_closes_a_full_pipe_instead_of_pooling_it) {
   ck_assert_uint_eq(st.idle, 0);
   ck_assert_uint_eq(st.closed, 1);
   /* the next borrower gets a fresh, empty pipe */
-  ck_assert_int_eq(sy_pipe_pool_get(p, fds), 0);
+  ck_assert_int_eq(sy_pipe_pool_get(p, fds), 256 * 1024);
   char c;
   ck_assert_int_eq(read(fds[0], &c, 1), -1);
   ck_assert_int_eq(errno, EAGAIN);
-  sy_pipe_pool_put(p, fds);
+  sy_pipe_pool_put(p, fds, 256 * 1024);
   sy_pipe_pool_free(p);
 }
 END_TEST
@@ -157,8 +157,8 @@ START_TEST(test_get_reports_emfile) {
   ck_assert_uint_eq(st.in_use, 0);
   ck_assert_uint_eq(st.created, 0);
   /* and it recovers once fds are available again */
-  ck_assert_int_eq(sy_pipe_pool_get(p, fds), 0);
-  sy_pipe_pool_put(p, fds);
+  ck_assert_int_eq(sy_pipe_pool_get(p, fds), 256 * 1024);
+  sy_pipe_pool_put(p, fds, 256 * 1024);
   sy_pipe_pool_free(p);
 }
 END_TEST
@@ -166,11 +166,11 @@ END_TEST
 START_TEST(test_free_closes_idle_pipes) {
   sy_pipe_pool *p = sy_pipe_pool_new(8);
   int a[2], b[2];
-  ck_assert_int_eq(sy_pipe_pool_get(p, a), 0);
-  ck_assert_int_eq(sy_pipe_pool_get(p, b), 0);
+  ck_assert_int_eq(sy_pipe_pool_get(p, a), 256 * 1024);
+  ck_assert_int_eq(sy_pipe_pool_get(p, b), 256 * 1024);
   int fa = a[0], fb = b[1];
-  sy_pipe_pool_put(p, a);
-  sy_pipe_pool_put(p, b);
+  sy_pipe_pool_put(p, a, 256 * 1024);
+  sy_pipe_pool_put(p, b, 256 * 1024);
   sy_pipe_pool_free(p);
   ck_assert(!fd_is_open(fa));
   ck_assert(!fd_is_open(fb));
