@@ -107,6 +107,8 @@ struct sy_conn {
   int close_after, status, resp_head_sent, interim, bad_101, switching;
   int resp_flushed; /* some of the final response went to the client */
 
+  uint64_t deadline, timer_due; /* loop times: the timeout due, the timer set */
+
   /* Access log. */
   char client_ip[64];
   int client_port;
@@ -395,11 +397,20 @@ static sy_msec_t route_timeout(const sy_conn *c, sy_msec_t route_v, sy_msec_t gl
 static void on_timeout(uv_timer_t *t);
 static void relay_end(sy_conn *c, const char *reason);
 
+/* The deadline moves at every step of every request (header, response,
+ * idle...), but the libuv timer is only moved when the deadline comes
+ * earlier than it: a timer that fires early finds the later deadline and
+ * sleeps again. That spares two timer-heap operations per request. */
 static void timer_arm(sy_conn *c, sy_msec_t ms) {
-  if (ms)
+  if (!ms) {
+    c->deadline = 0;
+    return;
+  }
+  c->deadline = uv_now(&c->w->loop) + ms;
+  if (!uv_is_active((uv_handle_t *)&c->timer) || c->timer_due > c->deadline) {
     uv_timer_start(&c->timer, on_timeout, ms, 0);
-  else
-    uv_timer_stop(&c->timer);
+    c->timer_due = c->deadline;
+  }
 }
 
 static sy_msec_t response_timeout(const sy_conn *c) {
@@ -413,7 +424,16 @@ static sy_msec_t response_timeout(const sy_conn *c) {
 static const char *route_name(const sy_route_cfg *route, char idx[32]) {
   if (!route) return NULL;
   if (route->name) return route->name;
-  snprintf(idx, 32, "#%zu", route->index);
+  /* Per request (metrics): no snprintf. */
+  char tmp[24];
+  size_t n = 0, v = route->index;
+  do
+    tmp[n++] = (char)('0' + v % 10);
+  while ((v /= 10) && n < sizeof(tmp));
+  idx[0] = '#';
+  for (size_t i = 0; i < n; i++)
+    idx[1 + i] = tmp[n - 1 - i];
+  idx[1 + n] = 0;
   return idx;
 }
 
@@ -1432,6 +1452,14 @@ static void upstream_failed(sy_conn *c, int timeout) {
 
 static void on_timeout(uv_timer_t *t) {
   sy_conn *c = t->data;
+  uint64_t now = uv_now(&c->w->loop);
+  if (!c->deadline) return;
+  if (now < c->deadline) { /* moved on since the timer was set */
+    uv_timer_start(&c->timer, on_timeout, c->deadline - now, 0);
+    c->timer_due = c->deadline;
+    return;
+  }
+  c->deadline = 0;
   switch (c->state) {
   case SY_READ_HEAD:
     if (c->rq.len > c->rq.head_start && !c->rq.head_done)

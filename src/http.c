@@ -313,6 +313,13 @@ static int append_str(sy_buf *b, sy_str s) {
   return sy_buf_append(b, s.p, s.len);
 }
 
+/* "Name: value\r\n"; a formatted append cost a vsnprintf per header per request. */
+static int append_line_kv(sy_buf *out, const char *name_colon_sp, const char *value) {
+  int rc = sy_buf_append(out, name_colon_sp, strlen(name_colon_sp));
+  rc |= sy_buf_append(out, value, strlen(value));
+  return rc | sy_buf_append(out, "\r\n", 2);
+}
+
 #define CRLF "\r\n"
 
 static int append_line(sy_buf *b, const char *base, const sy_field *f) {
@@ -411,9 +418,9 @@ int sy_http_build_request(sy_buf *out, const sy_head *h, const char *base, const
     rc |= sy_buf_append(out, CRLF, 2);
   }
   if (o->chunked) rc |= sy_buf_append(out, "Transfer-Encoding: chunked" CRLF, 28);
-  if (!host && o->default_host) rc |= sy_buf_appendf(out, "Host: %s" CRLF, o->default_host);
-  if (o->xff) rc |= sy_buf_appendf(out, "X-Forwarded-For: %s" CRLF, o->client_ip);
-  if (o->xfproto) rc |= sy_buf_appendf(out, "X-Forwarded-Proto: %s" CRLF, o->proto);
+  if (!host && o->default_host) rc |= append_line_kv(out, "Host: ", o->default_host);
+  if (o->xff) rc |= append_line_kv(out, "X-Forwarded-For: ", o->client_ip);
+  if (o->xfproto) rc |= append_line_kv(out, "X-Forwarded-Proto: ", o->proto);
   if (o->xfhost && host) {
     rc |= sy_buf_append(out, "X-Forwarded-Host: ", 18);
     rc |= append_str(out, sy_span_str(base, host->value));
@@ -425,7 +432,13 @@ int sy_http_build_request(sy_buf *out, const sy_head *h, const char *base, const
 }
 
 int sy_http_build_response(sy_buf *out, const sy_head *h, const char *base, const sy_resp_opts *o) {
-  int rc = sy_buf_appendf(out, "HTTP/1.1 %03d ", h->status);
+  /* The status is three digits (the parser accepts no other). */
+  char line[13] = "HTTP/1.1 000 ";
+  unsigned st = h->status < 1000 ? (unsigned)h->status : 999;
+  line[9] = (char)('0' + st / 100);
+  line[10] = (char)('0' + st / 10 % 10);
+  line[11] = (char)('0' + st % 10);
+  int rc = sy_buf_append(out, line, sizeof(line));
   rc |= append_str(out, sy_span_str(base, h->reason));
   rc |= sy_buf_append(out, CRLF, 2);
   const sy_field *upgrade = NULL;

@@ -47,6 +47,27 @@ static void raise_nofile(void) {
   }
 }
 
+/* A connection holds two descriptors (client and upstream); the rest of the
+ * budget goes to listeners, pooled pipes and the like. Past it, accept()
+ * would fail with EMFILE and libuv would accept and drop connections
+ * silently: the listeners pause at this many connections instead. */
+static void set_fd_budget(unsigned nworkers) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return;
+  uint64_t nofile = rl.rlim_cur, reserve = 64 + 128 * (uint64_t)nworkers;
+  if (reserve > nofile / 2) reserve = nofile / 2;
+  uint64_t budget = (nofile - reserve) / 2;
+  sy_worker_set_fd_budget(budget ? budget : 1);
+}
+
+static void note_fd_budget(const sy_config *cfg) {
+  uint64_t eff = sy_worker_max_conns(cfg);
+  if (eff < cfg->limits.max_connections)
+    sy_log_info("limits.max_connections %llu is more than the descriptor limit allows: "
+                "accepting at most %llu connections (2 descriptors each, RLIMIT_NOFILE)",
+                (unsigned long long)cfg->limits.max_connections, (unsigned long long)eff);
+}
+
 /* Parsing and validation happen here, on the main thread, off every worker's
  * loop; a bad file changes nothing. */
 static void reload(void) {
@@ -58,6 +79,7 @@ static void reload(void) {
     return;
   }
   sy_config_adopt_state(cfg, M.admin_state.cfg);
+  note_fd_budget(cfg);
   for (unsigned i = 0; i < M.nworkers; i++)
     sy_worker_reload(&M.workers[i], cfg);
   sy_health_stop(M.health);
@@ -179,6 +201,8 @@ int main(int argc, char **argv) {
   M.workers = calloc(M.nworkers, sizeof(*M.workers));
   M.admin_state.workers = M.workers;
   M.admin_state.nworkers = M.nworkers;
+  set_fd_budget(M.nworkers);
+  note_fd_budget(cfg);
   int rc = 0;
   for (unsigned i = 0; i < M.nworkers && rc == 0; i++) {
     rc = sy_worker_init(&M.workers[i], i, cfg);

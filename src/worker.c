@@ -106,8 +106,19 @@ fail:;
   return err;
 }
 
+static uint64_t fd_budget = UINT64_MAX;
+
+void sy_worker_set_fd_budget(uint64_t n) {
+  fd_budget = n;
+}
+
+uint64_t sy_worker_max_conns(const sy_config *cfg) {
+  uint64_t m = cfg->limits.max_connections;
+  return m < fd_budget ? m : fd_budget;
+}
+
 static int at_limit(sy_worker *w) {
-  return sy_worker_total_conns() >= w->cfg->limits.max_connections;
+  return sy_worker_total_conns() >= sy_worker_max_conns(w->cfg);
 }
 
 static void accept_one(sy_worker *w, sy_listener *l) {
@@ -132,7 +143,7 @@ static void on_accept(uv_stream_t *s, int status) {
       __atomic_store_n(&w->paused_any, 1, __ATOMIC_RELEASE);
       sy_metrics_add(w->metrics, "switchyard_listener_pauses_total", NULL, 1);
       sy_log_error("max_connections (%llu) reached: not accepting on %s",
-                   (unsigned long long)w->cfg->limits.max_connections, l->cfg->addr.text);
+                   (unsigned long long)sy_worker_max_conns(w->cfg), l->cfg->addr.text);
     }
     return;
   }

@@ -75,6 +75,11 @@ void sy_worker_conn_gone(sy_worker *w);
 /* Called by conn when the worker's last connection struct is freed (tunnels
  * may remain): a burst is over, so freed heap memory is handed back soon. */
 void sy_worker_conns_idle(sy_worker *w);
+/* The most connections the descriptor limit allows (set once at start,
+ * before the workers run); sy_worker_max_conns is limits.max_connections
+ * capped by it. */
+void sy_worker_set_fd_budget(uint64_t n);
+uint64_t sy_worker_max_conns(const sy_config *cfg);
 /* Connections open in the whole process (all workers), for max_connections. */
 uint64_t sy_worker_total_conns(void);
 /* Tunnels open in the whole process, for limits.max_tunnels. */
