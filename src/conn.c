@@ -205,6 +205,43 @@ static void flow_buf_put(sy_worker *w, char *p, uint32_t cap) {
     free(p);
 }
 
+/* TLS moves every byte through two more buffers: the ciphertext read block
+ * and the encrypted batch. Both come back to per-worker stacks: freeing them
+ * between batches (an idle relay holds none) made glibc trim its heap and
+ * re-fault the pages on every batch. */
+#define SY_CIPHER_BLOCK (16 * 1024 + 512)
+#define SY_CIPHER_KEEP (256 * 1024) /* larger batch buffers are not kept */
+
+static char *cipher_block_get(sy_worker *w) {
+  return w->nblk_cache ? w->blk_cache[--w->nblk_cache] : malloc(SY_CIPHER_BLOCK);
+}
+
+static void cipher_block_put(sy_worker *w, char *p) {
+  if (p && w->nblk_cache < SY_BLK_CACHE)
+    w->blk_cache[w->nblk_cache++] = p;
+  else
+    free(p);
+}
+
+static void cipher_buf_get(sy_worker *w, sy_buf *b) {
+  if (b->p || !w->ncipher_cache) return;
+  w->ncipher_cache--;
+  b->p = w->cipher_cache[w->ncipher_cache].p;
+  b->cap = w->cipher_cache[w->ncipher_cache].cap;
+  b->len = 0;
+}
+
+static void cipher_buf_put(sy_worker *w, sy_buf *b) {
+  if (b->p && b->cap <= SY_CIPHER_KEEP && w->ncipher_cache < SY_CIPHER_CACHE) {
+    w->cipher_cache[w->ncipher_cache].p = b->p;
+    w->cipher_cache[w->ncipher_cache].cap = b->cap;
+    w->ncipher_cache++;
+    b->p = NULL;
+    b->len = b->cap = 0;
+  }
+  sy_buf_free(b);
+}
+
 static int flow_alloc(sy_conn *c, sy_flow *f, uint32_t cap) {
   if (f->buf) return 0;
   f->buf = flow_buf_get(c->w, cap);
@@ -219,14 +256,14 @@ static void flow_release_if_idle(sy_conn *c, sy_flow *f) {
     flow_buf_put(c->w, f->buf, f->cap);
     f->buf = NULL;
     f->cap = f->len = f->pos = 0;
-    sy_buf_free(&f->cipher);
+    cipher_buf_put(c->w, &f->cipher);
   }
 }
 
 static void flow_free(sy_conn *c, sy_flow *f) {
   flow_buf_put(c->w, f->buf, f->cap);
   f->buf = NULL;
-  sy_buf_free(&f->cipher);
+  cipher_buf_put(c->w, &f->cipher);
   free(f->segs);
   free(f->iov);
   sy_buf_free(&f->scratch);
@@ -312,6 +349,7 @@ static int flow_write(sy_conn *c, sy_flow *f, uv_stream_t *dst, sy_tls_conn *tls
   if (tls) {
     /* The memory BIO takes the whole batch; what goes out is one buffer of
      * records, released when the write completes. */
+    cipher_buf_get(c->w, &f->cipher);
     f->cipher.len = 0;
     if (sy_tls_write(tls, f->iov, f->nsegs) < 0 || sy_tls_take_output(tls, &f->cipher) < 0)
       return UV_EPROTO;
@@ -1246,10 +1284,10 @@ static int queue_request_head(sy_conn *c) {
 
 static void on_upstream_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 
-static void cipher_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
+static void cipher_alloc(sy_worker *w, uv_buf_t *buf) {
   /* Records are decrypted straight out of this into the flow's buffer. */
-  buf->base = malloc(16 * 1024 + 512);
-  buf->len = buf->base ? 16 * 1024 + 512 : 0;
+  buf->base = cipher_block_get(w);
+  buf->len = buf->base ? SY_CIPHER_BLOCK : 0;
 }
 
 static void upstream_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
@@ -1262,7 +1300,7 @@ static void upstream_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
     return;
   }
   if (c->utls) {
-    cipher_alloc(h, sz, buf);
+    cipher_alloc(c->w, buf);
     return;
   }
   if (flow_alloc(c, &c->rs, SY_FLOW_BUF) < 0 || c->rs.len == c->rs.cap) {
@@ -1701,7 +1739,7 @@ static void on_upstream_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   }
   if (c->utls) {
     if (n > 0 && sy_tls_feed(c->utls, buf->base, (size_t)n) < 0) n = UV_ENOMEM;
-    free(buf->base);
+    cipher_block_put(c->w, buf->base);
     if (n > 0) {
       tls_pump(c, SY_UPSTREAM);
       upstream_read_update(c);
@@ -1817,7 +1855,7 @@ static uint32_t client_buf_cap(const sy_conn *c) {
 static void client_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
   sy_conn *c = h->data;
   if (c->ctls) {
-    cipher_alloc(h, sz, buf);
+    cipher_alloc(c->w, buf);
     return;
   }
   if (flow_alloc(c, &c->rq, client_buf_cap(c)) < 0 || c->rq.len == c->rq.cap) {
@@ -1927,7 +1965,7 @@ static void on_client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   sy_conn *c = s->data;
   if (c->ctls) {
     if (n > 0 && sy_tls_feed(c->ctls, buf->base, (size_t)n) < 0) n = UV_ENOMEM;
-    free(buf->base);
+    cipher_block_put(c->w, buf->base);
     if (n > 0) {
       tls_pump(c, SY_CLIENT);
       client_read_update(c);

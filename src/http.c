@@ -278,7 +278,7 @@ int sy_head_validate(const sy_head *h, const char *base) {
   return 0;
 }
 
-int sy_buf_append(sy_buf *b, const void *p, size_t n) {
+int sy_buf_reserve(sy_buf *b, size_t n) {
   if (b->len + n > b->cap) {
     size_t ncap = b->cap ? b->cap : 512;
     while (ncap < b->len + n)
@@ -288,7 +288,12 @@ int sy_buf_append(sy_buf *b, const void *p, size_t n) {
     b->p = np;
     b->cap = ncap;
   }
-  memcpy(b->p + b->len, p, n);
+  return 0;
+}
+
+int sy_buf_append(sy_buf *b, const void *p, size_t n) {
+  if (sy_buf_reserve(b, n) < 0) return -1;
+  if (n) memcpy(b->p + b->len, p, n);
   b->len += n;
   return 0;
 }

@@ -7,6 +7,7 @@
 #include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
 #include <strings.h>
 
@@ -337,11 +338,14 @@ void sy_tls_shutdown(sy_tls_conn *t) {
 }
 
 int sy_tls_take_output(sy_tls_conn *t, sy_buf *out) {
-  char *p;
-  long n = BIO_get_mem_data(t->wbio, &p);
-  if (n <= 0) return 0;
-  if (sy_buf_append(out, p, (size_t)n) < 0) return -1;
-  (void)BIO_reset(t->wbio);
+  /* BIO_read, not BIO_get_mem_data + BIO_reset: a reset clears the memory
+   * BIO's whole buffer with memset, once per batch. */
+  size_t n = BIO_ctrl_pending(t->wbio);
+  if (n == 0) return 0;
+  if (n > INT_MAX || sy_buf_reserve(out, n) < 0) return -1;
+  int got = BIO_read(t->wbio, out->p + out->len, (int)n);
+  if (got != (int)n) return -1;
+  out->len += n;
   return 0;
 }
 

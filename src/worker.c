@@ -413,6 +413,10 @@ void sy_worker_destroy(sy_worker *w) {
   if (w->pipes) sy_pipe_pool_free(w->pipes);
   while (w->nbuf_cache > 0)
     free(w->buf_cache[--w->nbuf_cache]);
+  while (w->nblk_cache > 0)
+    free(w->blk_cache[--w->nblk_cache]);
+  while (w->ncipher_cache > 0)
+    free(w->cipher_cache[--w->ncipher_cache].p);
   sy_metrics_free(w->metrics);
   if (w->cfg) sy_config_unref(w->cfg);
   if (w->pending) sy_config_unref(w->pending);

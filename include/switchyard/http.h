@@ -88,6 +88,8 @@ typedef struct sy_buf {
   size_t len, cap;
 } sy_buf;
 int sy_buf_append(sy_buf *b, const void *p, size_t n);
+/* Room for n more bytes after len (capacity grows by doubling). 0 or -1. */
+int sy_buf_reserve(sy_buf *b, size_t n);
 int sy_buf_appendf(sy_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sy_buf_free(sy_buf *b);
 

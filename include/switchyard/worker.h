@@ -28,6 +28,9 @@ typedef struct sy_listener {
 
 /* Flow buffers kept for reuse per worker (64 KiB each, 2 MiB at most). */
 #define SY_BUF_CACHE 32
+/* TLS: ciphertext read blocks and encrypted-batch buffers kept for reuse. */
+#define SY_BLK_CACHE 32
+#define SY_CIPHER_CACHE 16
 
 enum sy_stop { SY_RUN = 0, SY_DRAIN, SY_STOP_NOW };
 
@@ -53,6 +56,13 @@ struct sy_worker {
   uv_idle_t written_idle;
   char *buf_cache[SY_BUF_CACHE]; /* idle flow buffers (conn.c) */
   unsigned nbuf_cache;
+  char *blk_cache[SY_BLK_CACHE]; /* SY_CIPHER_BLOCK each (conn.c) */
+  unsigned nblk_cache;
+  struct {
+    char *p;
+    size_t cap;
+  } cipher_cache[SY_CIPHER_CACHE];
+  unsigned ncipher_cache;
   int stopping; /* enum sy_stop, in effect on the loop */
   uint64_t nconns;
   int started;
