@@ -65,7 +65,8 @@ struct sy_tunnel {
   uint32_t idle_ms, fin_ms;
   uint32_t wakeups;
   const char *reason;
-  /* Edge-triggered readiness as last learnt: set by events, cleared by EAGAIN. */
+  /* Edge-triggered readiness as last learnt: set by events, cleared by EAGAIN
+   * or by a read that proves the socket empty (tun_read_drained). */
   uint8_t readable[2], writable[2], out_armed[2];
   uint8_t rdhup[2]; /* the peer's FIN was reported: read on until 0, whatever */
   uint8_t closing, queued, timed, first_fin, closed_by;

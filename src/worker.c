@@ -243,7 +243,20 @@ static void apply_listeners(sy_worker *w, sy_config *cfg) {
 #define TRIM_PERIOD_MS 10000
 #define TRIM_AFTER_BURST_MS 200
 
+/* The buffers conn.c keeps for reuse serve connections only: with none left
+ * they are memory an idle worker holds for nothing. */
+static void drop_caches(sy_worker *w) {
+  while (w->nbuf_cache > 0)
+    free(w->buf_cache[--w->nbuf_cache]);
+  while (w->nblk_cache > 0)
+    free(w->blk_cache[--w->nblk_cache]);
+  while (w->ncipher_cache > 0)
+    free(w->cipher_cache[--w->ncipher_cache].p);
+}
+
 static void on_trim(uv_timer_t *t) {
+  sy_worker *w = t->data;
+  if (!w->conns) drop_caches(w);
   struct mallinfo2 mi = mallinfo2();
   if (mi.fordblks > TRIM_MIN_FREE && mi.fordblks > mi.uordblks / 4) malloc_trim(0);
 }
@@ -411,12 +424,7 @@ void sy_worker_destroy(sy_worker *w) {
   uv_run(&w->loop, UV_RUN_DEFAULT);
   uv_loop_close(&w->loop);
   if (w->pipes) sy_pipe_pool_free(w->pipes);
-  while (w->nbuf_cache > 0)
-    free(w->buf_cache[--w->nbuf_cache]);
-  while (w->nblk_cache > 0)
-    free(w->blk_cache[--w->nblk_cache]);
-  while (w->ncipher_cache > 0)
-    free(w->cipher_cache[--w->ncipher_cache].p);
+  drop_caches(w);
   sy_metrics_free(w->metrics);
   if (w->cfg) sy_config_unref(w->cfg);
   if (w->pending) sy_config_unref(w->pending);
