@@ -71,6 +71,7 @@ typedef struct sy_flow {
   sy_buf cipher;         /* the batch once encrypted, while its write is in flight */
   unsigned writing : 1, msg_done : 1, chunked_out : 1, head_done : 1, discard : 1, eof : 1;
   unsigned check_chunk_end : 1; /* a chunked message just ended: verify its CRLFs */
+  unsigned deferred : 1;        /* written at once, callback queued (run_written) */
   uint64_t bytes;               /* read from this flow's source for the current exchange */
 } sy_flow;
 
@@ -369,6 +370,7 @@ static int flow_write(sy_conn *c, sy_flow *f, uv_stream_t *dst, sy_tls_conn *tls
       c->refs++;
       f->wreq.handle = dst;
       f->done_cb = cb;
+      f->deferred = 1;
       sy_worker *w = c->w;
       f->dnext = NULL;
       *w->written_tail = f;
@@ -402,6 +404,7 @@ static void run_written(sy_worker *w) {
     w->written = f->dnext;
     if (!w->written) w->written_tail = &w->written;
     f->dnext = NULL;
+    f->deferred = 0;
     f->done_cb(&f->wreq, 0); /* may free the connection, f with it */
   }
   uv_idle_stop(&w->written_idle);
@@ -1303,7 +1306,8 @@ static void upstream_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
     cipher_alloc(c->w, buf);
     return;
   }
-  if (flow_alloc(c, &c->rs, SY_FLOW_BUF) < 0 || c->rs.len == c->rs.cap) {
+  if ((c->rs.msg_done && c->rs.writing) || flow_alloc(c, &c->rs, SY_FLOW_BUF) < 0 ||
+      c->rs.len == c->rs.cap) {
     buf->base = NULL;
     buf->len = 0;
     return;
@@ -1319,6 +1323,11 @@ static int upstream_wants(const sy_conn *c) {
    * RST can surface as a plain EOF once the kernel has reported it. */
   if (c->state == SY_RELAY)
     return !c->rs.writing && !c->rs.eof && (!c->rs.buf || c->rs.len < c->rs.cap);
+  /* A complete response that went out at once, its callback due before the
+   * next poll: the read stays armed (upstream_alloc lends no buffer
+   * meanwhile), because the connection goes back to the pool, which reads it
+   * again; a stop and a start cost two epoll_ctl per request. */
+  if (c->rs.msg_done && c->rs.deferred && !c->upgrading && !c->switching) return 1;
   return !c->rs.writing && c->state >= SY_STREAM_BODY && c->state <= SY_STREAM_RESP_BODY &&
          (!c->rs.buf || c->rs.len < c->rs.cap);
 }
@@ -1750,6 +1759,13 @@ static void on_upstream_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     return;
   }
   if (n == 0 || n == UV_ENOBUFS) return;
+  if (c->rs.msg_done && c->rs.writing && c->state != SY_RELAY) {
+    /* The response is complete (see upstream_wants): its end now only means
+     * that the connection cannot carry another request. */
+    c->rs.eof = 1;
+    uv_read_stop(s);
+    return;
+  }
   upstream_eof(c, n);
 }
 
