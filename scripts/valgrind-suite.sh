@@ -30,7 +30,9 @@ T=$SRC/tests/integration
 FILES="$T/test_forwarding.py $T/test_bodies.py $T/test_keepalive.py $T/test_errors.py
        $T/test_upgrade_request.py $T/test_upgrade_response.py $T/test_tunnel_close.py
        $T/test_tls_listener.py $T/test_tls_tunnel.py $T/test_ops_shutdown.py
-       $T/test_ops_reload.py $T/test_faults.py"
+       $T/test_ops_reload.py $T/test_faults.py $T/test_pool.py $T/test_tunnel_data.py
+       $T/test_ops_metrics.py $T/test_ops_limits.py $T/test_ops_workers.py
+       $T/test_upstreams.py $T/test_routing.py $T/test_limits.py $T/test_tls_upstream.py"
 
 # Left out: the four tests that assert the proxy's peak RSS (VmHWM), which
 # under memcheck is memcheck's own, and two of them move 200 MiB each. The
