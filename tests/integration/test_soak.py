@@ -308,8 +308,11 @@ def long_tunnel(port, seed, stop, st):
 
 
 def reloader(px, configs, stop, st):
+    # On a fixed schedule (not RELOAD_EVERY after each reload ended), so the
+    # count over a long soak does not drift by the time reloads take.
+    t0 = time.monotonic()
     for i in range(10 ** 6):
-        if stop.wait(RELOAD_EVERY):
+        if stop.wait(max(0.0, t0 + (i + 1) * RELOAD_EVERY - time.monotonic())):
             return
         try:
             verdict = reload(px, configs[i % 2], timeout=15)
