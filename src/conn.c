@@ -501,18 +501,22 @@ static sy_tunnel_note note_of(sy_conn *c) {
                           .client_counted = c->client_counted};
 }
 
+/* The worker's label buffer, emptied: labels are built per request and per
+ * tunnel, and a fresh buffer each time was a malloc and a free. */
+static sy_buf *labels(sy_worker *w) {
+  w->labels.len = 0;
+  return &w->labels;
+}
+
 static void count_request(sy_conn *c) {
   static const char *const classes[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
-  sy_buf b = {0};
-  route_label(c, &b);
+  sy_buf *b = labels(c->w);
+  route_label(c, b);
   const char *cls = c->status >= 100 && c->status < 600 ? classes[c->status / 100 - 1] : "other";
-  sy_metrics_label(&b, "class", cls, strlen(cls));
-  sy_buf_append(&b, "", 1);
-  sy_metrics_add(c->w->metrics, "switchyard_requests_total", b.p, 1);
-  if (!c->offered0[0]) {
-    sy_buf_free(&b);
-    return;
-  }
+  sy_metrics_label(b, "class", cls, strlen(cls));
+  sy_buf_append(b, "", 1);
+  sy_metrics_add(c->w->metrics, "switchyard_requests_total", b->p, 1);
+  if (!c->offered0[0]) return;
   /* Upgrades: switched, refused by the upstream, or rejected by the proxy
    * (a route that allows none of the tokens, or a 101 that failed checks). */
   const char *outcome = c->switching                    ? "switched"
@@ -520,23 +524,21 @@ static void count_request(sy_conn *c) {
                         : c->resp_from_upstream         ? "refused"
                                                         : "rejected";
   const char *proto = c->switching ? c->proto : c->offered0;
-  b.len = 0; /* the same buffer for the second series */
-  sy_metrics_label(&b, "protocol", proto, strlen(proto));
-  sy_metrics_label(&b, "outcome", outcome, strlen(outcome));
-  sy_buf_append(&b, "", 1);
-  sy_metrics_add(c->w->metrics, "switchyard_upgrades_total", b.p, 1);
-  sy_buf_free(&b);
+  b = labels(c->w); /* the same buffer for the second series */
+  sy_metrics_label(b, "protocol", proto, strlen(proto));
+  sy_metrics_label(b, "outcome", outcome, strlen(outcome));
+  sy_buf_append(b, "", 1);
+  sy_metrics_add(c->w->metrics, "switchyard_upgrades_total", b->p, 1);
 }
 
 static void count_tunnel(const sy_tunnel_note *c, int delta, const sy_tunnel_stats *st) {
-  sy_buf b = {0};
-  route_label_of(c->route, &b);
-  sy_metrics_label(&b, "protocol", c->proto, strlen(c->proto));
-  sy_buf_append(&b, "", 1);
   sy_metrics *m = c->w->metrics;
-  sy_metrics_add(m, "switchyard_tunnels_open", b.p, delta);
-  if (delta > 0) sy_metrics_add(m, "switchyard_tunnels_total", b.p, 1);
-  sy_buf_free(&b);
+  sy_buf *b = labels(c->w);
+  route_label_of(c->route, b);
+  sy_metrics_label(b, "protocol", c->proto, strlen(c->proto));
+  sy_buf_append(b, "", 1);
+  sy_metrics_add(m, "switchyard_tunnels_open", b->p, delta);
+  if (delta > 0) sy_metrics_add(m, "switchyard_tunnels_total", b->p, 1);
   if (st) {
     sy_metrics_add(m, "switchyard_tunnel_bytes_total", "direction=\"to_upstream\"",
                    (int64_t)st->bytes_c2u);
@@ -1066,30 +1068,6 @@ static const llhttp_settings_t resp_settings = {
 
 /* ---- request head ------------------------------------------------------------ */
 
-struct tok_collect {
-  sy_str *toks;
-  size_t n, max;
-};
-
-static int collect_tok(sy_str tok, void *arg) {
-  struct tok_collect *tc = arg;
-  if (tc->n < tc->max) tc->toks[tc->n++] = tok;
-  return 0;
-}
-
-/* Upgrade tokens offered, when this is an upgrade request at all: an HTTP/1.1
- * request whose Connection lists "upgrade" and that carries Upgrade. */
-static size_t offered_upgrades(sy_conn *c, sy_str *out, size_t max) {
-  sy_flow *f = &c->rq;
-  if (f->head.major != 1 || f->head.minor < 1) return 0;
-  if (!sy_head_lists(&f->head, f->buf, "connection", "upgrade")) return 0;
-  struct tok_collect tc = {out, 0, max};
-  for (size_t i = 0; i < f->head.nfields; i++)
-    if (sy_str_ieq(sy_span_str(f->buf, f->head.fields[i].name), "upgrade"))
-      sy_list_each(sy_span_str(f->buf, f->head.fields[i].value), collect_tok, &tc);
-  return tc.n;
-}
-
 static void remember_request(sy_conn *c) {
   sy_flow *f = &c->rq;
   sy_str m = sy_span_str(f->buf, f->head.method);
@@ -1157,7 +1135,7 @@ static void route_request(sy_conn *c) {
     return;
   }
   sy_str offered[SY_MAX_UPGRADES];
-  size_t noffered = offered_upgrades(c, offered, SY_MAX_UPGRADES);
+  size_t noffered = sy_head_upgrade_offers(&c->rq.head, c->rq.buf, offered, SY_MAX_UPGRADES);
   if (noffered) {
     size_t n0 = offered[0].len < sizeof(c->offered0) - 1 ? offered[0].len : sizeof(c->offered0) - 1;
     memcpy(c->offered0, offered[0].p, n0);

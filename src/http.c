@@ -116,6 +116,27 @@ int sy_head_lists(const sy_head *h, const char *base, const char *name, const ch
   return 0;
 }
 
+struct tok_collect {
+  sy_str *toks;
+  size_t n, max;
+};
+
+static int collect_tok(sy_str tok, void *arg) {
+  struct tok_collect *tc = arg;
+  if (tc->n < tc->max) tc->toks[tc->n++] = tok;
+  return 0;
+}
+
+size_t sy_head_upgrade_offers(const sy_head *h, const char *base, sy_str *out, size_t max) {
+  if (h->major != 1 || h->minor < 1) return 0;
+  if (!sy_head_lists(h, base, "connection", "upgrade")) return 0;
+  struct tok_collect tc = {out, 0, max};
+  for (size_t i = 0; i < h->nfields; i++)
+    if (sy_str_ieq(sy_span_str(base, h->fields[i].name), "upgrade"))
+      sy_list_each(sy_span_str(base, h->fields[i].value), collect_tok, &tc);
+  return tc.n;
+}
+
 const sy_field *sy_head_find(const sy_head *h, const char *base, const char *name) {
   for (size_t i = 0; i < h->nfields; i++)
     if (sy_str_ieq(sy_span_str(base, h->fields[i].name), name)) return &h->fields[i];

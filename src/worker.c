@@ -252,6 +252,7 @@ static void drop_caches(sy_worker *w) {
     free(w->blk_cache[--w->nblk_cache]);
   while (w->ncipher_cache > 0)
     free(w->cipher_cache[--w->ncipher_cache].p);
+  sy_buf_free(&w->labels);
 }
 
 static void on_trim(uv_timer_t *t) {

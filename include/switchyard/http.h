@@ -56,6 +56,10 @@ sy_str sy_target_authority(sy_str target, sy_str *rest);
 
 /* Does any field `name` list `token` (case-insensitive)? */
 int sy_head_lists(const sy_head *h, const char *base, const char *name, const char *token);
+/* The Upgrade tokens a request offers (at most max, in order), when it is an
+ * upgrade request at all: HTTP/1.1 or later, Connection lists "upgrade" and
+ * Upgrade is present. 0 otherwise. */
+size_t sy_head_upgrade_offers(const sy_head *h, const char *base, sy_str *out, size_t max);
 /* First field named `name`, or NULL. */
 const sy_field *sy_head_find(const sy_head *h, const char *base, const char *name);
 

@@ -10,6 +10,7 @@
 #include <uv.h>
 
 #include "switchyard/config.h"
+#include "switchyard/http.h"
 #include "switchyard/metrics.h"
 #include "switchyard/pipepool.h"
 #include "switchyard/tunnel.h"
@@ -54,6 +55,7 @@ struct sy_worker {
   struct sy_flow *written, **written_tail; /* writes done at once (conn.c) */
   uv_check_t written_check;
   uv_idle_t written_idle;
+  sy_buf labels;                 /* metric labels being built (conn.c): capacity kept */
   char *buf_cache[SY_BUF_CACHE]; /* idle flow buffers (conn.c) */
   unsigned nbuf_cache;
   char *blk_cache[SY_BLK_CACHE]; /* SY_CIPHER_BLOCK each (conn.c) */

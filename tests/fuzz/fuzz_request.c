@@ -55,17 +55,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   return 0;
 }
 
-struct tok_collect {
-  sy_str *toks;
-  size_t n, max;
-};
-
-static int collect_tok(sy_str tok, void *arg) {
-  struct tok_collect *tc = arg;
-  if (tc->n < tc->max) tc->toks[tc->n++] = tok;
-  return 0;
-}
-
 static int route_names(const sy_route_cfg *r, const char *tok) {
   for (size_t i = 0; i < r->nallow_upgrades; i++)
     if (strcasecmp(r->allow_upgrades[i], tok) == 0) return 1;
@@ -178,12 +167,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     hv[i].value = sy_span_str(buf, m.head.fields[i].value);
   }
   sy_str offered[8];
-  struct tok_collect tc = {offered, 0, 8};
-  if (m.head.major == 1 && m.head.minor >= 1 &&
-      sy_head_lists(&m.head, buf, "connection", "upgrade"))
-    for (size_t i = 0; i < m.head.nfields; i++)
-      if (sy_str_ieq(sy_span_str(buf, m.head.fields[i].name), "upgrade"))
-        sy_list_each(sy_span_str(buf, m.head.fields[i].value), collect_tok, &tc);
+  size_t noffered = sy_head_upgrade_offers(&m.head, buf, offered, 8);
   const sy_field *host = sy_head_find(&m.head, buf, "host");
   sy_request_view rv = {
       .method = sy_span_str(buf, m.head.method),
@@ -192,14 +176,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       .headers = hv,
       .nheaders = nh,
       .upgrades = offered,
-      .nupgrades = tc.n,
+      .nupgrades = noffered,
   };
   const sy_route_cfg *r = sy_route_match(g_cfg, &rv);
   if (!r) goto out; /* 404: "*" and absolute-form targets miss every path_prefix route */
 
   sy_str toks[8];
   size_t ntoks = 0;
-  for (size_t i = 0; i < tc.n; i++) {
+  for (size_t i = 0; i < noffered; i++) {
     if (!sy_route_allows_upgrade(r, offered[i])) continue;
     if (offered[i].len >= 3 && strncasecmp(offered[i].p, "h2c", 3) == 0 &&
         (offered[i].len == 3 || offered[i].p[3] == '/'))
