@@ -471,7 +471,7 @@ static int header_semantics(struct request *r) {
     r->keep_alive = !has_token(r, "Connection", "close");
   else
     r->keep_alive = has_token(r, "Connection", "keep-alive");
-  struct slice expect;
+  struct slice expect = {0};
   r->expect_continue = count_headers(r, "Expect", &expect) && slice_ieq(expect, "100-continue");
   if (r->chunked)
     r->body = CHUNK_SIZE;

@@ -161,7 +161,7 @@ static int dup_text(ctx *c, const yaml_node_t *n, const char *s, char **out) {
 }
 
 static int dup_string(ctx *c, const yaml_node_t *n, const char *path, char **out) {
-  const char *s;
+  const char *s = NULL;
   if (want_string(c, n, path, &s) < 0) return -1;
   return dup_text(c, n, s, out);
 }
@@ -285,7 +285,7 @@ static int h_str(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off
 }
 
 static int h_bool(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
-  const char *s;
+  const char *s = NULL;
   if (want_scalar(c, v, path, &s) < 0) return -1;
   if (strcmp(s, "true") == 0)
     *FIELD(obj, off, int) = 1;
@@ -297,7 +297,7 @@ static int h_bool(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t of
 }
 
 static int h_duration(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
-  const char *s;
+  const char *s = NULL;
   if (want_scalar(c, v, path, &s) < 0) return -1;
   if (sy_parse_duration(s, FIELD(obj, off, sy_msec_t)) < 0)
     return fail(c, v, "%s: invalid duration \"%s\" (expected e.g. 250ms, 5s, 2m, 1h, 1d)", path, s);
@@ -487,7 +487,7 @@ static int h_certificates(ctx *c, yaml_node_t *v, const char *path, void *obj, s
   tls->ncerts = n;
   for (size_t i = 0; i < n; i++) {
     char child[SY_PATH_LEN];
-    unsigned seen;
+    unsigned seen = 0;
     yaml_node_t *item = seq_item(c, v, i);
     join_idx(child, path, i);
     if (parse_map(c, item, child, cert_keys, NKEYS(cert_keys), &tls->certs[i], &seen) < 0 ||
@@ -506,7 +506,7 @@ static int h_certificates(ctx *c, yaml_node_t *v, const char *path, void *obj, s
 }
 
 static int h_min_version(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
-  const char *s;
+  const char *s = NULL;
   if (want_string(c, v, path, &s) < 0) return -1;
   if (strcmp(s, "TLS1.2") != 0 && strcmp(s, "TLS1.3") != 0)
     return fail(c, v, "%s: expected TLS1.2 or TLS1.3, got \"%s\"", path, s);
@@ -521,7 +521,7 @@ static const key_spec listener_tls_keys[] = {
 
 static int h_listener_tls(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_listener_tls *tls = FIELD(obj, off, sy_listener_tls);
-  unsigned seen;
+  unsigned seen = 0;
   tls->enabled = 1;
   if (parse_map(c, v, path, listener_tls_keys, NKEYS(listener_tls_keys), tls, &seen) < 0) return -1;
   return require_keys(c, v, path, listener_tls_keys, seen, 1u /* certificates */);
@@ -529,7 +529,7 @@ static int h_listener_tls(ctx *c, yaml_node_t *v, const char *path, void *obj, s
 
 static int h_offer_tls(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   static const char *const names[] = {"off", "optional", "required"};
-  const char *s;
+  const char *s = NULL;
   if (want_scalar(c, v, path, &s) < 0) return -1;
   for (size_t i = 0; i < NKEYS(names); i++) {
     if (strcmp(s, names[i]) == 0) {
@@ -549,7 +549,7 @@ static const key_spec listener_keys[] = {
 };
 
 static int parse_listener(ctx *c, yaml_node_t *v, const char *path, sy_listener_cfg *l) {
-  unsigned seen;
+  unsigned seen = 0;
   l->line = (int)v->start_mark.line + 1;
   l->column = (int)v->start_mark.column + 1;
   if (parse_map(c, v, path, listener_keys, NKEYS(listener_keys), l, &seen) < 0 ||
@@ -592,7 +592,7 @@ static const key_spec admin_keys[] = {
 
 static int h_admin(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_config *cfg = obj;
-  unsigned seen;
+  unsigned seen = 0;
   if (parse_map(c, v, path, admin_keys, NKEYS(admin_keys), cfg, &seen) < 0 ||
       require_keys(c, v, path, admin_keys, seen, 1u /* address */) < 0)
     return -1;
@@ -651,7 +651,7 @@ static int h_servers(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t
   u->nservers = n;
   for (size_t i = 0; i < n; i++) {
     char child[SY_PATH_LEN];
-    unsigned seen;
+    unsigned seen = 0;
     yaml_node_t *item = seq_item(c, v, i);
     join_idx(child, path, i);
     u->servers[i].weight = 1;
@@ -675,7 +675,7 @@ static const key_spec upstream_tls_keys[] = {
 
 static int h_upstream_tls(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_upstream_tls *tls = FIELD(obj, off, sy_upstream_tls);
-  unsigned seen;
+  unsigned seen = 0;
   tls->enabled = 1;
   tls->verify = 1;
   if (parse_map(c, v, path, upstream_tls_keys, NKEYS(upstream_tls_keys), tls, &seen) < 0) return -1;
@@ -693,7 +693,7 @@ static int h_upstream_tls(ctx *c, yaml_node_t *v, const char *path, void *obj, s
 }
 
 static int h_health_path(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
-  const char *s;
+  const char *s = NULL;
   if (want_string(c, v, path, &s) < 0) return -1;
   if (*s != '/') return fail(c, v, "%s: must start with \"/\", got \"%s\"", path, s);
   return dup_text(c, v, s, FIELD(obj, off, char *));
@@ -721,7 +721,7 @@ static int h_health(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t 
 
 /* A count where 0 is meaningful (0 idle connections = no pooling). */
 static int h_uint0(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
-  const char *s;
+  const char *s = NULL;
   if (want_scalar(c, v, path, &s) < 0) return -1;
   if (strcmp(s, "0") == 0) {
     *FIELD(obj, off, unsigned) = 0;
@@ -758,7 +758,7 @@ static int h_upstreams(ctx *c, yaml_node_t *v, const char *path, void *obj, size
     yaml_node_pair_t *p = &v->data.mapping.pairs.start[i];
     sy_upstream_cfg *u = &cfg->upstreams[i];
     char child[SY_PATH_LEN];
-    unsigned seen;
+    unsigned seen = 0;
     if (check_key(c, v, p, path) < 0) return -1;
     yaml_node_t *k = node_at(c, p->key), *item = node_at(c, p->value);
     if (dup_string(c, k, path, &u->name) < 0) return -1;
@@ -778,7 +778,7 @@ static int h_upstreams(ctx *c, yaml_node_t *v, const char *path, void *obj, size
  * the request's Host after doing the same to it. */
 static int h_route_host(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_route_cfg *r = obj;
-  const char *s;
+  const char *s = NULL;
   if (want_string(c, v, path, &s) < 0) return -1;
   size_t len = strlen(s);
   if (s[0] == '[' && len > 2 && s[len - 1] == ']') {
@@ -797,7 +797,7 @@ static int h_route_host(ctx *c, yaml_node_t *v, const char *path, void *obj, siz
 }
 
 static int h_route_path(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
-  const char *s;
+  const char *s = NULL;
   if (want_string(c, v, path, &s) < 0) return -1;
   if (*s != '/') return fail(c, v, "%s: must start with \"/\", got \"%s\"", path, s);
   return dup_text(c, v, s, FIELD(obj, off, char *));
@@ -815,7 +815,7 @@ static int h_match_upgrade(ctx *c, yaml_node_t *v, const char *path, void *obj, 
 
 /* An empty value is a real header value ("X-Flag:"), so only null is refused. */
 static int h_header_value(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
-  const char *s;
+  const char *s = NULL;
   if (want_scalar(c, v, path, &s) < 0) return -1;
   if (is_null(v)) return fail(c, v, "%s: expected a string, got null", path);
   return dup_text(c, v, s, FIELD(obj, off, char *));
@@ -835,7 +835,7 @@ static int h_match_headers(ctx *c, yaml_node_t *v, const char *path, void *obj, 
   r->nheaders = n;
   for (size_t i = 0; i < n; i++) {
     char child[SY_PATH_LEN];
-    unsigned seen;
+    unsigned seen = 0;
     yaml_node_t *item = seq_item(c, v, i);
     join_idx(child, path, i);
     if (parse_map(c, item, child, header_keys, NKEYS(header_keys), &r->headers[i], &seen) < 0 ||
@@ -915,7 +915,7 @@ static int h_routes(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t 
   for (size_t i = 0; i < n; i++) {
     sy_route_cfg *r = &cfg->routes[i];
     char child[SY_PATH_LEN];
-    unsigned seen;
+    unsigned seen = 0;
     yaml_node_t *item = seq_item(c, v, i);
     join_idx(child, path, i);
     r->index = i;
@@ -950,7 +950,7 @@ static int resolve_routes(ctx *c, yaml_node_t *root) {
 
 static int h_workers(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_config *cfg = obj;
-  const char *s;
+  const char *s = NULL;
   if (want_scalar(c, v, path, &s) < 0) return -1;
   if (strcmp(s, "auto") == 0) {
     cfg->workers = 0;
@@ -1044,7 +1044,7 @@ static int check_admin(ctx *c, yaml_node_t *root) {
 }
 
 static int parse_root(ctx *c, yaml_node_t *root) {
-  unsigned seen;
+  unsigned seen = 0;
   if (parse_map(c, root, "", top_keys, NKEYS(top_keys), c->cfg, &seen) < 0 ||
       require_keys(c, root, "", top_keys, seen, 1u << TK_LISTENERS) < 0)
     return -1;
