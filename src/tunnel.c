@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -27,6 +28,8 @@
 #define WHEEL_TICK_MS 16
 #define WHEEL_SLOTS 1024
 #define HUB_EVENTS 128
+/* AUTO mode looks at this many turns before it reconsiders where to block. */
+#define HUB_WINDOW 256
 /* Writability is only asked for once a write has found the socket full: an
  * idle or lightly used tunnel never gets writable events. */
 #define EV_BASE (EPOLLIN | EPOLLRDHUP | EPOLLET)
@@ -80,12 +83,20 @@ struct sy_tunnel_hub {
   uv_poll_t poll;
   uv_timer_t timer;
   uv_idle_t idle;
+  uv_prepare_t watch; /* LOOP mode with tunnels: counts turns, stops uv_run to switch */
   int open_handles;
   uint32_t page; /* a pipe has one slot per page of capacity */
   size_t count;  /* started, not yet reported done */
   size_t ntimed; /* in the wheel */
   uint64_t cur_tick, armed_tick;
   int armed;
+  /* Where turns block (enum sy_hub_mode, see tunnel.h): asked for, and now. In
+   * OWN mode libuv's fd is in epfd (data 0) and the poll handle is stopped:
+   * the two epoll sets never contain each other at the same time. */
+  uint8_t mode, own, want; /* want: AUTO's verdict on the last window */
+  /* The current AUTO window: turns, and those that had tunnel events (LOOP
+   * mode) or libuv events (OWN mode). */
+  uint32_t turns, tunnel_turns, loop_turns;
   sy_tunnel *ready, *zombies, *untimed;
   sy_tunnel *wheel[WHEEL_SLOTS];
 };
@@ -93,6 +104,7 @@ struct sy_tunnel_hub {
 enum { TUN_RST_CLIENT = 1, TUN_RST_UPSTREAM = 2 };
 
 static void hub_kick(sy_tunnel_hub *h);
+static void hub_on_watch(uv_prepare_t *p);
 
 /* ---- lists ---- */
 
@@ -505,7 +517,10 @@ static void hub_reap(sy_tunnel_hub *h) {
     }
     sy_tunnel_stats st;
     sy_tunnel_stats_get(t, &st);
-    if (--h->count == 0) uv_unref((uv_handle_t *)&h->poll);
+    if (--h->count == 0) {
+      uv_unref((uv_handle_t *)&h->poll);
+      uv_prepare_stop(&h->watch);
+    }
     h->cb(t, &st, t->arg);
     free(t);
   }
@@ -523,14 +538,14 @@ static void hub_kick(sy_tunnel_hub *h) {
   if (!uv_is_active((uv_handle_t *)&h->idle)) uv_idle_start(&h->idle, hub_on_idle);
 }
 
-static void hub_on_poll(uv_poll_t *p, int status, int events) {
-  sy_tunnel_hub *h = p->data;
-  struct epoll_event ev[HUB_EVENTS];
-  int n;
-  do
-    n = epoll_wait(h->epfd, ev, HUB_EVENTS, 0);
-  while (n < 0 && errno == EINTR);
+/* Handles what epoll_wait on epfd returned; nonzero if libuv's fd was among it. */
+static int hub_dispatch(sy_tunnel_hub *h, const struct epoll_event *ev, int n) {
+  int loop_ready = 0;
   for (int i = 0; i < n; i++) {
+    if (ev[i].data.u64 == 0) {
+      loop_ready = 1;
+      continue;
+    }
     sy_tunnel *t = (sy_tunnel *)(uintptr_t)(ev[i].data.u64 & ~(uint64_t)1);
     int e = (int)(ev[i].data.u64 & 1);
     uint32_t x = ev[i].events;
@@ -553,6 +568,124 @@ static void hub_on_poll(uv_poll_t *p, int status, int events) {
     tun_pump(t);
   }
   hub_run_ready(h);
+  return loop_ready;
+}
+
+static void hub_on_poll(uv_poll_t *p, int status, int events) {
+  sy_tunnel_hub *h = p->data;
+  struct epoll_event ev[HUB_EVENTS];
+  int n;
+  do
+    n = epoll_wait(h->epfd, ev, HUB_EVENTS, 0);
+  while (n < 0 && errno == EINTR);
+  if (n > 0) {
+    h->tunnel_turns++;
+    hub_dispatch(h, ev, n);
+  }
+}
+
+/* ---- where the loop blocks ---- */
+
+static void hub_switch(sy_tunnel_hub *h, int own) {
+  if (own) {
+    /* Stopping the poll handle takes epfd out of libuv's set at once
+     * (uv__platform_invalidate_fd), so the ADD cannot make a loop (ELOOP). */
+    uv_poll_stop(&h->poll);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0};
+    if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, uv_backend_fd(h->loop), &ev) < 0) {
+      uv_poll_start(&h->poll, UV_READABLE, hub_on_poll); /* stay as we were */
+      return;
+    }
+    uv_prepare_stop(&h->watch);
+  } else {
+    (void)epoll_ctl(h->epfd, EPOLL_CTL_DEL, uv_backend_fd(h->loop), NULL);
+    uv_poll_start(&h->poll, UV_READABLE, hub_on_poll);
+    if (h->count > 0 && h->mode != SY_HUB_LOOP) uv_prepare_start(&h->watch, hub_on_watch);
+  }
+  h->own = h->want = (uint8_t)own;
+  h->turns = h->tunnel_turns = h->loop_turns = 0;
+}
+
+/* Each way of blocking makes one kind of wakeup cost an extra epoll_wait: LOOP
+ * the tunnels', OWN libuv's. Block where most wakeups come from; the two
+ * thresholds differ so a mix near the middle does not flip every window. */
+static int hub_want_own(sy_tunnel_hub *h) {
+  if (h->count == 0 || h->mode == SY_HUB_LOOP) return 0;
+  if (h->mode == SY_HUB_OWN) return 1;
+  if (h->turns >= HUB_WINDOW) {
+    h->want = h->own ? h->loop_turns * 2 < h->turns : h->tunnel_turns * 4 > h->turns * 3;
+    h->turns = h->tunnel_turns = h->loop_turns = 0;
+  }
+  return h->want;
+}
+
+/* LOOP mode runs libuv's own loop (uv_run DEFAULT: a turn per uv_run call costs
+ * an extra epoll_wait after callbacks ran); while there are tunnels this counts
+ * its turns and stops it when the hub should take over. */
+static void hub_on_watch(uv_prepare_t *p) {
+  sy_tunnel_hub *h = p->data;
+  h->turns++;
+  if (hub_want_own(h) != h->own) uv_stop(h->loop);
+}
+
+void sy_tunnel_hub_set_mode(sy_tunnel_hub *h, enum sy_hub_mode mode) {
+  h->mode = (uint8_t)mode;
+  if (!h->own && h->count > 0 && mode != SY_HUB_LOOP)
+    uv_prepare_start(&h->watch, hub_on_watch);
+  else if (mode == SY_HUB_LOOP)
+    uv_prepare_stop(&h->watch);
+}
+
+int sy_tunnel_hub_owns_loop(const sy_tunnel_hub *h) {
+  return h->own;
+}
+
+int sy_tunnel_hub_backend_fd(const sy_tunnel_hub *h) {
+  return h->own ? h->epfd : uv_backend_fd(h->loop);
+}
+
+static int hub_turn_own(sy_tunnel_hub *h, int timeout_ms) {
+  uv_loop_t *loop = h->loop;
+  /* libuv with nothing active would say 0 (do not block); here that only means
+   * nothing on its side can wake us, so block until a tunnel does. */
+  int to = uv_loop_alive(loop) ? uv_backend_timeout(loop) : -1;
+  if (timeout_ms >= 0 && (to < 0 || to > timeout_ms)) to = timeout_ms;
+  struct epoll_event ev[HUB_EVENTS];
+  int n = epoll_wait(h->epfd, ev, HUB_EVENTS, to);
+  uv_update_time(loop); /* the wheel and the tunnels read uv_now() */
+  h->turns++;
+  int loop_ready = 0;
+  if (n > 0) {
+    loop_ready = hub_dispatch(h, ev, n);
+    if (loop_ready) h->loop_turns++;
+  }
+  /* libuv's turn when its fd is ready, a timer may be due (the wait timed out)
+   * or work is queued for it (idle handles, closes, callbacks from the above). */
+  if (loop_ready || n == 0 || uv_backend_timeout(loop) == 0) uv_run(loop, UV_RUN_NOWAIT);
+  if (h->count == 0) hub_switch(h, 0); /* the last tunnel went: libuv's wakeups only */
+  return uv_loop_alive(loop) || h->count > 0;
+}
+
+int sy_tunnel_hub_turn(sy_tunnel_hub *h, int timeout_ms) {
+  uv_loop_t *loop = h->loop;
+  int own = hub_want_own(h);
+  if (own != h->own) hub_switch(h, own);
+  if (h->own) return hub_turn_own(h, timeout_ms);
+  if (timeout_ms < 0) {
+    uv_run(loop, UV_RUN_DEFAULT); /* until the end, or until the watch stops it */
+    return uv_loop_alive(loop) || h->count > 0;
+  }
+  int to = uv_backend_timeout(loop);
+  if (to < 0 || to > timeout_ms) to = timeout_ms;
+  struct pollfd p = {.fd = uv_backend_fd(loop), .events = POLLIN};
+  (void)poll(&p, 1, to);
+  return uv_run(loop, UV_RUN_NOWAIT);
+}
+
+void sy_tunnel_hub_run(sy_tunnel_hub *h) {
+  while (sy_tunnel_hub_turn(h, -1)) {
+  }
+  if (h->own) hub_switch(h, 0);
 }
 
 static void hub_on_close(uv_handle_t *hd) {
@@ -575,10 +708,12 @@ sy_tunnel_hub *sy_tunnel_hub_new(uv_loop_t *loop, sy_pipe_pool *pool, sy_tunnel_
     free(h);
     return NULL;
   }
-  h->poll.data = h->timer.data = h->idle.data = h;
+  h->poll.data = h->timer.data = h->idle.data = h->watch.data = h;
   uv_timer_init(loop, &h->timer);
   uv_idle_init(loop, &h->idle);
-  h->open_handles = 3;
+  uv_prepare_init(loop, &h->watch);
+  uv_unref((uv_handle_t *)&h->watch);
+  h->open_handles = 4;
   uv_poll_start(&h->poll, UV_READABLE, hub_on_poll);
   uv_unref((uv_handle_t *)&h->poll); /* only tunnels keep the loop alive */
   return h;
@@ -611,6 +746,7 @@ void sy_tunnel_hub_free(sy_tunnel_hub *h) {
   close(h->epfd); /* uv_close has already taken it out of the loop's epoll */
   uv_close((uv_handle_t *)&h->timer, hub_on_close);
   uv_close((uv_handle_t *)&h->idle, hub_on_close);
+  uv_close((uv_handle_t *)&h->watch, hub_on_close);
 }
 
 /* ---- tunnels ---- */
@@ -675,7 +811,10 @@ sy_tunnel *sy_tunnel_start(sy_tunnel_hub *h, int client_fd, int upstream_fd,
    * caller sees a callback from inside this function). */
   t->writable[0] = t->writable[1] = 1;
   t->start_ms = t->last_active_ms = uv_now(h->loop);
-  if (h->count++ == 0) uv_ref((uv_handle_t *)&h->poll);
+  if (h->count++ == 0) {
+    uv_ref((uv_handle_t *)&h->poll);
+    if (!h->own && h->mode != SY_HUB_LOOP) uv_prepare_start(&h->watch, hub_on_watch);
+  }
   tun_schedule(t);
   queue_ready(t);
   return t;

@@ -370,7 +370,7 @@ static void on_wakeup(uv_async_t *a) {
 
 static void *worker_main(void *arg) {
   sy_worker *w = arg;
-  uv_run(&w->loop, UV_RUN_DEFAULT);
+  sy_tunnel_hub_run(w->tunnels);
   return NULL;
 }
 

@@ -74,6 +74,29 @@ void sy_tunnel_hub_close_all(sy_tunnel_hub *h, const char *reason);
  * the loop). The count must be 0. */
 void sy_tunnel_hub_free(sy_tunnel_hub *h);
 
+/* Where a turn of the loop blocks. LOOP: in libuv, with the hub's epoll set
+ * watched as one fd, so a tunnel's wakeup costs two epoll_wait calls (libuv's,
+ * then the hub's). OWN: in the hub's epoll set, with libuv's backend fd inside
+ * it, so a tunnel's wakeup costs one and a libuv wakeup two. AUTO (the default)
+ * picks whichever most recent wakeups were cheaper under, and LOOP while the hub
+ * holds no tunnel. Tests force one. */
+enum sy_hub_mode { SY_HUB_AUTO = 0, SY_HUB_LOOP, SY_HUB_OWN };
+void sy_tunnel_hub_set_mode(sy_tunnel_hub *h, enum sy_hub_mode mode);
+
+/* Whether the last turn blocked in the hub's own epoll set (OWN). */
+int sy_tunnel_hub_owns_loop(const sy_tunnel_hub *h);
+
+/* The fd the next turn blocks on: readable when the turn would find work. */
+int sy_tunnel_hub_backend_fd(const sy_tunnel_hub *h);
+
+/* One turn of the hub's loop, blocking at most timeout_ms (-1: until there is
+ * work). Nonzero while the loop has anything left (handles or tunnels). Use it,
+ * or sy_tunnel_hub_run, instead of uv_run on a loop with a hub. */
+int sy_tunnel_hub_turn(sy_tunnel_hub *h, int timeout_ms);
+
+/* Turns until nothing is left: uv_run(loop, UV_RUN_DEFAULT) for a loop with a hub. */
+void sy_tunnel_hub_run(sy_tunnel_hub *h);
+
 /* Takes ownership of both fds (already dup'd by the caller, no other watcher on
  * them; they are made non-blocking here). The pending bytes, read past the HTTP
  * heads, are copied and delivered before anything else each way: to_upstream

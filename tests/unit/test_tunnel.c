@@ -94,6 +94,9 @@ static int fd_is_open(int fd) {
 
 /* ---- fixture ---- */
 
+/* Where the loop blocks (tunnel.h): main runs every test in each mode. */
+static enum sy_hub_mode g_mode = SY_HUB_LOOP;
+
 typedef struct fx {
   uv_loop_t loop;
   sy_pipe_pool *pool;
@@ -101,6 +104,7 @@ typedef struct fx {
   int client_peer, upstream_peer; /* the test's ends */
   int client_fd, upstream_fd;     /* the tunnel's ends */
   sy_tunnel *t;
+  enum sy_hub_mode mode;
   int done_calls;
   int fds_closed_at_done;
   int close_from_cb; /* call sy_tunnel_close inside done_cb: must be a no-op */
@@ -127,6 +131,8 @@ static void fx_init(fx *f) {
   ck_assert_ptr_nonnull(f->pool);
   f->hub = sy_tunnel_hub_new(&f->loop, f->pool, fx_on_done);
   ck_assert_ptr_nonnull(f->hub);
+  f->mode = g_mode;
+  sy_tunnel_hub_set_mode(f->hub, f->mode);
   tcp_pair(&f->client_peer, &f->client_fd);
   tcp_pair(&f->upstream_fd, &f->upstream_peer);
 }
@@ -143,18 +149,16 @@ static void fx_setup(fx *f, const sy_tunnel_opts *o) {
   fx_start(f, o, NULL, 0, NULL, 0);
 }
 
-/* Runs the loop until cond(arg) holds or the deadline passes. Between turns it
- * blocks on the loop's backend fd (bounded), so an idle loop costs no CPU. */
+/* Runs the loop until cond(arg) holds or the deadline passes. A turn blocks
+ * (at most 10 ms) where the hub's mode says, so an idle loop costs no CPU. */
 static int fx_wait(fx *f, int (*cond)(fx *, void *), void *arg, uint64_t timeout_ms) {
   uint64_t deadline = now_ms() + timeout_ms;
   for (;;) {
     if (cond(f, arg)) return 1;
     if (now_ms() >= deadline) return 0;
-    int to = uv_backend_timeout(&f->loop);
-    if (to < 0 || to > 10) to = 10;
-    struct pollfd p = {.fd = uv_backend_fd(&f->loop), .events = POLLIN};
-    poll(&p, 1, to);
-    uv_run(&f->loop, UV_RUN_NOWAIT);
+    sy_tunnel_hub_turn(f->hub, 10);
+    if (f->mode == SY_HUB_OWN) /* forced, and honoured while the hub has tunnels */
+      ck_assert_int_eq(sy_tunnel_hub_owns_loop(f->hub), sy_tunnel_hub_count(f->hub) > 0);
   }
 }
 
@@ -178,9 +182,9 @@ static sy_pipe_pool_stats fx_pool(fx *f) {
 static void assert_quiet(fx *f) {
   uint64_t w = fx_stats(f).wakeups;
   for (int i = 0; i < 5; i++)
-    uv_run(&f->loop, UV_RUN_NOWAIT);
+    sy_tunnel_hub_turn(f->hub, 0);
   ck_assert_uint_eq(fx_stats(f).wakeups, w);
-  struct pollfd p = {.fd = uv_backend_fd(&f->loop), .events = POLLIN};
+  struct pollfd p = {.fd = sy_tunnel_hub_backend_fd(f->hub), .events = POLLIN};
   ck_assert_int_eq(poll(&p, 1, 0), 0);
 }
 
@@ -902,6 +906,86 @@ START_TEST(test_start_rejects_bad_arguments) {
 }
 END_TEST
 
+/* A libuv-only source of wakeups: a socket pair watched by uv_poll, poked once
+ * per turn, drained by its callback. */
+typedef struct poker {
+  uv_poll_t poll;
+  int fd[2];
+  int seen;
+} poker;
+
+static void on_poke(uv_poll_t *p, int status, int events) {
+  poker *k = p->data;
+  char b[64];
+  while (recv(k->fd[1], b, sizeof(b), MSG_DONTWAIT) > 0)
+    k->seen++;
+}
+
+/* AUTO: a tunnel ping-ponging small messages makes most wakeups, so turns come
+ * to block in the hub's set; once libuv's fd makes most of them, they go back;
+ * bytes cross intact through every switch; the last tunnel gone, LOOP again.
+ * LOOP, forced, never blocks in the hub's set. */
+START_TEST(test_hub_mode_follows_wakeups) {
+  fx f;
+  sy_tunnel_opts o = {.idle_timeout_ms = 20000};
+  enum sy_hub_mode saved = g_mode;
+  g_mode = _i ? SY_HUB_LOOP : SY_HUB_AUTO;
+  fx_setup(&f, &o);
+  g_mode = saved;
+  int one = 1;
+  ck_assert_int_eq(setsockopt(f.client_peer, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)), 0);
+  ck_assert_int_eq(setsockopt(f.upstream_peer, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)), 0);
+  unsigned char pat[64], got[64];
+  for (int i = 0; i < 64; i++)
+    pat[i] = (unsigned char)(i * 13 + 5);
+  int owned_at = -1;
+  for (int m = 0; m < 2000 && owned_at < 0; m++) {
+    size_t len = (size_t)(m % 64) + 1;
+    int from = m % 2 ? f.upstream_peer : f.client_peer;
+    int to = m % 2 ? f.client_peer : f.upstream_peer;
+    send_all(from, pat, len);
+    rd q = {.fd = to, .buf = got, .len = len};
+    ck_assert(fx_wait(&f, cond_rd, &q, WAIT_MS));
+    ck_assert(memcmp(got, pat, len) == 0);
+    if (sy_tunnel_hub_owns_loop(f.hub)) owned_at = m;
+  }
+  if (_i) {
+    ck_assert_int_eq(owned_at, -1);
+    fx_teardown(&f);
+    return;
+  }
+  ck_assert_int_ge(owned_at, 0);
+  /* now libuv's wakeups dominate; the tunnel stays open and quiet */
+  poker k = {.seen = 0};
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, k.fd), 0);
+  ck_assert_int_eq(uv_poll_init(&f.loop, &k.poll, k.fd[1]), 0);
+  k.poll.data = &k;
+  ck_assert_int_eq(uv_poll_start(&k.poll, UV_READABLE, on_poke), 0);
+  int back_at = -1;
+  uint64_t deadline = now_ms() + WAIT_MS;
+  for (int i = 0; i < 4000 && back_at < 0 && now_ms() < deadline; i++) {
+    int want = k.seen + 1;
+    ck_assert_int_eq(send(k.fd[0], "p", 1, MSG_NOSIGNAL), 1);
+    while (k.seen < want && now_ms() < deadline)
+      sy_tunnel_hub_turn(f.hub, 10);
+    if (!sy_tunnel_hub_owns_loop(f.hub)) back_at = i;
+  }
+  ck_assert_int_ge(back_at, 0);
+  ck_assert_uint_eq(sy_tunnel_hub_count(f.hub), 1);
+  /* the tunnel still works after both switches */
+  xfer x = {.from = f.client_peer, .to = f.upstream_peer, .seed = 77, .total = 1000000};
+  ck_assert(fx_wait(&f, cond_xfer_received, &x, WAIT_MS));
+  ck_assert(!x.mismatch);
+  uv_close((uv_handle_t *)&k.poll, NULL);
+  close(k.fd[0]);
+  close(k.fd[1]);
+  sy_tunnel_close(f.t, "test");
+  ck_assert(fx_wait(&f, cond_done, NULL, WAIT_MS));
+  ck_assert_int_eq(sy_tunnel_hub_owns_loop(f.hub), 0);
+  fx_teardown(&f);
+}
+END_TEST
+
 static Suite *tunnel_suite(void) {
   Suite *s = suite_create("tunnel");
   TCase *tc = tcase_create("core");
@@ -922,6 +1006,8 @@ static Suite *tunnel_suite(void) {
   tcase_add_test(tc, test_no_pipe_falls_back_to_copy);
   tcase_add_test(tc, test_splice_refused_falls_back_to_copy);
   tcase_add_test(tc, test_start_rejects_bad_arguments);
+  if (g_mode == SY_HUB_LOOP) /* it sets its own modes: once is enough */
+    tcase_add_loop_test(tc, test_hub_mode_follows_wakeups, 0, 2);
   suite_add_tcase(s, tc);
   return s;
 }
@@ -929,9 +1015,15 @@ static Suite *tunnel_suite(void) {
 int main(void) {
   /* splice(2) into a reset socket raises SIGPIPE; the proxy ignores it, so do we */
   signal(SIGPIPE, SIG_IGN);
-  SRunner *sr = srunner_create(tunnel_suite());
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
+  int failed = 0;
+  enum sy_hub_mode modes[] = {SY_HUB_LOOP, SY_HUB_OWN};
+  for (size_t m = 0; m < sizeof(modes) / sizeof(modes[0]); m++) {
+    g_mode = modes[m];
+    printf("hub mode: %s\n", g_mode == SY_HUB_OWN ? "own" : "loop");
+    SRunner *sr = srunner_create(tunnel_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    failed += srunner_ntests_failed(sr);
+    srunner_free(sr);
+  }
   return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
