@@ -124,6 +124,7 @@ static int at_limit(sy_worker *w) {
 static void accept_one(sy_worker *w, sy_listener *l) {
   __atomic_add_fetch(&conns_total, 1, __ATOMIC_RELAXED);
   w->nconns++;
+  w->accepted++;
   sy_conn_accept(w, l);
 }
 
@@ -257,13 +258,23 @@ static void drop_caches(sy_worker *w) {
 
 static void on_trim(uv_timer_t *t) {
   sy_worker *w = t->data;
+  int burst = w->trim_burst;
+  w->trim_burst = 0;
+  /* A burst is over when nothing was accepted since the last connection went.
+   * Under steady short-lived traffic (handshakes that become tunnels) the
+   * connection list empties many times a second: trimming and dropping the
+   * caches then only made the next connections fault the same pages in again. */
+  if (burst && (w->conns || w->accepted != w->idle_mark)) return;
   if (!w->conns) drop_caches(w);
   struct mallinfo2 mi = mallinfo2();
   if (mi.fordblks > TRIM_MIN_FREE && mi.fordblks > mi.uordblks / 4) malloc_trim(0);
 }
 
 void sy_worker_conns_idle(sy_worker *w) {
-  if (w->stopping || uv_timer_get_due_in(&w->trim_timer) <= TRIM_AFTER_BURST_MS) return;
+  if (w->stopping) return;
+  w->idle_mark = w->accepted;
+  if (uv_timer_get_due_in(&w->trim_timer) <= TRIM_AFTER_BURST_MS) return;
+  w->trim_burst = 1;
   uv_timer_start(&w->trim_timer, on_trim, TRIM_AFTER_BURST_MS, TRIM_PERIOD_MS);
 }
 

@@ -67,6 +67,8 @@ struct sy_worker {
   unsigned ncipher_cache;
   int stopping; /* enum sy_stop, in effect on the loop */
   uint64_t nconns;
+  uint64_t accepted, idle_mark; /* accepts so far; and when conns last went empty */
+  int trim_burst;               /* the trim timer is armed for the end of a burst */
   int started;
   int paused_any; /* a listener waits at max_connections (atomic) */
   int resume_req; /* another worker saw the count drop (atomic) */
