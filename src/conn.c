@@ -2325,6 +2325,9 @@ static void start_tunnel(sy_conn *c) {
       .idle_timeout_ms = route_timeout(c, rt->timeouts.tunnel_idle, c->cfg->timeouts.tunnel_idle),
       .fin_timeout_ms = route_timeout(c, rt->timeouts.tunnel_fin, c->cfg->timeouts.tunnel_fin),
       .force_copy = 0,
+      /* libuv's sockets are non-blocking, and conn_close below closes the
+       * originals before this returns to the loop: the duplicates are alone. */
+      .exclusive = 1,
   };
   size_t extra = sizeof(sy_tunnel_note) + strlen(c->proto) + strlen(c->client_ip) + 2 +
                  (c->path ? strlen(c->path) + 1 : 0);

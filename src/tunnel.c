@@ -72,7 +72,7 @@ struct sy_tunnel {
    * or by a read that proves the socket empty (tun_read_drained). */
   uint8_t readable[2], writable[2], out_armed[2];
   uint8_t rdhup[2]; /* the peer's FIN was reported: read on until 0, whatever */
-  uint8_t closing, queued, timed, first_fin, closed_by;
+  uint8_t closing, queued, timed, first_fin, closed_by, exclusive;
 };
 
 struct sy_tunnel_hub {
@@ -379,6 +379,9 @@ static int tun_dir_move(sy_tunnel *t, int i, int *culprit, int *again) {
     }
     if (d->eof) {
       d->done = 1;
+      /* The other way is over too: the close that follows sends this FIN (both
+       * receive queues are empty, so it is a FIN, not an RST). */
+      if (t->dir[1 - i].done) return 0;
       if (shutdown(t->fd[dst], SHUT_WR) < 0) {
         *culprit = dst;
         return -errno;
@@ -469,9 +472,9 @@ static void tun_finish(sy_tunnel *t, int by, const char *reason, int rst) {
     tun_dir_free_buf(d);
   }
   for (int e = 0; e < 2; e++) {
-    /* Removed explicitly: the connection's own descriptor for the socket may
-     * still be open, and epoll watches the file, not the number. */
-    (void)epoll_ctl(h->epfd, EPOLL_CTL_DEL, t->fd[e], NULL);
+    /* Removed explicitly unless the fds are exclusive: another descriptor of
+     * the socket may still be open, and epoll watches the file, not the number. */
+    if (!t->exclusive) (void)epoll_ctl(h->epfd, EPOLL_CTL_DEL, t->fd[e], NULL);
     if (rst & (e == END_CLIENT ? TUN_RST_CLIENT : TUN_RST_UPSTREAM)) {
       struct linger lg = {.l_onoff = 1, .l_linger = 0};
       (void)setsockopt(t->fd[e], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
@@ -797,7 +800,10 @@ sy_tunnel *sy_tunnel_start(sy_tunnel_hub *h, int client_fd, int upstream_fd,
       tun_dir_init(&t->dir[1], to_client, to_client_len) < 0)
     goto fail;
   t->dir[0].copy = t->dir[1].copy = opts && opts->force_copy;
-  if ((r = tun_set_nonblock(client_fd)) < 0 || (r = tun_set_nonblock(upstream_fd)) < 0) goto fail;
+  t->exclusive = opts && opts->exclusive;
+  if (!t->exclusive &&
+      ((r = tun_set_nonblock(client_fd)) < 0 || (r = tun_set_nonblock(upstream_fd)) < 0))
+    goto fail;
   for (int e = 0; e < 2; e++) {
     struct epoll_event ev = {.events = EV_BASE, .data.u64 = (uintptr_t)t | (unsigned)e};
     if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, t->fd[e], &ev) < 0) {

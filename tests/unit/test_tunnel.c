@@ -139,8 +139,17 @@ static void fx_init(fx *f) {
 
 static void fx_start(fx *f, const sy_tunnel_opts *o, const void *to_up, size_t to_up_len,
                      const void *to_cl, size_t to_cl_len) {
+  /* The OWN pass also hands the fds over as the proxy does (opts.exclusive:
+   * already non-blocking, no other descriptor), the LOOP pass as plain fds. */
+  sy_tunnel_opts x = o ? *o : (sy_tunnel_opts){0};
+  if (f->mode == SY_HUB_OWN) {
+    x.exclusive = 1;
+    ck_assert_int_eq(fcntl(f->client_fd, F_SETFL, fcntl(f->client_fd, F_GETFL) | O_NONBLOCK), 0);
+    ck_assert_int_eq(fcntl(f->upstream_fd, F_SETFL, fcntl(f->upstream_fd, F_GETFL) | O_NONBLOCK),
+                     0);
+  }
   f->t = sy_tunnel_start(f->hub, f->client_fd, f->upstream_fd, to_up, to_up_len, to_cl, to_cl_len,
-                         o, 0, f);
+                         o || x.exclusive ? &x : NULL, 0, f);
   ck_assert_ptr_nonnull(f->t);
 }
 
