@@ -42,7 +42,7 @@ typedef struct sy_tunnel_opts {
   /* The caller promises both fds are already non-blocking and are the only
    * descriptors of their sockets (no dup kept anywhere): then no fcntl at the
    * start, and at the end close() alone takes them out of the hub's epoll set.
-   * Three syscalls fewer per tunnel; what a handshake costs is mostly syscalls. */
+   * Four syscalls fewer per tunnel; what a handshake costs is mostly syscalls. */
   int exclusive;
 } sy_tunnel_opts;
 
@@ -103,9 +103,10 @@ int sy_tunnel_hub_turn(sy_tunnel_hub *h, int timeout_ms);
 void sy_tunnel_hub_run(sy_tunnel_hub *h);
 
 /* Takes ownership of both fds (already dup'd by the caller, no other watcher on
- * them; they are made non-blocking here unless opts->exclusive says they are). The pending bytes,
- * read past the HTTP heads, are copied and delivered before anything else each way: to_upstream
- * before any client byte, to_client before any upstream byte.
+ * them; they are made non-blocking here unless opts->exclusive says they are).
+ * The pending bytes, read past the HTTP heads, are copied and delivered before
+ * anything else each way: to_upstream before any client byte, to_client before
+ * any upstream byte.
  * extra: bytes the caller wants kept with the tunnel (sy_tunnel_extra), zeroed,
  * so per-tunnel bookkeeping costs no allocation of its own.
  * On an error the peers get an RST (SO_LINGER 0) so neither mistakes a broken
