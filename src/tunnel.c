@@ -104,7 +104,7 @@ struct sy_tunnel_hub {
 enum { TUN_RST_CLIENT = 1, TUN_RST_UPSTREAM = 2 };
 
 static void hub_kick(sy_tunnel_hub *h);
-static void hub_on_watch(uv_prepare_t *p);
+static void hub_watch_update(sy_tunnel_hub *h);
 
 /* ---- lists ---- */
 
@@ -522,7 +522,7 @@ static void hub_reap(sy_tunnel_hub *h) {
     sy_tunnel_stats_get(t, &st);
     if (--h->count == 0) {
       uv_unref((uv_handle_t *)&h->poll);
-      uv_prepare_stop(&h->watch);
+      hub_watch_update(h);
     }
     h->cb(t, &st, t->arg);
     free(t);
@@ -599,14 +599,13 @@ static void hub_switch(sy_tunnel_hub *h, int own) {
       uv_poll_start(&h->poll, UV_READABLE, hub_on_poll); /* stay as we were */
       return;
     }
-    uv_prepare_stop(&h->watch);
   } else {
     (void)epoll_ctl(h->epfd, EPOLL_CTL_DEL, uv_backend_fd(h->loop), NULL);
     uv_poll_start(&h->poll, UV_READABLE, hub_on_poll);
-    if (h->count > 0 && h->mode != SY_HUB_LOOP) uv_prepare_start(&h->watch, hub_on_watch);
   }
   h->own = h->want = (uint8_t)own;
   h->turns = h->tunnel_turns = h->loop_turns = 0;
+  hub_watch_update(h);
 }
 
 /* Each way of blocking makes one kind of wakeup cost an extra epoll_wait: LOOP
@@ -631,12 +630,18 @@ static void hub_on_watch(uv_prepare_t *p) {
   if (hub_want_own(h) != h->own) uv_stop(h->loop);
 }
 
+/* The watch runs exactly while it could change something: LOOP mode, with
+ * tunnels, and a mode that may leave LOOP. (Start and stop are idempotent.) */
+static void hub_watch_update(sy_tunnel_hub *h) {
+  if (!h->own && h->count > 0 && h->mode != SY_HUB_LOOP)
+    uv_prepare_start(&h->watch, hub_on_watch);
+  else
+    uv_prepare_stop(&h->watch);
+}
+
 void sy_tunnel_hub_set_mode(sy_tunnel_hub *h, enum sy_hub_mode mode) {
   h->mode = (uint8_t)mode;
-  if (!h->own && h->count > 0 && mode != SY_HUB_LOOP)
-    uv_prepare_start(&h->watch, hub_on_watch);
-  else if (mode == SY_HUB_LOOP)
-    uv_prepare_stop(&h->watch);
+  hub_watch_update(h);
 }
 
 int sy_tunnel_hub_owns_loop(const sy_tunnel_hub *h) {
@@ -819,7 +824,7 @@ sy_tunnel *sy_tunnel_start(sy_tunnel_hub *h, int client_fd, int upstream_fd,
   t->start_ms = t->last_active_ms = uv_now(h->loop);
   if (h->count++ == 0) {
     uv_ref((uv_handle_t *)&h->poll);
-    if (!h->own && h->mode != SY_HUB_LOOP) uv_prepare_start(&h->watch, hub_on_watch);
+    hub_watch_update(h);
   }
   tun_schedule(t);
   queue_ready(t);
