@@ -256,26 +256,40 @@ static void drop_caches(sy_worker *w) {
   sy_buf_free(&w->labels);
 }
 
+static void on_trim(uv_timer_t *t);
+
+static void arm_burst(sy_worker *w) {
+  w->idle_mark = w->accepted;
+  w->trim_burst = 1;
+  uv_timer_start(&w->trim_timer, on_trim, TRIM_AFTER_BURST_MS, TRIM_PERIOD_MS);
+}
+
 static void on_trim(uv_timer_t *t) {
   sy_worker *w = t->data;
-  int burst = w->trim_burst;
-  w->trim_burst = 0;
-  /* A burst is over when nothing was accepted since the last connection went.
-   * Under steady short-lived traffic (handshakes that become tunnels) the
-   * connection list empties many times a second: trimming and dropping the
-   * caches then only made the next connections fault the same pages in again. */
-  if (burst && (w->conns || w->accepted != w->idle_mark)) return;
-  if (!w->conns) drop_caches(w);
+  /* Quiet: no connection and none accepted since the timer was armed (or last
+   * fired). Under steady short-lived traffic (handshakes that become tunnels)
+   * the connection list empties many times a second, and releasing on each
+   * empty moment only made the next connections fault the same pages in again. */
+  int quiet = !w->conns && w->accepted == w->idle_mark;
+  w->idle_mark = w->accepted;
+  if (w->trim_burst) {
+    w->trim_burst = 0;
+    if (!quiet) {
+      if (!w->conns) arm_burst(w); /* the list is empty again: time another window */
+      return;
+    }
+  }
+  if (quiet) {
+    drop_caches(w);
+    sy_metrics_add(w->metrics, "switchyard_idle_memory_releases_total", NULL, 1);
+  }
   struct mallinfo2 mi = mallinfo2();
   if (mi.fordblks > TRIM_MIN_FREE && mi.fordblks > mi.uordblks / 4) malloc_trim(0);
 }
 
 void sy_worker_conns_idle(sy_worker *w) {
-  if (w->stopping) return;
-  w->idle_mark = w->accepted;
-  if (uv_timer_get_due_in(&w->trim_timer) <= TRIM_AFTER_BURST_MS) return;
-  w->trim_burst = 1;
-  uv_timer_start(&w->trim_timer, on_trim, TRIM_AFTER_BURST_MS, TRIM_PERIOD_MS);
+  if (w->stopping || w->trim_burst) return; /* already timing this quiet spell */
+  arm_burst(w);
 }
 
 int sy_worker_init(sy_worker *w, unsigned id, sy_config *cfg) {

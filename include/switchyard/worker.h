@@ -71,7 +71,7 @@ struct sy_worker {
   unsigned ncipher_cache;
   int stopping; /* enum sy_stop, in effect on the loop */
   uint64_t nconns;
-  uint64_t accepted, idle_mark; /* accepts so far; and when conns last went empty */
+  uint64_t accepted, idle_mark; /* accepts so far; and at the trim timer's last arming */
   int trim_burst;               /* the trim timer is armed for the end of a burst */
   int started;
   int paused_any; /* a listener waits at max_connections (atomic) */

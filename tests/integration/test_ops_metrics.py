@@ -1,5 +1,8 @@
 """Admin listener: /healthz, /readyz, /metrics values moving with the traffic
 the test drives, /status.json agreeing with /metrics."""
+import threading
+import time
+
 from support.http import response_bytes, get
 from support.ops import AdminPort
 from support.tunnel import (upgrader, upgrade_request, open_tunnel, Stream, pump,  # noqa: F401
@@ -204,3 +207,53 @@ def test_long_route_name_is_counted(proxy, backend):
         "3 requests served on a route with a %d-character name, /metrics counts %d:\n%s" % (
             len(name), m.get("switchyard_requests_total"), m.text)
     assert m.one("switchyard_requests_total", route=name, class_="2xx") == 3, m.text
+
+
+def test_idle_memory_released_after_traffic_not_between_connections(proxy, backend):
+    """A worker frees its cached buffers and trims its heap once its connections
+    are gone and no new one came for a while. Under steady short-lived traffic
+    the connection list empties between connections many times a second;
+    releasing at those moments only made the next connections fault the same
+    pages in again, so none may happen while traffic flows."""
+    be = backend(response=response_bytes(200, body=b"x" * 2000))
+    adm = AdminPort()
+    px = proxy(upstreams={"web": [be.address]}, admin=adm.config, workers=1)
+    name = "switchyard_idle_memory_releases_total"
+    # the harness's start-up probe leaves the worker quiet: that release comes first
+    m = adm.wait_metric(lambda m: m.get(name) >= 1, 10, "the release after the start-up probe")
+    r0 = m.get(name)
+
+    stop = threading.Event()
+    done, errors = [0], []
+
+    def traffic():
+        try:
+            while not stop.is_set():
+                r = px.request(get("/"))
+                assert r.status == 200 and len(r.body) == 2000, r.head
+                done[0] += 1
+        except Exception as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+            stop.set()
+
+    threads = [threading.Thread(target=traffic)]  # one: the list empties after each
+    for t in threads:
+        t.start()
+    try:
+        # each quiet window is 200 ms: traffic spanning several of them, each
+        # connection closed before the next (the list empties every time)
+        start = time.monotonic()
+        deadline = start + 30
+        while not stop.is_set() and time.monotonic() < deadline and \
+                (done[0] < 100 or time.monotonic() - start < 1.5):
+            stop.wait(0.05)
+        assert not errors, errors
+        assert done[0] >= 100 and time.monotonic() - start >= 1.5, (done[0], errors)
+        during = adm.metrics().get(name)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+    assert not errors, errors
+    assert during == r0, "released %d times while connections kept coming" % (during - r0)
+    adm.wait_metric(lambda m: m.get(name) > during, 10, "a release once the traffic stopped")
