@@ -1462,6 +1462,11 @@ static void start_connect(sy_conn *c) {
     return;
   }
   c->refs++; /* the connect request */
+  /* Armed now, the read costs nothing extra: libuv adds the socket for both
+   * events and drops POLLOUT after the connect. Started after it, libuv's
+   * ADD fails with EEXIST and is retried as a MOD. libuv delivers no read
+   * before the connect callback, which decides whether reading stays on. */
+  uv_read_start((uv_stream_t *)&l->tcp, upstream_alloc, on_upstream_read);
   timer_arm(c, route_timeout(c, c->route->timeouts.connect, c->cfg->timeouts.connect));
 }
 
