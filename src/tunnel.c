@@ -17,6 +17,13 @@
  * direction never has more than one pipe's worth in flight. 256 KiB rather
  * than 64 KiB: a third less CPU per byte in the sink benchmark. */
 #define TUN_SPLICE_LEN (256 * 1024)
+/* A read that may be a small message asks for this much and is copied: for a
+ * few hundred bytes, recv+send costs less than two splices and a pipe slot
+ * (~1 us less proxy CPU per 32-byte round trip, measured), and the tunnel
+ * needs no pipe at all. A full small read means more is queued: the rest of
+ * that burst is spliced. HAProxy splices only large transfers for the same
+ * reason. */
+#define TUN_SMALL 4096
 /* Chunks one direction may move per turn before yielding to the rest of the
  * loop; a tunnel that had more to do is queued and resumed on the next turn. */
 #define TUN_ROUNDS 16
@@ -48,10 +55,12 @@ typedef struct tun_dir {
   uint32_t off, len; /* buf[off, len) is in flight */
   char *buf;         /* pending bytes (exact size) or a TUN_CHUNK copy buffer */
   uint64_t bytes, spliced;
-  unsigned eof : 1;  /* the source sent FIN */
-  unsigned done : 1; /* ... and it was passed on with shutdown(dst, SHUT_WR) */
-  unsigned copy : 1; /* no splice for this direction */
-  unsigned big : 1;  /* buf holds TUN_CHUNK */
+  unsigned eof : 1;        /* the source sent FIN */
+  unsigned done : 1;       /* ... and it was passed on with shutdown(dst, SHUT_WR) */
+  unsigned copy : 1;       /* no splice for this direction */
+  unsigned big : 1;        /* buf holds TUN_CHUNK */
+  unsigned small : 1;      /* the last splice was short: the next read is a small copy */
+  unsigned last_small : 1; /* the last read was a small copy */
 } tun_dir;
 
 /* The whole state of a tunnel: everything here, nothing in libuv. */
@@ -99,6 +108,7 @@ struct sy_tunnel_hub {
   uint32_t turns, tunnel_turns, loop_turns;
   sy_tunnel *ready, *zombies, *untimed;
   sy_tunnel *wheel[WHEEL_SLOTS];
+  char scratch[TUN_SMALL]; /* small copies: read, sent at once, never kept here */
 };
 
 enum { TUN_RST_CLIENT = 1, TUN_RST_UPSTREAM = 2 };
@@ -308,10 +318,43 @@ static ssize_t tun_dir_fill_copy(tun_dir *d, int fd) {
   return n < 0 ? -errno : n;
 }
 
+/* Reads up to TUN_SMALL bytes and sends them on at once; what the destination
+ * does not take becomes pending bytes, which the caller's next flush sends (and
+ * meets the destination's error, if any, with the right end to blame). */
+static ssize_t tun_dir_fill_small(sy_tunnel *t, tun_dir *d, int fd, int dst) {
+  char *b = t->hub->scratch;
+  ssize_t n;
+  do
+    n = recv(fd, b, TUN_SMALL, 0);
+  while (n < 0 && errno == EINTR);
+  if (n <= 0) return n < 0 ? -errno : 0;
+  if (n == TUN_SMALL) d->small = 0;
+  ssize_t w;
+  do
+    w = send(t->fd[dst], b, (size_t)n, MSG_NOSIGNAL);
+  while (w < 0 && errno == EINTR);
+  if (w < 0 && errno == EAGAIN) t->writable[dst] = 0;
+  if (w < 0) w = 0;
+  if (w > 0) tun_dir_count(t, d, (size_t)w, 0);
+  if (w < n) {
+    tun_dir_free_buf(d);
+    if (!(d->buf = malloc((size_t)(n - w)))) return -ENOMEM;
+    memcpy(d->buf, b + w, (size_t)(n - w));
+    d->len = (uint32_t)(n - w);
+  }
+  return n;
+}
+
 /* Reads one chunk from fd into the (borrowed) pipe: >0 bytes, 0 at EOF, -errno. */
-static ssize_t tun_dir_fill(sy_tunnel *t, tun_dir *d, int fd) {
+static ssize_t tun_dir_fill(sy_tunnel *t, tun_dir *d, int fd, int dst) {
   assert(!tun_dir_in_flight(d));
+  d->last_small = 0;
   if (d->copy) return tun_dir_fill_copy(d, fd);
+  /* Only when the bytes can go out now: otherwise the pipe holds them. */
+  if (d->small && t->writable[dst]) {
+    d->last_small = 1;
+    return tun_dir_fill_small(t, d, fd, dst);
+  }
   /* Out of fds for a pipe: this chunk goes through a buffer instead of failing
    * the tunnel; the next chunk tries the pool again. */
   if (d->pipe[0] < 0) {
@@ -324,6 +367,7 @@ static ssize_t tun_dir_fill(sy_tunnel *t, tun_dir *d, int fd) {
     n = splice(fd, NULL, d->pipe[1], NULL, TUN_SPLICE_LEN, TUN_SPLICE_FLAGS);
   while (n < 0 && errno == EINTR);
   if (n > 0) d->in_pipe = (uint32_t)n;
+  if (n > 0 && n < TUN_SMALL) d->small = 1;
   if (n >= 0) return n;
   if (errno == EINVAL || errno == ENOSYS) {
     d->copy = 1;
@@ -353,6 +397,7 @@ static void tun_saw_fin(sy_tunnel *t, int src) {
  * reported (EPOLLRDHUP), reads go on until they return 0. */
 static int tun_read_drained(const sy_tunnel *t, const tun_dir *d, int src, size_t n) {
   if (t->rdhup[src]) return 0;
+  if (d->last_small) return n < TUN_SMALL;
   if (d->copy || d->pipe[0] < 0) return n < TUN_CHUNK;
   return n < d->pipe_cap / t->hub->page;
 }
@@ -393,7 +438,7 @@ static int tun_dir_move(sy_tunnel *t, int i, int *culprit, int *again) {
       *again = 1;
       return 0;
     }
-    ssize_t n = tun_dir_fill(t, d, t->fd[src]);
+    ssize_t n = tun_dir_fill(t, d, t->fd[src], dst);
     if (n == -EAGAIN) {
       t->readable[src] = 0;
       return 0;
@@ -768,6 +813,7 @@ static int tun_set_nonblock(int fd) {
 
 static int tun_dir_init(tun_dir *d, const char *pending, size_t len) {
   d->pipe[0] = d->pipe[1] = -1;
+  d->small = 1; /* after an upgrade, most first messages are small */
   if (len > 0) {
     if (len > UINT32_MAX || !(d->buf = malloc(len))) return -ENOMEM;
     memcpy(d->buf, pending, len);

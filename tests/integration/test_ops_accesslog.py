@@ -68,7 +68,8 @@ def test_request_and_tunnel_lines(proxy, backend, upgrader, tmp_path):
     assert (t["protocol"], t["path"], t["route"], t["upstream"]) == \
         ("websocket", "/ws/room", "chat", up.address), t
     assert (t["bytes_to_upstream"], t["bytes_to_client"]) == (12345, 54321), t
-    assert t["spliced"] == 12345 + 54321 and t["copied"] == 0, t
+    # bulk is spliced; reads that look like small messages (< 4 KiB) are copied
+    assert t["spliced"] + t["copied"] == 12345 + 54321 and t["spliced"] >= 12345 + 54321 - 32768, t
     assert t["closed_by"] == "client" and t["reason"] == "eof", t
     assert num(t["duration_ms"]), t
     # the 101 itself is a request line too

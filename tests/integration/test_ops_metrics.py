@@ -141,8 +141,10 @@ def test_metrics_follow_traffic(proxy, backend, upgrader):
     assert m.one("switchyard_tunnels_total", route="ws", protocol="websocket") == 3, m.text
     assert m.one("switchyard_tunnel_bytes_total", direction="to_upstream") == sent_up, m.text
     assert m.one("switchyard_tunnel_bytes_total", direction="to_client") == sent_down, m.text
-    assert m.one("switchyard_tunnel_spliced_bytes_total") == sent_up + sent_down, m.text
-    assert m.one("switchyard_tunnel_copied_bytes_total") == 0, m.text
+    # bulk is spliced; reads that look like small messages (< 4 KiB) are copied
+    spliced = m.one("switchyard_tunnel_spliced_bytes_total")
+    assert spliced + m.one("switchyard_tunnel_copied_bytes_total") == sent_up + sent_down, m.text
+    assert spliced >= (sent_up + sent_down) // 2, m.text
     assert m.get("switchyard_pipes", state="in_use") == 0, m.text
     assert m.one("switchyard_upstream_active_connections", upstream="ws", server=up.address) == 0, m.text
     # 6 + refused + rejected + 3 switched
