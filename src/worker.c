@@ -17,6 +17,9 @@ static uint64_t conns_total; /* all workers; atomic */
  * listener paused at max_connections (the limit is per process). */
 #define SY_MAX_WORKERS 256
 static sy_worker *registry[SY_MAX_WORKERS];
+/* Workers with a listener paused at max_connections: a closing connection
+ * looks for them only when there are any. */
+static int paused_workers;
 
 uint64_t sy_worker_total_conns(void) {
   return __atomic_load_n(&conns_total, __ATOMIC_RELAXED);
@@ -141,6 +144,8 @@ static void on_accept(uv_stream_t *s, int status) {
      * makes libuv stop polling this socket until we do: the listener pauses. */
     if (!l->paused) {
       l->paused = 1;
+      if (!__atomic_load_n(&w->paused_any, __ATOMIC_RELAXED))
+        __atomic_add_fetch(&paused_workers, 1, __ATOMIC_ACQ_REL);
       __atomic_store_n(&w->paused_any, 1, __ATOMIC_RELEASE);
       sy_metrics_add(w->metrics, "switchyard_listener_pauses_total", NULL, 1);
       sy_log_error("max_connections (%llu) reached: not accepting on %s",
@@ -162,6 +167,8 @@ static void resume_paused(sy_worker *w) {
     l->paused = 0;
     accept_one(w, l); /* takes the connection libuv held back and resumes polling */
   }
+  if (!still && __atomic_load_n(&w->paused_any, __ATOMIC_RELAXED))
+    __atomic_sub_fetch(&paused_workers, 1, __ATOMIC_ACQ_REL);
   __atomic_store_n(&w->paused_any, still, __ATOMIC_RELEASE);
 }
 
@@ -343,7 +350,7 @@ void sy_worker_conn_gone(sy_worker *w) {
     return;
   }
   resume_paused(w);
-  if (at_limit(w)) return;
+  if (at_limit(w) || !__atomic_load_n(&paused_workers, __ATOMIC_ACQUIRE)) return;
   for (unsigned i = 0; i < SY_MAX_WORKERS; i++) {
     sy_worker *x = __atomic_load_n(&registry[i], __ATOMIC_ACQUIRE);
     if (x && x != w && __atomic_load_n(&x->paused_any, __ATOMIC_ACQUIRE)) {

@@ -23,6 +23,12 @@ void sy_metrics_free(sy_metrics *m);
  * table is full (a bounded table cannot be grown under a concurrent reader). */
 void sy_metrics_add(sy_metrics *m, const char *name, const char *labels, int64_t delta);
 
+/* The same for a series counted on every connection: the caller keeps *cell
+ * (NULL at first) and only the first call looks the series up, so it still
+ * appears when first counted. */
+void sy_metrics_add_cell(sy_metrics *m, int64_t **cell, const char *name, const char *labels,
+                         int64_t delta);
+
 /* The sum over several tables of one series (0 when absent). */
 int64_t sy_metrics_get(sy_metrics *const *ms, size_t n, const char *name, const char *labels);
 

@@ -69,6 +69,9 @@ struct sy_worker {
     size_t cap;
   } cipher_cache[SY_CIPHER_CACHE];
   unsigned ncipher_cache;
+  struct { /* series counted per connection (sy_metrics_add_cell) */
+    int64_t *accepted, *open, *to_upstream, *to_client, *spliced, *copied;
+  } cell;
   int stopping; /* enum sy_stop, in effect on the loop */
   uint64_t nconns;
   uint64_t accepted, idle_mark; /* accepts so far; and at the trim timer's last arming */

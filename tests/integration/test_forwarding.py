@@ -1,5 +1,7 @@
 """The request head the upstream sees and the response head the client sees,
 byte for byte (plain HTTP/1.1 forwarding, RFC 9110 7.6.1 hop-by-hop rules)."""
+import socket
+
 import pytest
 
 from support.http import assert_bytes, response_bytes, get
@@ -231,3 +233,28 @@ def test_upstream_connection_close_does_not_close_client(proxy, backend):
     assert (r1.status, r1.body, r2.status, r2.body) == (200, b"one", 200, b"one")
     assert not r1.has("connection"), r1.head
     assert [q.target for q in be.requests] == ["/1", "/2"]
+
+
+@pytest.mark.parametrize("src", ["127.0.0.2", "127.10.200.3", "127.255.99.250"])
+def test_x_forwarded_for_is_the_client_address(proxy, backend, src):
+    """The client's address as inet_ntop writes it (one-, two- and three-digit
+    parts), from whichever loopback address the client connects."""
+    be = backend(response=OK)
+    px = proxy(upstreams={"web": [be.address]})
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.settimeout(10)
+        s.bind((src, 0))
+        s.connect(("127.0.0.1", px.port))
+        s.sendall(b"GET /x HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\n\r\n")
+        got = b""
+        while True:
+            b = s.recv(4096)
+            if not b:
+                break
+            got += b
+    finally:
+        s.close()
+    assert got.startswith(b"HTTP/1.1 200 "), got
+    req = be.wait_requests(1)[0]
+    assert req.values("x-forwarded-for") == [src], req.head
