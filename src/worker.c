@@ -285,11 +285,10 @@ static void on_trim(uv_timer_t *t) {
       if (!w->conns) arm_burst(w); /* the list is empty again: time another window */
       return;
     }
-  }
-  if (quiet) {
-    drop_caches(w);
+    /* Counted here only: the periodic tick of an idle worker has nothing to give. */
     sy_metrics_add(w->metrics, "switchyard_idle_memory_releases_total", NULL, 1);
   }
+  if (quiet) drop_caches(w);
   struct mallinfo2 mi = mallinfo2();
   if (mi.fordblks > TRIM_MIN_FREE && mi.fordblks > mi.uordblks / 4) malloc_trim(0);
 }
