@@ -10,7 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* A copy-mode read. */
+/* A copy-mode read (the hub's scratch buffer holds one). */
 #define TUN_CHUNK (64 * 1024)
 /* A splice asks for this much; the kernel moves at most what the pipe holds
  * (256 KiB from the pool, less when fs.pipe-user-pages-soft is reached), so a
@@ -53,14 +53,13 @@ typedef struct tun_dir {
   int pipe[2]; /* borrowed from the pool while bytes are in flight */
   uint32_t in_pipe, pipe_cap;
   uint32_t off, len; /* buf[off, len) is in flight */
-  char *buf;         /* pending bytes (exact size) or a TUN_CHUNK copy buffer */
+  char *buf;         /* pending bytes, exact size: what a copy could not send at once */
   uint64_t bytes, spliced;
-  unsigned eof : 1;        /* the source sent FIN */
-  unsigned done : 1;       /* ... and it was passed on with shutdown(dst, SHUT_WR) */
-  unsigned copy : 1;       /* no splice for this direction */
-  unsigned big : 1;        /* buf holds TUN_CHUNK */
-  unsigned small : 1;      /* the last splice was short: the next read is a small copy */
-  unsigned last_small : 1; /* the last read was a small copy */
+  unsigned eof : 1;   /* the source sent FIN */
+  unsigned done : 1;  /* ... and it was passed on with shutdown(dst, SHUT_WR) */
+  unsigned copy : 1;  /* no splice for this direction */
+  unsigned small : 1; /* the last splice was short: the next read is a small copy */
+  uint32_t asked;     /* the last read was a copy of at most this much (0: a splice) */
 } tun_dir;
 
 /* The whole state of a tunnel: everything here, nothing in libuv. */
@@ -108,7 +107,7 @@ struct sy_tunnel_hub {
   uint32_t turns, tunnel_turns, loop_turns;
   sy_tunnel *ready, *zombies, *untimed;
   sy_tunnel *wheel[WHEEL_SLOTS];
-  char scratch[TUN_SMALL]; /* small copies: read, sent at once, never kept here */
+  char scratch[TUN_CHUNK]; /* copies: read, sent at once, never kept here */
 };
 
 enum { TUN_RST_CLIENT = 1, TUN_RST_UPSTREAM = 2 };
@@ -231,7 +230,6 @@ static void tun_dir_free_buf(tun_dir *d) {
   free(d->buf);
   d->buf = NULL;
   d->off = d->len = 0;
-  d->big = 0;
 }
 
 /* Hands back what a direction no longer needs: an idle direction owns nothing. */
@@ -250,7 +248,7 @@ static void tun_dir_count(sy_tunnel *t, tun_dir *d, size_t n, int spliced) {
  * on copying. The pipe holds at most one splice (it is only filled when empty). */
 static int tun_dir_unsplice(tun_dir *d) {
   assert(d->in_pipe <= TUN_SPLICE_LEN && d->off == d->len);
-  char *b = malloc(d->in_pipe > TUN_CHUNK ? d->in_pipe : TUN_CHUNK);
+  char *b = malloc(d->in_pipe);
   if (!b) return -ENOMEM;
   size_t got = 0;
   while (got < d->in_pipe) {
@@ -266,7 +264,6 @@ static int tun_dir_unsplice(tun_dir *d) {
   tun_dir_free_buf(d); /* empty: bytes are never in buffer and pipe at once */
   d->buf = b;
   d->len = (uint32_t)got;
-  d->big = 1;
   d->copy = 1;
   return 0;
 }
@@ -302,40 +299,27 @@ static int tun_dir_flush(sy_tunnel *t, tun_dir *d, int fd) {
   return 0;
 }
 
-/* Reads one chunk into a buffer: >0 bytes, 0 at EOF, -errno. */
-static ssize_t tun_dir_fill_copy(tun_dir *d, int fd) {
-  if (!d->big) { /* a short pending-bytes buffer is not worth keeping */
-    tun_dir_free_buf(d);
-    if (!(d->buf = malloc(TUN_CHUNK))) return -ENOMEM;
-    d->big = 1;
-  }
-  ssize_t n;
-  do
-    n = recv(fd, d->buf, TUN_CHUNK, 0);
-  while (n < 0 && errno == EINTR);
-  d->off = 0;
-  d->len = n > 0 ? (uint32_t)n : 0;
-  return n < 0 ? -errno : n;
-}
-
-/* Reads up to TUN_SMALL bytes and sends them on at once; what the destination
- * does not take becomes pending bytes, which the caller's next flush sends (and
- * meets the destination's error, if any, with the right end to blame). */
-static ssize_t tun_dir_fill_small(sy_tunnel *t, tun_dir *d, int fd, int dst) {
+/* Copies one chunk: reads up to len bytes into the hub's scratch buffer and
+ * sends them on at once. What the destination does not take becomes pending
+ * bytes, which the caller's next flush sends (and meets the destination's
+ * error, if any, with the right end to blame). >0 bytes read, 0 at EOF, -errno. */
+static ssize_t tun_dir_fill_copy(sy_tunnel *t, tun_dir *d, int fd, int dst, uint32_t len) {
   char *b = t->hub->scratch;
+  d->asked = len;
   ssize_t n;
   do
-    n = recv(fd, b, TUN_SMALL, 0);
+    n = recv(fd, b, len, 0);
   while (n < 0 && errno == EINTR);
   if (n <= 0) return n < 0 ? -errno : 0;
-  if (n == TUN_SMALL) d->small = 0;
-  ssize_t w;
-  do
-    w = send(t->fd[dst], b, (size_t)n, MSG_NOSIGNAL);
-  while (w < 0 && errno == EINTR);
-  if (w < 0 && errno == EAGAIN) t->writable[dst] = 0;
-  if (w < 0) w = 0;
-  if (w > 0) tun_dir_count(t, d, (size_t)w, 0);
+  ssize_t w = 0;
+  if (t->writable[dst]) {
+    do
+      w = send(t->fd[dst], b, (size_t)n, MSG_NOSIGNAL);
+    while (w < 0 && errno == EINTR);
+    if (w < 0 && errno == EAGAIN) t->writable[dst] = 0;
+    if (w < 0) w = 0;
+    if (w > 0) tun_dir_count(t, d, (size_t)w, 0);
+  }
   if (w < n) {
     tun_dir_free_buf(d);
     if (!(d->buf = malloc((size_t)(n - w)))) return -ENOMEM;
@@ -348,18 +332,19 @@ static ssize_t tun_dir_fill_small(sy_tunnel *t, tun_dir *d, int fd, int dst) {
 /* Reads one chunk from fd into the (borrowed) pipe: >0 bytes, 0 at EOF, -errno. */
 static ssize_t tun_dir_fill(sy_tunnel *t, tun_dir *d, int fd, int dst) {
   assert(!tun_dir_in_flight(d));
-  d->last_small = 0;
-  if (d->copy) return tun_dir_fill_copy(d, fd);
+  d->asked = 0;
+  if (d->copy) return tun_dir_fill_copy(t, d, fd, dst, TUN_CHUNK);
   /* Only when the bytes can go out now: otherwise the pipe holds them. */
   if (d->small && t->writable[dst]) {
-    d->last_small = 1;
-    return tun_dir_fill_small(t, d, fd, dst);
+    ssize_t n = tun_dir_fill_copy(t, d, fd, dst, TUN_SMALL);
+    if (n == TUN_SMALL) d->small = 0;
+    return n;
   }
   /* Out of fds for a pipe: this chunk goes through a buffer instead of failing
    * the tunnel; the next chunk tries the pool again. */
   if (d->pipe[0] < 0) {
     int cap = sy_pipe_pool_get(t->hub->pool, d->pipe);
-    if (cap < 0) return tun_dir_fill_copy(d, fd);
+    if (cap < 0) return tun_dir_fill_copy(t, d, fd, dst, TUN_CHUNK);
     d->pipe_cap = (uint32_t)cap;
   }
   ssize_t n;
@@ -371,7 +356,7 @@ static ssize_t tun_dir_fill(sy_tunnel *t, tun_dir *d, int fd, int dst) {
   if (n >= 0) return n;
   if (errno == EINVAL || errno == ENOSYS) {
     d->copy = 1;
-    return tun_dir_fill_copy(d, fd);
+    return tun_dir_fill_copy(t, d, fd, dst, TUN_CHUNK);
   }
   return -errno;
 }
@@ -397,8 +382,7 @@ static void tun_saw_fin(sy_tunnel *t, int src) {
  * reported (EPOLLRDHUP), reads go on until they return 0. */
 static int tun_read_drained(const sy_tunnel *t, const tun_dir *d, int src, size_t n) {
   if (t->rdhup[src]) return 0;
-  if (d->last_small) return n < TUN_SMALL;
-  if (d->copy || d->pipe[0] < 0) return n < TUN_CHUNK;
+  if (d->asked) return n < d->asked;
   return n < d->pipe_cap / t->hub->page;
 }
 
