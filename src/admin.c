@@ -64,7 +64,7 @@ static sy_metrics **tables(sy_admin_state *st, size_t *n) {
   size_t k = 0;
   if (!ms) return NULL;
   for (unsigned i = 0; i < st->nworkers; i++)
-    if (st->workers[i].metrics) ms[k++] = st->workers[i].metrics;
+    if (st->workers[i].env.metrics) ms[k++] = st->workers[i].env.metrics;
   if (st->main) ms[k++] = st->main;
   *n = k;
   return ms;

@@ -585,3 +585,51 @@ void sy_ws_accept(sy_str key, char out[29]) {
   EVP_MD_CTX_free(ctx);
   EVP_EncodeBlock((unsigned char *)out, md, (int)mdlen);
 }
+
+int sy_http_method_idempotent(const char *method) {
+  static const char *const m[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE", NULL};
+  for (const char *const *p = m; *p; p++)
+    if (strcmp(method, *p) == 0) return 1;
+  return 0;
+}
+
+int sy_http_cookie(sy_str v, const char *name, sy_str *out) {
+  size_t nl = strlen(name);
+  for (size_t p = 0; p + nl < v.len; p++) {
+    if ((p == 0 || v.p[p - 1] == ' ' || v.p[p - 1] == ';') && memcmp(v.p + p, name, nl) == 0 &&
+        v.p[p + nl] == '=') {
+      size_t e = p + nl + 1;
+      while (e < v.len && v.p[e] != ';')
+        e++;
+      *out = (sy_str){v.p + p + nl + 1, e - p - nl - 1};
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static int first_tok(sy_str tok, void *arg) {
+  *(sy_str *)arg = tok;
+  return 1;
+}
+
+int sy_http_switch_ok(const sy_head *h, const char *base, const sy_str *offered, size_t noffered,
+                      const char *ws_key, sy_str *chosen) {
+  const sy_field *up = sy_head_find(h, base, "upgrade");
+  if (!up) return 0;
+  sy_str tok = {0};
+  sy_list_each(sy_span_str(base, up->value), first_tok, &tok);
+  size_t i = 0;
+  while (i < noffered && !(tok.len && sy_str_ieq2(offered[i], tok)))
+    i++;
+  if (i == noffered) return 0;
+  *chosen = tok;
+  if (ws_key && sy_str_ieq(tok, "websocket")) {
+    const sy_field *acc = sy_head_find(h, base, "sec-websocket-accept");
+    if (!ws_key[0]) return 0;
+    char want[29];
+    sy_ws_accept((sy_str){ws_key, strlen(ws_key)}, want);
+    if (!acc || acc->value.len != 28 || memcmp(base + acc->value.off, want, 28) != 0) return 0;
+  }
+  return 1;
+}

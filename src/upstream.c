@@ -1,5 +1,8 @@
 #include "switchyard/upstream.h"
 
+#include <string.h>
+
+#include "switchyard/http.h"
 #include "switchyard/log.h"
 
 uint64_t sy_hash_bytes(const void *p, size_t n) {
@@ -79,7 +82,8 @@ int sy_upstream_pick(sy_upstream_cfg *up, uint64_t tried, uint64_t key_hash, uin
   return SY_PICK_NONE_LEFT;
 }
 
-void sy_upstream_report(sy_upstream_cfg *up, sy_server_cfg *s, int ok, uint64_t now_ms) {
+void sy_upstream_report(const sy_upstream_cfg *up, const sy_server_cfg *s, int ok,
+                        uint64_t now_ms) {
   if (ok) {
     __atomic_store_n(&s->rt->fails, 0, __ATOMIC_RELAXED);
     /* Back from a passive rest: up again (active checks decide on their own). */
@@ -96,4 +100,28 @@ void sy_upstream_report(sy_upstream_cfg *up, sy_server_cfg *s, int ok, uint64_t 
       sy_log_error("upstream %s: server %s ejected after %d failed connects", up->name,
                    s->addr.text, f);
   }
+}
+
+void sy_upstream_active_add(const sy_server_cfg *s, int delta) {
+  __atomic_add_fetch(&s->rt->active, delta, __ATOMIC_RELAXED);
+}
+
+uint64_t sy_upstream_key(const sy_upstream_cfg *up, const sy_head *h, const char *base,
+                         const char *client_ip) {
+  if (up->balance != SY_BALANCE_HASH || !up->hash_key) return 0;
+  const char *k = up->hash_key;
+  if (strncmp(k, "header:", 7) == 0) {
+    const sy_field *f = sy_head_find(h, base, k + 7);
+    return f ? sy_hash_bytes(base + f->value.off, f->value.len) : 0;
+  }
+  if (strncmp(k, "cookie:", 7) == 0) {
+    for (size_t i = 0; i < h->nfields; i++) {
+      if (!sy_str_ieq(sy_span_str(base, h->fields[i].name), "cookie")) continue;
+      sy_str v;
+      if (sy_http_cookie(sy_span_str(base, h->fields[i].value), k + 7, &v))
+        return sy_hash_bytes(v.p, v.len);
+    }
+    return 0;
+  }
+  return sy_hash_bytes(client_ip, strlen(client_ip)); /* hash(client) */
 }

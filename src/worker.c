@@ -1,6 +1,7 @@
 #include "switchyard/worker.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,10 @@
 
 static uint64_t conns_total; /* all workers; atomic */
 
+static sy_worker *container_of_env(sy_conn_env *env) {
+  return (sy_worker *)((char *)env - offsetof(sy_worker, env));
+}
+
 /* Every worker, so one whose connection ends can wake another whose
  * listener paused at max_connections (the limit is per process). */
 #define SY_MAX_WORKERS 256
@@ -23,68 +28,6 @@ static int paused_workers;
 
 uint64_t sy_worker_total_conns(void) {
   return __atomic_load_n(&conns_total, __ATOMIC_RELAXED);
-}
-
-static uint64_t tunnels_total;
-
-void sy_worker_tunnels_add(int delta) {
-  __atomic_add_fetch(&tunnels_total, (uint64_t)(int64_t)delta, __ATOMIC_RELAXED);
-}
-
-uint64_t sy_worker_total_tunnels(void) {
-  return __atomic_load_n(&tunnels_total, __ATOMIC_RELAXED);
-}
-
-/* Connections per client address, process-wide: taken at accept and at
- * close only, so one mutex is no cost on the request path. */
-typedef struct client_count {
-  struct client_count *next;
-  uint64_t n;
-  char ip[64];
-} client_count;
-
-#define SY_CLIENT_BUCKETS 4096
-static client_count *client_table[SY_CLIENT_BUCKETS];
-static pthread_mutex_t client_mu = PTHREAD_MUTEX_INITIALIZER;
-
-static client_count **client_slot(const char *ip) {
-  uint32_t h = 2166136261u;
-  for (const char *p = ip; *p; p++)
-    h = (h ^ (unsigned char)*p) * 16777619u;
-  client_count **pp = &client_table[h % SY_CLIENT_BUCKETS];
-  while (*pp && strcmp((*pp)->ip, ip) != 0)
-    pp = &(*pp)->next;
-  return pp;
-}
-
-int sy_client_acquire(const char *ip, uint64_t limit) {
-  int rc = 0;
-  pthread_mutex_lock(&client_mu);
-  client_count **pp = client_slot(ip);
-  if (!*pp && (*pp = calloc(1, sizeof(client_count))))
-    snprintf((*pp)->ip, sizeof((*pp)->ip), "%s", ip);
-  if (!*pp || (*pp)->n >= limit)
-    rc = -1;
-  else
-    (*pp)->n++;
-  if (*pp && (*pp)->n == 0) { /* refused before counting: leave no entry */
-    client_count *e = *pp;
-    *pp = e->next;
-    free(e);
-  }
-  pthread_mutex_unlock(&client_mu);
-  return rc;
-}
-
-void sy_client_release(const char *ip) {
-  pthread_mutex_lock(&client_mu);
-  client_count **pp = client_slot(ip);
-  if (*pp && --(*pp)->n == 0) {
-    client_count *e = *pp;
-    *pp = e->next;
-    free(e);
-  }
-  pthread_mutex_unlock(&client_mu);
 }
 
 int sy_listen_reuseport(uv_loop_t *loop, uv_tcp_t *tcp, const struct sockaddr *sa, int backlog) {
@@ -121,14 +64,14 @@ uint64_t sy_worker_max_conns(const sy_config *cfg) {
 }
 
 static int at_limit(sy_worker *w) {
-  return sy_worker_total_conns() >= sy_worker_max_conns(w->cfg);
+  return sy_worker_total_conns() >= sy_worker_max_conns(w->env.cfg);
 }
 
 static void accept_one(sy_worker *w, sy_listener *l) {
   __atomic_add_fetch(&conns_total, 1, __ATOMIC_RELAXED);
   w->nconns++;
   w->accepted++;
-  sy_conn_accept(w, l);
+  sy_conn_accept(&w->env, (uv_stream_t *)&l->tcp, l->cfg);
 }
 
 static void on_accept(uv_stream_t *s, int status) {
@@ -147,9 +90,9 @@ static void on_accept(uv_stream_t *s, int status) {
       if (!__atomic_load_n(&w->paused_any, __ATOMIC_RELAXED))
         __atomic_add_fetch(&paused_workers, 1, __ATOMIC_ACQ_REL);
       __atomic_store_n(&w->paused_any, 1, __ATOMIC_RELEASE);
-      sy_metrics_add(w->metrics, "switchyard_listener_pauses_total", NULL, 1);
+      sy_metrics_add(w->env.metrics, "switchyard_listener_pauses_total", NULL, 1);
       sy_log_error("max_connections (%llu) reached: not accepting on %s",
-                   (unsigned long long)sy_worker_max_conns(w->cfg), l->cfg->addr.text);
+                   (unsigned long long)sy_worker_max_conns(w->env.cfg), l->cfg->addr.text);
     }
     return;
   }
@@ -253,14 +196,10 @@ static void apply_listeners(sy_worker *w, sy_config *cfg) {
 
 /* The buffers conn.c keeps for reuse serve connections only: with none left
  * they are memory an idle worker holds for nothing. */
+static void on_conn_gone(sy_conn_env *env);
+
 static void drop_caches(sy_worker *w) {
-  while (w->nbuf_cache > 0)
-    free(w->buf_cache[--w->nbuf_cache]);
-  while (w->nblk_cache > 0)
-    free(w->blk_cache[--w->nblk_cache]);
-  while (w->ncipher_cache > 0)
-    free(w->cipher_cache[--w->ncipher_cache].p);
-  sy_buf_free(&w->labels);
+  sy_conn_env_trim(&w->env);
 }
 
 static void on_trim(uv_timer_t *t);
@@ -277,24 +216,25 @@ static void on_trim(uv_timer_t *t) {
    * fired). Under steady short-lived traffic (handshakes that become tunnels)
    * the connection list empties many times a second, and releasing on each
    * empty moment only made the next connections fault the same pages in again. */
-  int quiet = !w->conns && w->accepted == w->idle_mark;
+  int quiet = !w->env.conns && w->accepted == w->idle_mark;
   w->idle_mark = w->accepted;
   if (w->trim_burst) {
     w->trim_burst = 0;
     if (!quiet) {
-      if (!w->conns) arm_burst(w); /* the list is empty again: time another window */
+      if (!w->env.conns) arm_burst(w); /* the list is empty again: time another window */
       return;
     }
     /* Counted here only: the periodic tick of an idle worker has nothing to give. */
-    sy_metrics_add(w->metrics, "switchyard_idle_memory_releases_total", NULL, 1);
+    sy_metrics_add(w->env.metrics, "switchyard_idle_memory_releases_total", NULL, 1);
   }
   if (quiet) drop_caches(w);
   struct mallinfo2 mi = mallinfo2();
   if (mi.fordblks > TRIM_MIN_FREE && mi.fordblks > mi.uordblks / 4) malloc_trim(0);
 }
 
-void sy_worker_conns_idle(sy_worker *w) {
-  if (w->stopping || w->trim_burst) return; /* already timing this quiet spell */
+static void on_conns_idle(sy_conn_env *env) {
+  sy_worker *w = container_of_env(env);
+  if (w->env.stopping || w->trim_burst) return; /* already timing this quiet spell */
   arm_burst(w);
 }
 
@@ -304,20 +244,19 @@ int sy_worker_init(sy_worker *w, unsigned id, sy_config *cfg) {
   pthread_mutex_init(&w->mu, NULL);
   int rc = uv_loop_init(&w->loop);
   if (rc < 0) return rc;
-  w->cfg = sy_config_ref(cfg);
+  w->env.cfg = sy_config_ref(cfg);
   w->pipes = sy_pipe_pool_new(64);
-  w->metrics = sy_metrics_new();
-  w->upool = sy_upool_new(&w->loop, 4096);
-  if (!w->pipes || !w->metrics || !w->upool) return UV_ENOMEM;
-  if (!(w->tunnels = sy_tunnel_hub_new(&w->loop, w->pipes, sy_conn_tunnel_done))) return UV_ENOMEM;
+  w->env.metrics = sy_metrics_new();
+  w->env.upool = sy_upool_new(&w->loop, 4096);
+  if (!w->pipes || !w->env.metrics || !w->env.upool) return UV_ENOMEM;
+  if (!(w->env.tunnels = sy_tunnel_hub_new(&w->loop, w->pipes, sy_conn_tunnel_done)))
+    return UV_ENOMEM;
   uv_timer_init(&w->loop, &w->drain_timer);
   w->drain_timer.data = w;
-  w->written_tail = &w->written;
-  uv_check_init(&w->loop, &w->written_check);
-  uv_idle_init(&w->loop, &w->written_idle);
-  w->written_check.data = w->written_idle.data = w;
-  uv_check_start(&w->written_check, sy_conn_on_written_check);
-  uv_unref((uv_handle_t *)&w->written_check); /* the idle handle holds the loop when needed */
+  w->env.loop = &w->loop;
+  w->env.conn_gone = on_conn_gone;
+  w->env.conns_idle = on_conns_idle;
+  sy_conn_env_init(&w->env);
   uv_timer_init(&w->loop, &w->trim_timer);
   w->trim_timer.data = w;
   uv_timer_start(&w->trim_timer, on_trim, TRIM_PERIOD_MS, TRIM_PERIOD_MS);
@@ -328,23 +267,21 @@ int sy_worker_init(sy_worker *w, unsigned id, sy_config *cfg) {
 }
 
 static void finish_if_drained(sy_worker *w) {
-  if (w->stopping && !w->conns && !sy_tunnel_hub_count(w->tunnels)) {
+  if (w->env.stopping && !w->env.conns && !sy_tunnel_hub_count(w->env.tunnels)) {
     if (!uv_is_closing((uv_handle_t *)&w->drain_timer))
       uv_close((uv_handle_t *)&w->drain_timer, NULL);
     if (!uv_is_closing((uv_handle_t *)&w->trim_timer))
       uv_close((uv_handle_t *)&w->trim_timer, NULL);
-    if (!uv_is_closing((uv_handle_t *)&w->written_check)) {
-      uv_close((uv_handle_t *)&w->written_check, NULL);
-      uv_close((uv_handle_t *)&w->written_idle, NULL);
-    }
+    sy_conn_env_close(&w->env);
     if (!uv_is_closing((uv_handle_t *)&w->wakeup)) uv_close((uv_handle_t *)&w->wakeup, NULL);
   }
 }
 
-void sy_worker_conn_gone(sy_worker *w) {
+static void on_conn_gone(sy_conn_env *env) {
+  sy_worker *w = container_of_env(env);
   __atomic_sub_fetch(&conns_total, 1, __ATOMIC_RELAXED);
   w->nconns--;
-  if (w->stopping) {
+  if (w->env.stopping) {
     finish_if_drained(w);
     return;
   }
@@ -361,10 +298,10 @@ void sy_worker_conn_gone(sy_worker *w) {
 
 static void on_drain_timeout(uv_timer_t *t) {
   sy_worker *w = t->data;
-  if (w->conns || sy_tunnel_hub_count(w->tunnels))
+  if (w->env.conns || sy_tunnel_hub_count(w->env.tunnels))
     sy_log_info("worker %u: drain timeout, closing %llu connection(s)", w->id,
                 (unsigned long long)w->nconns);
-  sy_conn_close_all(w);
+  sy_conn_close_all(&w->env);
   finish_if_drained(w);
 }
 
@@ -375,25 +312,26 @@ static void on_wakeup(uv_async_t *a) {
   w->pending = NULL;
   int stop = w->stop;
   pthread_mutex_unlock(&w->mu);
-  if (next && !w->stopping) {
+  if (next && !w->env.stopping) {
     apply_listeners(w, next);
-    sy_config_unref(w->cfg);
-    w->cfg = next; /* connections keep the snapshot they started with */
+    sy_config_unref(w->env.cfg);
+    w->env.cfg = next; /* connections keep the snapshot they started with */
     resume_paused(w);
   } else if (next) {
     sy_config_unref(next);
   }
-  if (__atomic_exchange_n(&w->resume_req, 0, __ATOMIC_ACQ_REL) && !w->stopping) resume_paused(w);
-  if (stop && stop > w->stopping) {
-    w->stopping = stop;
+  if (__atomic_exchange_n(&w->resume_req, 0, __ATOMIC_ACQ_REL) && !w->env.stopping)
+    resume_paused(w);
+  if (stop && stop > w->env.stopping) {
+    w->env.stopping = stop;
     close_listeners(w);
-    sy_upool_free(w->upool); /* idle upstream connections would keep the loop alive */
-    w->upool = NULL;
+    sy_upool_free(w->env.upool); /* idle upstream connections would keep the loop alive */
+    w->env.upool = NULL;
     if (stop == SY_STOP_NOW) {
-      sy_conn_close_all(w);
+      sy_conn_close_all(&w->env);
     } else {
-      sy_conn_drain_all(w);
-      uv_timer_start(&w->drain_timer, on_drain_timeout, w->cfg->timeouts.drain, 0);
+      sy_conn_drain_all(&w->env);
+      uv_timer_start(&w->drain_timer, on_drain_timeout, w->env.cfg->timeouts.drain, 0);
     }
     finish_if_drained(w);
   }
@@ -401,7 +339,7 @@ static void on_wakeup(uv_async_t *a) {
 
 static void *worker_main(void *arg) {
   sy_worker *w = arg;
-  sy_tunnel_hub_run(w->tunnels);
+  sy_tunnel_hub_run(w->env.tunnels);
   return NULL;
 }
 
@@ -441,14 +379,14 @@ static void close_walk(uv_handle_t *h, void *arg) {
 }
 
 void sy_worker_destroy(sy_worker *w) {
-  if (!w->cfg) return; /* never initialised */
+  if (!w->env.cfg) return; /* never initialised */
   /* Whatever is left (a failed start) closes here, and its callbacks run. */
-  if (w->upool) { /* a failed start: close what the pool holds */
-    sy_upool_free(w->upool);
-    w->upool = NULL;
+  if (w->env.upool) { /* a failed start: close what the pool holds */
+    sy_upool_free(w->env.upool);
+    w->env.upool = NULL;
   }
-  sy_tunnel_hub_free(w->tunnels); /* its handles close on the run below */
-  w->tunnels = NULL;
+  sy_tunnel_hub_free(w->env.tunnels); /* its handles close on the run below */
+  w->env.tunnels = NULL;
   if (!w->started) {
     close_listeners(w);
     uv_walk(&w->loop, close_walk, NULL);
@@ -457,8 +395,8 @@ void sy_worker_destroy(sy_worker *w) {
   uv_loop_close(&w->loop);
   if (w->pipes) sy_pipe_pool_free(w->pipes);
   drop_caches(w);
-  sy_metrics_free(w->metrics);
-  if (w->cfg) sy_config_unref(w->cfg);
+  sy_metrics_free(w->env.metrics);
+  if (w->env.cfg) sy_config_unref(w->env.cfg);
   if (w->pending) sy_config_unref(w->pending);
   pthread_mutex_destroy(&w->mu);
   memset(w, 0, sizeof(*w));

@@ -139,4 +139,18 @@ int sy_http_426_tls(sy_buf *out);
 /* Sec-WebSocket-Accept for a key: base64(SHA-1(key + GUID)); out >= 29 bytes. */
 void sy_ws_accept(sy_str key, char out[29]);
 
+/* RFC 9110 §9.2.2: may the request be sent again after a failure? */
+int sy_http_method_idempotent(const char *method);
+
+/* The value of cookie `name` in one Cookie field value: 1 and *out, or 0. */
+int sy_http_cookie(sy_str value, const char *name, sy_str *out);
+
+/* Is this 101 response one the proxy may turn into a tunnel? Its Upgrade
+ * must name (first) one of the `offered` tokens; with `ws_key` (NULL: not
+ * checked; "": checked, but the request had no usable key) a websocket
+ * switch must also carry the matching Sec-WebSocket-Accept. 1 with the token
+ * in *chosen, or 0: the "fake 101" smuggling class, answered 502. */
+int sy_http_switch_ok(const sy_head *h, const char *base, const sy_str *offered, size_t noffered,
+                      const char *ws_key, sy_str *chosen);
+
 #endif

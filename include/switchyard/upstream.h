@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "switchyard/config.h"
+#include "switchyard/http.h"
 
 /* How long a passively ejected server rests before it is tried again, when
  * no active health check watches it. */
@@ -22,7 +23,18 @@ enum { SY_PICK_NONE_LEFT = -1, SY_PICK_ALL_DOWN = -2 };
 int sy_upstream_pick(sy_upstream_cfg *up, uint64_t tried, uint64_t key_hash, uint64_t now_ms);
 
 /* Passive health: a connect to the server failed (or succeeded). */
-void sy_upstream_report(sy_upstream_cfg *up, sy_server_cfg *s, int ok, uint64_t now_ms);
+void sy_upstream_report(const sy_upstream_cfg *up, const sy_server_cfg *s, int ok,
+                        uint64_t now_ms);
+
+/* A connection to (or tunnel through) the server opened (+1) or ended (-1):
+ * least_conn's count. */
+void sy_upstream_active_add(const sy_server_cfg *s, int delta);
+
+/* The hash balancing input of a request: hash(header:X), hash(cookie:NAME)
+ * or hash(client), what keeps a user on one server; 0 for other balancing.
+ * A missing header or cookie hashes as nothing (one server). */
+uint64_t sy_upstream_key(const sy_upstream_cfg *up, const sy_head *h, const char *base,
+                         const char *client_ip);
 
 /* FNV-1a, for hash keys. */
 uint64_t sy_hash_bytes(const void *p, size_t n);

@@ -1,7 +1,7 @@
-/* Shared pieces of the Switchyard fuzz targets: llhttp driven the way
- * src/conn.c drives it (spans recorded as offsets into one contiguous buffer,
- * the head fed in up to three pieces so spans straddle llhttp_execute calls,
- * the parser paused at headers-complete), plus the invariants the rewritten
+/* Shared pieces of the Switchyard fuzz targets: the proxy's own flow module
+ * (src/flow.c: llhttp glue, spans recorded as offsets into one contiguous
+ * buffer, the raw head scanner) fed with the head in up to three pieces so
+ * spans straddle llhttp_execute calls, plus the invariants the rewritten
  * heads must satisfy. Not a unit of the proxy: test code only. */
 #ifndef SY_FUZZ_COMMON_H
 #define SY_FUZZ_COMMON_H
@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "switchyard/flow.h"
 #include "switchyard/http.h"
 
 /* A failed invariant is a finding: print it and abort, so libFuzzer saves the
@@ -27,101 +28,59 @@
   } while (0)
 
 typedef struct fz_msg {
-  llhttp_t parser; /* first member: callbacks cast the parser back */
-  llhttp_settings_t settings;
-  sy_head head;
+  sy_flow f; /* the proxy's own flow: llhttp glue, raw head scanner, spans */
   const char *base;
   int head_done;
   size_t head_end; /* offset just past the head when head_done */
 } fz_msg;
 
-static int fz_on_method(llhttp_t *p, const char *at, size_t n) {
-  fz_msg *m = (fz_msg *)p;
-  sy_span_extend(&m->head.method, (uint32_t)(at - m->base), (uint32_t)n);
-  return 0;
-}
-static int fz_on_url(llhttp_t *p, const char *at, size_t n) {
-  fz_msg *m = (fz_msg *)p;
-  sy_span_extend(&m->head.target, (uint32_t)(at - m->base), (uint32_t)n);
-  return 0;
-}
-static int fz_on_status(llhttp_t *p, const char *at, size_t n) {
-  fz_msg *m = (fz_msg *)p;
-  sy_span_extend(&m->head.reason, (uint32_t)(at - m->base), (uint32_t)n);
-  return 0;
-}
-static int fz_on_field(llhttp_t *p, const char *at, size_t n) {
-  fz_msg *m = (fz_msg *)p;
-  return sy_head_on_field(&m->head, (uint32_t)(at - m->base), (uint32_t)n) ? HPE_USER : 0;
-}
-static int fz_on_value(llhttp_t *p, const char *at, size_t n) {
-  fz_msg *m = (fz_msg *)p;
-  return sy_head_on_value(&m->head, (uint32_t)(at - m->base), (uint32_t)n) ? HPE_USER : 0;
-}
-static int fz_on_begin(llhttp_t *p) {
-  fz_msg *m = (fz_msg *)p;
-  sy_head_reset(&m->head);
-  return 0;
-}
-static int fz_on_headers_complete(llhttp_t *p) {
-  fz_msg *m = (fz_msg *)p;
-  m->head.major = p->http_major;
-  m->head.minor = p->http_minor;
-  m->head.status = p->status_code;
-  m->head_done = 1;
+/* The proxy lets a response head through to the rest of the message; here
+ * parsing stops at it, as at a request head, so the checks can look. */
+static int fz_stop_at_head(sy_flow *f) {
+  (void)f;
   return HPE_PAUSED;
 }
 
 static void fz_msg_init(fz_msg *m, int request, size_t max_fields) {
   memset(m, 0, sizeof(*m));
-  llhttp_settings_init(&m->settings);
-  m->settings.on_message_begin = fz_on_begin;
-  m->settings.on_method = fz_on_method;
-  m->settings.on_url = fz_on_url;
-  m->settings.on_status = fz_on_status;
-  m->settings.on_header_field = fz_on_field;
-  m->settings.on_header_value = fz_on_value;
-  m->settings.on_headers_complete = fz_on_headers_complete;
-  llhttp_init(&m->parser, request ? HTTP_REQUEST : HTTP_RESPONSE, &m->settings);
-  sy_head_init(&m->head, request, max_fields);
+  sy_flow_init(&m->f, !request, request ? NULL : fz_stop_at_head, m, max_fields);
 }
 
 /* Parse one head out of buf[0..len) in pieces cut at split1 <= split2 (as
- * successive reads into one growing buffer). Returns 1 when a complete head
- * was collected (m->head_end set), 0 when more bytes are needed, -1 on a
- * parse error. */
+ * successive reads into one growing buffer), with sy_flow_parse exactly as
+ * the connection code drives it. Returns 1 when a complete head was
+ * collected (m->head_end set), 0 when more bytes are needed, -1 on a parse
+ * error. */
 static int fz_parse(fz_msg *m, const char *buf, size_t len, size_t split1, size_t split2) {
+  sy_flow *f = &m->f;
   m->base = buf;
+  f->buf = (char *)buf; /* only read: parsing stops at the head */
+  f->cap = (uint32_t)len;
   size_t cuts[3] = {split1 < len ? split1 : len, split2 < len ? split2 : len, len};
   if (cuts[1] < cuts[0]) cuts[1] = cuts[0];
-  size_t pos = 0;
-#ifdef SY_HAVE_HEADSCAN
-  /* conn.c runs the raw head scanner over the bytes of a head before llhttp. */
-  sy_headscan scan;
-  sy_headscan_init(&scan);
-#endif
   for (int i = 0; i < 3; i++) {
-    if (cuts[i] <= pos && i < 2) continue;
-#ifdef SY_HAVE_HEADSCAN
-    if (!scan.done) {
-      size_t used = 0;
-      if (sy_headscan_run(&scan, buf + pos, cuts[i] - pos, &used) < 0) return -1;
+    f->len = (uint32_t)cuts[i];
+    for (int guard = 0; guard < 16 && f->pos < f->len; guard++) {
+      llhttp_errno_t e = HPE_OK;
+      sy_flow_step r = sy_flow_parse(f, &e);
+      if (r >= SY_STEP_BAD_BYTES) return -1;
+      if (r == SY_STEP_PAUSED) {
+        if (!f->head_done) return -1;
+        m->head_done = 1;
+        m->head_end = f->pos;
+        return 1;
+      }
+      if (r == SY_STEP_MORE) break;
     }
-#endif
-    llhttp_errno_t e = llhttp_execute(&m->parser, buf + pos, cuts[i] - pos);
-    if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
-      if (!m->head_done) return -1;
-      m->head_end = (size_t)(llhttp_get_error_pos(&m->parser) - buf);
-      return 1;
-    }
-    if (e != HPE_OK) return -1;
-    pos = cuts[i];
   }
   return 0;
 }
 
 static void fz_msg_free(fz_msg *m) {
-  sy_head_free(&m->head);
+  m->f.buf = NULL; /* the caller's */
+  sy_head_free(&m->f.head);
+  free(m->f.segs);
+  sy_buf_free(&m->f.scratch);
 }
 
 /* Known, reported findings can be muted for long runs, so the fuzzer explores

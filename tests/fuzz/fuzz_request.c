@@ -64,10 +64,11 @@ static int route_names(const sy_route_cfg *r, const char *tok) {
 /* The forwarded head must be one well-formed request that frames the body
  * exactly as the client's did. */
 static void check_forwarded(const sy_buf *out, const fz_msg *in, const sy_fwd_opts *o) {
-  if (fz_muted_copy(&in->head, in->base) || (in->head.major != 1 && fz_known("version"))) return;
-  FZ_CHECK(in->head.major == 1, "HTTP/%d.%d request forwarded as HTTP/1.1", in->head.major,
-           in->head.minor);
-  FZ_CHECK(!fz_has_ctl(in->base + in->head.target.off, in->head.target.len, 0),
+  if (fz_muted_copy(&in->f.head, in->base) || (in->f.head.major != 1 && fz_known("version")))
+    return;
+  FZ_CHECK(in->f.head.major == 1, "HTTP/%d.%d request forwarded as HTTP/1.1", in->f.head.major,
+           in->f.head.minor);
+  FZ_CHECK(!fz_has_ctl(in->base + in->f.head.target.off, in->f.head.target.len, 0),
            "control byte in the forwarded target: %.*s", (int)out->len, out->p);
   fz_check_wire_head(out->p, out->len, "forwarded request");
   fz_msg re;
@@ -76,26 +77,27 @@ static void check_forwarded(const sy_buf *out, const fz_msg *in, const sy_fwd_op
   FZ_CHECK(rc == 1 && re.head_end == out->len,
            "forwarded request does not re-parse as exactly one head (rc=%d end=%zu len=%zu): %.*s",
            rc, re.head_end, out->len, (int)out->len, out->p);
-  FZ_CHECK(re.parser.method == in->parser.method, "method changed: %.*s", (int)out->len, out->p);
-  sy_str t0 = sy_span_str(in->base, in->head.target), t1 = sy_span_str(re.base, re.head.target);
+  FZ_CHECK(re.f.parser.method == in->f.parser.method, "method changed: %.*s", (int)out->len,
+           out->p);
+  sy_str t0 = sy_span_str(in->base, in->f.head.target), t1 = sy_span_str(re.base, re.f.head.target);
   FZ_CHECK(t0.len == t1.len && memcmp(t0.p, t1.p, t0.len) == 0, "target changed: %.*s",
            (int)out->len, out->p);
 
   /* Framing: the upstream must see the same body boundaries the proxy parsed. */
-  int in_chunked = (in->parser.flags & F_CHUNKED) != 0;
-  int in_cl = (in->parser.flags & F_CONTENT_LENGTH) != 0;
-  int out_chunked = (re.parser.flags & F_CHUNKED) != 0;
-  int out_cl = (re.parser.flags & F_CONTENT_LENGTH) != 0;
+  int in_chunked = (in->f.parser.flags & F_CHUNKED) != 0;
+  int in_cl = (in->f.parser.flags & F_CONTENT_LENGTH) != 0;
+  int out_chunked = (re.f.parser.flags & F_CHUNKED) != 0;
+  int out_cl = (re.f.parser.flags & F_CONTENT_LENGTH) != 0;
   if (o->chunked) {
     FZ_CHECK(out_chunked && !out_cl, "chunked body not framed as chunked upstream: %.*s",
              (int)out->len, out->p);
   } else if (in_cl && fz_known("conn-cl") &&
-             fz_connection_names(&in->head, in->base, "content-length")) {
+             fz_connection_names(&in->f.head, in->base, "content-length")) {
     /* known: see fz_known() */
   } else if (in_cl) {
-    FZ_CHECK(out_cl && !out_chunked && re.parser.content_length == in->parser.content_length,
+    FZ_CHECK(out_cl && !out_chunked && re.f.parser.content_length == in->f.parser.content_length,
              "Content-Length body (%llu bytes) forwarded without the same Content-Length: %.*s",
-             (unsigned long long)in->parser.content_length, (int)out->len, out->p);
+             (unsigned long long)in->f.parser.content_length, (int)out->len, out->p);
   } else {
     FZ_CHECK(!out_cl && !out_chunked, "bodiless request gained a body framing: %.*s", (int)out->len,
              out->p);
@@ -103,23 +105,23 @@ static void check_forwarded(const sy_buf *out, const fz_msg *in, const sy_fwd_op
   (void)in_chunked;
 
   /* Upgrade travels exactly when tokens were forwarded. */
-  int ups = fz_count_fields(&re.head, re.base, "upgrade");
+  int ups = fz_count_fields(&re.f.head, re.base, "upgrade");
   FZ_CHECK(ups == (o->nupgrades ? 1 : 0), "Upgrade fields %d with %zu tokens: %.*s", ups,
            o->nupgrades, (int)out->len, out->p);
-  FZ_CHECK(!!sy_head_lists(&re.head, re.base, "connection", "upgrade") == !!o->nupgrades,
+  FZ_CHECK(!!sy_head_lists(&re.f.head, re.base, "connection", "upgrade") == !!o->nupgrades,
            "Connection: upgrade mismatch: %.*s", (int)out->len, out->p);
 
   /* One Host in, one Host out (HTTP/1.1 heads are validated to have one). */
-  int hosts_in = fz_count_fields(&in->head, in->base, "host");
-  int hosts_out = fz_count_fields(&re.head, re.base, "host");
-  if (fz_known("conn-host") && fz_connection_names(&in->head, in->base, "host")) {
+  int hosts_in = fz_count_fields(&in->f.head, in->base, "host");
+  int hosts_out = fz_count_fields(&re.f.head, re.base, "host");
+  if (fz_known("conn-host") && fz_connection_names(&in->f.head, in->base, "host")) {
     fz_msg_free(&re); /* known: see fz_known() */
     return;
   }
   FZ_CHECK(hosts_in == hosts_out, "Host fields %d in, %d out: %.*s", hosts_in, hosts_out,
            (int)out->len, out->p);
   if (hosts_out == 1)
-    FZ_CHECK(sy_head_validate(&re.head, re.base) == 0, "forwarded head does not validate: %.*s",
+    FZ_CHECK(sy_head_validate(&re.f.head, re.base) == 0, "forwarded head does not validate: %.*s",
              (int)out->len, out->p);
   fz_msg_free(&re);
 }
@@ -142,35 +144,37 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int rcw = fz_parse(&w, buf, len, len, len);
   FZ_CHECK(rc == rcw, "split parse %d vs whole parse %d", rc, rcw);
   if (rc == 1) {
-    FZ_CHECK(m.head.nfields == w.head.nfields, "fields %zu vs %zu", m.head.nfields, w.head.nfields);
-    for (size_t i = 0; i < m.head.nfields; i++)
-      FZ_CHECK(memcmp(&m.head.fields[i], &w.head.fields[i], sizeof(sy_field)) == 0,
+    FZ_CHECK(m.f.head.nfields == w.f.head.nfields, "fields %zu vs %zu", m.f.head.nfields,
+             w.f.head.nfields);
+    for (size_t i = 0; i < m.f.head.nfields; i++)
+      FZ_CHECK(memcmp(&m.f.head.fields[i], &w.f.head.fields[i], sizeof(sy_field)) == 0,
                "field %zu spans differ when fed in pieces", i);
-    FZ_CHECK(memcmp(&m.head.target, &w.head.target, sizeof(sy_span)) == 0 &&
-                 memcmp(&m.head.method, &w.head.method, sizeof(sy_span)) == 0,
+    FZ_CHECK(memcmp(&m.f.head.target, &w.f.head.target, sizeof(sy_span)) == 0 &&
+                 memcmp(&m.f.head.method, &w.f.head.method, sizeof(sy_span)) == 0,
              "request line spans differ when fed in pieces");
   }
   fz_msg_free(&w);
 
-  if (rc != 1 || sy_head_validate(&m.head, buf) < 0 || m.parser.method == HTTP_CONNECT) goto out;
+  if (rc != 1 || sy_head_validate(&m.f.head, buf) < 0 || m.f.parser.method == HTTP_CONNECT)
+    goto out;
 
   /* What route_request() in conn.c builds. */
-  sy_str t = sy_span_str(buf, m.head.target);
+  sy_str t = sy_span_str(buf, m.f.head.target);
   size_t q = 0;
   while (q < t.len && t.p[q] != '?')
     q++;
   if (q > 2048) q = 2048;
   sy_header hv[128];
-  size_t nh = m.head.nfields < 128 ? m.head.nfields : 128;
+  size_t nh = m.f.head.nfields < 128 ? m.f.head.nfields : 128;
   for (size_t i = 0; i < nh; i++) {
-    hv[i].name = sy_span_str(buf, m.head.fields[i].name);
-    hv[i].value = sy_span_str(buf, m.head.fields[i].value);
+    hv[i].name = sy_span_str(buf, m.f.head.fields[i].name);
+    hv[i].value = sy_span_str(buf, m.f.head.fields[i].value);
   }
   sy_str offered[8];
-  size_t noffered = sy_head_upgrade_offers(&m.head, buf, offered, 8);
-  const sy_field *host = sy_head_find(&m.head, buf, "host");
+  size_t noffered = sy_head_upgrade_offers(&m.f.head, buf, offered, 8);
+  const sy_field *host = sy_head_find(&m.f.head, buf, "host");
   sy_request_view rv = {
-      .method = sy_span_str(buf, m.head.method),
+      .method = sy_span_str(buf, m.f.head.method),
       .host = host ? sy_span_str(buf, host->value) : (sy_str){NULL, 0},
       .path = {t.p, q},
       .headers = hv,
@@ -203,7 +207,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         .via = 1,
         .client_ip = "192.0.2.1",
         .proto = (ctl & 2) ? "https" : "http",
-        .chunked = (m.parser.flags & F_CHUNKED) != 0,
+        .chunked = (m.f.parser.flags & F_CHUNKED) != 0,
         .upgrades = pass ? toks : NULL,
         .nupgrades = pass ? ntoks : 0,
         .ws_protocols = wsp,
@@ -211,7 +215,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         .ws_protocols_restricted = pass ? r->ws_subprotocols_set : 0,
     };
     sy_buf b = {0};
-    if (sy_http_build_request(&b, &m.head, buf, &o) == 0) check_forwarded(&b, &m, &o);
+    if (sy_http_build_request(&b, &m.f.head, buf, &o) == 0) check_forwarded(&b, &m, &o);
     sy_buf_free(&b);
   }
 

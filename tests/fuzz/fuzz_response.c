@@ -15,11 +15,14 @@
 
 static void check_relayed(const sy_buf *out, const fz_msg *in, const sy_resp_opts *o,
                           int bodyless) {
-  if (fz_muted_copy(&in->head, in->base) || (in->head.major != 1 && fz_known("version"))) return;
-  FZ_CHECK(in->head.major == 1, "HTTP/%d.%d response relayed", in->head.major, in->head.minor);
-  FZ_CHECK((in->parser.status_code >= 100 && in->parser.status_code <= 599) || fz_known("status"),
-           "status %d relayed", in->parser.status_code);
-  FZ_CHECK(!fz_has_ctl(in->base + in->head.reason.off, in->head.reason.len, 1),
+  if (fz_muted_copy(&in->f.head, in->base) || (in->f.head.major != 1 && fz_known("version")))
+    return;
+  FZ_CHECK(in->f.head.major == 1, "HTTP/%d.%d response relayed", in->f.head.major,
+           in->f.head.minor);
+  FZ_CHECK((in->f.parser.status_code >= 100 && in->f.parser.status_code <= 599) ||
+               fz_known("status"),
+           "status %d relayed", in->f.parser.status_code);
+  FZ_CHECK(!fz_has_ctl(in->base + in->f.head.reason.off, in->f.head.reason.len, 1),
            "control byte in the relayed reason phrase: %.*s", (int)out->len, out->p);
   fz_check_wire_head(out->p, out->len, "relayed response");
   fz_msg re;
@@ -28,25 +31,25 @@ static void check_relayed(const sy_buf *out, const fz_msg *in, const sy_resp_opt
   FZ_CHECK(rc == 1 && re.head_end == out->len,
            "relayed response does not re-parse as one head (rc=%d end=%zu len=%zu): %.*s", rc,
            re.head_end, out->len, (int)out->len, out->p);
-  FZ_CHECK(re.parser.status_code == in->parser.status_code, "status %d became %d",
-           in->parser.status_code, re.parser.status_code);
-  FZ_CHECK(sy_head_validate(&re.head, re.base) == 0, "relayed head does not validate: %.*s",
+  FZ_CHECK(re.f.parser.status_code == in->f.parser.status_code, "status %d became %d",
+           in->f.parser.status_code, re.f.parser.status_code);
+  FZ_CHECK(sy_head_validate(&re.f.head, re.base) == 0, "relayed head does not validate: %.*s",
            (int)out->len, out->p);
-  int status = in->parser.status_code;
+  int status = in->f.parser.status_code;
   if (status >= 200 && !bodyless) {
-    int in_cl = (in->parser.flags & F_CONTENT_LENGTH) != 0;
-    int out_cl = (re.parser.flags & F_CONTENT_LENGTH) != 0;
-    int out_chunked = (re.parser.flags & F_CHUNKED) != 0;
+    int in_cl = (in->f.parser.flags & F_CONTENT_LENGTH) != 0;
+    int out_cl = (re.f.parser.flags & F_CONTENT_LENGTH) != 0;
+    int out_chunked = (re.f.parser.flags & F_CHUNKED) != 0;
     if (o->chunked) {
       FZ_CHECK(out_chunked && !out_cl, "re-framed body not announced as chunked: %.*s",
                (int)out->len, out->p);
     } else if (in_cl && fz_known("conn-cl") &&
-               fz_connection_names(&in->head, in->base, "content-length")) {
+               fz_connection_names(&in->f.head, in->base, "content-length")) {
       /* known: see fz_known() */
     } else if (in_cl) {
-      FZ_CHECK(out_cl && !out_chunked && re.parser.content_length == in->parser.content_length,
+      FZ_CHECK(out_cl && !out_chunked && re.f.parser.content_length == in->f.parser.content_length,
                "Content-Length body (%llu bytes) relayed without the same Content-Length: %.*s",
-               (unsigned long long)in->parser.content_length, (int)out->len, out->p);
+               (unsigned long long)in->f.parser.content_length, (int)out->len, out->p);
     } else {
       /* close-delimited towards the client: the proxy must close after it */
       FZ_CHECK(!out_cl && !out_chunked && o->conn_close,
@@ -54,7 +57,7 @@ static void check_relayed(const sy_buf *out, const fz_msg *in, const sy_resp_opt
                out->p);
     }
   }
-  int ups = fz_count_fields(&re.head, re.base, "upgrade");
+  int ups = fz_count_fields(&re.f.head, re.base, "upgrade");
   if (!(status == 101 && o->upgrade) && status != 426)
     FZ_CHECK(ups == 0, "Upgrade relayed on a %d: %.*s", status, (int)out->len, out->p);
   fz_msg_free(&re);
@@ -78,18 +81,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int rcw = fz_parse(&w, buf, len, len, len);
   FZ_CHECK(rc == rcw, "split parse %d vs whole parse %d", rc, rcw);
   if (rc == 1) {
-    FZ_CHECK(m.head.nfields == w.head.nfields, "fields %zu vs %zu", m.head.nfields, w.head.nfields);
-    for (size_t i = 0; i < m.head.nfields; i++)
-      FZ_CHECK(memcmp(&m.head.fields[i], &w.head.fields[i], sizeof(sy_field)) == 0,
+    FZ_CHECK(m.f.head.nfields == w.f.head.nfields, "fields %zu vs %zu", m.f.head.nfields,
+             w.f.head.nfields);
+    for (size_t i = 0; i < m.f.head.nfields; i++)
+      FZ_CHECK(memcmp(&m.f.head.fields[i], &w.f.head.fields[i], sizeof(sy_field)) == 0,
                "field %zu spans differ when fed in pieces", i);
-    FZ_CHECK(memcmp(&m.head.reason, &w.head.reason, sizeof(sy_span)) == 0,
+    FZ_CHECK(memcmp(&m.f.head.reason, &w.f.head.reason, sizeof(sy_span)) == 0,
              "reason spans differ when fed in pieces");
   }
   fz_msg_free(&w);
-  if (rc != 1 || sy_head_validate(&m.head, buf) < 0) goto out;
+  if (rc != 1 || sy_head_validate(&m.f.head, buf) < 0) goto out;
 
   /* The decisions of cb_resp_headers_complete(). */
-  int status = m.parser.status_code;
+  int status = m.f.parser.status_code;
   sy_resp_opts o = {.via = 1};
   int bodyless = 1;
   if (status == 101) {
@@ -99,9 +103,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     /* interim: relayed as is */
   } else {
     bodyless = is_head || status == 204 || status == 304;
-    int framed = (m.parser.flags & (F_CHUNKED | F_CONTENT_LENGTH)) != 0;
+    int framed = (m.f.parser.flags & (F_CHUNKED | F_CONTENT_LENGTH)) != 0;
     int close_after = 0, chunked_out = 0;
-    if (!bodyless && (!framed || (m.parser.flags & F_CHUNKED))) {
+    if (!bodyless && (!framed || (m.f.parser.flags & F_CHUNKED))) {
       if (http10)
         close_after = 1;
       else
@@ -113,7 +117,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     o.keep_alive10 = http10 && !client_close && !close_after;
   }
   sy_buf b = {0};
-  if (sy_http_build_response(&b, &m.head, buf, &o) == 0) check_relayed(&b, &m, &o, bodyless);
+  if (sy_http_build_response(&b, &m.f.head, buf, &o) == 0) check_relayed(&b, &m, &o, bodyless);
   sy_buf_free(&b);
 out:
   fz_msg_free(&m);

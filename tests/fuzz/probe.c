@@ -38,37 +38,37 @@ int main(int argc, char **argv) {
   fz_msg m;
   fz_msg_init(&m, req, 100);
   int rc = fz_parse(&m, buf, len, len, len);
-  printf("parse: %d errno=%s reason=%s\n", rc, llhttp_errno_name(llhttp_get_errno(&m.parser)),
-         m.parser.reason ? m.parser.reason : "");
+  printf("parse: %d errno=%s reason=%s\n", rc, llhttp_errno_name(llhttp_get_errno(&m.f.parser)),
+         m.f.parser.reason ? m.f.parser.reason : "");
   if (rc != 1) {
     fz_msg_free(&m);
     return 0;
   }
-  printf("version %d.%d method=%d status=%d flags=0x%x content_length=%llu\n", m.head.major,
-         m.head.minor, m.parser.method, m.parser.status_code, m.parser.flags,
-         (unsigned long long)m.parser.content_length);
-  show("method", buf + m.head.method.off, m.head.method.len);
-  show("target", buf + m.head.target.off, m.head.target.len);
-  show("reason", buf + m.head.reason.off, m.head.reason.len);
-  for (size_t i = 0; i < m.head.nfields; i++) {
-    show("  name ", buf + m.head.fields[i].name.off, m.head.fields[i].name.len);
-    show("  value", buf + m.head.fields[i].value.off, m.head.fields[i].value.len);
+  printf("version %d.%d method=%d status=%d flags=0x%x content_length=%llu\n", m.f.head.major,
+         m.f.head.minor, m.f.parser.method, m.f.parser.status_code, m.f.parser.flags,
+         (unsigned long long)m.f.parser.content_length);
+  show("method", buf + m.f.head.method.off, m.f.head.method.len);
+  show("target", buf + m.f.head.target.off, m.f.head.target.len);
+  show("reason", buf + m.f.head.reason.off, m.f.head.reason.len);
+  for (size_t i = 0; i < m.f.head.nfields; i++) {
+    show("  name ", buf + m.f.head.fields[i].name.off, m.f.head.fields[i].name.len);
+    show("  value", buf + m.f.head.fields[i].value.off, m.f.head.fields[i].value.len);
   }
-  printf("validate: %d\n", sy_head_validate(&m.head, buf));
+  printf("validate: %d\n", sy_head_validate(&m.f.head, buf));
   sy_buf b = {0};
   if (req) {
-    sy_fwd_opts o = {.via = 1, .chunked = (m.parser.flags & F_CHUNKED) != 0};
-    sy_http_build_request(&b, &m.head, buf, &o);
+    sy_fwd_opts o = {.via = 1, .chunked = (m.f.parser.flags & F_CHUNKED) != 0};
+    sy_http_build_request(&b, &m.f.head, buf, &o);
   } else {
     sy_resp_opts o = {.via = 1};
-    sy_http_build_response(&b, &m.head, buf, &o);
+    sy_http_build_response(&b, &m.f.head, buf, &o);
   }
   show("rewritten", b.p, b.len);
   /* What the proxy meets once it resumes the parser after routing (body,
    * checks llhttp runs after on_headers_complete). */
-  llhttp_resume(&m.parser);
-  llhttp_errno_t e = llhttp_execute(&m.parser, buf + m.head_end, len - m.head_end);
-  printf("after resume: %s %s\n", llhttp_errno_name(e), m.parser.reason ? m.parser.reason : "");
+  llhttp_resume(&m.f.parser);
+  llhttp_errno_t e = llhttp_execute(&m.f.parser, buf + m.head_end, len - m.head_end);
+  printf("after resume: %s %s\n", llhttp_errno_name(e), m.f.parser.reason ? m.f.parser.reason : "");
   sy_buf_free(&b);
   fz_msg_free(&m);
   return 0;

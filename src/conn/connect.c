@@ -1,0 +1,191 @@
+/* The upstream connection of an exchange: choosing a server, connecting (or
+ * taking one from the keep-alive pool), TLS towards it, one retry of a stale
+ * pooled connection, and giving the connection back or closing it. */
+#include "internal.h"
+#include "switchyard/log.h"
+#include "switchyard/upstream.h"
+
+static void on_link_closed(void *arg) {
+  conn_unref(arg);
+}
+
+static void server_counted(sy_conn *c, int on) {
+  if (c->server_counted == (unsigned)on) return;
+  c->server_counted = on;
+  if (c->x.server) sy_upstream_active_add(c->x.server, on ? 1 : -1);
+}
+
+void upstream_link_close(sy_conn *c) {
+  sy_link *l = c->link;
+  if (!l) return;
+  c->link = NULL;
+  sy_tls_conn_free(c->tls[SIDE_UPSTREAM]);
+  c->tls[SIDE_UPSTREAM] = NULL;
+  server_counted(c, 0);
+  sy_link_close(l);
+}
+
+/* After a response: the upstream connection goes back to the worker's pool
+ * when it can carry another request, else it closes. */
+void upstream_link_release(sy_conn *c) {
+  sy_link *l = c->link;
+  sy_flow *rq = &c->fl[SIDE_CLIENT], *rs = &c->fl[SIDE_UPSTREAM];
+  const sy_upstream_cfg *up = c->x.route ? c->x.route->upstream : NULL;
+  int reusable = l && up && !c->tls[SIDE_UPSTREAM] && !c->x.upgrading && c->env->upool &&
+                 !c->env->stopping && c->x.link_used && !rs->eof && rs->msg_done && rq->msg_done &&
+                 !rq->writing && rs->pos == rs->len && llhttp_should_keep_alive(&rs->parser) &&
+                 c->x.resp_from_upstream;
+  if (!reusable) {
+    upstream_link_close(c);
+    return;
+  }
+  c->link = NULL;
+  server_counted(c, 0);
+  /* A pooled link is read by the upstream side's callbacks, which close it
+   * on any byte or EOF while it has no connection (l->c == NULL). */
+  l->c = NULL;
+  if (!uv_is_active((uv_handle_t *)&l->tcp)) conn_link_read(l);
+  if (sy_upool_put(c->env->upool, l, up->keepalive_max_idle, up->keepalive_idle) < 0)
+    sy_link_close(l);
+  /* The link's reference on the connection ends here either way. */
+  conn_unref(c);
+}
+
+static void take_link(sy_conn *c, sy_link *l) {
+  l->c = c;
+  l->on_closed = on_link_closed;
+  c->refs++; /* the link handle */
+  c->link = l;
+  c->x.link_used = 1;
+  server_counted(c, 1);
+}
+
+static void on_connect(uv_connect_t *req, int status) {
+  sy_link *l = req->data;
+  sy_conn *c = l->c;
+  if (!c || conn_closed(c) || c->link != l) {
+    if (c) conn_unref(c);
+    return;
+  }
+  conn_unref(c);
+  if (status < 0) {
+    upstream_link_close(c);
+    upstream_failed(c, status == UV_ETIMEDOUT);
+    return;
+  }
+  uv_tcp_nodelay(&l->tcp, 1);
+  const sy_upstream_cfg *up = c->x.route->upstream;
+  sy_upstream_report(up, c->x.server, 1, uv_now(c->env->loop));
+  if (up->tls_ctx) {
+    const char *sni = up->tls.sni ? up->tls.sni : c->x.server->addr.host;
+    c->tls[SIDE_UPSTREAM] = sy_tls_conn_new(up->tls_ctx, 0, sni, up->tls.verify);
+    if (!c->tls[SIDE_UPSTREAM]) {
+      local_response(c, 500, 1);
+      return;
+    }
+    c->io->read_update(c, SIDE_UPSTREAM);
+    conn_tls_pump(c, SIDE_UPSTREAM); /* the ClientHello; upstream_ready follows the handshake */
+    return;
+  }
+  upstream_ready(c);
+}
+
+/* The upstream connection can carry the request: send the head, then the body. */
+void upstream_ready(sy_conn *c) {
+  sy_flow *rq = &c->fl[SIDE_CLIENT];
+  conn_set_state(c, rq->msg_done ? CS_READ_RESP : CS_SEND_BODY);
+  conn_timer_arm(c, conn_response_timeout(c));
+  if (c->x.retry_head.len) {
+    /* A stale pooled connection failed this request before any answer: the
+     * same head goes once more on a fresh connection. */
+    sy_flow_push_copy(rq, c->x.retry_head.p, c->x.retry_head.len);
+    c->x.retry_head.len = 0;
+    http_flush(c, SIDE_CLIENT);
+    c->io->read_update(c, SIDE_UPSTREAM);
+    return;
+  }
+  if (request_queue_head(c) < 0) {
+    local_response(c, 500, 1);
+    return;
+  }
+  if (c->link->reused && sy_http_method_idempotent(c->x.method) && !c->x.has_body &&
+      !c->x.upgrading && rq->scratch.len < 65536)
+    sy_buf_append(&c->x.retry_head, rq->scratch.p, rq->scratch.len);
+  /* Resume the request parser: body bytes already buffered join the head. */
+  llhttp_resume(&rq->parser);
+  http_feed(c, SIDE_CLIENT);
+  c->io->read_update(c, SIDE_UPSTREAM);
+}
+
+/* A reused connection that died before any response byte: retry once. */
+int upstream_retry_stale(sy_conn *c) {
+  if (!c->link || !c->link->reused || c->fl[SIDE_UPSTREAM].bytes || !c->x.retry_head.len ||
+      c->x.retried)
+    return 0;
+  c->x.retried = 1;
+  sy_metrics_add(c->env->metrics, "switchyard_upstream_stale_retries_total", NULL, 1);
+  upstream_link_close(c);
+  sy_flow_batch_done(&c->fl[SIDE_CLIENT]);
+  c->x.fresh_only = 1;
+  c->x.tried &= ~(1ull << (c->x.server - c->x.route->upstream->servers));
+  upstream_connect(c);
+  return 1;
+}
+
+void upstream_connect(sy_conn *c) {
+  sy_upstream_cfg *up = (sy_upstream_cfg *)c->x.route->upstream; /* its cursor moves */
+  int i = sy_upstream_pick(up, c->x.tried, c->x.key_hash, uv_now(c->env->loop));
+  if (i < 0) {
+    if (i == SY_PICK_ALL_DOWN) sy_log_error("upstream %s: no server is up", up->name);
+    local_response(c, i == SY_PICK_ALL_DOWN ? 503 : c->x.last_err_timeout ? 504 : 502, 0);
+    return;
+  }
+  c->x.tried |= 1ull << i;
+  const sy_server_cfg *s = &up->servers[i];
+  c->x.server = s;
+  conn_set_state(c, CS_CONNECT);
+  if (!up->tls_ctx && !c->x.fresh_only && c->env->upool) {
+    sy_link *pooled = sy_upool_get(c->env->upool, s);
+    if (pooled) {
+      take_link(c, pooled);
+      sy_metrics_add(c->env->metrics, "switchyard_upstream_pool_reuses_total", NULL, 1);
+      upstream_ready(c);
+      return;
+    }
+  }
+  sy_link *l = sy_link_new(c->env->loop, s);
+  if (!l) {
+    local_response(c, 500, 1);
+    return;
+  }
+  take_link(c, l);
+  int rc = uv_tcp_connect(&l->creq, &l->tcp, (const struct sockaddr *)&s->addr.sa, on_connect);
+  if (rc == UV_EMFILE || rc == UV_ENFILE || rc == UV_ENOBUFS || rc == UV_ENOMEM) {
+    /* Our own shortage, not the server's fault: no passive ejection. */
+    sy_log_error("upstream %s: cannot open a socket: %s (out of file descriptors?)", s->addr.text,
+                 uv_strerror(rc));
+    upstream_link_close(c);
+    local_response(c, 503, 1);
+    return;
+  }
+  if (rc < 0) {
+    upstream_link_close(c);
+    upstream_failed(c, 0);
+    return;
+  }
+  c->refs++; /* the connect request */
+  /* Armed now, the read costs nothing extra: libuv adds the socket for both
+   * events and drops POLLOUT after the connect. Started after it, libuv's
+   * ADD fails with EEXIST and is retried as a MOD. libuv delivers no read
+   * before the connect callback, which decides whether reading stays on. */
+  conn_link_read(l);
+  conn_timer_arm(c, conn_route_timeout(c->x.route->timeouts.connect, c->cfg->timeouts.connect));
+}
+
+void upstream_failed(sy_conn *c, int timeout) {
+  c->x.last_err_timeout = timeout;
+  sy_log_error("upstream %s: %s", conn_peer(c, SIDE_UPSTREAM),
+               timeout ? "connect timed out" : "connect failed");
+  if (c->x.server) sy_upstream_report(c->x.route->upstream, c->x.server, 0, uv_now(c->env->loop));
+  upstream_connect(c); /* the next server: no byte of the request was sent yet */
+}

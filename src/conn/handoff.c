@@ -1,0 +1,86 @@
+/* The hand-off of a switched cleartext connection to the worker's tunnel hub,
+ * which splices its bytes from then on; and the tunnel's end, reported back. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "switchyard/limits.h"
+#include "switchyard/log.h"
+#include "switchyard/upstream.h"
+
+void sy_conn_tunnel_done(sy_tunnel *t, const sy_tunnel_stats *st, void *arg) {
+  conn_note *n = sy_tunnel_extra(t);
+  sy_conn_env *env = n->env;
+  report_tunnel_closed(n, st);
+  if (n->server) sy_upstream_active_add(n->server, -1);
+  if (n->client_counted) sy_limits_client_release(n->client_ip);
+  sy_limits_tunnels_add(-1);
+  sy_config_unref(n->cfg);
+  report_conn_closed(env);
+  env->conn_gone(env);
+}
+
+/* Copies s after the note; returns where it went. */
+static const char *note_str(char **at, const char *s) {
+  if (!s) return NULL;
+  size_t l = strlen(s) + 1;
+  memcpy(*at, s, l);
+  const char *r = *at;
+  *at += l;
+  return r;
+}
+
+void handoff_start(sy_conn *c) {
+  uv_os_fd_t cfd = -1, ufd = -1;
+  uv_fileno((uv_handle_t *)&c->client, &cfd);
+  if (c->link) uv_fileno((uv_handle_t *)&c->link->tcp, &ufd);
+  int dc = cfd >= 0 ? dup(cfd) : -1;
+  int du = ufd >= 0 ? dup(ufd) : -1;
+  c->x.status = 101;
+  report_request(c);
+  /* Bytes read past either head go first, in order. */
+  sy_flow *q = &c->fl[SIDE_CLIENT], *r = &c->fl[SIDE_UPSTREAM];
+  const sy_route_cfg *rt = c->x.route;
+  sy_tunnel_opts o = {
+      .idle_timeout_ms = conn_route_timeout(rt->timeouts.tunnel_idle, c->cfg->timeouts.tunnel_idle),
+      .fin_timeout_ms = conn_route_timeout(rt->timeouts.tunnel_fin, c->cfg->timeouts.tunnel_fin),
+      .force_copy = 0,
+      /* libuv's sockets are non-blocking, and conn_close below closes the
+       * originals before this returns to the loop: the duplicates are alone. */
+      .exclusive = 1,
+  };
+  size_t extra = sizeof(conn_note) + strlen(c->x.proto) + strlen(c->client_ip) + 2 +
+                 (c->x.path ? strlen(c->x.path) + 1 : 0);
+  conn_set_state(c, CS_TUNNEL);
+  sy_tunnel *t =
+      dc >= 0 && du >= 0
+          ? sy_tunnel_start(c->env->tunnels, dc, du, q->buf ? q->buf + q->pos : NULL,
+                            q->buf ? q->len - q->pos : 0, r->buf ? r->buf + r->pos : NULL,
+                            r->buf ? r->len - r->pos : 0, &o, extra, NULL)
+          : NULL;
+  if (!t) {
+    sy_log_error("tunnel: cannot hand over: %s", strerror(errno));
+    if (dc >= 0) close(dc);
+    if (du >= 0) close(du);
+  } else {
+    conn_note *n = sy_tunnel_extra(t);
+    char *at = (char *)(n + 1);
+    *n = report_note_of(c);
+    n->cfg = sy_config_ref(c->cfg);
+    n->proto = note_str(&at, c->x.proto);
+    n->client_ip = note_str(&at, c->client_ip);
+    n->path = note_str(&at, c->x.path);
+    /* From here the note is the client's connection: it counts towards
+     * max_connections and, as a tunnel, towards the server's open
+     * connections (least_conn) until the tunnel ends. */
+    report_tunnel_open(n);
+    sy_limits_tunnels_add(1);
+    c->handed_off = 1;
+    c->server_counted = 0;
+  }
+  /* The tunnel owns the duplicates; the connection, its libuv handles and
+   * its buffers go now. */
+  conn_close(c);
+}

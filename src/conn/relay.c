@@ -1,0 +1,156 @@
+/* The TLS relay: a switched connection with TLS on a side cannot be spliced,
+ * so its bytes are copied through the flows (decrypted on one side,
+ * encrypted on the other). It installs its own handlers in c->io; the HTTP
+ * handlers never see a relay. */
+#include <stdlib.h>
+
+#include "internal.h"
+#include "switchyard/limits.h"
+
+static void arm_idle(sy_conn *c) {
+  const sy_route_cfg *rt = c->x.route;
+  if (c->fl[0].eof || c->fl[1].eof) return; /* the FIN timer set at the first EOF keeps running */
+  conn_timer_arm(c, conn_route_timeout(rt->timeouts.tunnel_idle, c->cfg->timeouts.tunnel_idle));
+}
+
+void relay_report(sy_conn *c, const char *reason) {
+  c->relay.reported = 1;
+  sy_tunnel_stats st = {
+      .bytes_c2u = c->relay.bytes[SIDE_CLIENT],
+      .bytes_u2c = c->relay.bytes[SIDE_UPSTREAM],
+      .copied = c->relay.bytes[0] + c->relay.bytes[1],
+      .duration_ms = (uv_hrtime() - c->relay.start) / 1000000,
+      .closed_by = c->relay.closed_by ? c->relay.closed_by : "proxy",
+      .reason = reason,
+  };
+  conn_note n = report_note_of(c);
+  report_tunnel_closed(&n, &st);
+  sy_limits_tunnels_add(-1);
+}
+
+void relay_end(sy_conn *c, const char *reason) {
+  if (conn_closed(c)) return;
+  if (!c->relay.reported) relay_report(c, reason);
+  conn_close(c);
+}
+
+static int relay_wants(sy_conn *c, conn_side s) {
+  sy_flow *f = &c->fl[s];
+  /* Not read ahead of a batch in flight: how a side ends (FIN or RST) must
+   * be seen in order with the bytes before it. */
+  return !f->writing && !f->eof && (!f->buf || f->len < f->cap);
+}
+
+static void relay_read_update(sy_conn *c, conn_side s) {
+  conn_read_arm(c, s, relay_wants(c, s));
+}
+
+static void relay_input(sy_conn *c, conn_side s, size_t n) {
+  sy_flow *f = &c->fl[s];
+  f->len += (uint32_t)n;
+  if (f->writing) return; /* relay_written picks up what arrived meanwhile */
+  uint32_t k = f->len - f->pos;
+  if (k && sy_flow_push(f, f->pos, k) < 0) {
+    conn_close(c);
+    return;
+  }
+  f->pos = f->len;
+  c->relay.bytes[s] += k;
+  arm_idle(c);
+  if (conn_flush(c, s) < 0) {
+    conn_close(c);
+    return;
+  }
+  relay_read_update(c, s);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  sy_conn *c = req->data;
+  free(req);
+  conn_unref(c);
+}
+
+/* FIN (or close_notify then FIN) towards side `to`, once everything for it went. */
+static void shutdown_side(sy_conn *c, conn_side to) {
+  uv_stream_t *st = conn_stream(c, to);
+  if (!st) return;
+  if (c->tls[to]) {
+    sy_tls_shutdown(c->tls[to]);
+    conn_tls_flush(c, to);
+  }
+  uv_shutdown_t *req = malloc(sizeof(*req));
+  if (!req) return;
+  req->data = c;
+  if (uv_shutdown(req, st, on_shutdown) == 0)
+    c->refs++;
+  else
+    free(req);
+}
+
+static void maybe_done(sy_conn *c, conn_side s) {
+  sy_flow *f = &c->fl[s];
+  if (!f->eof || f->writing || f->nsegs || f->pos < f->len) return;
+  shutdown_side(c, 1 - s);
+  if (c->fl[0].eof && c->fl[1].eof && !c->fl[0].writing && !c->fl[1].writing) relay_end(c, "eof");
+}
+
+static void relay_written(sy_conn *c, conn_side s, uv_write_t *req, int status) {
+  if (status < 0) {
+    /* The write towards side 1 - s failed: that side is gone. */
+    c->io->eof(c, 1 - s, status);
+    return;
+  }
+  sy_flow *f = &c->fl[s];
+  sy_flow_compact(f);
+  sy_flow_batch_done(f);
+  sy_flow_release_if_idle(f, &c->env->flows); /* an idle relay holds no buffer */
+  if (f->pos < f->len)
+    relay_input(c, s, 0);
+  else
+    relay_read_update(c, s);
+  maybe_done(c, s);
+}
+
+static void relay_eof(sy_conn *c, conn_side s, ssize_t status) {
+  if (status != UV_EOF) {
+    c->relay.closed_by = conn_side_name(s);
+    relay_end(c, status == UV_ECONNRESET || status == UV_EPIPE ? "reset" : "error");
+    return;
+  }
+  sy_flow *f = &c->fl[s];
+  if (f->eof) return;
+  f->eof = 1;
+  if (!c->relay.closed_by) c->relay.closed_by = conn_side_name(s);
+  if (!(c->fl[0].eof && c->fl[1].eof)) {
+    const sy_route_cfg *rt = c->x.route;
+    conn_timer_arm(c, conn_route_timeout(rt->timeouts.tunnel_fin, c->cfg->timeouts.tunnel_fin));
+  }
+  maybe_done(c, s);
+}
+
+const conn_io conn_relay_io = {
+    .wants = relay_wants,
+    .read_update = relay_read_update,
+    .input = relay_input,
+    .eof = relay_eof,
+    .written = relay_written,
+};
+
+void relay_start(sy_conn *c) {
+  c->x.status = 101;
+  report_request(c);
+  conn_set_state(c, CS_RELAY);
+  c->io = &conn_relay_io;
+  c->relay.start = uv_hrtime();
+  conn_note n = report_note_of(c);
+  report_tunnel_open(&n);
+  sy_limits_tunnels_add(1);
+  for (int s = 0; s < 2; s++) {
+    sy_flow *f = &c->fl[s];
+    f->msg_done = f->discard = f->chunked_out = 0;
+  }
+  arm_idle(c);
+  /* Bytes read past either head go first, in order. */
+  relay_input(c, SIDE_CLIENT, 0);
+  if (!conn_closed(c)) relay_input(c, SIDE_UPSTREAM, 0);
+}
