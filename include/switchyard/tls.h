@@ -9,7 +9,7 @@
 #include <uv.h>
 
 #include "switchyard/config.h"
-#include "switchyard/http.h"
+#include "switchyard/base.h"
 
 typedef struct sy_tls_ctx sy_tls_ctx; /* an SSL_CTX plus what SNI needs */
 typedef struct sy_tls_conn sy_tls_conn;

@@ -9,8 +9,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "switchyard/base.h"
 #include "switchyard/config.h"
-#include "switchyard/http.h"
 #include "switchyard/metrics.h"
 #include "switchyard/pipepool.h"
 #include "switchyard/tunnel.h"
