@@ -1243,6 +1243,25 @@ out:
   return rc;
 }
 
+/* tls takes options of its own, not the loader's structs, so that it never
+ * depends on config: the pairs are copied out for the call. */
+static sy_tls_ctx *server_ctx(const sy_listener_tls *tls, char *why, size_t n) {
+  sy_tls_pair *pairs = calloc(tls->ncerts ? tls->ncerts : 1, sizeof *pairs);
+  if (!pairs) {
+    snprintf(why, n, "out of memory");
+    return NULL;
+  }
+  for (size_t i = 0; i < tls->ncerts; i++)
+    pairs[i] = (sy_tls_pair){tls->certs[i].cert, tls->certs[i].key};
+  sy_tls_server_opts o = {.pairs = pairs,
+                          .npairs = tls->ncerts,
+                          .min_version = tls->min_version,
+                          .ciphers = tls->ciphers};
+  sy_tls_ctx *t = sy_tls_server_ctx_new(&o, why, n);
+  free(pairs);
+  return t;
+}
+
 /* The OpenSSL contexts live in the snapshot, so a reload re-reads every
  * certificate and a tunnel keeps the context it started with. */
 static int build_tls(sy_config *cfg, sy_config_error *err) {
@@ -1250,7 +1269,7 @@ static int build_tls(sy_config *cfg, sy_config_error *err) {
   for (size_t i = 0; i < cfg->nlisteners; i++) {
     sy_listener_cfg *l = &cfg->listeners[i];
     if (!l->tls.enabled) continue;
-    if (!(l->tls_ctx = sy_tls_server_ctx_new(&l->tls, why, sizeof why))) {
+    if (!(l->tls_ctx = server_ctx(&l->tls, why, sizeof why))) {
       set_error(err, "%s:%d:%d: listeners[%zu].tls: %s", cfg->path, l->line, l->column, i, why);
       return -1;
     }
@@ -1258,7 +1277,9 @@ static int build_tls(sy_config *cfg, sy_config_error *err) {
   for (size_t i = 0; i < cfg->nupstreams; i++) {
     sy_upstream_cfg *u = &cfg->upstreams[i];
     if (!u->tls.enabled) continue;
-    if (!(u->tls_ctx = sy_tls_client_ctx_new(&u->tls, why, sizeof why))) {
+    sy_tls_client_opts o = {
+        .verify = u->tls.verify, .ca = u->tls.ca, .cert = u->tls.cert, .key = u->tls.key};
+    if (!(u->tls_ctx = sy_tls_client_ctx_new(&o, why, sizeof why))) {
       set_error(err, "%s: upstreams.%s.tls: %s", cfg->path, u->name, why);
       return -1;
     }

@@ -173,24 +173,24 @@ static int apply_common(SSL_CTX *ctx, const char *min_version, const char *ciphe
   return 0;
 }
 
-sy_tls_ctx *sy_tls_server_ctx_new(const sy_listener_tls *cfg, char *why, size_t n) {
+sy_tls_ctx *sy_tls_server_ctx_new(const sy_tls_server_opts *o, char *why, size_t n) {
   sy_tls_ctx *t = calloc(1, sizeof(*t));
   if (!t) return NULL;
   t->server = 1;
-  t->certs = calloc(cfg->ncerts ? cfg->ncerts : 1, sizeof(*t->certs));
+  t->certs = calloc(o->npairs ? o->npairs : 1, sizeof(*t->certs));
   if (!t->certs) goto fail;
-  for (size_t i = 0; i < cfg->ncerts; i++) {
+  for (size_t i = 0; i < o->npairs; i++) {
     sy_tls_cert_ctx *cc = &t->certs[i];
     cc->ctx = SSL_CTX_new(TLS_server_method());
     t->ncerts = i + 1;
     if (!cc->ctx) goto fail;
-    if (SSL_CTX_use_certificate_chain_file(cc->ctx, cfg->certs[i].cert) != 1 ||
-        SSL_CTX_use_PrivateKey_file(cc->ctx, cfg->certs[i].key, SSL_FILETYPE_PEM) != 1 ||
+    if (SSL_CTX_use_certificate_chain_file(cc->ctx, o->pairs[i].cert) != 1 ||
+        SSL_CTX_use_PrivateKey_file(cc->ctx, o->pairs[i].key, SSL_FILETYPE_PEM) != 1 ||
         SSL_CTX_check_private_key(cc->ctx) != 1) {
-      openssl_why(why, n, cfg->certs[i].cert);
+      openssl_why(why, n, o->pairs[i].cert);
       goto fail;
     }
-    if (apply_common(cc->ctx, cfg->min_version, cfg->ciphers, why, n) < 0) goto fail;
+    if (apply_common(cc->ctx, o->min_version, o->ciphers, why, n) < 0) goto fail;
     static const unsigned char sid[] = "switchyard";
     SSL_CTX_set_session_id_context(cc->ctx, sid, sizeof(sid) - 1);
     SSL_CTX_set_tlsext_servername_callback(cc->ctx, on_servername);
@@ -204,22 +204,22 @@ fail:
   return NULL;
 }
 
-sy_tls_ctx *sy_tls_client_ctx_new(const sy_upstream_tls *cfg, char *why, size_t n) {
+sy_tls_ctx *sy_tls_client_ctx_new(const sy_tls_client_opts *o, char *why, size_t n) {
   sy_tls_ctx *t = calloc(1, sizeof(*t));
   if (!t) return NULL;
   t->client = SSL_CTX_new(TLS_client_method());
   if (!t->client || apply_common(t->client, NULL, NULL, why, n) < 0) goto fail;
-  if (cfg->verify) {
+  if (o->verify) {
     SSL_CTX_set_verify(t->client, SSL_VERIFY_PEER, NULL);
-    int ok = cfg->ca ? SSL_CTX_load_verify_locations(t->client, cfg->ca, NULL)
-                     : SSL_CTX_set_default_verify_paths(t->client);
+    int ok = o->ca ? SSL_CTX_load_verify_locations(t->client, o->ca, NULL)
+                   : SSL_CTX_set_default_verify_paths(t->client);
     if (ok != 1) {
       openssl_why(why, n, "cannot load CA");
       goto fail;
     }
   }
-  if (cfg->cert && (SSL_CTX_use_certificate_chain_file(t->client, cfg->cert) != 1 ||
-                    SSL_CTX_use_PrivateKey_file(t->client, cfg->key, SSL_FILETYPE_PEM) != 1)) {
+  if (o->cert && (SSL_CTX_use_certificate_chain_file(t->client, o->cert) != 1 ||
+                  SSL_CTX_use_PrivateKey_file(t->client, o->key, SSL_FILETYPE_PEM) != 1)) {
     openssl_why(why, n, "cannot load client certificate");
     goto fail;
   }

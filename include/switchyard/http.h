@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "switchyard/router.h"
+#include "switchyard/base.h"
 
 /* A span stored as an offset into the buffer the head was read into, so the
  * head survives the buffer being appended to; resolved with sy_span_str(). */
@@ -45,8 +45,6 @@ static inline sy_str sy_span_str(const char *base, sy_span s) {
   return r;
 }
 
-int sy_str_ieq(sy_str a, const char *lit); /* case-insensitive equality with a literal */
-int sy_str_ieq2(sy_str a, sy_str b);
 /* Calls fn for each comma-separated token of a list field value (trimmed, empty
  * elements skipped); stops early when fn returns non-zero and returns that. */
 int sy_list_each(sy_str value, int (*fn)(sy_str tok, void *arg), void *arg);
@@ -85,17 +83,6 @@ void sy_headscan_init(sy_headscan *s);
 /* Scans n more bytes. Returns -1 on a violation, 1 when the head ended
  * (*used = bytes of p that belong to it), 0 when more is needed. */
 int sy_headscan_run(sy_headscan *s, const char *p, size_t n, size_t *used);
-
-/* An output buffer that grows; the rewrite functions append to it. */
-typedef struct sy_buf {
-  char *p;
-  size_t len, cap;
-} sy_buf;
-int sy_buf_append(sy_buf *b, const void *p, size_t n);
-/* Room for n more bytes after len (capacity grows by doubling). 0 or -1. */
-int sy_buf_reserve(sy_buf *b, size_t n);
-int sy_buf_appendf(sy_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void sy_buf_free(sy_buf *b);
 
 typedef struct sy_fwd_opts {
   int xff, xfproto, xfhost, via; /* forwarding switches */

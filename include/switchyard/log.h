@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "switchyard/http.h"
+#include "switchyard/base.h"
 
 void sy_log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void sy_log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "switchyard/http.h"
+#include "switchyard/base.h"
 
 typedef struct sy_metrics sy_metrics;
 

@@ -5,12 +5,8 @@
 
 #include <stddef.h>
 
+#include "switchyard/base.h"
 #include "switchyard/config.h"
-
-typedef struct sy_str {
-  const char *p;
-  size_t len;
-} sy_str;
 
 typedef struct sy_header {
   sy_str name, value;

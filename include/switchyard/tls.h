@@ -8,8 +8,7 @@
 #include <stddef.h>
 #include <uv.h>
 
-#include "switchyard/config.h"
-#include "switchyard/http.h"
+#include "switchyard/base.h"
 
 typedef struct sy_tls_ctx sy_tls_ctx; /* an SSL_CTX plus what SNI needs */
 typedef struct sy_tls_conn sy_tls_conn;
@@ -19,8 +18,28 @@ typedef struct sy_tls_conn sy_tls_conn;
 int sy_tls_check_pair(const char *cert, const char *key, char *why, size_t n);
 int sy_tls_check_ca(const char *ca, char *why, size_t n);
 
-sy_tls_ctx *sy_tls_server_ctx_new(const sy_listener_tls *cfg, char *why, size_t n);
-sy_tls_ctx *sy_tls_client_ctx_new(const sy_upstream_tls *cfg, char *why, size_t n);
+/* What the contexts are built from. The module knows no configuration: the
+ * loader fills these from its snapshot (strings are only read during the call),
+ * so tls stays below config. */
+typedef struct sy_tls_pair {
+  const char *cert, *key; /* PEM files: certificate chain, private key */
+} sy_tls_pair;
+
+typedef struct sy_tls_server_opts {
+  const sy_tls_pair *pairs; /* [0] is the default; SNI picks among them by name */
+  size_t npairs;
+  const char *min_version; /* "TLS1.2" (also NULL) | "TLS1.3" */
+  const char *ciphers;     /* NULL = OpenSSL's default */
+} sy_tls_server_opts;
+
+typedef struct sy_tls_client_opts {
+  int verify;             /* check the upstream's certificate */
+  const char *ca;         /* NULL = the system's trust store */
+  const char *cert, *key; /* client certificate (mTLS), both or neither */
+} sy_tls_client_opts;
+
+sy_tls_ctx *sy_tls_server_ctx_new(const sy_tls_server_opts *o, char *why, size_t n);
+sy_tls_ctx *sy_tls_client_ctx_new(const sy_tls_client_opts *o, char *why, size_t n);
 void sy_tls_ctx_free(sy_tls_ctx *ctx);
 
 /* `sni` (client side): name to send and verify; NULL = none. */

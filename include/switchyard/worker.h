@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "switchyard/base.h"
 #include "switchyard/config.h"
 #include "switchyard/conn.h"
 #include "switchyard/pipepool.h"

@@ -1,0 +1,30 @@
+/* The types every module shares, so that none has to include another module's
+ * header for them: a borrowed byte string and a growable output buffer. Depends
+ * on nothing of the project; pure functions, no I/O. */
+#ifndef SWITCHYARD_BASE_H
+#define SWITCHYARD_BASE_H
+
+#include <stddef.h>
+
+/* Bytes owned by someone else (a read buffer, the config), not NUL-terminated. */
+typedef struct sy_str {
+  const char *p;
+  size_t len;
+} sy_str;
+
+int sy_str_ieq(sy_str a, const char *lit); /* case-insensitive equality with a literal */
+int sy_str_ieq2(sy_str a, sy_str b);
+
+/* An output buffer that grows: heads, error pages, log lines, metrics text and
+ * TLS ciphertext are built in one. Zero-initialised is empty. */
+typedef struct sy_buf {
+  char *p;
+  size_t len, cap;
+} sy_buf;
+int sy_buf_append(sy_buf *b, const void *p, size_t n);
+/* Room for n more bytes after len (capacity grows by doubling). 0 or -1. */
+int sy_buf_reserve(sy_buf *b, size_t n);
+int sy_buf_appendf(sy_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sy_buf_free(sy_buf *b);
+
+#endif
