@@ -1005,6 +1005,38 @@ static int h_forwarding(ctx *c, yaml_node_t *v, const char *path, void *obj, siz
   return parse_map(c, v, path, forwarding_keys, NKEYS(forwarding_keys), &cfg->forwarding, NULL);
 }
 
+static int h_escaped_slashes(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
+  const char *s = NULL;
+  if (want_scalar(c, v, path, &s) < 0) return -1;
+  if (strcmp(s, "keep") == 0)
+    *FIELD(obj, off, int) = 0;
+  else if (strcmp(s, "reject") == 0)
+    *FIELD(obj, off, int) = 1;
+  else
+    return fail(c, v, "%s: expected keep or reject, got \"%s\"", path, s);
+  return 0;
+}
+
+enum { PK_NORMALIZE, PK_MERGE, PK_ESCAPED };
+static const key_spec paths_keys[] = {
+    [PK_NORMALIZE] = {"normalize", h_bool, offsetof(sy_paths, normalize)},
+    [PK_MERGE] = {"merge_slashes", h_bool, offsetof(sy_paths, merge_slashes)},
+    [PK_ESCAPED] = {"escaped_slashes", h_escaped_slashes,
+                    offsetof(sy_paths, reject_escaped_slashes)},
+};
+
+static int h_paths(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
+  sy_config *cfg = obj;
+  unsigned seen = 0;
+  if (parse_map(c, v, path, paths_keys, NKEYS(paths_keys), &cfg->paths, &seen) < 0) return -1;
+  /* The other two keys only act on a normalised path: naming them beside
+   * normalize: false would promise a check that does not happen. */
+  if (!cfg->paths.normalize && (seen & (1u << PK_MERGE | 1u << PK_ESCAPED)))
+    return fail(c, map_get(c, v, "normalize"),
+                "%s: merge_slashes and escaped_slashes need normalize: true", path);
+  return 0;
+}
+
 enum { TK_WORKERS, TK_LISTENERS };
 static const key_spec top_keys[] = {
     [TK_WORKERS] = {"workers", h_workers, 0},
@@ -1015,6 +1047,7 @@ static const key_spec top_keys[] = {
     {"timeouts", h_timeouts, 0},
     {"limits", h_limits, 0},
     {"forwarding", h_forwarding, 0},
+    {"paths", h_paths, 0},
     {"access_log", h_str, offsetof(sy_config, access_log)},
 };
 
@@ -1031,6 +1064,7 @@ static void set_defaults(sy_config *cfg) {
   cfg->limits =
       (sy_limits){.max_connections = 100000, .max_header_bytes = 32768, .max_headers = 100};
   cfg->forwarding = (sy_forwarding){1, 1, 1, 1};
+  cfg->paths = (sy_paths){.normalize = 1, .merge_slashes = 1};
 }
 
 static int check_admin(ctx *c, yaml_node_t *root) {

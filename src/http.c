@@ -356,11 +356,24 @@ static int append_ws_protocols(sy_buf *out, const sy_head *h, const char *base,
   return rc;
 }
 
+static int append_target(sy_buf *out, sy_str t, const sy_fwd_opts *o) {
+  if (!o->path.p) return append_str(out, t);
+  sy_str rest;
+  sy_target_authority(t, &rest);
+  size_t q = 0;
+  while (q < rest.len && rest.p[q] != '?')
+    q++;
+  int rc = sy_buf_append(out, t.p, (size_t)(rest.p - t.p));
+  rc |= append_str(out, o->path);
+  rc |= sy_buf_append(out, rest.p + q, rest.len - q);
+  return rc;
+}
+
 int sy_http_build_request(sy_buf *out, const sy_head *h, const char *base, const sy_fwd_opts *o) {
   int rc = 0;
   rc |= append_str(out, sy_span_str(base, h->method));
   rc |= sy_buf_append(out, " ", 1);
-  rc |= append_str(out, sy_span_str(base, h->target));
+  rc |= append_target(out, sy_span_str(base, h->target), o);
   rc |= sy_buf_append(out, " HTTP/1.1" CRLF, 11);
   const sy_field *host = sy_head_find(h, base, "host");
   int ws_written = 0;
@@ -585,4 +598,72 @@ int sy_http_switch_ok(const sy_head *h, const char *base, const sy_str *offered,
     if (!acc || acc->value.len != 28 || memcmp(base + acc->value.off, want, 28) != 0) return 0;
   }
   return 1;
+}
+
+static int b64_index(unsigned char c) {
+  if (c >= 'A' && c <= 'Z') return c - 'A';
+  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+  if (c >= '0' && c <= '9') return c - '0' + 52;
+  if (c == '+') return 62;
+  if (c == '/') return 63;
+  return -1;
+}
+
+static sy_str trim_ows(sy_str v) {
+  while (v.len && (v.p[0] == ' ' || v.p[0] == '\t')) {
+    v.p++;
+    v.len--;
+  }
+  while (v.len && (v.p[v.len - 1] == ' ' || v.p[v.len - 1] == '\t'))
+    v.len--;
+  return v;
+}
+
+/* 16 bytes are 22 base64 digits and "==": the 22nd digit carries 2 bits, its
+ * 4 low bits must be zero or the text is not what an encoder writes. */
+static int ws_key_ok(sy_str k) {
+  if (k.len != 24 || k.p[22] != '=' || k.p[23] != '=') return 0;
+  for (size_t i = 0; i < 22; i++)
+    if (b64_index((unsigned char)k.p[i]) < 0) return 0;
+  return (b64_index((unsigned char)k.p[21]) & 15) == 0;
+}
+
+sy_ws_check sy_ws_check_request(const sy_head *h, const char *base) {
+  const sy_field *key = NULL, *ver = NULL;
+  int nkeys = 0, nvers = 0;
+  for (size_t i = 0; i < h->nfields; i++) {
+    sy_str name = sy_span_str(base, h->fields[i].name);
+    if (sy_str_ieq(name, "sec-websocket-key")) {
+      key = &h->fields[i];
+      nkeys++;
+    } else if (sy_str_ieq(name, "sec-websocket-version")) {
+      ver = &h->fields[i];
+      nvers++;
+    }
+  }
+  if (!nkeys) return SY_WS_KEY_MISSING;
+  if (nkeys > 1) return SY_WS_KEY_DUPLICATE;
+  if (!ws_key_ok(trim_ows(sy_span_str(base, key->value)))) return SY_WS_KEY_MALFORMED;
+  if (!nvers) return SY_WS_VERSION_MISSING;
+  sy_str v = trim_ows(sy_span_str(base, ver->value));
+  if (nvers > 1 || v.len != 2 || memcmp(v.p, "13", 2) != 0) return SY_WS_VERSION_UNSUPPORTED;
+  return SY_WS_OK;
+}
+
+const char *sy_ws_check_str(sy_ws_check r) {
+  switch (r) {
+  case SY_WS_OK:
+    return "ok";
+  case SY_WS_KEY_MISSING:
+    return "key_missing";
+  case SY_WS_KEY_DUPLICATE:
+    return "key_duplicate";
+  case SY_WS_KEY_MALFORMED:
+    return "key_malformed";
+  case SY_WS_VERSION_MISSING:
+    return "version_missing";
+  case SY_WS_VERSION_UNSUPPORTED:
+    return "version_unsupported";
+  }
+  return "?";
 }

@@ -82,19 +82,26 @@ int sy_upstream_pick(sy_upstream_cfg *up, uint64_t tried, uint64_t key_hash, uin
   return SY_PICK_NONE_LEFT;
 }
 
+/* Health probes are cleartext and skipped for TLS upstreams (see health.c):
+ * those keep passive ejection's timed rest, or an ejected server would wait
+ * for a check that never runs. */
+static int active_checks(const sy_upstream_cfg *up) {
+  return up->health.enabled && !up->tls.enabled;
+}
+
 void sy_upstream_report(const sy_upstream_cfg *up, const sy_server_cfg *s, int ok,
                         uint64_t now_ms) {
   if (ok) {
     __atomic_store_n(&s->rt->fails, 0, __ATOMIC_RELAXED);
     /* Back from a passive rest: up again (active checks decide on their own). */
-    if (!up->health.enabled && __atomic_exchange_n(&s->rt->down, 0, __ATOMIC_RELAXED))
+    if (!active_checks(up) && __atomic_exchange_n(&s->rt->down, 0, __ATOMIC_RELAXED))
       sy_log_info("upstream %s: server %s is back", up->name, s->addr.text);
     return;
   }
   unsigned limit = up->health.unhealthy ? up->health.unhealthy : 3;
   int f = __atomic_add_fetch(&s->rt->fails, 1, __ATOMIC_RELAXED);
   if ((unsigned)f >= limit) {
-    __atomic_store_n(&s->rt->down_until_ms, up->health.enabled ? 0 : now_ms + SY_PASSIVE_REST_MS,
+    __atomic_store_n(&s->rt->down_until_ms, active_checks(up) ? 0 : now_ms + SY_PASSIVE_REST_MS,
                      __ATOMIC_RELAXED);
     if (!__atomic_exchange_n(&s->rt->down, 1, __ATOMIC_RELAXED))
       sy_log_error("upstream %s: server %s ejected after %d failed connects", up->name,

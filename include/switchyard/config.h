@@ -150,6 +150,13 @@ typedef struct sy_forwarding {
   int x_forwarded_for, x_forwarded_proto, x_forwarded_host, via; /* all default 1 */
 } sy_forwarding;
 
+/* Request-path normalisation before routing (see uri.h). */
+typedef struct sy_paths {
+  int normalize;              /* default 1; 0 routes and forwards the path as sent */
+  int merge_slashes;          /* default 1 */
+  int reject_escaped_slashes; /* escaped_slashes: reject (default keep) */
+} sy_paths;
+
 typedef struct sy_config {
   int refs; /* atomic via __atomic builtins */
   char *path;
@@ -165,6 +172,7 @@ typedef struct sy_config {
   sy_limits limits;
   sy_timeouts timeouts; /* global defaults, all non-zero after load */
   sy_forwarding forwarding;
+  sy_paths paths;
   char *access_log; /* NULL or "stdout" = stdout, "off", or a file path */
 } sy_config;
 

@@ -99,6 +99,11 @@ typedef struct sy_fwd_opts {
   const sy_str *ws_protocols;
   size_t nws_protocols;
   int ws_protocols_restricted;
+  /* The path the route matched (normalised), sent in place of the target's
+   * path part so the upstream acts on what was checked; the query ('?' on)
+   * and an absolute-form's scheme and authority are kept as sent.
+   * .p == NULL: the target goes as sent. */
+  sy_str path;
 } sy_fwd_opts;
 
 /* The request head the upstream gets. */
@@ -139,5 +144,25 @@ int sy_http_cookie(sy_str value, const char *name, sy_str *out);
  * in *chosen, or 0: the "fake 101" smuggling class, answered 502. */
 int sy_http_switch_ok(const sy_head *h, const char *base, const sy_str *offered, size_t noffered,
                       const char *ws_key, sy_str *chosen);
+
+/* RFC 6455 §4.2.1 checks of a WebSocket opening request, for routes that
+ * verify the handshake (websocket.check_accept): exactly one
+ * Sec-WebSocket-Key whose value is the base64 of 16 bytes (24 characters,
+ * canonical, "==" padded), and exactly one Sec-WebSocket-Version of 13. */
+typedef enum sy_ws_check {
+  SY_WS_OK = 0,
+  SY_WS_KEY_MISSING,
+  SY_WS_KEY_DUPLICATE,
+  SY_WS_KEY_MALFORMED,
+  SY_WS_VERSION_MISSING,
+  SY_WS_VERSION_UNSUPPORTED, /* other value, or more than one field */
+} sy_ws_check;
+
+/* The key is checked first. Any result but SY_WS_OK is answered 400 before
+ * anything goes upstream; the two version results carry
+ * "Sec-WebSocket-Version: 13" (RFC 6455 §4.4). */
+sy_ws_check sy_ws_check_request(const sy_head *h, const char *base);
+/* Short text for logs and metrics labels ("key_missing", ...). */
+const char *sy_ws_check_str(sy_ws_check r);
 
 #endif

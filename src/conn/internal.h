@@ -78,6 +78,7 @@ typedef struct conn_xchg {
   unsigned upgrading : 1;         /* forwarded as an upgrade: the answer may switch */
   unsigned check_accept : 1;      /* a 101 must carry the right Sec-WebSocket-Accept */
   unsigned tls_upgrade_now : 1;   /* this request is the one that switched to TLS */
+  unsigned path_normalized : 1;   /* differs from the target: forwarded instead of it */
   sy_str up_tokens[MAX_UPGRADES]; /* the tokens forwarded, in the client's order */
   size_t nup_tokens;
   char up_store[256];

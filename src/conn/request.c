@@ -9,6 +9,7 @@
 #include "switchyard/log.h"
 #include "switchyard/router.h"
 #include "switchyard/upstream.h"
+#include "switchyard/uri.h"
 
 /* For a request refused before its head was understood. */
 void request_remember_method(sy_conn *c) {
@@ -35,7 +36,7 @@ static void remember(sy_conn *c) {
   while (q < t.len && t.p[q] != '?')
     q++;
   free(x->path); /* a request resumed after an RFC 2817 upgrade is seen twice */
-  x->path = strndup(t.p, q < 2048 ? q : 2048);
+  x->path = strndup(t.p, q);
   x->is_head = f->parser.method == HTTP_HEAD;
   x->http10 = f->head.major == 1 && f->head.minor == 0;
   x->client_close = !llhttp_should_keep_alive(&f->parser);
@@ -64,6 +65,59 @@ static int tls_offer(sy_conn *c, sy_str *offered, size_t *noffered) {
     local_426(c);
     return 1;
   }
+  return 0;
+}
+
+/* Only a path with an escape, a dot segment or a doubled slash can change. */
+static int path_may_change(const char *p) {
+  for (; *p; p++)
+    if (*p == '%' || (p[0] == '/' && (p[1] == '/' || p[1] == '.'))) return 1;
+  return 0;
+}
+
+/* RFC 3986 §6 before routing, so a route cannot be walked around with
+ * "/x/../admin", "//admin" or "/%61dmin"; the backend gets the same path.
+ * 0, or -1 when the path was refused (answered 400). */
+static int normalize_path(sy_conn *c) {
+  conn_xchg *x = &c->x;
+  if (!c->cfg->paths.normalize || x->path[0] != '/' || !path_may_change(x->path)) return 0;
+  size_t n = strlen(x->path), len = 0;
+  char *np = malloc(n + 1);
+  sy_path_result r =
+      np ? sy_path_normalize((sy_str){x->path, n}, sy_path_flags(&c->cfg->paths), np, n + 1, &len)
+         : SY_PATH_NO_ROOM;
+  if (r != SY_PATH_OK) {
+    free(np);
+    sy_log_info("client %s:%d: path refused: %s", c->client_ip, c->client_port,
+                sy_path_result_str(r));
+    local_response(c, 400, 1);
+    return -1;
+  }
+  free(x->path);
+  x->path = np;
+  x->path_normalized = 1;
+  return 0;
+}
+
+/* RFC 6455 §4.2.1: a route that verifies the handshake refuses a request
+ * whose key could not be verified before the backend spends anything. */
+static int websocket_ok(sy_conn *c) {
+  conn_xchg *x = &c->x;
+  int ws = 0;
+  for (size_t i = 0; i < x->nup_tokens; i++)
+    ws |= sy_str_ieq(x->up_tokens[i], "websocket");
+  if (!ws || !x->route->ws_check_accept) return 1;
+  sy_flow *f = &c->fl[SIDE_CLIENT];
+  sy_ws_check r = sy_ws_check_request(&f->head, f->buf);
+  if (r == SY_WS_OK) return 1;
+  sy_log_info("client %s:%d: WebSocket handshake refused: %s", c->client_ip, c->client_port,
+              sy_ws_check_str(r));
+  x->upgrading = 0; /* counted as rejected by the proxy, not refused upstream */
+  int version = r == SY_WS_VERSION_MISSING || r == SY_WS_VERSION_UNSUPPORTED;
+  sy_buf b = {0};
+  sy_http_error(&b, 400, 1, version ? "Sec-WebSocket-Version: 13\r\n" : NULL);
+  local_send(c, 400, 1, &b);
+  sy_buf_free(&b);
   return 0;
 }
 
@@ -97,6 +151,7 @@ void request_route(sy_conn *c) {
     sy_buf_free(&b);
     return;
   }
+  if (normalize_path(c) < 0) return;
 
   sy_header hv[128];
   size_t nh = f->head.nfields < 128 ? f->head.nfields : 128;
@@ -142,6 +197,7 @@ void request_route(sy_conn *c) {
     local_response(c, 503, !x->has_body ? 0 : 1);
     return;
   }
+  if (!websocket_ok(c)) return;
   if (x->upgrading && x->route->ws_check_accept) {
     /* Checked whatever the client sent: without a usable key no 101 can be
      * verified, so none is accepted (the client cannot opt out). */
@@ -181,6 +237,7 @@ int request_queue_head(sy_conn *c) {
       .ws_protocols = wsp,
       .nws_protocols = nwsp,
       .ws_protocols_restricted = r->ws_subprotocols_set,
+      .path = c->x.path_normalized ? (sy_str){c->x.path, strlen(c->x.path)} : (sy_str){NULL, 0},
   };
   uint32_t off = (uint32_t)f->scratch.len;
   int rc = sy_http_build_request(&f->scratch, &f->head, f->buf, &o);

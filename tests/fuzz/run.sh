@@ -5,11 +5,11 @@
 #
 # Environment:
 #   FUZZ_SECONDS   seconds per target (default 30)
-#   FUZZ_TARGETS   subset to run (default "request response config")
+#   FUZZ_TARGETS   subset to run (default "request response config path")
 #   CC_FUZZ        compiler (default clang; needs libclang-rt-14-dev on Debian 12)
 #   FUZZ_JOBS      parallel compile jobs (default 2)
 #
-# Steps: compile src/{base,http,router,config,tls,log,flow}.c and llhttp with
+# Steps: compile src/{base,http,router,config,tls,log,flow,uri}.c and llhttp with
 # -fsanitize=fuzzer-no-link,address,undefined; link one binary per target;
 # replay every file under tests/fuzz/regressions/<target>/ (a fixed bug must stay
 # fixed); then fuzz from tests/fuzz/corpus/<target>/ into BUILD_DIR/corpus/<target>/
@@ -21,7 +21,7 @@ SRC=$(cd "$(dirname "$0")/../.." && pwd)
 FUZZ="$SRC/tests/fuzz"
 OUT=${1:-/tmp/switchyard-fuzz}
 SECONDS_EACH=${FUZZ_SECONDS:-30}
-TARGETS=${FUZZ_TARGETS:-"request response config"}
+TARGETS=${FUZZ_TARGETS:-"request response config path"}
 CC=${CC_FUZZ:-clang}
 JOBS=${FUZZ_JOBS:-2}
 LLHTTP_SRC=${LLHTTP_SRC:-/usr/share/llhttp}
@@ -59,16 +59,16 @@ job() { # run a compile in the background, at most $JOBS at once
 for f in llhttp api http; do
   job "$LLHTTP_SRC/$f.c" "$OUT/obj/llhttp_$f.o" "-w"
 done
-for f in base http router config tls log flow; do
+for f in base http router config tls log flow uri; do
   job "$SRC/src/$f.c" "$OUT/obj/sy_$f.o" "-Wall -Wextra -Wno-unused-parameter"
 done
-for t in request response config; do
+for t in request response config path; do
   job "$FUZZ/fuzz_$t.c" "$OUT/obj/fuzz_$t.o" "-Wall -Wextra -DSY_FUZZ_DEFAULT_CONFIG_DIR=\"$SRC/config\""
 done
 wait
 if [ -e "$OUT/obj/FAILED" ]; then echo "run.sh: build failed" >&2; exit 2; fi
-LIBOBJ="$OUT/obj/llhttp_llhttp.o $OUT/obj/llhttp_api.o $OUT/obj/llhttp_http.o $OUT/obj/sy_base.o $OUT/obj/sy_http.o $OUT/obj/sy_router.o $OUT/obj/sy_config.o $OUT/obj/sy_tls.o $OUT/obj/sy_log.o $OUT/obj/sy_flow.o"
-for t in request response config; do
+LIBOBJ="$OUT/obj/llhttp_llhttp.o $OUT/obj/llhttp_api.o $OUT/obj/llhttp_http.o $OUT/obj/sy_base.o $OUT/obj/sy_http.o $OUT/obj/sy_router.o $OUT/obj/sy_config.o $OUT/obj/sy_tls.o $OUT/obj/sy_log.o $OUT/obj/sy_flow.o $OUT/obj/sy_uri.o"
+for t in request response config path; do
   # shellcheck disable=SC2086
   $CC -fsanitize=fuzzer $SAN "$OUT/obj/fuzz_$t.o" $LIBOBJ $PKG_LIBS -ldl -lpthread -lm -o "$OUT/bin/fuzz_$t"
 done
@@ -83,6 +83,7 @@ for t in $TARGETS; do
   bin="$OUT/bin/fuzz_$t"
   case $t in
     config) dict="$FUZZ/config.dict"; maxlen=4096 ;;
+    path) dict="$FUZZ/path.dict"; maxlen=512 ;;
     *) dict="$FUZZ/http.dict"; maxlen=4096 ;;
   esac
   reg="$FUZZ/regressions/$t"

@@ -153,10 +153,20 @@ def test_http10_request_forwarded_as_http11(proxy, backend):
 
 @pytest.mark.parametrize("method", ["GET", "DELETE", "OPTIONS", "PATCH", "PURGE"])
 def test_methods_and_target_passed_verbatim(proxy, backend, method):
-    target = "/p%41th/;x=1?q=a%2Fb&q=%E2%82%AC#"[:-1]
+    # The path is already in normal form (paths are normalised before
+    # routing); the query is never touched, escapes and case included.
+    target = "/p%C3%A4th/;x=1?q=a%2fb&q=%E2%82%AC&r=%41/../x#"[:-1]
     client = ("%s %s HTTP/1.1\r\nHost: m.test\r\n\r\n" % (method, target)).encode()
     req, r, _, _ = upstream_head_for(proxy, backend, client)
     assert req.start_line == "%s %s HTTP/1.1" % (method, target)
+    assert r.status == 200
+
+
+def test_target_verbatim_without_normalisation(proxy, backend):
+    target = "/p%41th//./x/../;x=1?q=a%2Fb"
+    client = ("GET %s HTTP/1.1\r\nHost: m.test\r\n\r\n" % target).encode()
+    req, r, _, _ = upstream_head_for(proxy, backend, client, paths={"normalize": False})
+    assert req.start_line == "GET %s HTTP/1.1" % target
     assert r.status == 200
 
 

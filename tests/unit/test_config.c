@@ -198,6 +198,15 @@ static const err_case errors[] = {
     {L "access_log: {file: x}\n",
      "t.yaml:3:13: ", "access_log: expected a scalar value, got a mapping"},
     {L "access_log:\n", "t.yaml:3:12: ", "access_log: expected a string, got null"},
+    {L "paths: {normalize: yes}\n",
+     "t.yaml:3:20: ", "paths.normalize: expected true or false, got \"yes\""},
+    {L "paths: {escaped_slashes: decode}\n",
+     "t.yaml:3:26: ", "paths.escaped_slashes: expected keep or reject, got \"decode\""},
+    {L "paths: {normalise: true}\n", "t.yaml:3:9: ", "unknown key \"normalise\" in paths"},
+    {L "paths: {normalize: false, merge_slashes: false}\n",
+     "t.yaml:3:20: ", "paths: merge_slashes and escaped_slashes need normalize: true"},
+    {L "paths: {escaped_slashes: reject, normalize: false}\n",
+     "t.yaml:3:45: ", "need normalize: true"},
 };
 
 START_TEST(test_errors) {
@@ -245,6 +254,9 @@ START_TEST(test_defaults) {
   ck_assert_int_eq(cfg->forwarding.x_forwarded_proto, 1);
   ck_assert_int_eq(cfg->forwarding.x_forwarded_host, 1);
   ck_assert_int_eq(cfg->forwarding.via, 1);
+  ck_assert_int_eq(cfg->paths.normalize, 1);
+  ck_assert_int_eq(cfg->paths.merge_slashes, 1);
+  ck_assert_int_eq(cfg->paths.reject_escaped_slashes, 0);
   ck_assert_ptr_null(cfg->access_log);
   sy_config_unref(cfg);
 }
@@ -484,6 +496,23 @@ START_TEST(test_misc_values) {
 }
 END_TEST
 
+START_TEST(test_paths) {
+  sy_config *cfg = load_ok(L "paths: {merge_slashes: false, escaped_slashes: reject}\n");
+  ck_assert_int_eq(cfg->paths.normalize, 1);
+  ck_assert_int_eq(cfg->paths.merge_slashes, 0);
+  ck_assert_int_eq(cfg->paths.reject_escaped_slashes, 1);
+  sy_config_unref(cfg);
+  cfg = load_ok(L "paths: {normalize: false}\n");
+  ck_assert_int_eq(cfg->paths.normalize, 0);
+  sy_config_unref(cfg);
+  cfg = load_ok(L "paths: {escaped_slashes: keep, normalize: true, merge_slashes: true}\n");
+  ck_assert_int_eq(cfg->paths.normalize, 1);
+  ck_assert_int_eq(cfg->paths.merge_slashes, 1);
+  ck_assert_int_eq(cfg->paths.reject_escaped_slashes, 0);
+  sy_config_unref(cfg);
+}
+END_TEST
+
 START_TEST(test_refcount) {
   sy_config *cfg = load_ok(L);
   ck_assert_ptr_eq(sy_config_ref(cfg), cfg);
@@ -593,6 +622,7 @@ static Suite *config_suite(void) {
   tcase_add_test(tc, test_route_defaults);
   tcase_add_test(tc, test_addresses);
   tcase_add_test(tc, test_misc_values);
+  tcase_add_test(tc, test_paths);
   tcase_add_test(tc, test_refcount);
   tcase_add_test(tc, test_missing_file);
   tcase_add_test(tc, test_file_errors_name_the_file);

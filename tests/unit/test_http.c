@@ -258,6 +258,88 @@ START_TEST(ws_accept_rfc6455_example) {
 }
 END_TEST
 
+START_TEST(path_replaced_query_kept) {
+  sy_fwd_opts o = {.client_ip = "x", .proto = "http"};
+  o.path = (sy_str){"/admin/secret", 13};
+  expect_request("GET /x/../admin/secret?a=/../b&c HTTP/1.1\r\nHost: h\r\n\r\n", &o,
+                 "GET /admin/secret?a=/../b&c HTTP/1.1\r\nHost: h\r\n\r\n");
+  expect_request("GET //admin/secret HTTP/1.1\r\nHost: h\r\n\r\n", &o,
+                 "GET /admin/secret HTTP/1.1\r\nHost: h\r\n\r\n");
+  expect_request("GET /%61dmin/secret? HTTP/1.1\r\nHost: h\r\n\r\n", &o,
+                 "GET /admin/secret? HTTP/1.1\r\nHost: h\r\n\r\n");
+  /* absolute-form: scheme and authority kept, only the path replaced */
+  expect_request("GET http://h/a/./%62?q HTTP/1.1\r\nHost: h\r\n\r\n",
+                 &(sy_fwd_opts){.path = {"/a/b", 4}},
+                 "GET http://h/a/b?q HTTP/1.1\r\nHost: h\r\n\r\n");
+  expect_request("GET http://h?q HTTP/1.1\r\nHost: h\r\n\r\n", &(sy_fwd_opts){.path = {"/", 1}},
+                 "GET http://h/?q HTTP/1.1\r\nHost: h\r\n\r\n");
+  /* no replacement: the target as sent, unnormalised */
+  expect_request("GET //a/../b?%7e HTTP/1.1\r\nHost: h\r\n\r\n", &(sy_fwd_opts){0},
+                 "GET //a/../b?%7e HTTP/1.1\r\nHost: h\r\n\r\n");
+}
+END_TEST
+
+static sy_ws_check ws_check(const char *fields) {
+  char raw[40000];
+  snprintf(raw, sizeof raw,
+           "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n%s\r\n",
+           fields);
+  parsed ps;
+  parse(&ps, raw, 1);
+  sy_ws_check r = sy_ws_check_request(&ps.head, ps.base);
+  done(&ps);
+  return r;
+}
+
+#define KEY "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+#define V13 "Sec-WebSocket-Version: 13\r\n"
+
+START_TEST(ws_request_checks) {
+  ck_assert_int_eq(ws_check(KEY V13), SY_WS_OK);
+  ck_assert_int_eq(ws_check("sec-websocket-version: 13\r\nsec-websocket-key: "
+                            "AAAAAAAAAAAAAAAAAAAAAA==  \r\n"),
+                   SY_WS_OK);
+  ck_assert_int_eq(ws_check("Sec-WebSocket-Key: ++++++++++++++++++++/w==\r\n" V13), SY_WS_OK);
+  ck_assert_int_eq(ws_check(V13), SY_WS_KEY_MISSING);
+  ck_assert_int_eq(ws_check(KEY KEY V13), SY_WS_KEY_DUPLICATE);
+  ck_assert_int_eq(ws_check(KEY "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n" V13),
+                   SY_WS_KEY_DUPLICATE);
+  static const char *const bad[] = {
+      "",                                                   /* empty */
+      "dGhlIHNhbXBsZSBub25jZQ=",                            /* 23 */
+      "dGhlIHNhbXBsZSBub25jZQ===",                          /* 25 */
+      "dGhlIHNhbXBsZSBub25jZQAA",                           /* 18 bytes, no padding */
+      "dGhlIHNhbXBsZSBub25jZR==",                           /* R: non-zero pad bits */
+      "dGhlIHNhbXBsZSBub25j*Q==",                           /* not base64 */
+      "dGhlIHNhbXBsZSBub25jZ==Q",                           /* padding in the middle */
+      "dGhlIHNhbXBsZSBub25jZQ==, dGhlIHNhbXBsZSBub25jZQ==", /* a list in one line */
+      "dGhlIHNhbXB sZSBub25jZQ==",                          /* inner space */
+      "dGhlIHNhbXBsZSBub25jZQ",                             /* no padding */
+      "dGhlIHNhbXBsZSBub25jZQ-_",                           /* base64url alphabet */
+  };
+  char f[200];
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    snprintf(f, sizeof f, "Sec-WebSocket-Key: %s\r\n" V13, bad[i]);
+    ck_assert_msg(ws_check(f) == SY_WS_KEY_MALFORMED, "key \"%s\" accepted", bad[i]);
+  }
+  /* a 30 KB key */
+  static char big[31000];
+  strcpy(big, "Sec-WebSocket-Key: ");
+  memset(big + strlen(big), 'A', 30000);
+  strcat(big, "==\r\n" V13);
+  ck_assert_int_eq(ws_check(big), SY_WS_KEY_MALFORMED);
+  ck_assert_int_eq(ws_check(KEY), SY_WS_VERSION_MISSING);
+  ck_assert_int_eq(ws_check(KEY "Sec-WebSocket-Version: 8\r\n"), SY_WS_VERSION_UNSUPPORTED);
+  ck_assert_int_eq(ws_check(KEY "Sec-WebSocket-Version: 13, 8\r\n"), SY_WS_VERSION_UNSUPPORTED);
+  ck_assert_int_eq(ws_check(KEY "Sec-WebSocket-Version: 130\r\n"), SY_WS_VERSION_UNSUPPORTED);
+  ck_assert_int_eq(ws_check(KEY V13 V13), SY_WS_VERSION_UNSUPPORTED);
+  /* the key is judged first */
+  ck_assert_int_eq(ws_check("Sec-WebSocket-Version: 8\r\n"), SY_WS_KEY_MISSING);
+  ck_assert_str_eq(sy_ws_check_str(SY_WS_KEY_MALFORMED), "key_malformed");
+  ck_assert_str_eq(sy_ws_check_str(SY_WS_VERSION_UNSUPPORTED), "version_unsupported");
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("http");
   TCase *tc = tcase_create("rewrite");
@@ -273,6 +355,8 @@ int main(void) {
   tcase_add_test(tc, list_and_lookup);
   tcase_add_test(tc, error_response);
   tcase_add_test(tc, ws_accept_rfc6455_example);
+  tcase_add_test(tc, path_replaced_query_kept);
+  tcase_add_test(tc, ws_request_checks);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

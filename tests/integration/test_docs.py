@@ -1,0 +1,95 @@
+"""The docs say what the code does: every YAML example in README.md and docs/
+loads with `switchyard -t` (a block preceded by the line `<!-- fragment -->`
+is a piece of a file and is skipped, and there are few of those),
+config/examples.yaml names every key the loader knows, and every metric name
+the code can emit is in docs/OPERATIONS.md."""
+import re
+import shutil
+import subprocess
+
+from conftest import SOURCE_DIR, switchyard_bin
+
+FRAGMENT = "<!-- fragment -->"
+MAX_FRAGMENTS = 3
+# Files the examples name, relative to the example: the demo pair stands in.
+TLS_FILES = {"site.pem": "demo.pem", "site.key": "demo.key", "other.pem": "demo.pem",
+             "other.key": "demo.key", "ca.pem": "demo.pem", "demo.pem": "demo.pem",
+             "demo.key": "demo.key"}
+
+
+def doc_files():
+    return [SOURCE_DIR / "README.md"] + sorted((SOURCE_DIR / "docs").glob("*.md"))
+
+
+def yaml_blocks(path):
+    """(line, text, is_fragment) for each ```yaml block of a Markdown file."""
+    lines = path.read_text().splitlines()
+    out, i = [], 0
+    while i < len(lines):
+        if lines[i].strip() == "```yaml":
+            start = i
+            prev = next((ln.strip() for ln in reversed(lines[:start]) if ln.strip()), "")
+            i += 1
+            body = []
+            while i < len(lines) and lines[i].strip() != "```":
+                body.append(lines[i])
+                i += 1
+            assert i < len(lines), "%s:%d: unterminated yaml block" % (path.name, start + 1)
+            out.append((start + 1, "\n".join(body) + "\n", prev == FRAGMENT))
+        i += 1
+    return out
+
+
+def test_yaml_examples_load(tmp_path):
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    for name, src in TLS_FILES.items():
+        shutil.copy(SOURCE_DIR / "config" / "tls" / src, tls / name)
+    checked, fragments, failures = 0, [], []
+    for doc in doc_files():
+        for line, text, fragment in yaml_blocks(doc):
+            where = "%s:%d" % (doc.relative_to(SOURCE_DIR), line)
+            if fragment:
+                fragments.append(where)
+                continue
+            f = tmp_path / ("%s-%d.yaml" % (doc.stem, line))
+            f.write_text(text)
+            p = subprocess.run([switchyard_bin(), "-t", "-c", str(f)], stdin=subprocess.DEVNULL,
+                               capture_output=True, timeout=30)
+            checked += 1
+            if p.returncode != 0 or b"configuration ok" not in p.stderr:
+                failures.append("%s: rc=%d %s" % (where, p.returncode,
+                                                  p.stderr.decode("utf-8", "replace").strip()))
+    assert not failures, "YAML examples that do not load:\n" + "\n".join(failures)
+    assert checked >= 14, "only %d whole examples found: is the block syntax still ```yaml?" % checked
+    assert len(fragments) <= MAX_FRAGMENTS, "too many fragments: %s" % fragments
+
+
+def loader_keys():
+    """Every key name in src/config.c's key tables ({"name", h_handler, ...})."""
+    src = (SOURCE_DIR / "src" / "config.c").read_text()
+    keys = set(re.findall(r'\{\s*"([a-z_]+)"\s*,\s*h_', src))
+    assert len(keys) > 40, "key tables not found in src/config.c (%d keys)" % len(keys)
+    return keys
+
+
+def test_examples_yaml_names_every_key():
+    text = (SOURCE_DIR / "config" / "examples.yaml").read_text()
+    live = "\n".join(re.sub(r"(^|\s)#.*", "", ln) for ln in text.splitlines())
+    used = set(re.findall(r"([a-z_]+)\s*:", live))
+    missing = sorted(loader_keys() - used)
+    assert not missing, "config/examples.yaml does not show: %s" % ", ".join(missing)
+
+
+def test_every_metric_documented():
+    names = set()
+    for f in (SOURCE_DIR / "src").rglob("*.c"):
+        for literal in re.findall(r'"(?:[^"\\\n]|\\.)*"', f.read_text()):
+            names |= set(re.findall(r"\bswitchyard_[a-z_]+", literal))
+    assert len(names) > 15, names
+    ops = (SOURCE_DIR / "docs" / "OPERATIONS.md").read_text()
+    documented = set(re.findall(r"^\| `(switchyard_[a-z_]+)` \|", ops, re.M))
+    missing = sorted(names - documented)
+    assert not missing, "metrics missing from the table in docs/OPERATIONS.md: %s" % missing
+    unknown = sorted(documented - names)
+    assert not unknown, "docs/OPERATIONS.md lists metrics the code never emits: %s" % unknown
