@@ -41,7 +41,7 @@
  * idle or lightly used tunnel never gets writable events. */
 #define EV_BASE (EPOLLIN | EPOLLRDHUP | EPOLLET)
 
-enum { END_CLIENT = 0, END_UPSTREAM = 1 };
+enum { SIDE_CLIENT = 0, SIDE_UPSTREAM = 1 };
 enum { BY_NONE, BY_CLIENT, BY_UPSTREAM, BY_PROXY };
 static const char *const by_names[] = {NULL, "client", "upstream", "proxy"};
 
@@ -362,7 +362,7 @@ static ssize_t tun_dir_fill(sy_tunnel *t, tun_dir *d, int fd, int dst) {
 }
 
 static void tun_saw_fin(sy_tunnel *t, int src) {
-  if (!t->first_fin) t->first_fin = (uint8_t)(src == END_CLIENT ? BY_CLIENT : BY_UPSTREAM);
+  if (!t->first_fin) t->first_fin = (uint8_t)(src == SIDE_CLIENT ? BY_CLIENT : BY_UPSTREAM);
   if (t->fin_ms && !t->fin_deadline_ms) {
     t->fin_deadline_ms = uv_now(t->hub->loop) + t->fin_ms;
     tun_schedule(t);
@@ -443,7 +443,7 @@ static int tun_dir_move(sy_tunnel *t, int i, int *culprit, int *again) {
 
 static void tun_fail(sy_tunnel *t, int culprit, int err) {
   int reset = err == -ECONNRESET || err == -EPIPE || err == -ENOTCONN;
-  int by = culprit < 0 ? BY_PROXY : culprit == END_CLIENT ? BY_CLIENT : BY_UPSTREAM;
+  int by = culprit < 0 ? BY_PROXY : culprit == SIDE_CLIENT ? BY_CLIENT : BY_UPSTREAM;
   tun_finish(t, by, reset ? "reset" : "error", TUN_RST_CLIENT | TUN_RST_UPSTREAM);
 }
 
@@ -504,7 +504,7 @@ static void tun_finish(sy_tunnel *t, int by, const char *reason, int rst) {
     /* Removed explicitly unless the fds are exclusive: another descriptor of
      * the socket may still be open, and epoll watches the file, not the number. */
     if (!t->exclusive) (void)epoll_ctl(h->epfd, EPOLL_CTL_DEL, t->fd[e], NULL);
-    if (rst & (e == END_CLIENT ? TUN_RST_CLIENT : TUN_RST_UPSTREAM)) {
+    if (rst & (e == SIDE_CLIENT ? TUN_RST_CLIENT : TUN_RST_UPSTREAM)) {
       struct linger lg = {.l_onoff = 1, .l_linger = 0};
       (void)setsockopt(t->fd[e], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
     }
@@ -824,8 +824,8 @@ sy_tunnel *sy_tunnel_start(sy_tunnel_hub *h, int client_fd, int upstream_fd,
   if (!t) return NULL;
   t->hub = h;
   t->arg = arg;
-  t->fd[END_CLIENT] = client_fd;
-  t->fd[END_UPSTREAM] = upstream_fd;
+  t->fd[SIDE_CLIENT] = client_fd;
+  t->fd[SIDE_UPSTREAM] = upstream_fd;
   if (opts) {
     t->idle_ms = clamp_ms(opts->idle_timeout_ms);
     t->fin_ms = clamp_ms(opts->fin_timeout_ms);

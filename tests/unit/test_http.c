@@ -340,6 +340,75 @@ START_TEST(ws_request_checks) {
 }
 END_TEST
 
+/* Moved out of the connection code: which methods may be retried once on a
+ * fresh connection after a stale pooled one failed. */
+START_TEST(idempotent_methods) {
+  const char *yes[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"};
+  const char *no[] = {"POST", "PATCH", "CONNECT", "get", ""};
+  for (size_t i = 0; i < sizeof(yes) / sizeof(*yes); i++)
+    ck_assert_int_eq(sy_http_method_idempotent(yes[i]), 1);
+  for (size_t i = 0; i < sizeof(no) / sizeof(*no); i++)
+    ck_assert_int_eq(sy_http_method_idempotent(no[i]), 0);
+}
+END_TEST
+
+static int cookie(const char *v, const char *name, char *out) {
+  sy_str r;
+  if (!sy_http_cookie((sy_str){v, strlen(v)}, name, &r)) return 0;
+  memcpy(out, r.p, r.len);
+  out[r.len] = 0;
+  return 1;
+}
+
+START_TEST(cookie_scan) {
+  char v[64];
+  ck_assert(cookie("sid=abc", "sid", v) && strcmp(v, "abc") == 0);
+  ck_assert(cookie("a=1; sid=xyz; b=2", "sid", v) && strcmp(v, "xyz") == 0);
+  ck_assert(cookie("a=1;sid=", "sid", v) && strcmp(v, "") == 0);
+  ck_assert(!cookie("xsid=1", "sid", v)); /* a longer name is another cookie */
+  ck_assert(!cookie("sidx=1", "sid", v));
+  ck_assert(!cookie("a=1; sid", "sid", v)); /* no '=': no value */
+  ck_assert(!cookie("", "sid", v));
+}
+END_TEST
+
+static int switch_ok(const char *resp_fields, const char *ws_key, char *chosen_out) {
+  char raw[1024];
+  snprintf(raw, sizeof raw, "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n%s\r\n",
+           resp_fields);
+  parsed ps;
+  parse(&ps, raw, 0);
+  sy_str offered[] = {{"websocket", 9}, {"foo/2", 5}};
+  sy_str chosen = {0};
+  int ok = sy_http_switch_ok(&ps.head, ps.base, offered, 2, ws_key, &chosen);
+  if (ok && chosen_out) {
+    memcpy(chosen_out, chosen.p, chosen.len);
+    chosen_out[chosen.len] = 0;
+  }
+  done(&ps);
+  return ok;
+}
+
+/* The "fake 101" class: a 101 naming a token the client did not offer, or
+ * a WebSocket switch whose accept does not match the key, is no tunnel. */
+START_TEST(switch_acceptable) {
+  const char *key = "dGhlIHNhbXBsZSBub25jZQ==", *acc = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+  char f[256], chosen[32];
+  ck_assert(switch_ok("Upgrade: WebSocket\r\n", NULL, chosen) && strcmp(chosen, "WebSocket") == 0);
+  ck_assert(switch_ok("Upgrade: foo/2\r\n", NULL, chosen) && strcmp(chosen, "foo/2") == 0);
+  ck_assert(!switch_ok("Upgrade: h2c\r\n", NULL, NULL));
+  ck_assert(!switch_ok("Upgrade: foo/3, websocket\r\n", NULL, NULL)); /* the first token counts */
+  ck_assert(!switch_ok("X: y\r\n", NULL, NULL));
+  snprintf(f, sizeof f, "Upgrade: websocket\r\nSec-WebSocket-Accept: %s\r\n", acc);
+  ck_assert(switch_ok(f, key, NULL));
+  ck_assert(!switch_ok(f, "", NULL)); /* checked, but the request had no usable key */
+  ck_assert(!switch_ok(
+      "Upgrade: websocket\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n", key, NULL));
+  ck_assert(!switch_ok("Upgrade: websocket\r\n", key, NULL));
+  ck_assert(switch_ok("Upgrade: foo/2\r\n", key, NULL)); /* the accept is WebSocket's only */
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("http");
   TCase *tc = tcase_create("rewrite");
@@ -357,6 +426,9 @@ int main(void) {
   tcase_add_test(tc, ws_accept_rfc6455_example);
   tcase_add_test(tc, path_replaced_query_kept);
   tcase_add_test(tc, ws_request_checks);
+  tcase_add_test(tc, idempotent_methods);
+  tcase_add_test(tc, cookie_scan);
+  tcase_add_test(tc, switch_acceptable);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
