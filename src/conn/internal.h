@@ -7,25 +7,20 @@
  * request and fl[SIDE_UPSTREAM] the response. Code that does the same for
  * both sides is written once and called with the side, as in tunnel.c.
  *
- * States (set_state is the only writer and refuses any other transition):
+ * States (conn_set_state is the only writer and refuses any other transition;
+ * docs/DESIGN.md explains each):
  *
- *              +---------------- keep-alive --------------------+
- *              v                                                 |
- *   READ_HEAD --> CONNECT --> SEND_BODY --> READ_RESP --> SEND_RESP
- *      |  ^          |  ^         |  |          |  |          |
- *      |  |          +--+ next    |  +----------|--|--> (local answer)
- *      |  |          server/retry |             |  |
- *      |  +-- RFC 2817: 101, TLS handshake, same request again
- *      |                          +----101------+--+--> TUNNEL (hand-off) --> CLOSED
- *      |                                              -> RELAY (TLS side)  --> CLOSED
- *      +-- local answer (400/404/426/431/503...) --> SEND_RESP
- *   SEND_RESP --(answer ends the connection)--> LINGER --> CLOSED
+ *              +----------------- keep-alive ------------------+
+ *              v                                                |
+ *   READ_HEAD --> CONNECT --> SEND_BODY --> READ_RESP --> SEND_RESP --> LINGER --> CLOSED
+ *      |             ^  |         |   ^        |   |          ^
+ *      |             +--+         |   |        |   +--101--> TUNNEL (hand-off) --> CLOSED
+ *      |       next server,       +---|--------+-------101--> RELAY (TLS side)  --> CLOSED
+ *      |       stale retry            +-- the body is out
+ *      +-- local answer (400, 404, 408, 426, 431, 503...) from any HTTP state --> SEND_RESP
  *   any state --> CLOSED
  *
- * A local answer (an error, or the OPTIONS * of RFC 2817) goes to SEND_RESP
- * from any HTTP state, with the upstream connection closed.
- *
- * The handlers of the current mode are in `io`: HTTP (http.c) until a switch,
+ * The handlers of the current mode are in `io`: HTTP (http_mode.c) until a switch,
  * then the TLS relay's (relay.c); a spliced tunnel leaves the connection
  * altogether (handoff.c). */
 #ifndef SY_CONN_INTERNAL_H

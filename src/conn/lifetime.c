@@ -12,17 +12,14 @@
 /* ---- the state ---------------------------------------------------------------- */
 
 #define BIT(s) (1u << (s))
-#define HTTP_STATES                                                                                \
-  (BIT(CS_READ_HEAD) | BIT(CS_CONNECT) | BIT(CS_SEND_BODY) | BIT(CS_READ_RESP) | BIT(CS_SEND_RESP))
 
 /* Where each state may go (besides staying, and besides CLOSED, always allowed). */
 static const unsigned next_ok[CS_NSTATES] = {
-    [CS_READ_HEAD] = BIT(CS_CONNECT) | BIT(CS_SEND_RESP) | BIT(CS_LINGER),
-    [CS_CONNECT] = BIT(CS_SEND_BODY) | BIT(CS_READ_RESP) | BIT(CS_SEND_RESP) | BIT(CS_LINGER),
+    [CS_READ_HEAD] = BIT(CS_CONNECT) | BIT(CS_SEND_RESP),
+    [CS_CONNECT] = BIT(CS_SEND_BODY) | BIT(CS_READ_RESP) | BIT(CS_SEND_RESP),
     [CS_SEND_BODY] = BIT(CS_CONNECT) | BIT(CS_READ_RESP) | BIT(CS_SEND_RESP) | BIT(CS_TUNNEL) |
-                     BIT(CS_RELAY) | BIT(CS_LINGER),
-    [CS_READ_RESP] =
-        BIT(CS_CONNECT) | BIT(CS_SEND_RESP) | BIT(CS_TUNNEL) | BIT(CS_RELAY) | BIT(CS_LINGER),
+                     BIT(CS_RELAY),
+    [CS_READ_RESP] = BIT(CS_CONNECT) | BIT(CS_SEND_RESP) | BIT(CS_TUNNEL) | BIT(CS_RELAY),
     [CS_SEND_RESP] = BIT(CS_READ_HEAD) | BIT(CS_LINGER),
     [CS_TUNNEL] = 0,
     [CS_RELAY] = 0,
