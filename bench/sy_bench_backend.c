@@ -10,6 +10,9 @@
  *     requests are answered in order.
  * The byte pattern is pat(o) = o % 251 over the stream offset o, so the load
  * generator can check every byte it gets from /source and /echo.
+ * SIGUSR1 prints one line of cumulative counts to stdout, "http=N upgrades=N
+ * echoed=BYTES" (bench/callgrind.sh reads it around its callgrind windows: the
+ * backend sees every operation a proxy completes, whichever proxy it is).
  *
  *   sy_bench_backend [-a ADDR] -p PORT
  *
@@ -52,6 +55,13 @@ typedef struct bconn {
 static char pattern[CHUNK + PERIOD];
 static int epfd;
 static volatile sig_atomic_t stop;
+static volatile sig_atomic_t report;
+static unsigned long long n_http, n_upgrades, n_echoed;
+
+static void on_usr1(int sig) {
+  (void)sig;
+  report = 1;
+}
 
 /* ---- SHA-1 + base64 for Sec-WebSocket-Accept (RFC 6455 §4.2.2) -------------- */
 
@@ -224,6 +234,7 @@ static int echo_pump(bconn *c) {
         return -1;
       }
       c->off += (size_t)n;
+      n_echoed += (unsigned long long)n;
     }
     c->off = c->len = 0;
     ssize_t n = recv(c->fd, c->buf, c->cap, 0);
@@ -286,6 +297,7 @@ static int http_process(bconn *c) {
                      (int)tl, up);
       }
       out_append(c, resp, (size_t)n);
+      n_upgrades++;
       if (out_flush(c) < 0) return -1;
       if (c->out_off < c->out_len) return -1; /* a 101 that does not fit: give up */
       /* Bytes past the head belong to the tunnel. */
@@ -311,6 +323,7 @@ static int http_process(bconn *c) {
       return 0;
     }
     out_append(c, ok_resp, sizeof ok_resp - 1);
+    n_http++;
     memmove(c->buf, c->buf + hlen, c->len - hlen);
     c->len -= hlen;
   }
@@ -394,6 +407,15 @@ int main(int argc, char **argv) {
   for (size_t i = 0; i < sizeof pattern; i++)
     pattern[i] = (char)(i % PERIOD);
   signal(SIGPIPE, SIG_IGN);
+  /* SIGUSR1 stays blocked except inside epoll_pwait: a report never waits for the
+   * next event (under callgrind the proxy may send none for a while). */
+  sigset_t usr1, waitmask;
+  sigemptyset(&usr1);
+  sigaddset(&usr1, SIGUSR1);
+  sigprocmask(SIG_BLOCK, &usr1, &waitmask);
+  sigdelset(&waitmask, SIGUSR1);
+  struct sigaction sa_usr1 = {.sa_handler = on_usr1};
+  sigaction(SIGUSR1, &sa_usr1, NULL);
   int ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   int one = 1;
   setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -408,7 +430,12 @@ int main(int argc, char **argv) {
   epoll_ctl(epfd, EPOLL_CTL_ADD, ls, &le);
   struct epoll_event evs[256];
   while (!stop) {
-    int n = epoll_wait(epfd, evs, 256, -1);
+    if (report) {
+      report = 0;
+      printf("http=%llu upgrades=%llu echoed=%llu\n", n_http, n_upgrades, n_echoed);
+      fflush(stdout);
+    }
+    int n = epoll_pwait(epfd, evs, 256, -1, &waitmask);
     if (n < 0) {
       if (errno == EINTR) continue;
       perror("epoll_wait");
