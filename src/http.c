@@ -525,7 +525,7 @@ int sy_http_error(sy_buf *out, int status, int close, const char *extra_headers)
                         body);
 }
 
-int sy_http_426_tls(sy_buf *out) {
+int sy_http_426_tls(sy_buf *out, int close) {
   static const char body[] =
       "<!DOCTYPE html>\n<html><head><title>426 Upgrade Required</title></head><body>\n"
       "<h1>426 Upgrade Required</h1>\n<p>This resource is only served over TLS. Reconnect "
@@ -534,9 +534,9 @@ int sy_http_426_tls(sy_buf *out) {
       "</body></html>\n";
   return sy_buf_appendf(out,
                         "HTTP/1.1 426 Upgrade Required" CRLF "Upgrade: TLS/1.2, HTTP/1.1" CRLF
-                        "Connection: Upgrade" CRLF "Content-Type: text/html; charset=utf-8" CRLF
+                        "Connection: Upgrade%s" CRLF "Content-Type: text/html; charset=utf-8" CRLF
                         "Content-Length: %zu" CRLF CRLF "%s",
-                        sizeof(body) - 1, body);
+                        close ? ", close" : "", sizeof(body) - 1, body);
 }
 
 void sy_ws_accept(sy_str key, char out[29]) {

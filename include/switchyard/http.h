@@ -126,7 +126,7 @@ int sy_http_error(sy_buf *out, int status, int close, const char *extra_headers)
 const char *sy_http_reason(int status);
 
 /* RFC 2817 §4.2: the server demands TLS on this connection. */
-int sy_http_426_tls(sy_buf *out);
+int sy_http_426_tls(sy_buf *out, int close);
 
 /* Sec-WebSocket-Accept for a key: base64(SHA-1(key + GUID)); out >= 29 bytes. */
 void sy_ws_accept(sy_str key, char out[29]);

@@ -195,7 +195,9 @@ void upstream_link_close(sy_conn *c);
 void upstream_link_release(sy_conn *c);
 
 /* local.c: answers the proxy writes itself */
+int local_closing(sy_conn *c, int close);
 void local_response(sy_conn *c, int status, int close);
+void local_error(sy_conn *c, int status, int close, const char *extra_headers);
 void local_send(sy_conn *c, int status, int close, sy_buf *b);
 void local_426(sy_conn *c);
 

@@ -3,11 +3,28 @@
  * exchange: the upstream connection, if any, is closed. */
 #include "internal.h"
 
-void local_response(sy_conn *c, int status, int close) {
-  sy_buf b = {0};
-  sy_http_error(&b, status, close || c->x.close_after, NULL);
+/* A local answer ends the connection when the caller says so (the stream
+ * cannot be trusted any more), when the exchange must end anyway, when the
+ * client asked for it (Connection: close, or HTTP/1.0 without keep-alive;
+ * RFC 9112 §9.6) or when the worker drains. */
+int local_closing(sy_conn *c, int close) {
+  return close || c->x.close_after || c->x.client_close || c->env->stopping;
+}
+
+void local_error(sy_conn *c, int status, int close, const char *extra_headers) {
+  close = local_closing(c, close);
+  sy_buf h = {0}, b = {0};
+  if (!close && c->x.keep_alive10) sy_buf_appendf(&h, "Connection: keep-alive\r\n");
+  if (extra_headers) sy_buf_appendf(&h, "%s", extra_headers);
+  sy_buf_append(&h, "", 1);
+  sy_http_error(&b, status, close, h.p);
   local_send(c, status, close, &b);
   sy_buf_free(&b);
+  sy_buf_free(&h);
+}
+
+void local_response(sy_conn *c, int status, int close) {
+  local_error(c, status, close, NULL);
 }
 
 void local_send(sy_conn *c, int status, int close, sy_buf *b) {
@@ -48,9 +65,10 @@ void local_send(sy_conn *c, int status, int close, sy_buf *b) {
 
 void local_426(sy_conn *c) {
   sy_buf b = {0};
-  sy_http_426_tls(&b);
+  int close = local_closing(c, 0);
+  sy_http_426_tls(&b, close);
   /* The body is read and dropped, so the client can retry on this very
    * connection with the upgrade, as RFC 2817 §4.2 intends. */
-  local_send(c, 426, 0, &b);
+  local_send(c, 426, close, &b);
   sy_buf_free(&b);
 }

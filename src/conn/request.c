@@ -114,10 +114,7 @@ static int websocket_ok(sy_conn *c) {
               sy_ws_check_str(r));
   x->upgrading = 0; /* counted as rejected by the proxy, not refused upstream */
   int version = r == SY_WS_VERSION_MISSING || r == SY_WS_VERSION_UNSUPPORTED;
-  sy_buf b = {0};
-  sy_http_error(&b, 400, 1, version ? "Sec-WebSocket-Version: 13\r\n" : NULL);
-  local_send(c, 400, 1, &b);
-  sy_buf_free(&b);
+  local_error(c, 400, 1, version ? "Sec-WebSocket-Version: 13\r\n" : NULL);
   return 0;
 }
 
@@ -146,8 +143,10 @@ void request_route(sy_conn *c) {
     /* RFC 2817 §3.2's mandatory upgrade: OPTIONS * carried the switch, and
      * is answered by the proxy over the new TLS layer. */
     sy_buf b = {0};
-    sy_buf_appendf(&b, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-    local_send(c, 200, 0, &b);
+    int close = local_closing(c, 0);
+    sy_buf_appendf(&b, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n%s\r\n",
+                   close ? "Connection: close\r\n" : "");
+    local_send(c, 200, close, &b);
     sy_buf_free(&b);
     return;
   }
