@@ -4,16 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-
-int sy_str_ieq(sy_str a, const char *lit) {
-  size_t n = strlen(lit);
-  return a.len == n && strncasecmp(a.p, lit, n) == 0;
-}
-
-int sy_str_ieq2(sy_str a, sy_str b) {
-  return a.len == b.len && strncasecmp(a.p, b.p, a.len) == 0;
-}
 
 int sy_buf_reserve(sy_buf *b, size_t n) {
   if (b->len + n > b->cap) {
@@ -25,13 +15,6 @@ int sy_buf_reserve(sy_buf *b, size_t n) {
     b->p = np;
     b->cap = ncap;
   }
-  return 0;
-}
-
-int sy_buf_append(sy_buf *b, const void *p, size_t n) {
-  if (sy_buf_reserve(b, n) < 0) return -1;
-  if (n) memcpy(b->p + b->len, p, n);
-  b->len += n;
   return 0;
 }
 

@@ -5,6 +5,8 @@
 #define SWITCHYARD_BASE_H
 
 #include <stddef.h>
+#include <string.h>
+#include <strings.h>
 
 /* Bytes owned by someone else (a read buffer, the config), not NUL-terminated. */
 typedef struct sy_str {
@@ -12,8 +14,18 @@ typedef struct sy_str {
   size_t len;
 } sy_str;
 
-int sy_str_ieq(sy_str a, const char *lit); /* case-insensitive equality with a literal */
-int sy_str_ieq2(sy_str a, sy_str b);
+/* Case-insensitive equality with a literal. Inline, like the buffer's append
+ * below: these run per header field, and called across units they cost a
+ * fifth of a proxied request's user-space instructions (the literal's strlen
+ * no longer folds away). */
+static inline int sy_str_ieq(sy_str a, const char *lit) {
+  size_t n = strlen(lit);
+  return a.len == n && strncasecmp(a.p, lit, n) == 0;
+}
+
+static inline int sy_str_ieq2(sy_str a, sy_str b) {
+  return a.len == b.len && strncasecmp(a.p, b.p, a.len) == 0;
+}
 
 /* An output buffer that grows: heads, error pages, log lines, metrics text and
  * TLS ciphertext are built in one. Zero-initialised is empty. */
@@ -21,9 +33,15 @@ typedef struct sy_buf {
   char *p;
   size_t len, cap;
 } sy_buf;
-int sy_buf_append(sy_buf *b, const void *p, size_t n);
 /* Room for n more bytes after len (capacity grows by doubling). 0 or -1. */
 int sy_buf_reserve(sy_buf *b, size_t n);
+
+static inline int sy_buf_append(sy_buf *b, const void *p, size_t n) {
+  if (b->len + n > b->cap && sy_buf_reserve(b, n) < 0) return -1;
+  if (n) memcpy(b->p + b->len, p, n);
+  b->len += n;
+  return 0;
+}
 int sy_buf_appendf(sy_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sy_buf_free(sy_buf *b);
 
