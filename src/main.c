@@ -170,7 +170,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   sy_config_error err;
-  sy_config *cfg = sy_config_load(M.path, &err);
+  sy_config *cfg = sy_config_load_flags(M.path, check_only ? SY_CONFIG_NO_RESOLVE : 0, &err);
   if (!cfg) {
     fprintf(stderr, "%s\n", err.msg);
     return 1;
