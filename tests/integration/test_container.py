@@ -235,8 +235,8 @@ def test_image_metadata_and_baked_config(image, container):
     assert image.get("StopSignal") == "SIGTERM"
     hc = image.get("Healthcheck") or {}
     assert hc.get("Test", [""])[0] == "CMD", "HEALTHCHECK lost (image not in docker format?): %r" % hc
-    # The baked config (compose's: 0.0.0.0:8080 -> demo:9000) loads once "demo"
-    # resolves (the container has demo -> 127.0.0.1 in /etc/hosts).
+    # The baked config (compose's: 0.0.0.0:8080 -> demo:9000) checks in the image
+    # (-t resolves nothing; the container maps demo -> 127.0.0.1 all the same).
     r = run_once(container, ["switchyard", "-t", "-c", CONFIG_IN_IMAGE])
     assert r.returncode == 0, r.stderr.decode(errors="replace")
     r = run_once(container, ["switchyard", "-v"])
