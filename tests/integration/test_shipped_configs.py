@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import SOURCE_DIR, switchyard_bin
-from support.http import response_bytes
+from support.http import get, response_bytes
 from support.ops import AdminPort
 
 K8S = SOURCE_DIR / "deploy" / "kubernetes.yaml"
@@ -202,7 +202,6 @@ def test_kubernetes_probes_answer_on_the_configmaps_file(proxy, backend):
     for probe in ("readinessProbe", "livenessProbe"):
         r = adm.get(ctr[probe]["httpGet"]["path"])
         assert r.status == 200, (probe, r.status, r.text)
-    from support.http import get
     assert px.request(get("/")).body == b"demo"
 
 
