@@ -8,11 +8,17 @@ connection code and are marked xfail(strict) until it does them: an IPv4
 client on a dual-stack socket must appear as 127.0.0.1 (not ::ffff:127.0.0.1),
 and the access log's "client" must bracket an IPv6 address before the port."""
 import json
+import os
+import shutil
 import socket
+import subprocess
 
 import pytest
 
-from support.http import get
+from conftest import switchyard_bin
+from support.backend import free_port
+from support.http import get, wait_until
+from support.interop import Children
 from support.tunnel import Upgrader, switching, upgrade_request, open_tunnel
 
 
@@ -118,6 +124,45 @@ def test_tunnel_to_an_ipv6_upstream(proxy, backend):
             be.close()
     finally:
         up.release()
+
+
+NETNS_TOOLS = [shutil.which(t) or "/usr/sbin/" + t for t in ("unshare", "nsenter", "ip", "curl")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not all(os.access(t, os.X_OK) for t in NETNS_TOOLS),
+                    reason="needs root, unshare, nsenter, ip and curl (a network namespace)")
+def test_dual_stack_even_where_the_host_defaults_to_ipv6_only(tmp_path):
+    """net.ipv6.bindv6only=1 (per network namespace, so set in a private one)
+    makes a plain [::] socket IPv6-only; the listener still takes IPv4."""
+    unshare, nsenter, ip, curl = NETNS_TOOLS
+    port = free_port()
+    cfg = tmp_path / "v6only.yaml"
+    cfg.write_text('listeners: [{address: "[::]:%d"}]\n' % port)
+    children = Children()
+    try:
+        px = children.start([unshare, "--net", "--", "sh", "-c",
+                             "%s link set lo up && echo 1 > /proc/sys/net/ipv6/bindv6only && "
+                             "exec %s -c %s" % (ip, switchyard_bin(), cfg)], "proxy-v6only")
+
+        def status(host):
+            r = subprocess.run([nsenter, "--net=/proc/%d/ns/net" % px.pid, "--", curl, "-s",
+                                "-m", "3", "-o", "/dev/null", "-w", "%{http_code}",
+                                "http://%s:%d/" % (host, port)],
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+            return r.stdout.decode()
+
+        # No route: the proxy's own 404 proves the [::] socket accepted.
+        wait_until(lambda: px.proc.poll() is not None or status("[::1]") == "404", 10,
+                   "the proxy to answer in its namespace", interval=0.1)
+        assert px.proc.poll() is None, px.stderr()
+        r = subprocess.run([nsenter, "--net=/proc/%d/ns/net" % px.pid, "--", "cat",
+                            "/proc/sys/net/ipv6/bindv6only"], capture_output=True, timeout=10)
+        assert r.stdout.strip() == b"1", r
+        assert status("127.0.0.1") == "404", "IPv4 refused by the [::] listener"
+        px.proc.send_signal(15)
+        assert px.wait(10) == 0, px.stderr()
+    finally:
+        children.stop_all()
 
 
 @pytest.mark.xfail(strict=True, reason="connection code: IPv4-mapped client addresses are not "
