@@ -8,6 +8,8 @@
 #   2. `buildah bud` builds the Dockerfile against it (--pull=never).
 #
 #   bash docker/build-with-buildah.sh [TAG]        # default TAG: switchyard:test
+#   bash docker/build-with-buildah.sh --base-only  # step 1 only (the minimal Debian
+#                                                  # root the README test starts from)
 #
 # Needs root and the Debian packages buildah and debootstrap. Safe to run
 # concurrently (one build at a time, under a lock) and again (idempotent).
@@ -30,6 +32,11 @@
 # own by SIGKILLing its child (no graceful stop) and can leave grandchildren.
 set -euo pipefail
 
+BASE_ONLY=0
+if [[ ${1:-} == --base-only ]]; then
+  BASE_ONLY=1
+  shift
+fi
 TAG=${1:-switchyard:test}
 BASE=docker.io/library/debian:bookworm-slim
 SUITE=bookworm
@@ -135,6 +142,10 @@ if [[ ${SY_REBUILD_BASE:-0} == 1 ]] || ! buildah "${S[@]}" inspect --type image 
   make_base
 else
   say "reusing base image $BASE (SY_REBUILD_BASE=1 to make it again)"
+fi
+if ((BASE_ONLY)); then
+  echo "$BASE"
+  exit 0
 fi
 
 # ------------------------------------------------------------------ the image

@@ -3,14 +3,16 @@
 # and is not there yet. Idempotent: a second run installs nothing.
 set -euo pipefail
 
+# make is in build-essential, named anyway: the README's first command needs it
+# on a minimal system (debootstrap minbase, debian:bookworm-slim) that has none.
 PACKAGES=(
-  build-essential cmake pkg-config
+  make build-essential cmake pkg-config
   libuv1-dev libssl-dev libyaml-dev check node-llhttp
   python3 python3-pytest curl openssl
 )
 if [[ "${1:-}" == "--tests" ]]; then
   PACKAGES+=(valgrind nghttp2-client nghttp2-proxy chromium buildah debootstrap
-             clang libclang-rt-14-dev nginx haproxy wrk)
+             clang libclang-rt-14-dev nginx haproxy wrk python3-yaml iproute2)
   # A NodeSource nodejs bundles npm and conflicts with Debian's npm package.
   command -v node >/dev/null || PACKAGES+=(nodejs)
   command -v npm >/dev/null || PACKAGES+=(npm)
@@ -25,7 +27,13 @@ done
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   SUDO=""
-  [[ $(id -u) -ne 0 ]] && SUDO=sudo
+  if [[ $(id -u) -ne 0 ]]; then
+    if ! command -v sudo >/dev/null; then
+      echo "setup: installing these needs root: run this script as root, or install sudo" >&2
+      exit 1
+    fi
+    SUDO=sudo
+  fi
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <netdb.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@ typedef struct ctx {
   yaml_document_t *doc;
   sy_config *cfg;
   sy_config_error *err;
+  int resolve; /* 0 under SY_CONFIG_NO_RESOLVE: host names are checked, not looked up */
 } ctx;
 
 /* A handler gets the object being filled and the offset of its field, so most
@@ -416,6 +418,31 @@ static int resolve_addr(ctx *c, const yaml_node_t *v, const char *path, const ch
   return 0;
 }
 
+/* RFC 1123 host names (labels of letters, digits and '-', 1-63 each, at most
+ * 253 in all, one trailing dot allowed); '_' too, as service records use it. */
+static int host_name_ok(const char *h) {
+  size_t len = strlen(h), label = 0;
+  if (len == 0 || len > 254 || (len == 254 && h[253] != '.')) return 0;
+  for (const char *p = h; *p; p++) {
+    if (*p == '.') {
+      if (label == 0 || p[-1] == '-') return 0;
+      label = 0;
+    } else if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+               *p == '_' || (*p == '-' && label > 0)) {
+      if (++label > 63) return 0;
+    } else {
+      return 0;
+    }
+  }
+  return h[len - 1] != '-';
+}
+
+static int is_numeric_host(const char *h) {
+  struct in_addr a4;
+  struct in6_addr a6;
+  return inet_pton(AF_INET, h, &a4) == 1 || inet_pton(AF_INET6, h, &a6) == 1;
+}
+
 /* Listeners bind, so they take numeric hosts, "*"/"" for any, or localhost: a
  * DNS lookup deciding which interface we listen on is a surprise nobody wants. */
 static int parse_addr(ctx *c, yaml_node_t *v, const char *path, enum addr_kind k, sy_addr *out) {
@@ -427,7 +454,12 @@ static int parse_addr(ctx *c, yaml_node_t *v, const char *path, enum addr_kind k
   if (wildcard) strcpy(ap.host, "0.0.0.0");
   if (!ap.host[0]) return fail(c, v, "%s: address \"%s\" needs a host", path, s);
   int numeric = ap.bracketed || (k == ADDR_BIND && strcasecmp(ap.host, "localhost") != 0);
-  if (resolve_addr(c, v, path, s, &ap, numeric, out) < 0) return -1;
+  if (!numeric && k == ADDR_CONNECT && !host_name_ok(ap.host))
+    return fail(c, v, "%s: invalid host name \"%s\" in \"%s\"", path, ap.host, s);
+  /* A check (-t) must not depend on DNS: an upstream name is left unresolved
+   * (salen 0); numeric addresses need no lookup and are still checked. */
+  int lookup = c->resolve || k == ADDR_BIND || numeric || is_numeric_host(ap.host);
+  if (lookup && resolve_addr(c, v, path, s, &ap, numeric, out) < 0) return -1;
   out->port = (uint16_t)ap.port;
   if (dup_text(c, v, s, &out->text) < 0 || dup_text(c, v, ap.host, &out->host) < 0) return -1;
   return 0;
@@ -1323,6 +1355,11 @@ static int build_tls(sy_config *cfg, sy_config_error *err) {
 
 sy_config *sy_config_load_string(const char *name, const char *yaml, size_t len,
                                  sy_config_error *err) {
+  return sy_config_load_string_flags(name, yaml, len, 0, err);
+}
+
+sy_config *sy_config_load_string_flags(const char *name, const char *yaml, size_t len,
+                                       unsigned flags, sy_config_error *err) {
   sy_config_error scratch;
   yaml_document_t doc;
   if (!err) err = &scratch;
@@ -1331,7 +1368,11 @@ sy_config *sy_config_load_string(const char *name, const char *yaml, size_t len,
   if (load_document(name, yaml, len, &doc, err) < 0) return NULL;
 
   sy_config *cfg = calloc(1, sizeof *cfg);
-  ctx c = {.name = name, .doc = &doc, .cfg = cfg, .err = err};
+  ctx c = {.name = name,
+           .doc = &doc,
+           .cfg = cfg,
+           .err = err,
+           .resolve = !(flags & SY_CONFIG_NO_RESOLVE)};
   yaml_node_t *root = yaml_document_get_root_node(&doc);
   int rc = -1;
   if (!cfg || !(cfg->path = strdup(name))) {
@@ -1386,12 +1427,16 @@ fail:
 }
 
 sy_config *sy_config_load(const char *path, sy_config_error *err) {
+  return sy_config_load_flags(path, 0, err);
+}
+
+sy_config *sy_config_load_flags(const char *path, unsigned flags, sy_config_error *err) {
   sy_config_error scratch;
   size_t len;
   if (!err) err = &scratch;
   char *buf = read_file(path, &len, err);
   if (!buf) return NULL;
-  sy_config *cfg = sy_config_load_string(path, buf, len, err);
+  sy_config *cfg = sy_config_load_string_flags(path, buf, len, flags, err);
   free(buf);
   return cfg;
 }

@@ -9,6 +9,7 @@
 
 #include "switchyard/admin.h"
 #include "switchyard/config.h"
+#include "switchyard/cpus.h"
 #include "switchyard/health.h"
 #include "switchyard/log.h"
 #include "switchyard/worker.h"
@@ -23,7 +24,7 @@ typedef struct sy_main {
   sy_admin_state admin_state;
   sy_admin *admin;
   sy_health *health;
-  uv_signal_t sigs[5];
+  uv_signal_t sigs[6];
   uv_work_t reaper; /* joins the workers off the loop, so signals still work */
   int stopping;
 } sy_main;
@@ -31,11 +32,12 @@ typedef struct sy_main {
 static sy_main M;
 
 static void usage(FILE *out) {
-  fprintf(out, "usage: switchyard [-c FILE] [-t] [-v]\n"
-               "  -c FILE  configuration (default /etc/switchyard/switchyard.yaml)\n"
-               "  -t       check the configuration and exit (0 valid, 1 invalid)\n"
-               "  -v       print the version and exit\n"
-               "signals: HUP reload, TERM/INT drain and exit, QUIT exit now, USR1 reopen log\n");
+  fprintf(out,
+          "usage: switchyard [-c FILE] [-t] [-v]\n"
+          "  -c FILE  configuration (default /etc/switchyard/switchyard.yaml)\n"
+          "  -t       check the configuration and exit (0 valid, 1 invalid)\n"
+          "  -v       print the version and exit\n"
+          "signals: HUP/USR2 reload, TERM/INT drain and exit, QUIT exit now, USR1 reopen log\n");
 }
 
 static void raise_nofile(void) {
@@ -103,7 +105,7 @@ static void workers_joined(uv_work_t *req, int status) {
   M.health = NULL;
   sy_admin_stop(M.admin);
   M.admin = NULL;
-  for (int i = 0; i < 5; i++)
+  for (int i = 0; i < 6; i++)
     if (!uv_is_closing((uv_handle_t *)&M.sigs[i])) uv_close((uv_handle_t *)&M.sigs[i], NULL);
 }
 
@@ -121,6 +123,17 @@ static void on_signal(uv_signal_t *s, int signum) {
   switch (signum) {
   case SIGHUP:
     if (!M.stopping) reload();
+    break;
+  case SIGUSR2:
+    /* HAProxy's master reloads on SIGUSR2; nginx would start a new binary,
+     * which needs no signal here (a second process shares the ports). Either
+     * way the reflex must not end the process. */
+    if (M.stopping) {
+      sy_log_info("SIGUSR2: shutting down, not reloading");
+    } else {
+      sy_log_info("SIGUSR2: reloading the configuration, as SIGHUP does");
+      reload();
+    }
     break;
   case SIGUSR1:
     sy_log_info("SIGUSR1: reopening the access log");
@@ -170,7 +183,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   sy_config_error err;
-  sy_config *cfg = sy_config_load(M.path, &err);
+  sy_config *cfg = sy_config_load_flags(M.path, check_only ? SY_CONFIG_NO_RESOLVE : 0, &err);
   if (!cfg) {
     fprintf(stderr, "%s\n", err.msg);
     return 1;
@@ -190,14 +203,19 @@ int main(int argc, char **argv) {
   /* Signal handlers first: a SIGTERM that arrives as soon as the port
    * accepts must be a clean shutdown, not the default action. */
   M.loop = uv_default_loop();
-  int signums[5] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1};
-  for (int i = 0; i < 5; i++) {
+  int signums[6] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+  for (int i = 0; i < 6; i++) {
     uv_signal_init(M.loop, &M.sigs[i]);
     uv_signal_start(&M.sigs[i], on_signal, signums[i]);
   }
   M.admin_state.cfg = cfg;
   M.admin_state.main = sy_metrics_new();
-  M.nworkers = cfg->workers ? cfg->workers : uv_available_parallelism();
+  M.nworkers = cfg->workers;
+  if (!M.nworkers) {
+    char why[512];
+    M.nworkers = sy_auto_workers(why, sizeof why);
+    sy_log_info("workers: auto = %u (%s)", M.nworkers, why);
+  }
   M.workers = calloc(M.nworkers, sizeof(*M.workers));
   M.admin_state.workers = M.workers;
   M.admin_state.nworkers = M.nworkers;

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stddef.h>
 #include <malloc.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,10 @@ int sy_listen_reuseport(uv_loop_t *loop, uv_tcp_t *tcp, const struct sockaddr *s
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) goto fail;
+  /* "[::]:8080" takes IPv4 clients too (as ::ffff:a.b.c.d) whatever the
+   * host's net.ipv6.bindv6only says; a host that forbids it keeps IPv6 only. */
+  int zero = 0;
+  if (sa->sa_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
   socklen_t len =
       sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
   if (bind(fd, sa, len) < 0 || listen(fd, backlog) < 0) goto fail;

@@ -16,7 +16,7 @@ typedef struct sy_addr {
   char *host; /* host part without brackets */
   uint16_t port;
   struct sockaddr_storage sa; /* resolved at load time */
-  socklen_t salen;
+  socklen_t salen;            /* 0: a name left unresolved (SY_CONFIG_NO_RESOLVE) */
 } sy_addr;
 
 typedef struct sy_tls_cert {
@@ -186,6 +186,15 @@ sy_config *sy_config_load(const char *path, sy_config_error *err);
 /* Same, from a buffer; `name` is used in messages in place of a file name. */
 sy_config *sy_config_load_string(const char *name, const char *yaml, size_t len,
                                  sy_config_error *err);
+
+/* Load flags. SY_CONFIG_NO_RESOLVE (`switchyard -t`): upstream host names are
+ * checked for syntax but not looked up (their addr.salen stays 0), so a check
+ * gives the same answer on a machine that cannot resolve them. Such a config
+ * is for checking only: it cannot be run. */
+enum { SY_CONFIG_NO_RESOLVE = 1u };
+sy_config *sy_config_load_flags(const char *path, unsigned flags, sy_config_error *err);
+sy_config *sy_config_load_string_flags(const char *name, const char *yaml, size_t len,
+                                       unsigned flags, sy_config_error *err);
 sy_config *sy_config_ref(sy_config *cfg);
 /* Takes over the runtime state (server counters and health, balancing
  * cursors) of `old` for every upstream server `cfg` shares with it. */

@@ -394,7 +394,8 @@ def proxy(tmp_path):
     """Factory: proxy(upstreams={"web": [addr, ...]}, routes=[...], **top_level_keys).
 
     upstreams values are lists of "host:port" (or full dicts); without routes,
-    a single upstream gets a catch-all route. Other keyword arguments become
+    a single upstream gets a catch-all route. listeners may be a function of
+    the free port the proxy is probed on (127.0.0.1:port must accept). Other keyword arguments become
     top-level config keys (timeouts=..., limits=..., forwarding=..., ...),
     except proc_nofile=N or (soft, hard): RLIMIT_NOFILE of the proxy process.
     """
@@ -413,7 +414,10 @@ def proxy(tmp_path):
         for attempt in range(3):
             port = free_port()
             cfg = {}
-            cfg["listeners"] = listeners or [{"address": "127.0.0.1:%d" % port}]
+            if callable(listeners):  # listeners(port): addresses built on the free port
+                cfg["listeners"] = listeners(port)
+            else:
+                cfg["listeners"] = listeners or [{"address": "127.0.0.1:%d" % port}]
             if ups:
                 cfg["upstreams"] = ups
             cfg["routes"] = routes or []

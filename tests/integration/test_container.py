@@ -22,7 +22,6 @@ cannot run here: not root, buildah or debootstrap not installed
 import base64
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -33,6 +32,7 @@ import uuid
 
 import pytest
 
+from support.buildah import STORAGE, buildah, tool, why_buildah_cannot_run
 from support.http import Reader, read_response, deadline_in
 from support.interop import (Children, SOURCE_DIR, free_port, port_accepts,  # noqa: F401
                              wait_until)
@@ -43,47 +43,14 @@ if os.environ.get("SY_SKIP_CONTAINER") == "1":
 
 BUILD_SCRIPT = SOURCE_DIR / "docker" / "build-with-buildah.sh"
 IMAGE = os.environ.get("SY_CONTAINER_TAG", "switchyard:test")
-STORAGE = ["--storage-driver", os.environ.get("SY_BUILDAH_STORAGE", "vfs")]
 BUILD_TIMEOUT = 540  # below ctest's 600 s per integration file
 CONFIG_IN_IMAGE = "/etc/switchyard/switchyard.yaml"
 
-
-def _tool(name):
-    return shutil.which(name) or next(
-        (p for p in ("/usr/sbin/" + name, "/sbin/" + name) if os.access(p, os.X_OK)), None)
-
-
-def _why_buildah_cannot_run():
-    if os.geteuid() != 0:
-        return "needs root (buildah's chroot isolation and debootstrap)"
-    missing = [t for t in ("buildah", "debootstrap") if not _tool(t)]
-    if missing:
-        return ("%s not installed: apt-get install --no-install-recommends buildah debootstrap"
-                % " and ".join(missing))
-    try:
-        r = subprocess.run([_tool("buildah")] + STORAGE + ["info"], stdin=subprocess.DEVNULL,
-                           capture_output=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        return "`buildah info` did not answer within 60 s"
-    if r.returncode != 0:
-        return "`buildah info` fails here: %s" % r.stderr.decode(errors="replace")[-500:]
-    return None
-
-
-_reason = _why_buildah_cannot_run()
+_reason = why_buildah_cannot_run()
 if _reason:
     pytest.skip("container test skipped: " + _reason, allow_module_level=True)
 
-BUILDAH = _tool("buildah")
-
-
-def buildah(*args, timeout=120, check=True):
-    r = subprocess.run([BUILDAH] + STORAGE + [str(a) for a in args], stdin=subprocess.DEVNULL,
-                       capture_output=True, timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError("buildah %s failed (rc %d):\n%s" % (
-            " ".join(map(str, args)), r.returncode, r.stderr.decode(errors="replace")[-3000:]))
-    return r
+BUILDAH = tool("buildah")
 
 
 # ------------------------------------------------------------------ fixtures
@@ -235,8 +202,8 @@ def test_image_metadata_and_baked_config(image, container):
     assert image.get("StopSignal") == "SIGTERM"
     hc = image.get("Healthcheck") or {}
     assert hc.get("Test", [""])[0] == "CMD", "HEALTHCHECK lost (image not in docker format?): %r" % hc
-    # The baked config (compose's: 0.0.0.0:8080 -> demo:9000) loads once "demo"
-    # resolves (the container has demo -> 127.0.0.1 in /etc/hosts).
+    # The baked config (compose's: 0.0.0.0:8080 -> demo:9000) checks in the image
+    # (-t resolves nothing; the container maps demo -> 127.0.0.1 all the same).
     r = run_once(container, ["switchyard", "-t", "-c", CONFIG_IN_IMAGE])
     assert r.returncode == 0, r.stderr.decode(errors="replace")
     r = run_once(container, ["switchyard", "-v"])

@@ -1,4 +1,4 @@
-"""Scriptable test backends on 127.0.0.1.
+"""Scriptable test backends on 127.0.0.1 (or ::1, host="::1").
 
     be = Backend(response=response_bytes(200, body=b"hi"))   # canned answer
     be = Backend(handler=my_handler)    # my_handler(conn) gets a BackendConn
@@ -100,7 +100,7 @@ def blackhole_handler(conn):
 
 class Backend:
     def __init__(self, handler=None, response=None, keep_alive=True,
-                 record_limit=16 * 1024 * 1024, name="backend"):
+                 record_limit=16 * 1024 * 1024, name="backend", host="127.0.0.1"):
         if handler is None:
             if response is None:
                 handler = echo_handler
@@ -115,12 +115,13 @@ class Backend:
         self.errors = []
         self._stop = False
         self._threads = []
-        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        v6 = ":" in host  # host="::1": an IPv6 backend, address "[::1]:PORT"
+        self.lsock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.bind((host, 0))
         self.lsock.listen(128)
         self.port = self.lsock.getsockname()[1]
-        self.address = "127.0.0.1:%d" % self.port
+        self.address = ("[%s]:%d" if v6 else "%s:%d") % (host, self.port)
         self._born = time.monotonic()
         t = threading.Thread(target=self._accept_loop, name="%s-accept" % name, daemon=True)
         t.start()

@@ -479,6 +479,62 @@ START_TEST(test_addresses) {
 }
 END_TEST
 
+static sy_config *load_check_only(const char *yaml, sy_config_error *err) {
+  return sy_config_load_string_flags("t.yaml", yaml, strlen(yaml), SY_CONFIG_NO_RESOLVE, err);
+}
+
+/* -t: a name that cannot resolve passes (no DNS at check time); a numeric
+ * address is still parsed into a socket address. */
+START_TEST(test_check_only_skips_dns) {
+  static const char yaml[] = L "upstreams:\n  web:\n    servers:\n"
+                               "      - address: nonexistent.invalid:80\n"
+                               "      - address: 127.0.0.1:9000\n"
+                               "      - address: \"[::1]:9001\"\n";
+  sy_config_error err = {{0}};
+  sy_config *cfg = load_check_only(yaml, &err);
+  ck_assert_msg(cfg != NULL, "unexpected error: %s", err.msg);
+  ck_assert_uint_eq(cfg->upstreams[0].servers[0].addr.salen, 0);
+  ck_assert_str_eq(cfg->upstreams[0].servers[0].addr.host, "nonexistent.invalid");
+  ck_assert_uint_eq(cfg->upstreams[0].servers[0].addr.port, 80);
+  ck_assert_int_eq(cfg->upstreams[0].servers[1].addr.sa.ss_family, AF_INET);
+  ck_assert_int_eq(cfg->upstreams[0].servers[2].addr.sa.ss_family, AF_INET6);
+  sy_config_unref(cfg);
+  /* The same file, loaded to run, does need the name. */
+  ck_assert_ptr_null(load(yaml, &err));
+  ck_assert_msg(strstr(err.msg, "cannot resolve \"nonexistent.invalid\"") != NULL, "%s", err.msg);
+}
+END_TEST
+
+/* What -t still refuses without DNS: bad host names and dangling references. */
+START_TEST(test_check_only_still_checks) {
+  static const char *const bad[] = {
+      L "upstreams:\n  web:\n    servers: [{address: 'bad host:80'}]\n",
+      L "upstreams:\n  web:\n    servers: [{address: '-lead.example:80'}]\n",
+      L "upstreams:\n  web:\n    servers: [{address: 'a..b:80'}]\n",
+      L "upstreams:\n  web:\n    servers: [{address: 'x_y!:80'}]\n",
+      L U "routes:\n  - upstream: nope\n",
+      L "upstreams:\n  web:\n    servers: [{address: 'demo:0'}]\n",
+  };
+  static const char *const word[] = {"invalid host name",          "invalid host name",
+                                     "invalid host name",          "invalid host name",
+                                     "no upstream named \"nope\"", "invalid port"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    sy_config_error err = {{0}};
+    ck_assert_msg(load_check_only(bad[i], &err) == NULL, "case %zu accepted", i);
+    ck_assert_msg(strstr(err.msg, word[i]) != NULL, "case %zu: %s", i, err.msg);
+    ck_assert_msg(strncmp(err.msg, "t.yaml:", 7) == 0, "case %zu: %s", i, err.msg);
+  }
+  /* Names as Kubernetes and SRV records write them pass. */
+  sy_config_error err = {{0}};
+  sy_config *cfg = load_check_only(L "upstreams:\n  web:\n    servers:\n"
+                                     "      - address: chat.default.svc.cluster.local.:9000\n"
+                                     "      - address: _http._tcp.demo:9000\n",
+                                   &err);
+  ck_assert_msg(cfg != NULL, "unexpected error: %s", err.msg);
+  sy_config_unref(cfg);
+}
+END_TEST
+
 START_TEST(test_misc_values) {
   sy_config *cfg =
       load_ok(L "workers: auto\naccess_log: \"off\"\nlimits: {max_header_bytes: 1000}\n"
@@ -623,6 +679,8 @@ static Suite *config_suite(void) {
   tcase_add_test(tc, test_addresses);
   tcase_add_test(tc, test_misc_values);
   tcase_add_test(tc, test_paths);
+  tcase_add_test(tc, test_check_only_skips_dns);
+  tcase_add_test(tc, test_check_only_still_checks);
   tcase_add_test(tc, test_refcount);
   tcase_add_test(tc, test_missing_file);
   tcase_add_test(tc, test_file_errors_name_the_file);
