@@ -10,7 +10,7 @@ PACKAGES=(
 )
 if [[ "${1:-}" == "--tests" ]]; then
   PACKAGES+=(valgrind nghttp2-client nghttp2-proxy chromium buildah debootstrap
-             clang libclang-rt-14-dev nginx haproxy wrk)
+             clang libclang-rt-14-dev nginx haproxy wrk prometheus)
   # A NodeSource nodejs bundles npm and conflicts with Debian's npm package.
   command -v node >/dev/null || PACKAGES+=(nodejs)
   command -v npm >/dev/null || PACKAGES+=(npm)

@@ -79,6 +79,12 @@ int sy_upstream_pick(sy_upstream_cfg *up, uint64_t tried, uint64_t key_hash, uin
   return SY_PICK_NONE_LEFT;
 }
 
+int sy_server_eject(sy_server_rt *rt) {
+  if (__atomic_exchange_n(&rt->down, 1, __ATOMIC_RELAXED)) return 0;
+  __atomic_add_fetch(&rt->ejections, 1, __ATOMIC_RELAXED);
+  return 1;
+}
+
 void sy_upstream_report(sy_upstream_cfg *up, sy_server_cfg *s, int ok, uint64_t now_ms) {
   if (ok) {
     __atomic_store_n(&s->rt->fails, 0, __ATOMIC_RELAXED);
@@ -92,7 +98,7 @@ void sy_upstream_report(sy_upstream_cfg *up, sy_server_cfg *s, int ok, uint64_t 
   if ((unsigned)f >= limit) {
     __atomic_store_n(&s->rt->down_until_ms, up->health.enabled ? 0 : now_ms + SY_PASSIVE_REST_MS,
                      __ATOMIC_RELAXED);
-    if (!__atomic_exchange_n(&s->rt->down, 1, __ATOMIC_RELAXED))
+    if (sy_server_eject(s->rt))
       sy_log_error("upstream %s: server %s ejected after %d failed connects", up->name,
                    s->addr.text, f);
   }

@@ -55,6 +55,7 @@ typedef struct sy_server_rt {
   int down;               /* 1 = ejected (active check or passive failures) */
   int fails;              /* consecutive connect failures */
   uint64_t down_until_ms; /* passive ejection without active checks: retry after */
+  uint64_t ejections;     /* times `down` went 0 -> 1 (rendered by the admin listener) */
 } sy_server_rt;
 
 typedef struct sy_server_cfg {

@@ -24,6 +24,10 @@ int sy_upstream_pick(sy_upstream_cfg *up, uint64_t tried, uint64_t key_hash, uin
 /* Passive health: a connect to the server failed (or succeeded). */
 void sy_upstream_report(sy_upstream_cfg *up, sy_server_cfg *s, int ok, uint64_t now_ms);
 
+/* Marks the server down; 1 if it was up (then counted as an ejection, in
+ * rt->ejections: switchyard_upstream_ejections_total), 0 if it was down already. */
+int sy_server_eject(sy_server_rt *rt);
+
 /* FNV-1a, for hash keys. */
 uint64_t sy_hash_bytes(const void *p, size_t n);
 
