@@ -183,7 +183,13 @@ typedef struct sy_slot {
   char key[SY_METRIC_KEY]; /* "name\0labels" */
 } sy_slot;
 
+#define CACHE_SLOTS 1024 /* power of two; direct-mapped, a collision evicts */
+
 struct sy_metrics {
+  struct {
+    uint64_t key;
+    void *cell;
+  } cache[CACHE_SLOTS];
   size_t mask;  /* slots - 1 */
   size_t limit; /* series allowed (a probe never sees a full table) */
   size_t used;  /* written by the owner only */
@@ -341,6 +347,29 @@ void sy_metrics_observe_cell(sy_metrics *m, sy_hist **cell, const char *name, co
                              uint64_t ns) {
   if (!*cell) *cell = sy_metrics_hist(m, name, labels);
   sy_metrics_observe(*cell, ns);
+}
+
+uint64_t sy_metrics_key(uint64_t serial, unsigned tag, unsigned a, unsigned b, unsigned c) {
+  /* serial 24 bits (wraps after 16 million reloads: by then the snapshot that
+   * used a key is long gone), tag 8, a 12, b 12, c 8 */
+  if (!serial || tag > 0xFF || a > 0xFFF || b > 0xFFF || c > 0xFF) return 0;
+  return (serial & 0xFFFFFF) << 40 | (uint64_t)tag << 32 | (uint64_t)a << 20 | (uint64_t)b << 8 | c;
+}
+
+static size_t cache_slot(uint64_t key) {
+  return (size_t)((key * 0x9E3779B97F4A7C15ull) >> 54) & (CACHE_SLOTS - 1);
+}
+
+void *sy_metrics_cache_get(const sy_metrics *m, uint64_t key) {
+  size_t i = cache_slot(key);
+  return key && m->cache[i].key == key ? m->cache[i].cell : NULL;
+}
+
+void sy_metrics_cache_put(sy_metrics *m, uint64_t key, void *cell) {
+  if (!key || !cell) return;
+  size_t i = cache_slot(key);
+  m->cache[i].key = key;
+  m->cache[i].cell = cell;
 }
 
 static uint64_t hist_count(const sy_hist *h) {

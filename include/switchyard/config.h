@@ -152,7 +152,8 @@ typedef struct sy_forwarding {
 } sy_forwarding;
 
 typedef struct sy_config {
-  int refs; /* atomic via __atomic builtins */
+  int refs;        /* atomic via __atomic builtins */
+  uint64_t serial; /* 1, 2, ... per snapshot loaded: unique for the process's lifetime */
   char *path;
   unsigned workers; /* 0 = auto */
   sy_listener_cfg *listeners;

@@ -79,6 +79,22 @@ void sy_metrics_observe(sy_hist *h, uint64_t ns);
 void sy_metrics_observe_cell(sy_metrics *m, sy_hist **cell, const char *name, const char *labels,
                              uint64_t ns);
 
+/* A cache in front of the lookups above for the hot path, so a request's
+ * labelled series cost neither building the label text nor hashing it: label
+ * sets are named by a number. Per table, owner thread only; a miss costs
+ * nothing but the normal lookup. A key must name one label set of one family
+ * for the process's lifetime: sy_metrics_key packs a config snapshot's serial
+ * (sy_config.serial), a tag the caller gives each family, and up to three
+ * small indexes (route or upstream index < 4096, server index < 4096, a
+ * class < 256); it returns 0 (never cached) when they do not fit.
+ *   int64_t *c = sy_metrics_cache_get(m, k);
+ *   if (!c) { build labels; sy_metrics_add_cell(m, &c, name, labels, 0);
+ *             sy_metrics_cache_put(m, k, c); }
+ *   if (c) __atomic_add_fetch(c, 1, __ATOMIC_RELAXED);   (or sy_metrics_observe) */
+uint64_t sy_metrics_key(uint64_t serial, unsigned tag, unsigned a, unsigned b, unsigned c);
+void *sy_metrics_cache_get(const sy_metrics *m, uint64_t key);
+void sy_metrics_cache_put(sy_metrics *m, uint64_t key, void *cell);
+
 /* The sum over several tables of one series (0 when absent; a histogram's
  * observation count). */
 int64_t sy_metrics_get(sy_metrics *const *ms, size_t n, const char *name, const char *labels);

@@ -445,6 +445,44 @@ START_TEST(test_promtool_accepts_rendering) {
 }
 END_TEST
 
+START_TEST(test_cache_names_label_sets_by_number) {
+  sy_metrics *m = sy_metrics_new(0);
+  uint64_t k1 = sy_metrics_key(7, 1, 3, 0, 2), k2 = sy_metrics_key(7, 1, 3, 0, 3);
+  uint64_t k3 = sy_metrics_key(8, 1, 3, 0, 2);
+  ck_assert(k1 && k2 && k3 && k1 != k2 && k1 != k3 && k2 != k3);
+  /* what does not fit is never cached */
+  ck_assert_uint_eq(sy_metrics_key(7, 256, 0, 0, 0), 0);
+  ck_assert_uint_eq(sy_metrics_key(7, 1, 4096, 0, 0), 0);
+  ck_assert_uint_eq(sy_metrics_key(7, 1, 0, 4096, 0), 0);
+  ck_assert_uint_eq(sy_metrics_key(7, 1, 0, 0, 256), 0);
+  ck_assert_uint_eq(sy_metrics_key(0, 1, 0, 0, 0), 0);
+  ck_assert_ptr_null(sy_metrics_cache_get(m, 0));
+  ck_assert_ptr_null(sy_metrics_cache_get(m, k1));
+  int64_t *c = NULL;
+  sy_metrics_add_cell(m, &c, "switchyard_requests_total", "route=\"a\",class=\"2xx\"", 0);
+  sy_metrics_cache_put(m, k1, c);
+  sy_metrics_cache_put(m, 0, c);
+  ck_assert_ptr_eq(sy_metrics_cache_get(m, k1), c);
+  ck_assert_ptr_null(sy_metrics_cache_get(m, k2));
+  ck_assert_ptr_null(sy_metrics_cache_get(m, k3));
+  ck_assert_ptr_null(sy_metrics_cache_get(m, 0));
+  /* many keys: each hit is the cell put under that very key (collisions evict) */
+  static int64_t cells[5000];
+  for (unsigned i = 0; i < 5000; i++)
+    sy_metrics_cache_put(m, sy_metrics_key(9, 2, i % 4096, i / 4096, 0), &cells[i]);
+  unsigned hits = 0;
+  for (unsigned i = 0; i < 5000; i++) {
+    int64_t *got = sy_metrics_cache_get(m, sy_metrics_key(9, 2, i % 4096, i / 4096, 0));
+    if (got) {
+      ck_assert_ptr_eq(got, &cells[i]);
+      hits++;
+    }
+  }
+  ck_assert_uint_gt(hits, 500);
+  sy_metrics_free(m);
+}
+END_TEST
+
 static Suite *metrics_suite(void) {
   Suite *s = suite_create("metrics");
   TCase *tc = tcase_create("core");
@@ -458,6 +496,7 @@ static Suite *metrics_suite(void) {
   tcase_add_test(tc, test_histogram_buckets_sum_count_over_tables);
   tcase_add_test(tc, test_render_help_type_once_and_sums);
   tcase_add_test(tc, test_promtool_accepts_rendering);
+  tcase_add_test(tc, test_cache_names_label_sets_by_number);
   suite_add_tcase(s, tc);
   return s;
 }
