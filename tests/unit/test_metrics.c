@@ -208,10 +208,30 @@ START_TEST(test_table_full_counts_drops_and_keeps_old_series) {
   size_t cap = sy_metrics_size(m);
   ck_assert_uint_ge(cap, 300);
   char l[64];
+  /* stderr to a file, to count the log lines */
+  char path[] = "/tmp/sy-metrics-log-XXXXXX";
+  int fd = mkstemp(path), saved = dup(2);
+  ck_assert(fd >= 0 && saved >= 0);
+  ck_assert_int_eq(dup2(fd, 2), 2);
   for (int i = 0; i < 3000; i++) {
     snprintf(l, sizeof(l), "protocol=\"made-up-%d\"", i);
     sy_metrics_add(m, "switchyard_upgrades_total", l, 1);
   }
+  ck_assert_int_eq(dup2(saved, 2), 2);
+  close(saved);
+  char log[8192];
+  ssize_t n = pread(fd, log, sizeof(log) - 1, 0);
+  close(fd);
+  unlink(path);
+  ck_assert_int_gt(n, 0);
+  log[n] = 0;
+  /* said, but not once per drop: at most one line a second */
+  int lines = 0;
+  for (char *p = log; (p = strstr(p, "metrics: table full")); p++)
+    lines++;
+  ck_assert_int_ge(lines, 1);
+  ck_assert_int_le(lines, 2);
+  ck_assert(strstr(log, "switchyard_upgrades_total{protocol=\"made-up-") != NULL);
   ck_assert_int_eq(sy_metrics_dropped(&m, 1), 3000 - (int64_t)cap);
   /* series that made it still count; a full table refuses only new ones */
   sy_metrics_add(m, "switchyard_upgrades_total", "protocol=\"made-up-0\"", 5);
