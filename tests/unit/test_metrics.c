@@ -4,9 +4,11 @@
 #include "switchyard/metrics.h"
 
 #include <check.h>
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* The rendered label text (without the trailing NUL). */
@@ -119,6 +121,61 @@ START_TEST(test_every_family_is_documented) {
     ck_assert_msg(strstr(doc, want) != NULL, "%s is not documented in docs/OPERATIONS.md",
                   f[i].name);
   }
+}
+END_TEST
+
+/* Every metric name the sources spell out ("switchyard_..." in a string) is
+ * in the registry, so a family added to the code without its help text fails
+ * here, not at the scrape. Walks src/ (subdirectories too). */
+static int scan_dir(const char *dir, char *missing, size_t cap) {
+  int files = 0;
+  DIR *d = opendir(dir);
+  ck_assert_msg(d != NULL, "%s", dir);
+  for (struct dirent *e; (e = readdir(d));) {
+    if (e->d_name[0] == '.') continue;
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+    struct stat st;
+    if (stat(path, &st) < 0) continue;
+    if (S_ISDIR(st.st_mode)) {
+      files += scan_dir(path, missing, cap);
+      continue;
+    }
+    size_t n = strlen(e->d_name);
+    if (n < 3 || strcmp(e->d_name + n - 2, ".c") != 0) continue;
+    FILE *fp = fopen(path, "rb");
+    ck_assert_ptr_nonnull(fp);
+    static char text[1 << 20];
+    size_t len = fread(text, 1, sizeof(text) - 1, fp);
+    fclose(fp);
+    text[len] = 0;
+    files++;
+    for (char *p = text; (p = strstr(p, "\"switchyard_"));) {
+      p++;
+      char name[128];
+      size_t k = 0;
+      while (k + 1 < sizeof(name) &&
+             ((p[k] >= 'a' && p[k] <= 'z') || (p[k] >= '0' && p[k] <= '9') || p[k] == '_'))
+        name[k] = p[k], k++;
+      name[k] = 0;
+      p += k;
+      if (!sy_metrics_family(name) && strlen(missing) + k + 3 < cap) {
+        strcat(missing, " ");
+        strcat(missing, name);
+      }
+    }
+  }
+  closedir(d);
+  return files;
+}
+
+START_TEST(test_every_name_in_the_sources_is_registered) {
+  const char *src = getenv("SY_SOURCE_DIR");
+  ck_assert_msg(src != NULL, "SY_SOURCE_DIR is not set (ctest sets it)");
+  char dir[4096], missing[4096] = "";
+  snprintf(dir, sizeof(dir), "%s/src", src);
+  ck_assert_int_ge(scan_dir(dir, missing, sizeof(missing)), 10);
+  ck_assert_msg(missing[0] == 0, "metric names used in src/ but not registered:%s", missing);
 }
 END_TEST
 
@@ -508,6 +565,7 @@ static Suite *metrics_suite(void) {
   TCase *tc = tcase_create("core");
   tcase_add_test(tc, test_registry_sorted_complete_and_well_named);
   tcase_add_test(tc, test_every_family_is_documented);
+  tcase_add_test(tc, test_every_name_in_the_sources_is_registered);
   tcase_add_test(tc, test_label_escapes_and_keeps_utf8);
   tcase_add_test(tc, test_label_replaces_invalid_bytes);
   tcase_add_test(tc, test_label_cut_on_character_boundary);
