@@ -347,3 +347,61 @@ def test_made_up_tokens_hosts_and_paths_add_no_series(proxy, backend):
     assert m.one("switchyard_metrics_series_dropped_total") == 0
     # the new label sets: upgrades_total{other,...} and nothing per token, host or path
     assert len(m.samples) <= n_before + 3, [s for s in m.samples if s not in before.samples]
+
+
+# TODO(conn wiring): the acceptance test for the histogram observations and
+# the per-server counters the connection code is to make (see
+# docs/OPERATIONS.md for each family's meaning). Strict xfail: once wired it
+# passes, which fails the run until the marker is removed.
+@needs_promtool
+@pytest.mark.xfail(strict=True, reason="histograms and per-server counters not yet wired into the "
+                                       "connection code")
+def test_histograms_and_per_server_counters_after_traffic(proxy, backend, upgrader):
+    api = backend(response=response_bytes(200, body=b"ok"), name="api")
+    up = upgrader()
+    dead = RefusingAddress()
+    adm = AdminPort()
+    try:
+        px = proxy(upstreams={"web": [dead.address, api.address], "ws": [up.address]},
+                   routes=[{"name": "ws", "match": {"path_prefix": "/ws"}, "upstream": "ws"},
+                           {"name": "web", "match": {"path_prefix": "/"}, "upstream": "web"}],
+                   admin=adm.config, workers=1)
+        with px.connect() as c:
+            # round robin: the refusing server is picked, fails, and the request
+            # is retried on api, until three failures eject it
+            for i in range(10):
+                assert c.request(get("/r/%d" % i)).status == 200
+        c, cl, be, _ = open_tunnel(px, up, upgrade_request("/ws/1"))
+        try:
+            streams = [Stream(cl, be, payload(5000, "hu")), Stream(be, cl, payload(5000, "hd"))]
+            pump(streams, timeout=20)
+            assert_pumped(streams)
+            cl.shutdown_write()
+            be.shutdown_write()
+            assert cl.wait_end(5)[0] == "eof"
+        finally:
+            c.close()
+            be.close()
+        m = adm.wait_metric(lambda m: m.get("switchyard_tunnels_open") == 0 and
+                            m.get("switchyard_connections_open") == 0, 10, "the traffic done")
+    finally:
+        dead.close()
+    h = "switchyard_request_duration_seconds"
+    assert m.one(h + "_count", route="web") == 10, m.text
+    assert m.one(h + "_bucket", route="web", le="+Inf") == 10, m.text
+    assert 0 < m.one(h + "_sum", route="web") < 10 * 5, m.text
+    assert m.one(h + "_bucket", route="web", le="60") == 10, m.text
+    assert m.one("switchyard_upstream_first_byte_seconds_count", upstream="web") == 10, m.text
+    assert m.one("switchyard_upstream_connect_seconds_count", upstream="web") >= 1, m.text
+    assert m.one("switchyard_upgrade_duration_seconds_count", route="ws") == 1, m.text
+    assert m.one("switchyard_tunnel_duration_seconds_count", route="ws") == 1, m.text
+    assert m.one("switchyard_upstream_requests_total", upstream="web", server=api.address,
+                 class_="2xx") == 10, m.text
+    assert not m.has("switchyard_upstream_requests_total", server=dead.address), m.text
+    assert m.one("switchyard_upstream_connect_failures_total", upstream="web",
+                 server=dead.address) == 3, m.text
+    assert m.one("switchyard_upstream_retries_total", upstream="web", server=dead.address) == 3, \
+        m.text
+    assert m.one("switchyard_upstream_ejections_total", upstream="web", server=dead.address) == 1
+    rc, out = promtool_check(adm.get("/metrics").body)
+    assert rc == 0, out
