@@ -311,11 +311,15 @@ void sy_metrics_add_cell(sy_metrics *m, int64_t **cell, const char *name, const 
 }
 
 sy_hist *sy_metrics_hist(sy_metrics *m, const char *name, const char *labels) {
-  const sy_metric_family *f = sy_metrics_family(name);
-  if (!f || f->type != SY_METRIC_HISTOGRAM) return NULL;
   sy_slot *s = find(m, name, labels, 1);
   if (!s) return NULL;
   if (s->used) return s->kind == KIND_HIST ? s->hist : NULL;
+  /* A new series: only now is the registry asked (it is a binary search). */
+  const sy_metric_family *f = sy_metrics_family(name);
+  if (!f || f->type != SY_METRIC_HISTOGRAM) {
+    m->used--; /* the slot stays unpublished: a later series may claim it */
+    return NULL;
+  }
   if (m->hist_used >= m->nhist) {
     /* The slot stays unpublished: a later series may claim it. */
     m->used--;
