@@ -12,7 +12,7 @@ PACKAGES=(
 )
 if [[ "${1:-}" == "--tests" ]]; then
   PACKAGES+=(valgrind nghttp2-client nghttp2-proxy chromium buildah debootstrap
-             clang libclang-rt-14-dev nginx haproxy wrk python3-yaml iproute2)
+             clang libclang-rt-14-dev nginx haproxy wrk python3-yaml iproute2 prometheus)
   # A NodeSource nodejs bundles npm and conflicts with Debian's npm package.
   command -v node >/dev/null || PACKAGES+=(nodejs)
   command -v npm >/dev/null || PACKAGES+=(npm)

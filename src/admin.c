@@ -1,7 +1,9 @@
 #include "switchyard/admin.h"
 
+#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "switchyard/http.h"
 #include "switchyard/log.h"
@@ -83,6 +85,45 @@ static void pipes(sy_admin_state *st, sy_pipe_pool_stats *sum) {
   }
 }
 
+/* Descriptors open now: what runs out first in a proxy (two per tunnel). */
+static long open_fds(void) {
+  DIR *d = opendir("/proc/self/fd");
+  if (!d) return -1;
+  long n = 0;
+  for (struct dirent *e; (e = readdir(d));)
+    n += e->d_name[0] != '.';
+  closedir(d);
+  return n - 1; /* the directory's own descriptor */
+}
+
+static void single(sy_buf *b, const char *name, long long v) {
+  sy_metrics_header(b, name);
+  sy_buf_appendf(b, "%s %lld\n", name, v);
+}
+
+/* Per-server series kept in the config snapshot's server state, which every
+ * worker and the health checker share (so no worker table holds them). */
+enum server_col { COL_UP, COL_ACTIVE, COL_EJECTIONS };
+
+static void server_family(sy_buf *b, const sy_config *cfg, const char *name, enum server_col col) {
+  sy_metrics_header(b, name);
+  for (size_t u = 0; u < cfg->nupstreams; u++) {
+    const sy_upstream_cfg *up = &cfg->upstreams[u];
+    for (size_t i = 0; i < up->nservers; i++) {
+      const sy_server_rt *rt = up->servers[i].rt;
+      long long v = col == COL_UP ? !__atomic_load_n(&rt->down, __ATOMIC_RELAXED)
+                    : col == COL_ACTIVE
+                        ? __atomic_load_n(&rt->active, __ATOMIC_RELAXED)
+                        : (long long)__atomic_load_n(&rt->ejections, __ATOMIC_RELAXED);
+      sy_buf l = {0};
+      sy_metrics_label(&l, "upstream", up->name, strlen(up->name));
+      sy_metrics_label(&l, "server", up->servers[i].addr.text, strlen(up->servers[i].addr.text));
+      sy_buf_appendf(b, "%s{%.*s} %lld\n", name, (int)l.len, l.p, v);
+      sy_buf_free(&l);
+    }
+  }
+}
+
 static void render_metrics(sy_admin_state *st, sy_buf *b) {
   size_t n;
   sy_metrics **ms = tables(st, &n);
@@ -90,45 +131,37 @@ static void render_metrics(sy_admin_state *st, sy_buf *b) {
   free(ms);
   sy_pipe_pool_stats p;
   pipes(st, &p);
+  sy_metrics_header(b, "switchyard_pipes");
   sy_buf_appendf(b,
-                 "# TYPE switchyard_pipes gauge\nswitchyard_pipes{state=\"in_use\"} %llu\n"
+                 "switchyard_pipes{state=\"in_use\"} %llu\n"
                  "switchyard_pipes{state=\"idle\"} %llu\n",
                  (unsigned long long)p.in_use, (unsigned long long)p.idle);
+  single(b, "switchyard_pipes_created_total", (long long)p.created);
+  sy_metrics_header(b, "switchyard_reloads_total");
   sy_buf_appendf(b,
-                 "# TYPE switchyard_pipes_created_total counter\n"
-                 "switchyard_pipes_created_total %llu\n",
-                 (unsigned long long)p.created);
-  sy_buf_appendf(b,
-                 "# TYPE switchyard_reloads_total counter\n"
                  "switchyard_reloads_total{result=\"ok\"} %llu\n"
                  "switchyard_reloads_total{result=\"failed\"} %llu\n",
                  (unsigned long long)st->reloads_ok, (unsigned long long)st->reloads_failed);
-  sy_buf_appendf(b,
-                 "# TYPE switchyard_config_generation gauge\nswitchyard_config_generation %llu\n",
-                 (unsigned long long)st->generation);
-  sy_buf_appendf(b, "# TYPE switchyard_workers gauge\nswitchyard_workers %u\n", st->nworkers);
-  sy_buf_appendf(b,
-                 "# TYPE switchyard_access_log_dropped_total counter\n"
-                 "switchyard_access_log_dropped_total %llu\n",
-                 (unsigned long long)sy_access_log_dropped());
-  for (int pass = 0; pass < 2; pass++) {
-    const char *name =
-        pass ? "switchyard_upstream_active_connections" : "switchyard_upstream_server_up";
-    sy_buf_appendf(b, "# TYPE %s gauge\n", name);
-    for (size_t u = 0; u < st->cfg->nupstreams; u++) {
-      const sy_upstream_cfg *up = &st->cfg->upstreams[u];
-      for (size_t i = 0; i < up->nservers; i++) {
-        const sy_server_rt *rt = up->servers[i].rt;
-        sy_buf l = {0};
-        sy_metrics_label(&l, "upstream", up->name, strlen(up->name));
-        sy_metrics_label(&l, "server", up->servers[i].addr.text, strlen(up->servers[i].addr.text));
-        sy_buf_appendf(b, "%s{%.*s} %d\n", name, (int)l.len, l.p,
-                       pass ? __atomic_load_n(&rt->active, __ATOMIC_RELAXED)
-                            : !__atomic_load_n(&rt->down, __ATOMIC_RELAXED));
-        sy_buf_free(&l);
-      }
-    }
-  }
+  single(b, "switchyard_config_generation", (long long)st->generation);
+  single(b, "switchyard_config_last_reload_success_timestamp_seconds",
+         (long long)st->last_reload_ok);
+  single(b, "switchyard_workers", st->nworkers);
+  single(b, "switchyard_access_log_dropped_total", (long long)sy_access_log_dropped());
+  sy_buf l = {0};
+  sy_metrics_label(&l, "version", st->version ? st->version : "",
+                   st->version ? strlen(st->version) : 0);
+  sy_metrics_header(b, "switchyard_build_info");
+  sy_buf_appendf(b, "switchyard_build_info{%.*s} 1\n", (int)l.len, l.p);
+  sy_buf_free(&l);
+  single(b, "switchyard_start_time_seconds", (long long)st->start_time);
+  long fds = open_fds();
+  if (fds >= 0) single(b, "switchyard_open_fds", fds);
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+    single(b, "switchyard_max_fds", rl.rlim_cur == RLIM_INFINITY ? -1 : (long long)rl.rlim_cur);
+  server_family(b, st->cfg, "switchyard_upstream_server_up", COL_UP);
+  server_family(b, st->cfg, "switchyard_upstream_active_connections", COL_ACTIVE);
+  server_family(b, st->cfg, "switchyard_upstream_ejections_total", COL_EJECTIONS);
 }
 
 /* A label value as the exposition format escaped it, back to its text. */

@@ -1084,7 +1084,9 @@ static const key_spec top_keys[] = {
 };
 
 static void set_defaults(sy_config *cfg) {
+  static uint64_t serials;
   cfg->refs = 1;
+  cfg->serial = __atomic_add_fetch(&serials, 1, __ATOMIC_RELAXED);
   cfg->timeouts = (sy_timeouts){.connect = 5000,
                                 .response = 60000,
                                 .client_idle = 60000,

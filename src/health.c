@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "switchyard/log.h"
+#include "switchyard/upstream.h"
 
 typedef struct sy_check sy_check;
 
@@ -80,8 +81,7 @@ static void record(sy_check *k, int ok, const char *why) {
     }
   } else {
     k->ok_run = 0;
-    if (++k->fail_run >= k->up->health.unhealthy &&
-        !__atomic_exchange_n(&k->s->rt->down, 1, __ATOMIC_RELAXED))
+    if (++k->fail_run >= k->up->health.unhealthy && sy_server_eject(k->s->rt))
       sy_log_error("upstream %s: server %s is down (health check: %s)", k->up->name,
                    k->s->addr.text, why);
   }

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <uv.h>
 
 #include "switchyard/admin.h"
@@ -12,6 +13,7 @@
 #include "switchyard/cpus.h"
 #include "switchyard/health.h"
 #include "switchyard/log.h"
+#include "switchyard/metrics.h"
 #include "switchyard/worker.h"
 
 #define SY_VERSION "0.1.0"
@@ -91,6 +93,11 @@ static void reload(void) {
   if (sy_access_log_open(cfg->access_log) < 0) sy_log_error("reload: access log unchanged");
   M.admin_state.reloads_ok++;
   M.admin_state.generation++;
+  M.admin_state.last_reload_ok = time(NULL);
+  if (sy_metrics_capacity(cfg) > sy_metrics_size(M.workers[0].env.metrics))
+    sy_log_error("reload: the metrics tables were sized for the configuration at start; with "
+                 "this one they may fill (counted in switchyard_metrics_series_dropped_total), "
+                 "a restart sizes them anew");
   sy_log_info("reloaded %s (generation %llu)", M.path,
               (unsigned long long)M.admin_state.generation);
 }
@@ -209,7 +216,9 @@ int main(int argc, char **argv) {
     uv_signal_start(&M.sigs[i], on_signal, signums[i]);
   }
   M.admin_state.cfg = cfg;
-  M.admin_state.main = sy_metrics_new();
+  M.admin_state.version = SY_VERSION;
+  M.admin_state.start_time = M.admin_state.last_reload_ok = time(NULL);
+  M.admin_state.main = sy_metrics_new(sy_metrics_capacity(cfg));
   M.nworkers = cfg->workers;
   if (!M.nworkers) {
     char why[512];

@@ -126,11 +126,14 @@ const sy_route_cfg *sy_route_match(const sy_config *cfg, const sy_request_view *
 /* h2c is never covered by "*": after the switch the client talks HTTP/2 straight
  * to the backend and every later request bypasses routing (h2c smuggling). */
 int sy_route_allows_upgrade(const sy_route_cfg *route, sy_str token) {
-  int h2c = eq_nocase(token.p, proto_len(token), "h2c", 3);
-  if (!h2c && route->allow_any_upgrade) return 1;
+  return sy_route_upgrade_entry(route, token) != NULL;
+}
+
+const char *sy_route_upgrade_entry(const sy_route_cfg *route, sy_str token) {
   for (size_t i = 0; i < route->nallow_upgrades; i++) {
     const char *e = route->allow_upgrades[i];
-    if (strcmp(e, "*") != 0 && entry_matches(e, token)) return 1;
+    if (strcmp(e, "*") != 0 && entry_matches(e, token)) return e;
   }
-  return 0;
+  int h2c = eq_nocase(token.p, proto_len(token), "h2c", 3);
+  return !h2c && route->allow_any_upgrade ? "*" : NULL;
 }

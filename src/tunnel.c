@@ -81,6 +81,10 @@ struct sy_tunnel {
   uint8_t readable[2], writable[2], out_armed[2];
   uint8_t rdhup[2]; /* the peer's FIN was reported: read on until 0, whatever */
   uint8_t closing, queued, timed, first_fin, closed_by, exclusive;
+  /* Progress reports: on the hub's dirty list (bytes moved since the last
+   * report) while dprev is set; what was reported so far. */
+  sy_tunnel *dnext, **dprev;
+  uint64_t rep_bytes[2], rep_spliced;
 };
 
 struct sy_tunnel_hub {
@@ -106,6 +110,10 @@ struct sy_tunnel_hub {
    * mode) or libuv events (OWN mode). */
   uint32_t turns, tunnel_turns, loop_turns;
   sy_tunnel *ready, *zombies, *untimed;
+  sy_tunnel_progress_cb progress;
+  uv_timer_t progress_timer; /* runs while the hub holds tunnels and progress is on */
+  uint64_t progress_ms;
+  sy_tunnel *dirty; /* tunnels that moved bytes since their last report */
   sy_tunnel *wheel[WHEEL_SLOTS];
   char scratch[TUN_CHUNK]; /* copies: read, sent at once, never kept here */
 };
@@ -238,9 +246,24 @@ static void tun_dir_release(sy_tunnel *t, tun_dir *d) {
   if (d->buf && d->off == d->len) tun_dir_free_buf(d);
 }
 
+static void dirty_remove(sy_tunnel *t) {
+  if (!t->dprev) return;
+  *t->dprev = t->dnext;
+  if (t->dnext) t->dnext->dprev = t->dprev;
+  t->dnext = NULL;
+  t->dprev = NULL;
+}
+
 static void tun_dir_count(sy_tunnel *t, tun_dir *d, size_t n, int spliced) {
   d->bytes += n;
   if (spliced) d->spliced += n;
+  if (!t->dprev && t->hub->progress) { /* once per report interval at most */
+    sy_tunnel_hub *h = t->hub;
+    t->dnext = h->dirty;
+    if (h->dirty) h->dirty->dprev = &t->dnext;
+    h->dirty = t;
+    t->dprev = &h->dirty;
+  }
   t->last_active_ms = uv_now(t->hub->loop);
 }
 
@@ -512,6 +535,7 @@ static void tun_finish(sy_tunnel *t, int by, const char *reason, int rst) {
     t->fd[e] = -1;
   }
   wl_remove(t);
+  dirty_remove(t); /* the done callback reports the rest */
   if (h->ntimed == 0 && h->armed) {
     uv_timer_stop(&h->timer);
     h->armed = 0;
@@ -552,10 +576,52 @@ static void hub_reap(sy_tunnel_hub *h) {
     if (--h->count == 0) {
       uv_unref((uv_handle_t *)&h->poll);
       hub_watch_update(h);
+      uv_timer_stop(&h->progress_timer);
     }
     h->cb(t, &st, t->arg);
     free(t);
   }
+}
+
+/* The bytes moved since the last report, and marks them reported. */
+static sy_tunnel_bytes tun_take_delta(sy_tunnel *t) {
+  sy_tunnel_bytes d;
+  d.c2u = t->dir[0].bytes - t->rep_bytes[0];
+  d.u2c = t->dir[1].bytes - t->rep_bytes[1];
+  uint64_t sp = t->dir[0].spliced + t->dir[1].spliced;
+  d.spliced = sp - t->rep_spliced;
+  d.copied = d.c2u + d.u2c - d.spliced;
+  t->rep_bytes[0] = t->dir[0].bytes;
+  t->rep_bytes[1] = t->dir[1].bytes;
+  t->rep_spliced = sp;
+  return d;
+}
+
+static void hub_on_progress(uv_timer_t *tm) {
+  sy_tunnel_hub *h = tm->data;
+  /* One at a time off the head: a callback may close any tunnel (which takes
+   * it off the list), but moves no bytes, so nothing is added meanwhile. */
+  while (h->dirty && h->progress) {
+    sy_tunnel *t = h->dirty;
+    dirty_remove(t);
+    sy_tunnel_bytes d = tun_take_delta(t);
+    h->progress(t, &d, t->arg);
+  }
+}
+
+static void hub_progress_start(sy_tunnel_hub *h) {
+  if (h->progress && h->count > 0 && !uv_is_active((uv_handle_t *)&h->progress_timer))
+    uv_timer_start(&h->progress_timer, hub_on_progress, h->progress_ms, h->progress_ms);
+}
+
+void sy_tunnel_hub_set_progress(sy_tunnel_hub *h, sy_tunnel_progress_cb cb, uint64_t interval_ms) {
+  h->progress = cb;
+  h->progress_ms = interval_ms ? interval_ms : 1000;
+  uv_timer_stop(&h->progress_timer);
+  if (!cb)
+    while (h->dirty)
+      dirty_remove(h->dirty);
+  hub_progress_start(h);
 }
 
 static void hub_on_idle(uv_idle_t *idle) {
@@ -745,12 +811,15 @@ sy_tunnel_hub *sy_tunnel_hub_new(uv_loop_t *loop, sy_pipe_pool *pool, sy_tunnel_
     free(h);
     return NULL;
   }
-  h->poll.data = h->timer.data = h->idle.data = h->watch.data = h;
+  h->poll.data = h->timer.data = h->idle.data = h->watch.data = h->progress_timer.data = h;
   uv_timer_init(loop, &h->timer);
+  /* Active only while the hub holds tunnels (which keep the loop alive anyway);
+   * referenced, so libuv runs it in OWN mode, where the poll handle is stopped. */
+  uv_timer_init(loop, &h->progress_timer);
   uv_idle_init(loop, &h->idle);
   uv_prepare_init(loop, &h->watch);
   uv_unref((uv_handle_t *)&h->watch);
-  h->open_handles = 4;
+  h->open_handles = 5;
   uv_poll_start(&h->poll, UV_READABLE, hub_on_poll);
   uv_unref((uv_handle_t *)&h->poll); /* only tunnels keep the loop alive */
   return h;
@@ -784,6 +853,7 @@ void sy_tunnel_hub_free(sy_tunnel_hub *h) {
   uv_close((uv_handle_t *)&h->timer, hub_on_close);
   uv_close((uv_handle_t *)&h->idle, hub_on_close);
   uv_close((uv_handle_t *)&h->watch, hub_on_close);
+  uv_close((uv_handle_t *)&h->progress_timer, hub_on_close);
 }
 
 /* ---- tunnels ---- */
@@ -855,6 +925,7 @@ sy_tunnel *sy_tunnel_start(sy_tunnel_hub *h, int client_fd, int upstream_fd,
   if (h->count++ == 0) {
     uv_ref((uv_handle_t *)&h->poll);
     hub_watch_update(h);
+    hub_progress_start(h);
   }
   tun_schedule(t);
   queue_ready(t);
@@ -886,4 +957,8 @@ void sy_tunnel_stats_get(const sy_tunnel *t, sy_tunnel_stats *out) {
   out->wakeups = t->wakeups;
   out->closed_by = t->closing ? by_names[t->closed_by] : NULL;
   out->reason = t->closing ? t->reason : NULL;
+  out->unreported.c2u = out->bytes_c2u - t->rep_bytes[0];
+  out->unreported.u2c = out->bytes_u2c - t->rep_bytes[1];
+  out->unreported.spliced = out->spliced - t->rep_spliced;
+  out->unreported.copied = out->unreported.c2u + out->unreported.u2c - out->unreported.spliced;
 }

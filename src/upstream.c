@@ -82,6 +82,12 @@ int sy_upstream_pick(sy_upstream_cfg *up, uint64_t tried, uint64_t key_hash, uin
   return SY_PICK_NONE_LEFT;
 }
 
+int sy_server_eject(sy_server_rt *rt) {
+  if (__atomic_exchange_n(&rt->down, 1, __ATOMIC_RELAXED)) return 0;
+  __atomic_add_fetch(&rt->ejections, 1, __ATOMIC_RELAXED);
+  return 1;
+}
+
 /* Health probes are cleartext and skipped for TLS upstreams (see health.c):
  * those keep passive ejection's timed rest, or an ejected server would wait
  * for a check that never runs. */
@@ -103,7 +109,7 @@ void sy_upstream_report(const sy_upstream_cfg *up, const sy_server_cfg *s, int o
   if ((unsigned)f >= limit) {
     __atomic_store_n(&s->rt->down_until_ms, active_checks(up) ? 0 : now_ms + SY_PASSIVE_REST_MS,
                      __ATOMIC_RELAXED);
-    if (!__atomic_exchange_n(&s->rt->down, 1, __ATOMIC_RELAXED))
+    if (sy_server_eject(s->rt))
       sy_log_error("upstream %s: server %s ejected after %d failed connects", up->name,
                    s->addr.text, f);
   }

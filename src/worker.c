@@ -251,7 +251,7 @@ int sy_worker_init(sy_worker *w, unsigned id, sy_config *cfg) {
   if (rc < 0) return rc;
   w->env.cfg = sy_config_ref(cfg);
   w->pipes = sy_pipe_pool_new(64);
-  w->env.metrics = sy_metrics_new();
+  w->env.metrics = sy_metrics_new(sy_metrics_capacity(cfg));
   w->env.upool = sy_upool_new(&w->loop, 4096);
   if (!w->pipes || !w->env.metrics || !w->env.upool) return UV_ENOMEM;
   if (!(w->env.tunnels = sy_tunnel_hub_new(&w->loop, w->pipes, sy_conn_tunnel_done)))

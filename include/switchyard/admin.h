@@ -17,6 +17,8 @@ typedef struct sy_admin_state {
   sy_config *cfg; /* current snapshot (main thread) */
   uint64_t reloads_ok, reloads_failed, generation;
   int draining;
+  const char *version;
+  int64_t start_time, last_reload_ok; /* Unix seconds; a reload's, or the start's */
   int main_metrics_ready;
   sy_metrics *main; /* series the main thread counts (health checks) */
 } sy_admin_state;

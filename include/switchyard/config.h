@@ -55,6 +55,7 @@ typedef struct sy_server_rt {
   int down;               /* 1 = ejected (active check or passive failures) */
   int fails;              /* consecutive connect failures */
   uint64_t down_until_ms; /* passive ejection without active checks: retry after */
+  uint64_t ejections;     /* times `down` went 0 -> 1 (rendered by the admin listener) */
 } sy_server_rt;
 
 typedef struct sy_server_cfg {
@@ -158,7 +159,8 @@ typedef struct sy_paths {
 } sy_paths;
 
 typedef struct sy_config {
-  int refs; /* atomic via __atomic builtins */
+  int refs;        /* atomic via __atomic builtins */
+  uint64_t serial; /* 1, 2, ... per snapshot loaded: unique for the process's lifetime */
   char *path;
   unsigned workers; /* 0 = auto */
   sy_listener_cfg *listeners;

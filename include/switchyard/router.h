@@ -32,5 +32,8 @@ const sy_route_cfg *sy_route_match(const sy_config *cfg, const sy_request_view *
  * "*" = every token but h2c; h2c only when named; names compared
  * case-insensitively on the protocol name, a listed "TLS/1.2" matches exactly.) */
 int sy_route_allows_upgrade(const sy_route_cfg *route, sy_str token);
+/* The configured entry that allows the token ("*" when only the wildcard
+ * does), or NULL when the route does not allow it. */
+const char *sy_route_upgrade_entry(const sy_route_cfg *route, sy_str token);
 
 #endif

@@ -46,6 +46,11 @@ typedef struct sy_tunnel_opts {
   int exclusive;
 } sy_tunnel_opts;
 
+/* Payload bytes: each way, and of their sum how they moved. */
+typedef struct sy_tunnel_bytes {
+  uint64_t c2u, u2c, spliced, copied;
+} sy_tunnel_bytes;
+
 typedef struct sy_tunnel_stats {
   uint64_t bytes_c2u, bytes_u2c; /* payload bytes delivered each way, pending bytes included */
   uint64_t spliced, copied;      /* of those, how they moved (pending bytes count as copied) */
@@ -57,6 +62,9 @@ typedef struct sy_tunnel_stats {
    * "proxy" when it was ours, e.g. ENOMEM), "idle_timeout", "fin_timeout", or the
    * reason given to sy_tunnel_close ("shutdown" by default). NULL while live. */
   const char *reason;
+  /* The bytes above not yet passed to the progress callback (all of them when
+   * the hub has none): what the owner adds to its counters at the end. */
+  sy_tunnel_bytes unreported;
 } sy_tunnel_stats;
 
 /* Called exactly once per tunnel, always from a libuv callback (never from
@@ -65,9 +73,21 @@ typedef struct sy_tunnel_stats {
  * is freed when the callback returns. The hub no longer counts it. */
 typedef void (*sy_tunnel_done_cb)(sy_tunnel *t, const sy_tunnel_stats *st, void *arg);
 
+/* Live byte counts: about every interval, for each tunnel that moved bytes
+ * since its last report, the bytes moved since then (never called from inside
+ * sy_tunnel_start, sy_tunnel_close or a done callback; t may be closed from
+ * here). A tunnel's progress reports plus its done callback's `unreported`
+ * add up to its totals exactly. */
+typedef void (*sy_tunnel_progress_cb)(sy_tunnel *t, const sy_tunnel_bytes *delta, void *arg);
+
 /* NULL on failure (allocation, epoll_create1, libuv). The hub keeps the loop
  * alive only while it holds tunnels. */
 sy_tunnel_hub *sy_tunnel_hub_new(uv_loop_t *loop, sy_pipe_pool *pool, sy_tunnel_done_cb cb);
+
+/* Turns progress reports on (cb NULL: off). interval_ms 0 means 1000. The
+ * cost on the byte path is a flag test per move; the hub's timer runs only
+ * while it holds tunnels. */
+void sy_tunnel_hub_set_progress(sy_tunnel_hub *h, sy_tunnel_progress_cb cb, uint64_t interval_ms);
 
 /* Tunnels started and not yet reported done. */
 size_t sy_tunnel_hub_count(const sy_tunnel_hub *h);

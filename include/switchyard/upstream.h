@@ -36,6 +36,10 @@ void sy_upstream_active_add(const sy_server_cfg *s, int delta);
 uint64_t sy_upstream_key(const sy_upstream_cfg *up, const sy_head *h, const char *base,
                          const char *client_ip);
 
+/* Marks the server down; 1 if it was up (then counted as an ejection, in
+ * rt->ejections: switchyard_upstream_ejections_total), 0 if it was down already. */
+int sy_server_eject(sy_server_rt *rt);
+
 /* FNV-1a, for hash keys. */
 uint64_t sy_hash_bytes(const void *p, size_t n);
 

@@ -110,7 +110,20 @@ typedef struct fx {
   int close_from_cb; /* call sy_tunnel_close inside done_cb: must be a no-op */
   sy_tunnel_stats st;
   char reason[32], closed_by[16];
+  int progress_calls, progress_after_done, progress_other;
+  sy_tunnel_bytes progress; /* sum of the progress reports */
 } fx;
+
+static void fx_on_progress(sy_tunnel *t, const sy_tunnel_bytes *d, void *arg) {
+  fx *f = arg;
+  f->progress_calls++;
+  f->progress_after_done += f->done_calls > 0;
+  f->progress_other += t != f->t;
+  f->progress.c2u += d->c2u;
+  f->progress.u2c += d->u2c;
+  f->progress.spliced += d->spliced;
+  f->progress.copied += d->copied;
+}
 
 static void fx_on_done(sy_tunnel *t, const sy_tunnel_stats *st, void *arg) {
   fx *f = arg;
@@ -560,6 +573,72 @@ START_TEST(test_half_close_keeps_other_direction) {
   ck_assert_str_eq(f.closed_by, a_name);
   ck_assert_uint_eq(_i ? f.st.bytes_u2c : f.st.bytes_c2u, 10);
   ck_assert_uint_eq(_i ? f.st.bytes_c2u : f.st.bytes_u2c, 4 * MIB);
+  fx_teardown(&f);
+}
+END_TEST
+
+static int cond_progress_c2u(fx *f, void *arg) {
+  return f->progress.c2u >= *(const size_t *)arg;
+}
+
+static int cond_never(fx *f, void *arg) {
+  return 0;
+}
+
+/* Live bytes: an open tunnel's bytes are reported (every 50 ms here) while it
+ * is open, an idle one is not reported, and progress plus the done callback's
+ * remainder equal the totals exactly. _i: 0 = splice, 1 = force_copy, 2 = no
+ * progress callback (the remainder is then everything). */
+START_TEST(test_progress_reports_live_bytes) {
+  const size_t first = 1 * MIB + 5 + 7, second = 3000;
+  fx f;
+  fx_init(&f);
+  if (_i < 2) sy_tunnel_hub_set_progress(f.hub, fx_on_progress, 50);
+  sy_tunnel_opts o = {.force_copy = _i == 1};
+  fx_start(&f, &o, "hello", 5, "pending", 7);
+  unsigned char pend[7];
+  rd rp = {.fd = f.client_peer, .buf = pend, .len = sizeof(pend)};
+  ck_assert(fx_wait(&f, cond_rd, &rp, WAIT_MS));
+  ck_assert(memcmp(pend, "pending", 7) == 0);
+  unsigned char hello[5];
+  rd rh = {.fd = f.upstream_peer, .buf = hello, .len = sizeof(hello)};
+  ck_assert(fx_wait(&f, cond_rd, &rh, WAIT_MS));
+  xfer x = {.from = f.client_peer, .to = f.upstream_peer, .seed = 5, .total = 1 * MIB};
+  ck_assert(fx_wait(&f, cond_xfer_received, &x, WAIT_MS));
+  ck_assert(!x.mismatch);
+  size_t want = first - 7; /* c2u so far: the pending 5 and 1 MiB */
+  if (_i < 2) {
+    ck_assert(fx_wait(&f, cond_progress_c2u, &want, WAIT_MS));
+    ck_assert_uint_eq(f.progress.c2u, want);
+    ck_assert_uint_eq(f.progress.u2c, 7);
+    ck_assert_uint_eq(f.progress.spliced + f.progress.copied, first);
+    if (_i == 1) ck_assert_uint_eq(f.progress.spliced, 0);
+  }
+  ck_assert_int_eq(f.done_calls, 0);
+  /* idle: no report, however many intervals pass */
+  int calls = f.progress_calls;
+  ck_assert(!fx_wait(&f, cond_never, NULL, 300));
+  ck_assert_int_eq(f.progress_calls, calls);
+  /* some more, then the end: the rest comes with the done callback */
+  unsigned char buf[3000], got[3000];
+  memset(buf, 'z', sizeof(buf));
+  send_all(f.upstream_peer, buf, sizeof(buf));
+  rd rz = {.fd = f.client_peer, .buf = got, .len = sizeof(got)};
+  ck_assert(fx_wait(&f, cond_rd, &rz, WAIT_MS));
+  ck_assert_int_eq(shutdown(f.client_peer, SHUT_WR), 0);
+  ck_assert_int_eq(shutdown(f.upstream_peer, SHUT_WR), 0);
+  ck_assert(fx_wait(&f, cond_done, NULL, WAIT_MS));
+  fx_done_checks(&f);
+  ck_assert_uint_eq(f.st.bytes_c2u, first - 7);
+  ck_assert_uint_eq(f.st.bytes_u2c, 7 + second);
+  ck_assert_uint_eq(f.progress.c2u + f.st.unreported.c2u, f.st.bytes_c2u);
+  ck_assert_uint_eq(f.progress.u2c + f.st.unreported.u2c, f.st.bytes_u2c);
+  ck_assert_uint_eq(f.progress.spliced + f.st.unreported.spliced, f.st.spliced);
+  ck_assert_uint_eq(f.progress.copied + f.st.unreported.copied, f.st.copied);
+  ck_assert_int_eq(f.progress_after_done, 0);
+  ck_assert_int_eq(f.progress_other, 0);
+  if (_i == 2) ck_assert_int_eq(f.progress_calls, 0);
+  if (_i < 2) ck_assert_int_ge(f.progress_calls, 1);
   fx_teardown(&f);
 }
 END_TEST
@@ -1077,6 +1156,7 @@ static Suite *tunnel_suite(void) {
   tcase_add_test(tc, test_no_pipe_falls_back_to_copy);
   tcase_add_test(tc, test_splice_refused_falls_back_to_copy);
   tcase_add_test(tc, test_start_rejects_bad_arguments);
+  tcase_add_loop_test(tc, test_progress_reports_live_bytes, 0, 3);
   if (g_mode == SY_HUB_LOOP) /* it sets its own modes: once is enough */
     tcase_add_loop_test(tc, test_hub_mode_follows_wakeups, 0, 2);
   suite_add_tcase(s, tc);
