@@ -6,6 +6,7 @@
 #define SWITCHYARD_ADMIN_H
 
 #include <stdint.h>
+#include <time.h>
 #include <uv.h>
 
 #include "switchyard/config.h"
@@ -16,6 +17,9 @@ typedef struct sy_admin_state {
   unsigned nworkers;
   sy_config *cfg; /* current snapshot (main thread) */
   uint64_t reloads_ok, reloads_failed, generation;
+  time_t started, last_reload_time; /* last_reload_time 0: no reload yet */
+  int last_reload_ok;
+  char last_reload_error[512]; /* the refused file's message */
   int draining;
   int main_metrics_ready;
   sy_metrics *main; /* series the main thread counts (health checks) */

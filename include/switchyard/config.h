@@ -148,6 +148,8 @@ typedef struct sy_limits {
 
 typedef struct sy_forwarding {
   int x_forwarded_for, x_forwarded_proto, x_forwarded_host, via; /* all default 1 */
+  int request_id;          /* default 1: keep or make an id, send it upstream and back */
+  char *request_id_header; /* default "X-Request-Id" (set at load, never NULL) */
 } sy_forwarding;
 
 typedef struct sy_config {
@@ -158,6 +160,7 @@ typedef struct sy_config {
   size_t nlisteners;
   int admin_enabled;
   sy_addr admin_addr;
+  char *admin_token; /* admin.token, or admin.token_file's content; NULL = no auth */
   sy_upstream_cfg *upstreams;
   size_t nupstreams;
   sy_route_cfg *routes;
@@ -166,6 +169,8 @@ typedef struct sy_config {
   sy_timeouts timeouts; /* global defaults, all non-zero after load */
   sy_forwarding forwarding;
   char *access_log; /* NULL or "stdout" = stdout, "off", or a file path */
+  int log_level;    /* enum sy_log_level, default info */
+  int log_format;   /* enum sy_log_format, default text */
 } sy_config;
 
 /* Error text is "file:line:column: message". */
