@@ -1,7 +1,11 @@
 #include "switchyard/admin.h"
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "switchyard/http.h"
 #include "switchyard/log.h"
@@ -222,19 +226,98 @@ static void render_status_json(sy_admin_state *st, sy_buf *b) {
   free(ms);
 }
 
-static void respond(sy_admin_conn *ac, int status, const char *type, const sy_buf *body) {
+static void respond_with(sy_admin_conn *ac, int status, const char *type, const sy_buf *body,
+                         const char *extra) {
   sy_buf_appendf(&ac->out,
-                 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
                  "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-                 status, status == 200 ? "OK" : sy_http_reason(status), type, body->len);
+                 status,
+                 status == 200   ? "OK"
+                 : status == 401 ? "Unauthorized"
+                                 : sy_http_reason(status),
+                 type, body->len, extra);
   sy_buf_append(&ac->out, body->p ? body->p : "", body->len);
+}
+
+static void respond(sy_admin_conn *ac, int status, const char *type, const sy_buf *body) {
+  respond_with(ac, status, type, body, "");
+}
+
+/* ---- authentication ---------------------------------------------------------- */
+
+/* Probes stay open: a kubelet or a container HEALTHCHECK has no token. */
+static int is_probe(const char *path) {
+  return strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0;
+}
+
+/* The Authorization field's value in a request head (NUL-terminated), or NULL. */
+static const char *auth_value(const char *head, size_t *len) {
+  for (const char *p = strstr(head, "\r\n"); p && p[2] != '\r'; p = strstr(p + 2, "\r\n")) {
+    const char *line = p + 2;
+    if (strncasecmp(line, "authorization:", 14) != 0) continue;
+    const char *v = line + 14, *end = strstr(v, "\r\n");
+    while (*v == ' ' || *v == '\t')
+      v++;
+    while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
+      end--;
+    *len = (size_t)(end - v);
+    return v;
+  }
+  return NULL;
+}
+
+/* Compares digests, so neither the content nor the length of the token
+ * shows in the time taken. */
+static int token_equal(const char *given, size_t n, const char *token) {
+  unsigned char a[SHA256_DIGEST_LENGTH], b[SHA256_DIGEST_LENGTH];
+  SHA256((const unsigned char *)given, n, a);
+  SHA256((const unsigned char *)token, strlen(token), b);
+  return CRYPTO_memcmp(a, b, sizeof(a)) == 0;
+}
+
+/* "Bearer TOKEN", or "Basic base64(user:TOKEN)" (any user) for browsers,
+ * which prompt for it after a 401 with a Basic challenge. */
+static int authorized(const char *token, const char *head) {
+  size_t n;
+  const char *v = auth_value(head, &n);
+  if (!v) return 0;
+  if (n > 7 && strncasecmp(v, "Bearer ", 7) == 0) {
+    v += 7, n -= 7;
+    while (n && *v == ' ')
+      v++, n--;
+    return token_equal(v, n, token);
+  }
+  if (n > 6 && strncasecmp(v, "Basic ", 6) == 0) {
+    v += 6, n -= 6;
+    while (n && *v == ' ')
+      v++, n--;
+    if (n == 0 || n % 4 || n > 8192) return 0;
+    unsigned char dec[8192 / 4 * 3 + 1];
+    int m = EVP_DecodeBlock(dec, (const unsigned char *)v, (int)n);
+    if (m < 0) return 0;
+    if (n >= 1 && v[n - 1] == '=') m--; /* EVP_DecodeBlock counts the padding as bytes */
+    if (n >= 2 && v[n - 2] == '=') m--;
+    const unsigned char *colon = memchr(dec, ':', (size_t)m);
+    if (!colon) return 0;
+    size_t plen = (size_t)m - (size_t)(colon + 1 - dec);
+    int ok = token_equal((const char *)colon + 1, plen, token);
+    OPENSSL_cleanse(dec, sizeof(dec));
+    return ok;
+  }
+  return 0;
 }
 
 static void route(sy_admin_conn *ac, const char *method, const char *path) {
   sy_admin_state *st = ac->a->st;
   sy_buf body = {0};
   int head = strcmp(method, "HEAD") == 0;
-  if (strcmp(method, "GET") != 0 && !head) {
+  const char *token = st->cfg->admin_token;
+  if (token && !is_probe(path) && !authorized(token, ac->buf)) {
+    sy_buf_appendf(&body, "unauthorized: send Authorization: Bearer <admin token>\n");
+    respond_with(ac, 401, "text/plain", &body,
+                 "WWW-Authenticate: Bearer realm=\"switchyard admin\"\r\n"
+                 "WWW-Authenticate: Basic realm=\"switchyard admin\", charset=\"UTF-8\"\r\n");
+  } else if (strcmp(method, "GET") != 0 && !head) {
     sy_buf_appendf(&body, "method not allowed\n");
     respond(ac, 405, "text/plain", &body);
   } else if (strcmp(path, "/healthz") == 0) {

@@ -56,14 +56,18 @@ class AdminResponse:
 class AdminPort:
     """A free loopback port for `admin: {address: ...}` and a client for it."""
 
-    def __init__(self):
+    def __init__(self, token=None):
         self.port = free_port()
         self.address = "127.0.0.1:%d" % self.port
         self.config = {"address": self.address}
+        self.token = token  # sent as a bearer token by get() unless headers say otherwise
+        if token:
+            self.config["token"] = token
 
-    def get(self, path, timeout=5.0, method="GET"):
+    def get(self, path, timeout=5.0, method="GET", headers=None):
         """One request on a fresh connection (the admin listener may start a
-        moment after the proxy's own port: refused connects are retried)."""
+        moment after the proxy's own port: refused connects are retried).
+        headers: extra header lines; None sends the bearer token if any."""
         end = time.monotonic() + timeout
         while True:
             try:
@@ -74,7 +78,10 @@ class AdminPort:
                     raise AssertionError("admin listener %s refuses connections" % self.address)
                 time.sleep(0.02)  # poll interval of a bounded condition wait
         try:
-            s.sendall(("%s %s HTTP/1.1\r\nHost: admin\r\n\r\n" % (method, path)).encode())
+            if headers is None:
+                headers = ["Authorization: Bearer %s" % self.token] if self.token else []
+            s.sendall(("%s %s HTTP/1.1\r\nHost: admin\r\n%s\r\n"
+                       % (method, path, "".join(h + "\r\n" for h in headers))).encode())
             r = read_response(Reader(s), deadline_in(timeout), method=method)
             assert r is not None, "admin listener closed without answering %s" % path
             return AdminResponse(r.status, r.head, r.body)

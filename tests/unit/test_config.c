@@ -583,7 +583,8 @@ START_TEST(test_shipped_default) {
   ck_assert_uint_eq(cfg->nlisteners, 1);
   ck_assert_str_eq(cfg->listeners[0].name, "public");
   ck_assert_str_eq(cfg->listeners[0].addr.text, "127.0.0.1:8080");
-  ck_assert_int_eq(cfg->admin_enabled, 0);
+  ck_assert_int_eq(cfg->admin_enabled, 1); /* the status page, on loopback only */
+  ck_assert_str_eq(cfg->admin_addr.text, "127.0.0.1:9901");
   ck_assert_uint_eq(cfg->nupstreams, 1);
   ck_assert_str_eq(cfg->upstreams[0].name, "demo");
   ck_assert_str_eq(cfg->upstreams[0].servers[0].addr.text, "127.0.0.1:9000");
