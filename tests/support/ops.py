@@ -386,15 +386,13 @@ def take_any(ups, timeout=10.0):
 
 # ------------------------------------------------------------------ Chromium --dump-dom
 
-def chromium_dump_dom(url, profile_dir, budget_ms=3000, timeout=60.0):
-    """Headless Chromium loads url, lets virtual time run budget_ms and prints
-    the DOM. Skips (via support.interop.chromium_bin) when chromium is absent."""
+def _chromium(action, url, profile_dir, budget_ms, timeout, extra=()):
     from .interop import chromium_bin
     argv = [chromium_bin(), "--headless", "--no-sandbox", "--disable-gpu",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             "--no-first-run", "--disable-dev-shm-usage", "--no-default-browser-check",
-            "--user-data-dir=%s" % profile_dir, "--virtual-time-budget=%d" % budget_ms,
-            "--dump-dom", url]
+            "--user-data-dir=%s" % profile_dir, "--virtual-time-budget=%d" % budget_ms] + \
+        list(extra) + [action, url]
     env = dict(os.environ, HOME=str(profile_dir))
     env.pop("DBUS_SESSION_BUS_ADDRESS", None)
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -404,15 +402,31 @@ def chromium_dump_dom(url, profile_dir, budget_ms=3000, timeout=60.0):
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
         out, err = p.communicate(timeout=10)
-        raise AssertionError("chromium --dump-dom did not finish within %.0fs: %s"
-                             % (timeout, err.decode(errors="replace")[-2000:]))
+        raise AssertionError("chromium %s did not finish within %.0fs: %s"
+                             % (action, timeout, err.decode(errors="replace")[-2000:]))
     finally:
         try:
             os.killpg(p.pid, signal.SIGKILL)  # helpers it may have left (its own group only)
         except (ProcessLookupError, PermissionError):
             pass
     assert p.returncode == 0, "chromium exited %s: %s" % (p.returncode, err.decode(errors="replace")[-2000:])
-    return out.decode("utf-8", "replace")
+    return out
+
+
+def chromium_dump_dom(url, profile_dir, budget_ms=3000, timeout=60.0):
+    """Headless Chromium loads url, lets virtual time run budget_ms and prints
+    the DOM. Skips (via support.interop.chromium_bin) when chromium is absent."""
+    return _chromium("--dump-dom", url, profile_dir, budget_ms, timeout).decode("utf-8", "replace")
+
+
+def chromium_screenshot(url, profile_dir, png_path, size=(1280, 1100), budget_ms=3000, timeout=60.0):
+    """The same page rendered to a PNG file (returns its bytes)."""
+    _chromium("--screenshot=%s" % png_path, url, profile_dir, budget_ms, timeout,
+              extra=["--window-size=%d,%d" % size, "--hide-scrollbars"])
+    with open(png_path, "rb") as f:
+        data = f.read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG: %s" % png_path
+    return data
 
 
 class _Tables(html.parser.HTMLParser):
