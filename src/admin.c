@@ -294,7 +294,11 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
 
 static void on_connection(uv_stream_t *server, int status) {
   sy_admin *a = server->data;
-  if (status < 0) return;
+  if (status < 0) {
+    /* EMFILE and the like repeat on every poll until they clear */
+    sy_log_every_second(SY_LOG_ERROR, "admin listener: accept failed: %s", uv_strerror(status));
+    return;
+  }
   sy_admin_conn *ac = calloc(1, sizeof(*ac));
   if (!ac) return;
   ac->a = a;
