@@ -378,3 +378,76 @@ void sy_json_time(sy_buf *b, const char *key, int comma) {
   snprintf(ts + n, sizeof(ts) - n, ".%03dZ", (int)(tv.tv_usec / 1000));
   sy_buf_appendf(b, "%s\"%s\":\"%s\"", comma ? "," : "", key, ts);
 }
+
+/* ---- access-log lines ------------------------------------------------------------ */
+
+static void json_http_version(sy_buf *b, int major, int minor) {
+  if (major < 0 || minor < 0 || major > 9 || minor > 9) {
+    sy_buf_append(b, ",\"http_version\":null", 20);
+    return;
+  }
+  char v[] = ",\"http_version\":\"M.m\"";
+  v[17] = (char)('0' + major);
+  v[19] = (char)('0' + minor);
+  sy_buf_append(b, v, sizeof(v) - 1);
+}
+
+void sy_access_format_request(sy_buf *b, const sy_access_request *r) {
+  sy_buf_append(b, "{", 1);
+  sy_json_time(b, "time", 0);
+  sy_buf_append(b, ",\"type\":\"request\"", 17);
+  sy_json_client(b, r->client_ip, r->client_port, 1);
+  sy_json_cstr(b, "method", r->method ? r->method : "-", 1);
+  sy_json_str(b, "host", r->host, r->host_len, 1);
+  sy_json_str(b, "path", r->path, r->path_len, 1);
+  json_http_version(b, r->http_major, r->http_minor);
+  sy_json_cstr(b, "request_id", r->request_id, 1);
+  sy_json_cstr(b, "route", r->route, 1);
+  sy_json_cstr(b, "upstream", r->upstream, 1);
+  sy_buf_appendf(b, ",\"status\":%d", r->status);
+  sy_json_u64(b, "bytes_in", r->bytes_in, 1);
+  sy_json_u64(b, "bytes_out", r->bytes_out, 1);
+  sy_json_ms(b, "duration_ms", r->duration_ns, 1);
+  sy_json_ms(b, "upstream_connect_ms", r->upstream_connect_ns, 1);
+  sy_json_ms(b, "upstream_first_byte_ms", r->upstream_first_byte_ns, 1);
+  sy_json_cstr(b, "termination", sy_term_name(r->termination), 1);
+  sy_buf_append(b, "}\n", 2);
+}
+
+void sy_access_format_tunnel(sy_buf *b, const sy_access_tunnel *t) {
+  sy_buf_append(b, "{", 1);
+  sy_json_time(b, "time", 0);
+  sy_buf_append(b, ",\"type\":\"tunnel\"", 16);
+  sy_json_client(b, t->client_ip, t->client_port, 1);
+  sy_json_cstr(b, "protocol", t->protocol, 1);
+  sy_json_str(b, "host", t->host, t->host_len, 1);
+  sy_json_str(b, "path", t->path, t->path_len, 1);
+  sy_json_cstr(b, "request_id", t->request_id, 1);
+  sy_json_cstr(b, "route", t->route, 1);
+  sy_json_cstr(b, "upstream", t->upstream, 1);
+  sy_json_u64(b, "duration_ms", t->duration_ms, 1);
+  sy_json_u64(b, "bytes_to_upstream", t->bytes_to_upstream, 1);
+  sy_json_u64(b, "bytes_to_client", t->bytes_to_client, 1);
+  sy_json_u64(b, "spliced", t->spliced, 1);
+  sy_json_u64(b, "copied", t->copied, 1);
+  sy_json_cstr(b, "closed_by", t->closed_by, 1);
+  sy_json_cstr(b, "reason", t->reason, 1);
+  sy_json_cstr(b, "termination", sy_term_name(t->termination), 1);
+  sy_buf_append(b, "}\n", 2);
+}
+
+void sy_access_log_request(const sy_access_request *r) {
+  if (!sy_access_log_enabled()) return;
+  sy_buf b = {0};
+  sy_access_format_request(&b, r);
+  if (b.p) sy_access_log_write(b.p, b.len);
+  sy_buf_free(&b);
+}
+
+void sy_access_log_tunnel(const sy_access_tunnel *t) {
+  if (!sy_access_log_enabled()) return;
+  sy_buf b = {0};
+  sy_access_format_tunnel(&b, t);
+  if (b.p) sy_access_log_write(b.p, b.len);
+  sy_buf_free(&b);
+}

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "switchyard/http.h"
+#include "switchyard/termination.h"
 
 enum sy_log_level { SY_LOG_ERROR = 0, SY_LOG_WARN, SY_LOG_INFO, SY_LOG_DEBUG };
 enum sy_log_format { SY_LOG_TEXT = 0, SY_LOG_JSON };
@@ -55,6 +56,50 @@ int sy_access_log_enabled(void);
 void sy_access_log_write(const char *line, size_t len);
 /* Lines dropped because the queue was full (a stuck destination). */
 uint64_t sy_access_log_dropped(void);
+
+/* Access-log lines with every documented field (docs/OPERATIONS.md, "Access
+ * log"), so the format lives here and the connection code only fills a
+ * struct. Strings are (pointer, length) where they come from the request
+ * head, NUL-terminated otherwise; NULL writes null. Durations are in
+ * nanoseconds, < 0 writes null (a phase that did not happen). */
+typedef struct sy_access_request {
+  const char *client_ip; /* text as accepted: "192.0.2.1", "2001:db8::1" */
+  int client_port;
+  const char *method; /* NULL -> "-" (head not parsed) */
+  const char *host;   /* Host value as sent, NULL = absent */
+  size_t host_len;
+  const char *path; /* target up to '?' */
+  size_t path_len;
+  int http_major, http_minor; /* < 0: unknown -> null */
+  const char *request_id;
+  const char *route;    /* name or "#INDEX" */
+  const char *upstream; /* server address text */
+  int status;           /* 0 = nothing sent */
+  uint64_t bytes_in, bytes_out;
+  int64_t duration_ns, upstream_connect_ns, upstream_first_byte_ns;
+  enum sy_term termination;
+} sy_access_request;
+
+typedef struct sy_access_tunnel {
+  const char *client_ip;
+  int client_port;
+  const char *protocol; /* the token the 101 named */
+  const char *host;
+  size_t host_len;
+  const char *path;
+  size_t path_len;
+  const char *request_id, *route, *upstream;
+  uint64_t duration_ms, bytes_to_upstream, bytes_to_client, spliced, copied;
+  const char *closed_by, *reason; /* as before: client|upstream|proxy, eof|reset|... */
+  enum sy_term termination;
+} sy_access_tunnel;
+
+/* One complete line (with '\n') into b. */
+void sy_access_format_request(sy_buf *b, const sy_access_request *r);
+void sy_access_format_tunnel(sy_buf *b, const sy_access_tunnel *t);
+/* Format and queue (nothing when the access log is off). */
+void sy_access_log_request(const sy_access_request *r);
+void sy_access_log_tunnel(const sy_access_tunnel *t);
 
 /* JSON helpers for building a line into a sy_buf. Each writes one member,
  * `"key":value`, preceded by ',' when `comma` is set.

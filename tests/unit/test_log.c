@@ -153,6 +153,91 @@ START_TEST(test_json_numbers_and_client) {
 }
 END_TEST
 
+/* The line after its "time" member (which changes from run to run). */
+static const char *after_time(const sy_buf *b) {
+  ck_assert_msg(b->len > 40 && strncmp(b->p, "{\"time\":\"20", 11) == 0, "%.*s", (int)b->len, b->p);
+  return b->p + strlen("{\"time\":\"2026-12-02T04:03:59.123Z\"");
+}
+
+START_TEST(test_access_lines) {
+  const char *host = "h\xc3\xa9.example:8080 junk";
+  sy_access_request r = {.client_ip = "2001:db8::7",
+                         .client_port = 57728,
+                         .method = "GET",
+                         .host = host,
+                         .host_len = 16,
+                         .path = "/ws\xff",
+                         .path_len = 4,
+                         .http_major = 1,
+                         .http_minor = 1,
+                         .request_id = "abc",
+                         .route = "ws",
+                         .upstream = "127.0.0.1:19000",
+                         .status = 200,
+                         .bytes_in = 142,
+                         .bytes_out = 150,
+                         .duration_ns = 1195000,
+                         .upstream_connect_ns = 112400,
+                         .upstream_first_byte_ns = -1,
+                         .termination = SY_TERM_UPSTREAM_CLOSED};
+  sy_buf b = {0};
+  sy_access_format_request(&b, &r);
+  sy_buf_append(&b, "", 1);
+  ck_assert_str_eq(
+      after_time(&b),
+      ",\"type\":\"request\",\"client_ip\":\"2001:db8::7\",\"client_port\":57728,"
+      "\"method\":\"GET\",\"host\":\"h\xc3\xa9.example:8080\",\"path\":\"/ws\\\\xff\","
+      "\"http_version\":\"1.1\",\"request_id\":\"abc\",\"route\":\"ws\","
+      "\"upstream\":\"127.0.0.1:19000\",\"status\":200,\"bytes_in\":142,\"bytes_out\":150,"
+      "\"duration_ms\":1.195,\"upstream_connect_ms\":0.112,"
+      "\"upstream_first_byte_ms\":null,\"termination\":\"upstream_closed\"}\n");
+  sy_buf_free(&b);
+
+  sy_access_request empty = {.client_port = -1,
+                             .http_major = -1,
+                             .http_minor = -1,
+                             .duration_ns = 0,
+                             .upstream_connect_ns = -1,
+                             .upstream_first_byte_ns = -1};
+  b = (sy_buf){0};
+  sy_access_format_request(&b, &empty);
+  sy_buf_append(&b, "", 1);
+  ck_assert_str_eq(after_time(&b),
+                   ",\"type\":\"request\",\"client_ip\":null,\"client_port\":null,"
+                   "\"method\":\"-\",\"host\":null,\"path\":null,\"http_version\":null,"
+                   "\"request_id\":null,\"route\":null,\"upstream\":null,\"status\":0,"
+                   "\"bytes_in\":0,\"bytes_out\":0,\"duration_ms\":0.000,"
+                   "\"upstream_connect_ms\":null,\"upstream_first_byte_ms\":null,"
+                   "\"termination\":\"ok\"}\n");
+  sy_buf_free(&b);
+
+  sy_access_tunnel t = {.client_ip = "127.0.0.1",
+                        .client_port = 1,
+                        .protocol = "websocket",
+                        .path = "/ws",
+                        .path_len = 3,
+                        .route = "ws",
+                        .duration_ms = 5406,
+                        .bytes_to_upstream = 8,
+                        .bytes_to_client = 4,
+                        .copied = 12,
+                        .closed_by = "client",
+                        .reason = "eof",
+                        .termination = SY_TERM_CLIENT_CLOSED};
+  b = (sy_buf){0};
+  sy_access_format_tunnel(&b, &t);
+  sy_buf_append(&b, "", 1);
+  ck_assert_str_eq(
+      after_time(&b),
+      ",\"type\":\"tunnel\",\"client_ip\":\"127.0.0.1\",\"client_port\":1,"
+      "\"protocol\":\"websocket\",\"host\":null,\"path\":\"/ws\",\"request_id\":null,"
+      "\"route\":\"ws\",\"upstream\":null,\"duration_ms\":5406,"
+      "\"bytes_to_upstream\":8,\"bytes_to_client\":4,\"spliced\":0,\"copied\":12,"
+      "\"closed_by\":\"client\",\"reason\":\"eof\",\"termination\":\"client_closed\"}\n");
+  sy_buf_free(&b);
+}
+END_TEST
+
 /* Runs fn with stderr sent to a file; returns what was written. */
 static char *capture_stderr(void (*fn)(void)) {
   char path[] = "/tmp/sy-log-XXXXXX";
@@ -265,6 +350,7 @@ static Suite *log_suite(void) {
   tcase_add_test(tc, test_json_invalid_bytes);
   tcase_add_test(tc, test_json_exhaustive_small);
   tcase_add_test(tc, test_json_numbers_and_client);
+  tcase_add_test(tc, test_access_lines);
   suite_add_tcase(s, tc);
   tc = tcase_create("diagnostics");
   tcase_add_test(tc, test_levels_text);
