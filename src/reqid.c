@@ -83,3 +83,28 @@ size_t sy_reqid_pick(const char *client, size_t n, char out[SY_REQID_MAX + 1], i
   if (generated) *generated = 1;
   return SY_REQID_GEN_LEN;
 }
+
+size_t sy_reqid_from_head(const sy_head *h, const char *base, const char *header,
+                          char out[SY_REQID_MAX + 1]) {
+  const sy_field *found = NULL;
+  for (size_t i = 0; i < h->nfields; i++) {
+    if (!sy_str_ieq(sy_span_str(base, h->fields[i].name), header)) continue;
+    if (found) return 0; /* two ids: neither is the request's */
+    found = &h->fields[i];
+  }
+  if (!found) return 0;
+  sy_str v = sy_span_str(base, found->value);
+  if (!sy_reqid_valid(v.p, v.len)) return 0;
+  memcpy(out, v.p, v.len);
+  out[v.len] = 0;
+  return v.len;
+}
+
+size_t sy_reqid_for_head(const sy_head *h, const char *base, const char *header,
+                         char out[SY_REQID_MAX + 1], int *generated) {
+  size_t n = sy_reqid_from_head(h, base, header, out);
+  if (generated) *generated = n == 0;
+  if (n) return n;
+  sy_reqid_generate(out);
+  return SY_REQID_GEN_LEN;
+}

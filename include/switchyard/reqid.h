@@ -7,6 +7,8 @@
 
 #include <stddef.h>
 
+#include "switchyard/http.h"
+
 #define SY_REQID_MAX 128    /* longest client id kept */
 #define SY_REQID_GEN_LEN 32 /* generated: 16 random bytes as lower-case hex */
 
@@ -24,5 +26,16 @@ void sy_reqid_generate(char out[SY_REQID_GEN_LEN + 1]);
  * else a generated one. Writes it NUL-terminated into out and returns its
  * length; *generated (if not NULL) says which it was. */
 size_t sy_reqid_pick(const char *client, size_t n, char out[SY_REQID_MAX + 1], int *generated);
+
+/* The client's id in a request head: the value of the one field named
+ * `header` (case-insensitive) when it is sane, copied into out; 0 when the
+ * field is absent, present more than once, or not sane. */
+size_t sy_reqid_from_head(const sy_head *h, const char *base, const char *header,
+                          char out[SY_REQID_MAX + 1]);
+
+/* forwarding.request_id on: the client's id (as above) or a generated one.
+ * Returns the length; *generated says which. */
+size_t sy_reqid_for_head(const sy_head *h, const char *base, const char *header,
+                         char out[SY_REQID_MAX + 1], int *generated);
 
 #endif

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "switchyard/http.h"
 #include "switchyard/reqid.h"
 #include "switchyard/termination.h"
 
@@ -115,6 +116,91 @@ START_TEST(test_termination_names) {
 }
 END_TEST
 
+/* A head from "START\r\nName: value\r\n...\r\n" without llhttp: spans by hand. */
+static void mkhead(sy_head *h, const char *raw, int request) {
+  sy_head_init(h, request, 100);
+  const char *eol = strstr(raw, "\r\n");
+  if (request) {
+    const char *sp = strchr(raw, ' ');
+    h->method = (sy_span){0, (uint32_t)(sp - raw)};
+    const char *sp2 = strchr(sp + 1, ' ');
+    h->target = (sy_span){(uint32_t)(sp + 1 - raw), (uint32_t)(sp2 - sp - 1)};
+  } else {
+    h->status = atoi(raw + 9);
+    h->reason = (sy_span){13, (uint32_t)(eol - raw - 13)};
+  }
+  h->major = h->minor = 1;
+  for (const char *p = eol + 2; strncmp(p, "\r\n", 2) != 0; p = strstr(p, "\r\n") + 2) {
+    const char *colon = strchr(p, ':'), *end = strstr(p, "\r\n"), *v = colon + 1;
+    while (*v == ' ')
+      v++;
+    ck_assert_int_eq(sy_head_on_field(h, (uint32_t)(p - raw), (uint32_t)(colon - p)), 0);
+    ck_assert_int_eq(sy_head_on_value(h, (uint32_t)(v - raw), (uint32_t)(end - v)), 0);
+  }
+}
+
+START_TEST(test_from_head) {
+  char id[SY_REQID_MAX + 1];
+  int gen = -1;
+  sy_head h;
+  const char *one = "GET / HTTP/1.1\r\nHost: a\r\nx-request-ID: id-1\r\n\r\n";
+  mkhead(&h, one, 1);
+  ck_assert_uint_eq(sy_reqid_from_head(&h, one, "X-Request-Id", id), 4);
+  ck_assert_str_eq(id, "id-1");
+  ck_assert_uint_eq(sy_reqid_for_head(&h, one, "X-Request-Id", id, &gen), 4);
+  ck_assert_int_eq(gen, 0);
+  ck_assert_uint_eq(sy_reqid_from_head(&h, one, "X-Trace", id), 0);
+  ck_assert_uint_eq(sy_reqid_for_head(&h, one, "X-Trace", id, &gen), SY_REQID_GEN_LEN);
+  ck_assert_int_eq(gen, 1);
+  sy_head_free(&h);
+  const char *two = "GET / HTTP/1.1\r\nX-Request-Id: a\r\nX-Request-Id: b\r\n\r\n";
+  mkhead(&h, two, 1);
+  ck_assert_uint_eq(sy_reqid_from_head(&h, two, "X-Request-Id", id), 0);
+  sy_head_free(&h);
+  const char *bad = "GET / HTTP/1.1\r\nX-Request-Id: has space\r\n\r\n";
+  mkhead(&h, bad, 1);
+  ck_assert_uint_eq(sy_reqid_from_head(&h, bad, "X-Request-Id", id), 0);
+  sy_head_free(&h);
+}
+END_TEST
+
+static char *built(int request, const char *raw, const char *name, const char *id) {
+  sy_head h;
+  mkhead(&h, raw, request);
+  sy_buf b = {0};
+  if (request) {
+    sy_fwd_opts o = {.request_id_name = name, .request_id = id};
+    ck_assert_int_eq(sy_http_build_request(&b, &h, raw, &o), 0);
+  } else {
+    sy_resp_opts o = {.request_id_name = name, .request_id = id};
+    ck_assert_int_eq(sy_http_build_response(&b, &h, raw, &o), 0);
+  }
+  sy_buf_append(&b, "", 1);
+  sy_head_free(&h);
+  return b.p;
+}
+
+START_TEST(test_forwarded_and_returned) {
+  /* upstream: the client's fields of that name replaced by the request's id */
+  char *s =
+      built(1, "GET /x HTTP/1.1\r\nHost: a\r\nX-Request-Id: evil id\r\nx-request-id: 2\r\n\r\n",
+            "X-Request-Id", "0123abcd");
+  ck_assert_str_eq(s, "GET /x HTTP/1.1\r\nHost: a\r\nX-Request-Id: 0123abcd\r\n\r\n");
+  free(s);
+  /* off: untouched */
+  s = built(1, "GET /x HTTP/1.1\r\nHost: a\r\nX-Request-Id: mine\r\n\r\n", NULL, NULL);
+  ck_assert_str_eq(s, "GET /x HTTP/1.1\r\nHost: a\r\nX-Request-Id: mine\r\n\r\n");
+  free(s);
+  /* client: added to a response without one, the upstream's own kept */
+  s = built(0, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "X-Trace-Id", "abc");
+  ck_assert_str_eq(s, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Trace-Id: abc\r\n\r\n");
+  free(s);
+  s = built(0, "HTTP/1.1 200 OK\r\nx-trace-id: theirs\r\n\r\n", "X-Trace-Id", "abc");
+  ck_assert_str_eq(s, "HTTP/1.1 200 OK\r\nx-trace-id: theirs\r\n\r\n");
+  free(s);
+}
+END_TEST
+
 static Suite *reqid_suite(void) {
   Suite *s = suite_create("reqid");
   TCase *tc = tcase_create("reqid");
@@ -122,6 +208,8 @@ static Suite *reqid_suite(void) {
   tcase_add_test(tc, test_pick);
   tcase_add_test(tc, test_generated_unique_across_threads);
   tcase_add_test(tc, test_termination_names);
+  tcase_add_test(tc, test_from_head);
+  tcase_add_test(tc, test_forwarded_and_returned);
   suite_add_tcase(s, tc);
   return s;
 }
