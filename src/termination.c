@@ -36,3 +36,18 @@ int sy_term_parse(const char *name) {
     if (name && strcmp(name, names[i]) == 0) return i;
   return -1;
 }
+
+enum sy_term sy_term_for_tunnel(const char *closed_by, const char *reason) {
+  int client = closed_by && strcmp(closed_by, "client") == 0;
+  int upstream = closed_by && strcmp(closed_by, "upstream") == 0;
+  if (!reason) reason = "";
+  if (strcmp(reason, "idle_timeout") == 0) return SY_TERM_IDLE_TIMEOUT;
+  if (strcmp(reason, "fin_timeout") == 0) return SY_TERM_FIN_TIMEOUT;
+  if (strcmp(reason, "shutdown") == 0) return SY_TERM_SHUTDOWN;
+  if (strcmp(reason, "eof") == 0 && (client || upstream))
+    return client ? SY_TERM_CLIENT_CLOSED : SY_TERM_UPSTREAM_CLOSED;
+  /* reset, error: the side it happened on */
+  if (client) return SY_TERM_CLIENT_RESET;
+  if (upstream) return SY_TERM_UPSTREAM_RESET;
+  return SY_TERM_INTERNAL;
+}

@@ -39,4 +39,10 @@ const char *sy_term_name(enum sy_term t);
 /* The code for a name, or -1. */
 int sy_term_parse(const char *name);
 
+/* A tunnel's ending (sy_tunnel_stats closed_by / reason) as a code:
+ * eof -> client_closed / upstream_closed (who sent FIN first), reset ->
+ * client_reset / upstream_reset, idle_timeout, fin_timeout, shutdown; an
+ * "error" -> the side's reset; anything else (the proxy's own) -> internal. */
+enum sy_term sy_term_for_tunnel(const char *closed_by, const char *reason);
+
 #endif

@@ -112,6 +112,15 @@ START_TEST(test_termination_names) {
     ck_assert_int_eq(sy_term_parse(n), i);
   }
   ck_assert_int_eq(sy_term_parse("nope"), -1);
+  ck_assert_int_eq(sy_term_for_tunnel("client", "eof"), SY_TERM_CLIENT_CLOSED);
+  ck_assert_int_eq(sy_term_for_tunnel("upstream", "eof"), SY_TERM_UPSTREAM_CLOSED);
+  ck_assert_int_eq(sy_term_for_tunnel("client", "reset"), SY_TERM_CLIENT_RESET);
+  ck_assert_int_eq(sy_term_for_tunnel("upstream", "error"), SY_TERM_UPSTREAM_RESET);
+  ck_assert_int_eq(sy_term_for_tunnel("proxy", "idle_timeout"), SY_TERM_IDLE_TIMEOUT);
+  ck_assert_int_eq(sy_term_for_tunnel("client", "fin_timeout"), SY_TERM_FIN_TIMEOUT);
+  ck_assert_int_eq(sy_term_for_tunnel("proxy", "shutdown"), SY_TERM_SHUTDOWN);
+  ck_assert_int_eq(sy_term_for_tunnel("proxy", "error"), SY_TERM_INTERNAL);
+  ck_assert_int_eq(sy_term_for_tunnel(NULL, NULL), SY_TERM_INTERNAL);
   ck_assert_int_eq(sy_term_parse(NULL), -1);
 }
 END_TEST
