@@ -1,19 +1,27 @@
 #include "switchyard/admin.h"
 
 #include <dirent.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 
 #include "switchyard/http.h"
 #include "switchyard/log.h"
 #include "switchyard/metrics.h"
+#include "switchyard/status.h"
 
 #define SY_ADMIN_MAX_REQ 8192
 
 struct sy_admin {
   uv_tcp_t tcp;
+  uv_timer_t tick;
+  int open_handles; /* freed when both are closed */
   sy_admin_state *st;
+  sy_status_history history;
 };
 
 typedef struct sy_admin_conn {
@@ -24,42 +32,6 @@ typedef struct sy_admin_conn {
   uv_write_t wreq;
   sy_buf out;
 } sy_admin_conn;
-
-static const char status_page[] =
-    "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Switchyard status</title>\n"
-    "<style>body{font:14px sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-    "td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}.down{color:#b00}</style>\n"
-    "</head><body><h1>Switchyard</h1>\n"
-    "<p>generation <span id=\"generation\">?</span>, updated <span id=\"updated\">never</span>"
-    "</p>\n<table id=\"counts\"><tr><th>connections open</th><td id=\"conns\">?</td></tr>"
-    "<tr><th>requests</th><td id=\"requests\">?</td></tr>"
-    "<tr><th>tunnels open</th><td id=\"tunnels_open\">?</td></tr>"
-    "<tr><th>pipes in use</th><td id=\"pipes\">?</td></tr></table>\n"
-    "<h2>Tunnels by route and protocol</h2><table id=\"tunnels\"><tr><th>route</th>"
-    "<th>protocol</th><th>open</th><th>total</th></tr></table>\n"
-    "<h2>Upstreams</h2><table id=\"upstreams\"><tr><th>upstream</th><th>server</th>"
-    "<th>health</th><th>active connections</th></tr></table>\n"
-    "<script>\n"
-    "function cell(r,t,c){var d=r.insertCell();d.textContent=t;if(c)d.className=c;}\n"
-    "function fill(id,rows,f){var t=document.getElementById(id);"
-    "while(t.rows.length>1)t.deleteRow(1);rows.forEach(function(x){f(t.insertRow(),x);});}\n"
-    "function refresh(){fetch('/status.json').then(function(r){return r.json();})"
-    ".then(function(s){\n"
-    " document.getElementById('generation').textContent=s.generation;\n"
-    " document.getElementById('conns').textContent=s.connections_open;\n"
-    " document.getElementById('requests').textContent=s.requests;\n"
-    " document.getElementById('tunnels_open').textContent=s.tunnels_open;\n"
-    " document.getElementById('pipes').textContent=s.pipes_in_use;\n"
-    " document.getElementById('updated').textContent=new Date().toISOString();\n"
-    " fill('tunnels',s.tunnels,function(r,x){cell(r,x.route);cell(r,x.protocol);"
-    "cell(r,x.open);cell(r,x.total);});\n"
-    " var ups=[];s.upstreams.forEach(function(u){u.servers.forEach(function(v){"
-    "ups.push([u.name,v]);});});\n"
-    " fill('upstreams',ups,function(r,x){cell(r,x[0]);cell(r,x[1].address);"
-    "cell(r,x[1].up?'up':'down',x[1].up?'':'down');cell(r,x[1].active);});\n"
-    "}).catch(function(){});}\n"
-    "refresh();setInterval(refresh,1000);\n"
-    "</script></body></html>\n";
 
 static sy_metrics **tables(sy_admin_state *st, size_t *n) {
   sy_metrics **ms = calloc(st->nworkers + 1, sizeof(*ms));
@@ -144,7 +116,7 @@ static void render_metrics(sy_admin_state *st, sy_buf *b) {
                  (unsigned long long)st->reloads_ok, (unsigned long long)st->reloads_failed);
   single(b, "switchyard_config_generation", (long long)st->generation);
   single(b, "switchyard_config_last_reload_success_timestamp_seconds",
-         (long long)st->last_reload_ok);
+         (long long)st->last_reload_success);
   single(b, "switchyard_workers", st->nworkers);
   single(b, "switchyard_access_log_dropped_total", (long long)sy_access_log_dropped());
   sy_buf l = {0};
@@ -164,110 +136,116 @@ static void render_metrics(sy_admin_state *st, sy_buf *b) {
   server_family(b, st->cfg, "switchyard_upstream_ejections_total", COL_EJECTIONS);
 }
 
-/* A label value as the exposition format escaped it, back to its text. */
-static size_t unescape_label(const char *p, char *out, size_t cap) {
-  size_t n = 0;
-  for (; *p && *p != '"' && n + 1 < cap; p++) {
-    if (*p == '\\' && p[1]) {
-      p++;
-      out[n++] = *p == 'n' ? '\n' : *p;
-    } else {
-      out[n++] = *p;
-    }
-  }
-  out[n] = 0;
-  return n;
+/* The page's figures come from the same text /metrics serves. */
+static void render_status_json(sy_admin *a, sy_buf *b) {
+  sy_buf m = {0};
+  render_metrics(a->st, &m);
+  sy_status_json(b, a->st, &a->history, m.p ? m.p : "", m.len);
+  sy_buf_free(&m);
 }
 
-/* Tunnel series to JSON rows: the label text is already quoted and escaped
- * for Prometheus, which for these names is valid JSON string content too. */
-struct tun_rows {
-  sy_buf *b;
-  int first;
-  sy_metrics **ms;
-  size_t n;
-};
-
-static void tunnel_row(const char *name, const char *labels, int64_t v, void *arg) {
-  struct tun_rows *t = arg;
-  if (strcmp(name, "switchyard_tunnels_total") != 0) return;
-  const char *r = strstr(labels, "route=\""), *p = strstr(labels, "protocol=\"");
-  if (!r || !p) return;
-  int64_t open = sy_metrics_get(t->ms, t->n, "switchyard_tunnels_open", labels);
-  char route[512], proto[512];
-  size_t rl = unescape_label(r + 7, route, sizeof(route));
-  size_t pl = unescape_label(p + 10, proto, sizeof(proto));
-  sy_buf_appendf(t->b, "%s{", t->first ? "" : ",");
-  sy_json_str(t->b, "route", route, rl, 0);
-  sy_json_str(t->b, "protocol", proto, pl, 1);
-  sy_buf_appendf(t->b, ",\"open\":%lld,\"total\":%lld}", (long long)open, (long long)v);
-  t->first = 0;
+/* One sample a second for the graphs, taken whether or not anyone looks, so
+ * the page shows the last minutes as soon as it opens. */
+static void on_tick(uv_timer_t *t) {
+  sy_admin *a = t->data;
+  sy_buf m = {0};
+  render_metrics(a->st, &m);
+  sy_status_record(&a->history, m.p ? m.p : "", m.len);
+  sy_buf_free(&m);
 }
 
-struct fam {
-  const char *f;
-  int64_t v;
-};
-
-static void fam_add(const char *name, const char *labels, int64_t v, void *arg) {
-  struct fam *f = arg;
-  if (strcmp(name, f->f) == 0) f->v += v;
-}
-
-static int64_t family_sum(sy_metrics **ms, size_t n, const char *family) {
-  struct fam f = {family, 0};
-  sy_metrics_each(ms, n, fam_add, &f);
-  return f.v;
-}
-
-static void render_status_json(sy_admin_state *st, sy_buf *b) {
-  size_t n;
-  sy_metrics **ms = tables(st, &n);
-  if (!ms) return;
-  sy_pipe_pool_stats p;
-  pipes(st, &p);
-  sy_buf_appendf(b,
-                 "{\"generation\":%llu,\"draining\":%s,\"connections_open\":%lld,"
-                 "\"requests\":%lld,\"tunnels_open\":%lld,\"pipes_in_use\":%llu,\"tunnels\":[",
-                 (unsigned long long)st->generation, st->draining ? "true" : "false",
-                 (long long)family_sum(ms, n, "switchyard_connections_open"),
-                 (long long)family_sum(ms, n, "switchyard_requests_total"),
-                 (long long)family_sum(ms, n, "switchyard_tunnels_open"),
-                 (unsigned long long)p.in_use);
-  struct tun_rows t = {b, 1, ms, n};
-  sy_metrics_each(ms, n, tunnel_row, &t);
-  sy_buf_appendf(b, "],\"upstreams\":[");
-  for (size_t u = 0; u < st->cfg->nupstreams; u++) {
-    const sy_upstream_cfg *up = &st->cfg->upstreams[u];
-    sy_buf_appendf(b, "%s{", u ? "," : "");
-    sy_json_str(b, "name", up->name, strlen(up->name), 0);
-    sy_buf_appendf(b, ",\"servers\":[");
-    for (size_t i = 0; i < up->nservers; i++) {
-      sy_buf_appendf(b, "%s{", i ? "," : "");
-      sy_json_str(b, "address", up->servers[i].addr.text, strlen(up->servers[i].addr.text), 0);
-      sy_buf_appendf(b, ",\"up\":%s,\"active\":%d}",
-                     __atomic_load_n(&up->servers[i].rt->down, __ATOMIC_RELAXED) ? "false" : "true",
-                     __atomic_load_n(&up->servers[i].rt->active, __ATOMIC_RELAXED));
-    }
-    sy_buf_appendf(b, "]}");
-  }
-  sy_buf_appendf(b, "]}\n");
-  free(ms);
+static void respond_with(sy_admin_conn *ac, int status, const char *type, const sy_buf *body,
+                         const char *extra) {
+  sy_buf_appendf(&ac->out,
+                 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
+                 "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+                 status,
+                 status == 200   ? "OK"
+                 : status == 401 ? "Unauthorized"
+                                 : sy_http_reason(status),
+                 type, body->len, extra);
+  sy_buf_append(&ac->out, body->p ? body->p : "", body->len);
 }
 
 static void respond(sy_admin_conn *ac, int status, const char *type, const sy_buf *body) {
-  sy_buf_appendf(&ac->out,
-                 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                 "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-                 status, status == 200 ? "OK" : sy_http_reason(status), type, body->len);
-  sy_buf_append(&ac->out, body->p ? body->p : "", body->len);
+  respond_with(ac, status, type, body, "");
+}
+
+/* ---- authentication ---------------------------------------------------------- */
+
+/* Probes stay open: a kubelet or a container HEALTHCHECK has no token. */
+static int is_probe(const char *path) {
+  return strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0;
+}
+
+/* The Authorization field's value in a request head (NUL-terminated), or NULL. */
+static const char *auth_value(const char *head, size_t *len) {
+  for (const char *p = strstr(head, "\r\n"); p && p[2] != '\r'; p = strstr(p + 2, "\r\n")) {
+    const char *line = p + 2;
+    if (strncasecmp(line, "authorization:", 14) != 0) continue;
+    const char *v = line + 14, *end = strstr(v, "\r\n");
+    while (*v == ' ' || *v == '\t')
+      v++;
+    while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
+      end--;
+    *len = (size_t)(end - v);
+    return v;
+  }
+  return NULL;
+}
+
+/* Compares digests, so neither the content nor the length of the token
+ * shows in the time taken. */
+static int token_equal(const char *given, size_t n, const char *token) {
+  unsigned char a[SHA256_DIGEST_LENGTH], b[SHA256_DIGEST_LENGTH];
+  SHA256((const unsigned char *)given, n, a);
+  SHA256((const unsigned char *)token, strlen(token), b);
+  return CRYPTO_memcmp(a, b, sizeof(a)) == 0;
+}
+
+/* "Bearer TOKEN", or "Basic base64(user:TOKEN)" (any user) for browsers,
+ * which prompt for it after a 401 with a Basic challenge. */
+static int authorized(const char *token, const char *head) {
+  size_t n;
+  const char *v = auth_value(head, &n);
+  if (!v) return 0;
+  if (n > 7 && strncasecmp(v, "Bearer ", 7) == 0) {
+    v += 7, n -= 7;
+    while (n && *v == ' ')
+      v++, n--;
+    return token_equal(v, n, token);
+  }
+  if (n > 6 && strncasecmp(v, "Basic ", 6) == 0) {
+    v += 6, n -= 6;
+    while (n && *v == ' ')
+      v++, n--;
+    if (n == 0 || n % 4 || n > 8192) return 0;
+    unsigned char dec[8192 / 4 * 3 + 1];
+    int m = EVP_DecodeBlock(dec, (const unsigned char *)v, (int)n);
+    if (m < 0) return 0;
+    if (n >= 1 && v[n - 1] == '=') m--; /* EVP_DecodeBlock counts the padding as bytes */
+    if (n >= 2 && v[n - 2] == '=') m--;
+    const unsigned char *colon = memchr(dec, ':', (size_t)m);
+    if (!colon) return 0;
+    size_t plen = (size_t)m - (size_t)(colon + 1 - dec);
+    int ok = token_equal((const char *)colon + 1, plen, token);
+    OPENSSL_cleanse(dec, sizeof(dec));
+    return ok;
+  }
+  return 0;
 }
 
 static void route(sy_admin_conn *ac, const char *method, const char *path) {
   sy_admin_state *st = ac->a->st;
   sy_buf body = {0};
   int head = strcmp(method, "HEAD") == 0;
-  if (strcmp(method, "GET") != 0 && !head) {
+  const char *token = st->cfg->admin_token;
+  if (token && !is_probe(path) && !authorized(token, ac->buf)) {
+    sy_buf_appendf(&body, "unauthorized: send Authorization: Bearer <admin token>\n");
+    respond_with(ac, 401, "text/plain", &body,
+                 "WWW-Authenticate: Bearer realm=\"switchyard admin\"\r\n"
+                 "WWW-Authenticate: Basic realm=\"switchyard admin\", charset=\"UTF-8\"\r\n");
+  } else if (strcmp(method, "GET") != 0 && !head) {
     sy_buf_appendf(&body, "method not allowed\n");
     respond(ac, 405, "text/plain", &body);
   } else if (strcmp(path, "/healthz") == 0) {
@@ -280,11 +258,16 @@ static void route(sy_admin_conn *ac, const char *method, const char *path) {
     render_metrics(st, &body);
     respond(ac, 200, "text/plain; version=0.0.4", &body);
   } else if (strcmp(path, "/status.json") == 0) {
-    render_status_json(st, &body);
+    render_status_json(ac->a, &body);
     respond(ac, 200, "application/json", &body);
   } else if (strcmp(path, "/status") == 0 || strcmp(path, "/") == 0) {
-    sy_buf_append(&body, status_page, sizeof(status_page) - 1);
-    respond(ac, 200, "text/html; charset=utf-8", &body);
+    size_t n;
+    const char *page = sy_status_page(&n);
+    sy_buf_append(&body, page, n);
+    respond_with(ac, 200, "text/html; charset=utf-8", &body,
+                 "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "
+                 "style-src 'unsafe-inline'; connect-src 'self'\r\n"
+                 "X-Content-Type-Options: nosniff\r\n");
   } else {
     sy_buf_appendf(&body, "not found\n");
     respond(ac, 404, "text/plain", &body);
@@ -344,7 +327,11 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
 
 static void on_connection(uv_stream_t *server, int status) {
   sy_admin *a = server->data;
-  if (status < 0) return;
+  if (status < 0) {
+    /* EMFILE and the like repeat on every poll until they clear */
+    sy_log_every_second(SY_LOG_ERROR, "admin listener: accept failed: %s", uv_strerror(status));
+    return;
+  }
   sy_admin_conn *ac = calloc(1, sizeof(*ac));
   if (!ac) return;
   ac->a = a;
@@ -354,22 +341,36 @@ static void on_connection(uv_stream_t *server, int status) {
     uv_close((uv_handle_t *)&ac->tcp, on_conn_closed);
 }
 
+static void admin_closed(uv_handle_t *h) {
+  sy_admin *a = h->data;
+  if (--a->open_handles == 0) free(a);
+}
+
+static void admin_close(sy_admin *a) {
+  uv_close((uv_handle_t *)&a->tcp, admin_closed);
+  uv_close((uv_handle_t *)&a->tick, admin_closed);
+}
+
 sy_admin *sy_admin_start(uv_loop_t *loop, const sy_addr *addr, sy_admin_state *st) {
   sy_admin *a = calloc(1, sizeof(*a));
   if (!a) return NULL;
   a->st = st;
   uv_tcp_init(loop, &a->tcp);
-  a->tcp.data = a;
+  uv_timer_init(loop, &a->tick);
+  a->tcp.data = a->tick.data = a;
+  a->open_handles = 2;
   int rc = uv_tcp_bind(&a->tcp, (const struct sockaddr *)&addr->sa, 0);
   if (rc == 0) rc = uv_listen((uv_stream_t *)&a->tcp, 128, on_connection);
   if (rc < 0) {
     sy_log_error("admin listener on %s: %s", addr->text, uv_strerror(rc));
-    uv_close((uv_handle_t *)&a->tcp, (uv_close_cb)free);
+    admin_close(a);
     return NULL;
   }
+  on_tick(&a->tick); /* the baseline: the first second's rate is measured from here */
+  uv_timer_start(&a->tick, on_tick, 1000, 1000);
   return a;
 }
 
 void sy_admin_stop(sy_admin *a) {
-  if (a) uv_close((uv_handle_t *)&a->tcp, (uv_close_cb)free);
+  if (a) admin_close(a);
 }

@@ -3,6 +3,7 @@
  * table driven: each mapping is described by a key_spec table, and one generic
  * walker rejects unknown and duplicate keys before calling the per-key handler. */
 #include "switchyard/config.h"
+#include "switchyard/log.h"
 #include "switchyard/tls.h"
 
 #include <errno.h>
@@ -24,7 +25,8 @@ typedef struct ctx {
   yaml_document_t *doc;
   sy_config *cfg;
   sy_config_error *err;
-  int resolve; /* 0 under SY_CONFIG_NO_RESOLVE: host names are checked, not looked up */
+  int resolve; /* 0 under SY_CONFIG_NO_RESOLVE: host names are checked, not looked up, and
+                  admin.token_file is not read */
 } ctx;
 
 /* A handler gets the object being filled and the offset of its field, so most
@@ -618,15 +620,66 @@ static int h_listeners(ctx *c, yaml_node_t *v, const char *path, void *obj, size
 
 /* ----------------------------------------------------------------- admin */
 
+#define SY_TOKEN_MIN 16
+#define SY_TOKEN_MAX 4096
+
+/* A bearer token: visible ASCII, no spaces (RFC 6750 allows less, but any of
+ * these survives a header and a file); short ones are refused as guessable. */
+static int check_token(ctx *c, const yaml_node_t *v, const char *path, const char *t, size_t n) {
+  if (n < SY_TOKEN_MIN || n > SY_TOKEN_MAX)
+    return fail(c, v, "%s: the token must be %d to %d characters long, got %zu", path, SY_TOKEN_MIN,
+                SY_TOKEN_MAX, n);
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned char)t[i] <= 0x20 || (unsigned char)t[i] >= 0x7f)
+      return fail(c, v, "%s: the token may only contain visible ASCII characters (byte %zu is not)",
+                  path, i + 1);
+  return 0;
+}
+
+static int h_admin_token(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
+  sy_config *cfg = obj;
+  const char *s = NULL;
+  if (cfg->admin_token) return fail(c, v, "admin: token and token_file are exclusive");
+  if (want_string(c, v, path, &s) < 0 || check_token(c, v, path, s, strlen(s)) < 0) return -1;
+  return dup_text(c, v, s, &cfg->admin_token);
+}
+
+/* Read at every load, so a reload picks up a rotated secret. One trailing
+ * newline (or CRLF) is ignored: `echo TOKEN > file` must work. */
+static int h_admin_token_file(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
+  sy_config *cfg = obj;
+  const char *s = NULL;
+  if (cfg->admin_token) return fail(c, v, "admin: token and token_file are exclusive");
+  if (want_string(c, v, path, &s) < 0) return -1;
+  /* A check (-t) runs where the secret is not mounted (CI, a laptop): the
+   * path is noted, the file is read when the configuration is loaded to run. */
+  if (!c->resolve) return dup_text(c, v, "(token_file: not read by a check)", &cfg->admin_token);
+  FILE *f = fopen(s, "r");
+  if (!f) return fail(c, v, "%s: cannot read \"%s\": %s", path, s, strerror(errno));
+  char buf[SY_TOKEN_MAX + 3];
+  size_t n = fread(buf, 1, sizeof(buf), f);
+  int err = ferror(f);
+  fclose(f);
+  if (err) return fail(c, v, "%s: cannot read \"%s\"", path, s);
+  if (n && buf[n - 1] == '\n') n--;
+  if (n && buf[n - 1] == '\r') n--;
+  if (check_token(c, v, path, buf, n) < 0) return -1;
+  if (!(cfg->admin_token = strndup(buf, n))) return oom(c, v);
+  return 0;
+}
+
+enum { AK_ADDRESS, AK_TOKEN, AK_TOKEN_FILE };
 static const key_spec admin_keys[] = {
-    {"address", h_bind_addr, offsetof(sy_config, admin_addr)},
+    [AK_ADDRESS] = {"address", h_bind_addr, offsetof(sy_config, admin_addr)},
+    [AK_TOKEN] = {"token", h_admin_token, 0},
+    [AK_TOKEN_FILE] = {"token_file", h_admin_token_file, 0},
 };
 
 static int h_admin(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_config *cfg = obj;
   unsigned seen = 0;
   if (parse_map(c, v, path, admin_keys, NKEYS(admin_keys), cfg, &seen) < 0 ||
-      require_keys(c, v, path, admin_keys, seen, 1u /* address */) < 0)
+      require_keys(c, v, path, admin_keys, seen, 1u << AK_ADDRESS) < 0)
     return -1;
   cfg->admin_enabled = 1;
   return 0;
@@ -1025,11 +1078,27 @@ static int h_limits(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t 
   return parse_map(c, v, path, limits_keys, NKEYS(limits_keys), obj, NULL);
 }
 
+static int is_tchar(unsigned char ch) {
+  if ((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')) return 1;
+  return ch && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
+}
+
+static int h_header_name(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
+  const char *s = NULL;
+  if (want_string(c, v, path, &s) < 0) return -1;
+  for (const char *p = s; *p; p++)
+    if (!is_tchar((unsigned char)*p))
+      return fail(c, v, "%s: \"%s\" is not a valid header field name", path, s);
+  return dup_text(c, v, s, FIELD(obj, off, char *));
+}
+
 static const key_spec forwarding_keys[] = {
     {"x_forwarded_for", h_bool, offsetof(sy_forwarding, x_forwarded_for)},
     {"x_forwarded_proto", h_bool, offsetof(sy_forwarding, x_forwarded_proto)},
     {"x_forwarded_host", h_bool, offsetof(sy_forwarding, x_forwarded_host)},
     {"via", h_bool, offsetof(sy_forwarding, via)},
+    {"request_id", h_bool, offsetof(sy_forwarding, request_id)},
+    {"request_id_header", h_header_name, offsetof(sy_forwarding, request_id_header)},
 };
 
 static int h_forwarding(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
@@ -1069,6 +1138,30 @@ static int h_paths(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t o
   return 0;
 }
 
+static int h_log_level(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
+  sy_config *cfg = obj;
+  const char *s = NULL;
+  enum sy_log_level l;
+  if (want_string(c, v, path, &s) < 0) return -1;
+  if (sy_log_level_parse(s, &l) < 0)
+    return fail(c, v, "%s: expected error, warn, info or debug, got \"%s\"", path, s);
+  cfg->log_level = (int)l;
+  return 0;
+}
+
+static int h_log_format(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
+  sy_config *cfg = obj;
+  const char *s = NULL;
+  if (want_string(c, v, path, &s) < 0) return -1;
+  if (strcmp(s, "text") == 0)
+    cfg->log_format = SY_LOG_TEXT;
+  else if (strcmp(s, "json") == 0)
+    cfg->log_format = SY_LOG_JSON;
+  else
+    return fail(c, v, "%s: expected text or json, got \"%s\"", path, s);
+  return 0;
+}
+
 enum { TK_WORKERS, TK_LISTENERS };
 static const key_spec top_keys[] = {
     [TK_WORKERS] = {"workers", h_workers, 0},
@@ -1081,6 +1174,8 @@ static const key_spec top_keys[] = {
     {"forwarding", h_forwarding, 0},
     {"paths", h_paths, 0},
     {"access_log", h_str, offsetof(sy_config, access_log)},
+    {"log_level", h_log_level, 0},
+    {"log_format", h_log_format, 0},
 };
 
 static void set_defaults(sy_config *cfg) {
@@ -1097,8 +1192,10 @@ static void set_defaults(sy_config *cfg) {
                                 .body_idle = 60000};
   cfg->limits =
       (sy_limits){.max_connections = 100000, .max_header_bytes = 32768, .max_headers = 100};
-  cfg->forwarding = (sy_forwarding){1, 1, 1, 1};
+  cfg->forwarding = (sy_forwarding){1, 1, 1, 1, 1, NULL};
   cfg->paths = (sy_paths){.normalize = 1, .merge_slashes = 1};
+  cfg->log_level = SY_LOG_INFO;
+  cfg->log_format = SY_LOG_TEXT;
 }
 
 static int check_admin(ctx *c, yaml_node_t *root) {
@@ -1115,6 +1212,9 @@ static int parse_root(ctx *c, yaml_node_t *root) {
   unsigned seen = 0;
   if (parse_map(c, root, "", top_keys, NKEYS(top_keys), c->cfg, &seen) < 0 ||
       require_keys(c, root, "", top_keys, seen, 1u << TK_LISTENERS) < 0)
+    return -1;
+  if (!c->cfg->forwarding.request_id_header &&
+      dup_text(c, root, "X-Request-Id", &c->cfg->forwarding.request_id_header) < 0)
     return -1;
   return resolve_routes(c, root) < 0 ? -1 : check_admin(c, root);
 }
@@ -1221,6 +1321,8 @@ static void free_config(sy_config *cfg) {
     free_route(&cfg->routes[i]);
   free(cfg->routes);
   free(cfg->access_log);
+  free(cfg->admin_token);
+  free(cfg->forwarding.request_id_header);
   free(cfg->path);
   free(cfg);
 }

@@ -301,6 +301,12 @@ static int append_line_kv(sy_buf *out, const char *name_colon_sp, const char *va
 
 #define CRLF "\r\n"
 
+static int append_field(sy_buf *out, const char *name, const char *value) {
+  int rc = sy_buf_append(out, name, strlen(name));
+  rc |= sy_buf_append(out, ": ", 2);
+  return rc | append_line_kv(out, "", value);
+}
+
 static int append_line(sy_buf *b, const char *base, const sy_field *f) {
   if (f->value.len == 0) {
     /* llhttp reports no value span for an empty or all-blank value; the line
@@ -383,6 +389,7 @@ int sy_http_build_request(sy_buf *out, const sy_head *h, const char *base, const
     if (sy_head_is_hop(h, base, name) && !needed_by_upgrade(name, o)) continue;
     if (o->xfproto && sy_str_ieq(name, "x-forwarded-proto")) continue;
     if (o->xfhost && sy_str_ieq(name, "x-forwarded-host")) continue;
+    if (o->request_id && sy_str_ieq(name, o->request_id_name)) continue;
     if (o->nupgrades && o->ws_protocols_restricted && sy_str_ieq(name, "sec-websocket-protocol")) {
       /* The route narrows the offers: one line with what survives, where the
        * first offer line stood, so the field keeps its place. */
@@ -419,6 +426,7 @@ int sy_http_build_request(sy_buf *out, const sy_head *h, const char *base, const
     rc |= sy_buf_append(out, CRLF, 2);
   }
   if (o->via) rc |= sy_buf_append(out, "Via: 1.1 switchyard" CRLF, 21);
+  if (o->request_id) rc |= append_field(out, o->request_id_name, o->request_id);
   rc |= sy_buf_append(out, CRLF, 2);
   return rc ? -1 : 0;
 }
@@ -457,6 +465,8 @@ int sy_http_build_response(sy_buf *out, const sy_head *h, const char *base, cons
   else if (o->keep_alive10)
     rc |= sy_buf_append(out, "Connection: keep-alive" CRLF, 24);
   if (o->via) rc |= sy_buf_append(out, "Via: 1.1 switchyard" CRLF, 21);
+  if (o->request_id && !sy_head_find(h, base, o->request_id_name))
+    rc |= append_field(out, o->request_id_name, o->request_id);
   rc |= sy_buf_append(out, CRLF, 2);
   return rc ? -1 : 0;
 }

@@ -4,9 +4,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <openssl/crypto.h>
 #include <uv.h>
+#include <yaml.h>
 
 #include "switchyard/admin.h"
 #include "switchyard/config.h"
@@ -33,13 +36,26 @@ typedef struct sy_main {
 
 static sy_main M;
 
+/* Exit codes, also in docs/OPERATIONS.md. */
+enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
+
 static void usage(FILE *out) {
   fprintf(out,
-          "usage: switchyard [-c FILE] [-t] [-v]\n"
-          "  -c FILE  configuration (default /etc/switchyard/switchyard.yaml)\n"
-          "  -t       check the configuration and exit (0 valid, 1 invalid)\n"
-          "  -v       print the version and exit\n"
-          "signals: HUP/USR2 reload, TERM/INT drain and exit, QUIT exit now, USR1 reopen log\n");
+          "usage: switchyard [-c FILE] [-t] [-v] [-h]\n"
+          "  -c, --config FILE  configuration (default /etc/switchyard/switchyard.yaml)\n"
+          "  -t, --check        check the configuration and exit\n"
+          "  -v, --version      print the version and exit\n"
+          "  -h, --help         print this help and exit\n"
+          "exit codes: 0 stopped cleanly (or -t: valid), 1 configuration invalid or start-up\n"
+          "failed, 2 bad command line\n"
+          "signals: HUP/USR2 reload, TERM/INT drain and exit, QUIT exit now, USR1 reopen the access "
+          "log\n");
+}
+
+static void version(void) {
+  printf("switchyard %s\n", SY_VERSION);
+  printf("libuv %s, %s, libyaml %s\n", uv_version_string(), OpenSSL_version(OPENSSL_VERSION),
+         yaml_get_version_string());
 }
 
 static void raise_nofile(void) {
@@ -67,7 +83,7 @@ static void set_fd_budget(unsigned nworkers) {
 static void note_fd_budget(const sy_config *cfg) {
   uint64_t eff = sy_worker_max_conns(cfg);
   if (eff < cfg->limits.max_connections)
-    sy_log_info("limits.max_connections %llu is more than the descriptor limit allows: "
+    sy_log_warn("limits.max_connections %llu is more than the descriptor limit allows: "
                 "accepting at most %llu connections (2 descriptors each, RLIMIT_NOFILE)",
                 (unsigned long long)cfg->limits.max_connections, (unsigned long long)eff);
 }
@@ -79,10 +95,15 @@ static void reload(void) {
   sy_config *cfg = sy_config_load(M.path, &err);
   if (!cfg) {
     M.admin_state.reloads_failed++;
+    M.admin_state.last_reload_ok = 0;
+    M.admin_state.last_reload_time = time(NULL);
+    snprintf(M.admin_state.last_reload_error, sizeof(M.admin_state.last_reload_error), "%s",
+             err.msg);
     sy_log_error("reload refused, running configuration kept: %s", err.msg);
     return;
   }
   sy_config_adopt_state(cfg, M.admin_state.cfg);
+  sy_log_configure((enum sy_log_level)cfg->log_level, (enum sy_log_format)cfg->log_format);
   note_fd_budget(cfg);
   for (unsigned i = 0; i < M.nworkers; i++)
     sy_worker_reload(&M.workers[i], cfg);
@@ -93,11 +114,14 @@ static void reload(void) {
   if (sy_access_log_open(cfg->access_log) < 0) sy_log_error("reload: access log unchanged");
   M.admin_state.reloads_ok++;
   M.admin_state.generation++;
-  M.admin_state.last_reload_ok = time(NULL);
+  M.admin_state.last_reload_success = time(NULL);
   if (sy_metrics_capacity(cfg) > sy_metrics_size(M.workers[0].env.metrics))
     sy_log_error("reload: the metrics tables were sized for the configuration at start; with "
                  "this one they may fill (counted in switchyard_metrics_series_dropped_total), "
                  "a restart sizes them anew");
+  M.admin_state.last_reload_ok = 1;
+  M.admin_state.last_reload_time = time(NULL);
+  M.admin_state.last_reload_error[0] = 0;
   sy_log_info("reloaded %s (generation %llu)", M.path,
               (unsigned long long)M.admin_state.generation);
 }
@@ -160,13 +184,21 @@ static void on_signal(uv_signal_t *s, int signum) {
 static void warn_unimplemented(const sy_config *cfg) {
   for (size_t i = 0; i < cfg->nupstreams; i++)
     if (cfg->upstreams[i].tls.enabled && !cfg->upstreams[i].tls.verify)
-      sy_log_info("upstream %s: TLS certificate verification is off", cfg->upstreams[i].name);
+      sy_log_warn("upstream %s: TLS certificate verification is off", cfg->upstreams[i].name);
 }
+
+static const struct option long_opts[] = {
+    {"config", required_argument, NULL, 'c'},
+    {"check", no_argument, NULL, 't'},
+    {"version", no_argument, NULL, 'v'},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
 
 int main(int argc, char **argv) {
   int check_only = 0, opt;
   M.path = "/etc/switchyard/switchyard.yaml";
-  while ((opt = getopt(argc, argv, "c:tvh")) != -1) {
+  while ((opt = getopt_long(argc, argv, "c:tvh", long_opts, NULL)) != -1) {
     switch (opt) {
     case 'c':
       M.path = optarg;
@@ -175,36 +207,38 @@ int main(int argc, char **argv) {
       check_only = 1;
       break;
     case 'v':
-      printf("switchyard %s\n", SY_VERSION);
-      return 0;
+      version();
+      return EXIT_OK;
     case 'h':
       usage(stdout);
-      return 0;
+      return EXIT_OK;
     default:
       usage(stderr);
-      return 2;
+      return EXIT_USAGE;
     }
   }
   if (optind != argc) {
+    fprintf(stderr, "switchyard: unexpected argument \"%s\"\n", argv[optind]);
     usage(stderr);
-    return 2;
+    return EXIT_USAGE;
   }
   sy_config_error err;
   sy_config *cfg = sy_config_load_flags(M.path, check_only ? SY_CONFIG_NO_RESOLVE : 0, &err);
   if (!cfg) {
     fprintf(stderr, "%s\n", err.msg);
-    return 1;
+    return EXIT_FAIL;
   }
   if (check_only) {
     fprintf(stderr, "%s: configuration ok\n", M.path);
     sy_config_unref(cfg);
-    return 0;
+    return EXIT_OK;
   }
+  sy_log_configure((enum sy_log_level)cfg->log_level, (enum sy_log_format)cfg->log_format);
   signal(SIGPIPE, SIG_IGN);
   raise_nofile();
   if (sy_access_log_open(cfg->access_log) < 0) {
     sy_config_unref(cfg);
-    return 1;
+    return EXIT_FAIL;
   }
   warn_unimplemented(cfg);
   /* Signal handlers first: a SIGTERM that arrives as soon as the port
@@ -217,7 +251,8 @@ int main(int argc, char **argv) {
   }
   M.admin_state.cfg = cfg;
   M.admin_state.version = SY_VERSION;
-  M.admin_state.start_time = M.admin_state.last_reload_ok = time(NULL);
+  M.admin_state.start_time = M.admin_state.last_reload_success = time(NULL);
+  M.admin_state.started = time(NULL);
   M.admin_state.main = sy_metrics_new(sy_metrics_capacity(cfg));
   M.nworkers = cfg->workers;
   if (!M.nworkers) {
@@ -256,5 +291,5 @@ int main(int argc, char **argv) {
   sy_access_log_close();
   sy_config_unref(M.admin_state.cfg);
   if (rc == 0) sy_log_info("stopped");
-  return rc < 0 ? 1 : 0;
+  return rc < 0 ? EXIT_FAIL : EXIT_OK;
 }

@@ -83,8 +83,9 @@ static void on_accept(uv_stream_t *s, int status) {
   sy_listener *l = s->data;
   sy_worker *w = l->w;
   if (status < 0) {
-    /* EMFILE and friends: libuv retries on the next readiness; keep serving. */
-    sy_log_error("accept on %s: %s", l->cfg->addr.text, uv_strerror(status));
+    /* EMFILE and friends: libuv retries on the next readiness, so this can
+     * repeat at poll rate; keep serving, log once a second. */
+    sy_log_every_second(SY_LOG_ERROR, "accept on %s: %s", l->cfg->addr.text, uv_strerror(status));
     return;
   }
   if (at_limit(w)) {

@@ -6,6 +6,7 @@
 #define SWITCHYARD_ADMIN_H
 
 #include <stdint.h>
+#include <time.h>
 #include <uv.h>
 
 #include "switchyard/config.h"
@@ -16,9 +17,12 @@ typedef struct sy_admin_state {
   unsigned nworkers;
   sy_config *cfg; /* current snapshot (main thread) */
   uint64_t reloads_ok, reloads_failed, generation;
+  time_t started, last_reload_time; /* last_reload_time 0: no reload yet */
+  int last_reload_ok;
+  char last_reload_error[512]; /* the refused file's message */
   int draining;
   const char *version;
-  int64_t start_time, last_reload_ok; /* Unix seconds; a reload's, or the start's */
+  int64_t start_time, last_reload_success; /* Unix seconds; the last good load's */
   int main_metrics_ready;
   sy_metrics *main; /* series the main thread counts (health checks) */
 } sy_admin_state;

@@ -149,6 +149,8 @@ typedef struct sy_limits {
 
 typedef struct sy_forwarding {
   int x_forwarded_for, x_forwarded_proto, x_forwarded_host, via; /* all default 1 */
+  int request_id;          /* default 1: keep or make an id, send it upstream and back */
+  char *request_id_header; /* default "X-Request-Id" (set at load, never NULL) */
 } sy_forwarding;
 
 /* Request-path normalisation before routing (see uri.h). */
@@ -167,6 +169,7 @@ typedef struct sy_config {
   size_t nlisteners;
   int admin_enabled;
   sy_addr admin_addr;
+  char *admin_token; /* admin.token, or admin.token_file's content; NULL = no auth */
   sy_upstream_cfg *upstreams;
   size_t nupstreams;
   sy_route_cfg *routes;
@@ -176,6 +179,8 @@ typedef struct sy_config {
   sy_forwarding forwarding;
   sy_paths paths;
   char *access_log; /* NULL or "stdout" = stdout, "off", or a file path */
+  int log_level;    /* enum sy_log_level, default info */
+  int log_format;   /* enum sy_log_format, default text */
 } sy_config;
 
 /* Error text is "file:line:column: message". */
@@ -190,8 +195,9 @@ sy_config *sy_config_load_string(const char *name, const char *yaml, size_t len,
                                  sy_config_error *err);
 
 /* Load flags. SY_CONFIG_NO_RESOLVE (`switchyard -t`): upstream host names are
- * checked for syntax but not looked up (their addr.salen stays 0), so a check
- * gives the same answer on a machine that cannot resolve them. Such a config
+ * checked for syntax but not looked up (their addr.salen stays 0), and
+ * admin.token_file is not read (a mounted secret), so a check gives the same
+ * answer on a machine that cannot resolve the names or lacks the secret. Such a config
  * is for checking only: it cannot be run. */
 enum { SY_CONFIG_NO_RESOLVE = 1u };
 sy_config *sy_config_load_flags(const char *path, unsigned flags, sy_config_error *err);

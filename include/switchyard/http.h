@@ -104,6 +104,9 @@ typedef struct sy_fwd_opts {
    * and an absolute-form's scheme and authority are kept as sent.
    * .p == NULL: the target goes as sent. */
   sy_str path;
+  /* forwarding.request_id: the client's fields named request_id_name are
+   * dropped and "request_id_name: request_id" is added (NULL = leave as is). */
+  const char *request_id_name, *request_id;
 } sy_fwd_opts;
 
 /* The request head the upstream gets. */
@@ -115,6 +118,9 @@ typedef struct sy_resp_opts {
   int conn_close;   /* add Connection: close */
   int keep_alive10; /* HTTP/1.0 client keeps alive: add Connection: keep-alive */
   int upgrade;      /* a 101 being relayed: Connection: upgrade + the Upgrade field */
+  /* forwarding.request_id: "request_id_name: request_id" is added unless the
+   * upstream's response has a field of that name (NULL = nothing added). */
+  const char *request_id_name, *request_id;
 } sy_resp_opts;
 
 /* The response head the client gets. */

@@ -35,7 +35,7 @@ def promtool_check(body):
 
 def version_of(binary):
     out = subprocess.run([binary, "-v"], capture_output=True, timeout=10).stdout.decode()
-    return out.split()[-1]
+    return out.splitlines()[0].split()[-1]  # "switchyard X.Y.Z", then library versions
 
 
 class PrometheusServer:

@@ -56,14 +56,18 @@ class AdminResponse:
 class AdminPort:
     """A free loopback port for `admin: {address: ...}` and a client for it."""
 
-    def __init__(self):
+    def __init__(self, token=None):
         self.port = free_port()
         self.address = "127.0.0.1:%d" % self.port
         self.config = {"address": self.address}
+        self.token = token  # sent as a bearer token by get() unless headers say otherwise
+        if token:
+            self.config["token"] = token
 
-    def get(self, path, timeout=5.0, method="GET"):
+    def get(self, path, timeout=5.0, method="GET", headers=None):
         """One request on a fresh connection (the admin listener may start a
-        moment after the proxy's own port: refused connects are retried)."""
+        moment after the proxy's own port: refused connects are retried).
+        headers: extra header lines; None sends the bearer token if any."""
         end = time.monotonic() + timeout
         while True:
             try:
@@ -74,7 +78,10 @@ class AdminPort:
                     raise AssertionError("admin listener %s refuses connections" % self.address)
                 time.sleep(0.02)  # poll interval of a bounded condition wait
         try:
-            s.sendall(("%s %s HTTP/1.1\r\nHost: admin\r\n\r\n" % (method, path)).encode())
+            if headers is None:
+                headers = ["Authorization: Bearer %s" % self.token] if self.token else []
+            s.sendall(("%s %s HTTP/1.1\r\nHost: admin\r\n%s\r\n"
+                       % (method, path, "".join(h + "\r\n" for h in headers))).encode())
             r = read_response(Reader(s), deadline_in(timeout), method=method)
             assert r is not None, "admin listener closed without answering %s" % path
             return AdminResponse(r.status, r.head, r.body)
@@ -379,15 +386,13 @@ def take_any(ups, timeout=10.0):
 
 # ------------------------------------------------------------------ Chromium --dump-dom
 
-def chromium_dump_dom(url, profile_dir, budget_ms=3000, timeout=60.0):
-    """Headless Chromium loads url, lets virtual time run budget_ms and prints
-    the DOM. Skips (via support.interop.chromium_bin) when chromium is absent."""
+def _chromium(action, url, profile_dir, budget_ms, timeout, extra=()):
     from .interop import chromium_bin
     argv = [chromium_bin(), "--headless", "--no-sandbox", "--disable-gpu",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             "--no-first-run", "--disable-dev-shm-usage", "--no-default-browser-check",
-            "--user-data-dir=%s" % profile_dir, "--virtual-time-budget=%d" % budget_ms,
-            "--dump-dom", url]
+            "--user-data-dir=%s" % profile_dir, "--virtual-time-budget=%d" % budget_ms] + \
+        list(extra) + [action, url]
     env = dict(os.environ, HOME=str(profile_dir))
     env.pop("DBUS_SESSION_BUS_ADDRESS", None)
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -397,15 +402,31 @@ def chromium_dump_dom(url, profile_dir, budget_ms=3000, timeout=60.0):
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
         out, err = p.communicate(timeout=10)
-        raise AssertionError("chromium --dump-dom did not finish within %.0fs: %s"
-                             % (timeout, err.decode(errors="replace")[-2000:]))
+        raise AssertionError("chromium %s did not finish within %.0fs: %s"
+                             % (action, timeout, err.decode(errors="replace")[-2000:]))
     finally:
         try:
             os.killpg(p.pid, signal.SIGKILL)  # helpers it may have left (its own group only)
         except (ProcessLookupError, PermissionError):
             pass
     assert p.returncode == 0, "chromium exited %s: %s" % (p.returncode, err.decode(errors="replace")[-2000:])
-    return out.decode("utf-8", "replace")
+    return out
+
+
+def chromium_dump_dom(url, profile_dir, budget_ms=3000, timeout=60.0):
+    """Headless Chromium loads url, lets virtual time run budget_ms and prints
+    the DOM. Skips (via support.interop.chromium_bin) when chromium is absent."""
+    return _chromium("--dump-dom", url, profile_dir, budget_ms, timeout).decode("utf-8", "replace")
+
+
+def chromium_screenshot(url, profile_dir, png_path, size=(1280, 1100), budget_ms=3000, timeout=60.0):
+    """The same page rendered to a PNG file (returns its bytes)."""
+    _chromium("--screenshot=%s" % png_path, url, profile_dir, budget_ms, timeout,
+              extra=["--window-size=%d,%d" % size, "--hide-scrollbars"])
+    with open(png_path, "rb") as f:
+        data = f.read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG: %s" % png_path
+    return data
 
 
 class _Tables(html.parser.HTMLParser):

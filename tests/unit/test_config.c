@@ -207,6 +207,21 @@ static const err_case errors[] = {
      "t.yaml:3:20: ", "paths: merge_slashes and escaped_slashes need normalize: true"},
     {L "paths: {escaped_slashes: reject, normalize: false}\n",
      "t.yaml:3:45: ", "need normalize: true"},
+    /* diagnostics, request ids, admin auth */
+    {L "log_level: verbose\n", "t.yaml:3:12: ", "log_level: expected error, warn, info or debug"},
+    {L "log_level: INFO\n", "t.yaml:3:12: ", "log_level: expected error"},
+    {L "log_format: logfmt\n", "t.yaml:3:13: ", "log_format: expected text or json"},
+    {L "forwarding: {request_id: 1}\n", "t.yaml:3:26: ", "forwarding.request_id: expected true"},
+    {L "forwarding: {request_id_header: \"X Id\"}\n",
+     "t.yaml:3:33: ", "forwarding.request_id_header: \"X Id\" is not a valid header field name"},
+    {L "admin: {address: 127.0.0.1:9901, token: short}\n",
+     "t.yaml:3:41: ", "admin.token: the token must be 16 to 4096 characters long, got 5"},
+    {L "admin: {address: 127.0.0.1:9901, token: \"0123456789abcdef 0\"}\n",
+     "t.yaml:3:41: ", "visible ASCII"},
+    {L "admin: {address: 127.0.0.1:9901, token_file: /nonexistent/token}\n",
+     "t.yaml:3:46: ", "admin.token_file: cannot read \"/nonexistent/token\""},
+    {L "admin: {address: 127.0.0.1:9901, token: 0123456789abcdef, token_file: /etc/hostname}\n",
+     "t.yaml:3:71: ", "admin: token and token_file are exclusive"},
 };
 
 START_TEST(test_errors) {
@@ -257,6 +272,11 @@ START_TEST(test_defaults) {
   ck_assert_int_eq(cfg->paths.normalize, 1);
   ck_assert_int_eq(cfg->paths.merge_slashes, 1);
   ck_assert_int_eq(cfg->paths.reject_escaped_slashes, 0);
+  ck_assert_int_eq(cfg->forwarding.request_id, 1);
+  ck_assert_str_eq(cfg->forwarding.request_id_header, "X-Request-Id");
+  ck_assert_ptr_null(cfg->admin_token);
+  ck_assert_int_eq(cfg->log_level, 2 /* info */);
+  ck_assert_int_eq(cfg->log_format, 0 /* text */);
   ck_assert_ptr_null(cfg->access_log);
   sy_config_unref(cfg);
 }
@@ -569,6 +589,32 @@ START_TEST(test_paths) {
 }
 END_TEST
 
+START_TEST(test_ops_keys) {
+  sy_config *cfg = load_ok(L "log_level: debug\nlog_format: json\n"
+                             "forwarding: {request_id: false, request_id_header: X-Trace-Id}\n"
+                             "admin: {address: 127.0.0.1:9901, token: 0123456789abcdef}\n");
+  ck_assert_int_eq(cfg->log_level, 3);
+  ck_assert_int_eq(cfg->log_format, 1);
+  ck_assert_int_eq(cfg->forwarding.request_id, 0);
+  ck_assert_str_eq(cfg->forwarding.request_id_header, "X-Trace-Id");
+  ck_assert_str_eq(cfg->admin_token, "0123456789abcdef");
+  sy_config_unref(cfg);
+
+  /* token_file: one trailing newline is not part of the token */
+  char path[] = "/tmp/sy-token-XXXXXX";
+  int fd = mkstemp(path);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(write(fd, "fedcba9876543210xyz\n", 20), 20);
+  close(fd);
+  char yaml[256];
+  snprintf(yaml, sizeof(yaml), L "admin: {address: 127.0.0.1:9901, token_file: %s}\n", path);
+  cfg = load_ok(yaml);
+  ck_assert_str_eq(cfg->admin_token, "fedcba9876543210xyz");
+  sy_config_unref(cfg);
+  unlink(path);
+}
+END_TEST
+
 START_TEST(test_refcount) {
   sy_config *cfg = load_ok(L);
   ck_assert_ptr_eq(sy_config_ref(cfg), cfg);
@@ -622,7 +668,8 @@ START_TEST(test_shipped_default) {
   ck_assert_uint_eq(cfg->nlisteners, 1);
   ck_assert_str_eq(cfg->listeners[0].name, "public");
   ck_assert_str_eq(cfg->listeners[0].addr.text, "127.0.0.1:8080");
-  ck_assert_int_eq(cfg->admin_enabled, 0);
+  ck_assert_int_eq(cfg->admin_enabled, 1); /* the status page, on loopback only */
+  ck_assert_str_eq(cfg->admin_addr.text, "127.0.0.1:9901");
   ck_assert_uint_eq(cfg->nupstreams, 1);
   ck_assert_str_eq(cfg->upstreams[0].name, "demo");
   ck_assert_str_eq(cfg->upstreams[0].servers[0].addr.text, "127.0.0.1:9000");
@@ -685,6 +732,7 @@ static Suite *config_suite(void) {
   tcase_add_test(tc, test_missing_file);
   tcase_add_test(tc, test_file_errors_name_the_file);
   tcase_add_test(tc, test_exact_message);
+  tcase_add_test(tc, test_ops_keys);
   suite_add_tcase(s, tc);
   tc = tcase_create("shipped");
   tcase_add_test(tc, test_shipped_default);

@@ -159,7 +159,19 @@ static int scan_dir(const char *dir, char *missing, size_t cap) {
         name[k] = p[k], k++;
       name[k] = 0;
       p += k;
-      if (!sy_metrics_family(name) && strlen(missing) + k + 3 < cap) {
+      /* A histogram's series (_bucket, _sum, _count) belong to its family. */
+      char family[128];
+      snprintf(family, sizeof(family), "%s", name);
+      static const char *const suffixes[] = {"_bucket", "_sum", "_count"};
+      for (size_t i = 0; i < 3; i++) {
+        size_t fl = strlen(family), sl = strlen(suffixes[i]);
+        if (fl > sl && strcmp(family + fl - sl, suffixes[i]) == 0) {
+          family[fl - sl] = 0;
+          if (!sy_metrics_family(family)) snprintf(family, sizeof(family), "%s", name);
+          break;
+        }
+      }
+      if (!sy_metrics_family(family) && strlen(missing) + k + 3 < cap) {
         strcat(missing, " ");
         strcat(missing, name);
       }
