@@ -5,12 +5,12 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential cmake pkg-config
-  libuv1-dev libssl-dev libyaml-dev check node-llhttp
+  libuv1-dev libssl-dev libyaml-dev libc-ares-dev check node-llhttp
   python3 python3-pytest curl openssl
 )
 if [[ "${1:-}" == "--tests" ]]; then
   PACKAGES+=(valgrind nghttp2-client nghttp2-proxy chromium buildah debootstrap
-             clang libclang-rt-14-dev nginx haproxy wrk)
+             clang libclang-rt-14-dev nginx haproxy wrk dnsmasq-base)
   # A NodeSource nodejs bundles npm and conflicts with Debian's npm package.
   command -v node >/dev/null || PACKAGES+=(nodejs)
   command -v npm >/dev/null || PACKAGES+=(npm)

@@ -6,6 +6,7 @@
 #include "switchyard/http.h"
 #include "switchyard/log.h"
 #include "switchyard/metrics.h"
+#include "switchyard/upstream.h"
 
 #define SY_ADMIN_MAX_REQ 8192
 
@@ -116,17 +117,20 @@ static void render_metrics(sy_admin_state *st, sy_buf *b) {
         pass ? "switchyard_upstream_active_connections" : "switchyard_upstream_server_up";
     sy_buf_appendf(b, "# TYPE %s gauge\n", name);
     for (size_t u = 0; u < st->cfg->nupstreams; u++) {
-      const sy_upstream_cfg *up = &st->cfg->upstreams[u];
-      for (size_t i = 0; i < up->nservers; i++) {
-        const sy_server_rt *rt = up->servers[i].rt;
+      sy_upstream_cfg *up = &st->cfg->upstreams[u];
+      sy_server_set *set = sy_upstream_acquire(up);
+      for (size_t i = 0; set && i < set->nservers; i++) {
+        const sy_server_rt *rt = set->servers[i].rt;
+        const char *text = set->servers[i].addr.text;
         sy_buf l = {0};
         sy_metrics_label(&l, "upstream", up->name, strlen(up->name));
-        sy_metrics_label(&l, "server", up->servers[i].addr.text, strlen(up->servers[i].addr.text));
+        sy_metrics_label(&l, "server", text, strlen(text));
         sy_buf_appendf(b, "%s{%.*s} %d\n", name, (int)l.len, l.p,
                        pass ? __atomic_load_n(&rt->active, __ATOMIC_RELAXED)
                             : !__atomic_load_n(&rt->down, __ATOMIC_RELAXED));
         sy_buf_free(&l);
       }
+      sy_server_set_unref(set);
     }
   }
 }
@@ -205,17 +209,20 @@ static void render_status_json(sy_admin_state *st, sy_buf *b) {
   sy_metrics_each(ms, n, tunnel_row, &t);
   sy_buf_appendf(b, "],\"upstreams\":[");
   for (size_t u = 0; u < st->cfg->nupstreams; u++) {
-    const sy_upstream_cfg *up = &st->cfg->upstreams[u];
+    sy_upstream_cfg *up = &st->cfg->upstreams[u];
+    sy_server_set *set = sy_upstream_acquire(up);
     sy_buf_appendf(b, "%s{", u ? "," : "");
     sy_json_str(b, "name", up->name, strlen(up->name), 0);
     sy_buf_appendf(b, ",\"servers\":[");
-    for (size_t i = 0; i < up->nservers; i++) {
+    for (size_t i = 0; set && i < set->nservers; i++) {
+      const sy_server_cfg *s = &set->servers[i];
       sy_buf_appendf(b, "%s{", i ? "," : "");
-      sy_json_str(b, "address", up->servers[i].addr.text, strlen(up->servers[i].addr.text), 0);
+      sy_json_str(b, "address", s->addr.text, strlen(s->addr.text), 0);
       sy_buf_appendf(b, ",\"up\":%s,\"active\":%d}",
-                     __atomic_load_n(&up->servers[i].rt->down, __ATOMIC_RELAXED) ? "false" : "true",
-                     __atomic_load_n(&up->servers[i].rt->active, __ATOMIC_RELAXED));
+                     __atomic_load_n(&s->rt->down, __ATOMIC_RELAXED) ? "false" : "true",
+                     __atomic_load_n(&s->rt->active, __ATOMIC_RELAXED));
     }
+    sy_server_set_unref(set);
     sy_buf_appendf(b, "]}");
   }
   sy_buf_appendf(b, "]}\n");

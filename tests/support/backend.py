@@ -100,7 +100,7 @@ def blackhole_handler(conn):
 
 class Backend:
     def __init__(self, handler=None, response=None, keep_alive=True,
-                 record_limit=16 * 1024 * 1024, name="backend"):
+                 record_limit=16 * 1024 * 1024, name="backend", host="127.0.0.1", port=0):
         if handler is None:
             if response is None:
                 handler = echo_handler
@@ -117,10 +117,10 @@ class Backend:
         self._threads = []
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.bind((host, port))  # host/port: several backends behind one DNS name
         self.lsock.listen(128)
         self.port = self.lsock.getsockname()[1]
-        self.address = "127.0.0.1:%d" % self.port
+        self.address = "%s:%d" % (host, self.port)
         self._born = time.monotonic()
         t = threading.Thread(target=self._accept_loop, name="%s-accept" % name, daemon=True)
         t.start()
