@@ -154,6 +154,21 @@ def test_follows_records_0_1_2_1(proxy, dns, named_backends):
     assert px.stderr().count("chat.dns.test: 2 address(es)") == 1, px.stderr()
 
 
+def test_a_and_aaaa_records(proxy, dns, named_backends, backend):
+    (a,) = named_backends(1)
+    try:
+        v6 = backend(response=response_bytes(200, body=b"::1"), host="::1", port=a.port)
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    dns.set_hosts({NAME: ["127.0.0.2", "::1"]})
+    adm = AdminPort()
+    px = dns_proxy(proxy, dns, a.port, adm)
+    answers(px, 200, {b"127.0.0.2", b"::1"}, FOLLOW)
+    servers = {s["address"] for u in adm.status()["upstreams"] if u["name"] == "chat"
+               for s in u["servers"]}
+    assert servers == {"127.0.0.2:%d" % a.port, "[::1]:%d" % v6.port}
+
+
 def test_tunnel_to_removed_address_keeps_flowing(proxy, dns, named_backends, backend):
     port = named_backends(1)[0].port  # .2 serves HTTP; the upgrader below is .3
     up = Upgrader(lambda **kw: backend(host="127.0.0.3", port=port, **kw),

@@ -115,12 +115,13 @@ class Backend:
         self.errors = []
         self._stop = False
         self._threads = []
-        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                   socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.lsock.bind((host, port))  # host/port: several backends behind one DNS name
         self.lsock.listen(128)
         self.port = self.lsock.getsockname()[1]
-        self.address = "%s:%d" % (host, self.port)
+        self.address = ("[%s]:%d" if ":" in host else "%s:%d") % (host, self.port)
         self._born = time.monotonic()
         t = threading.Thread(target=self._accept_loop, name="%s-accept" % name, daemon=True)
         t.start()
