@@ -98,11 +98,11 @@ sy_server_set *sy_server_set_new(sy_server_cfg *servers, size_t n, int owned, in
 }
 
 void sy_server_set_ref(sy_server_set *set) {
-  __atomic_add_fetch(&set->refs, 1, __ATOMIC_RELAXED);
+  if (!set->pinned) __atomic_add_fetch(&set->refs, 1, __ATOMIC_RELAXED);
 }
 
 void sy_server_set_unref(sy_server_set *set) {
-  if (!set || __atomic_sub_fetch(&set->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
+  if (!set || set->pinned || __atomic_sub_fetch(&set->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
   if (set->owned) {
     for (size_t i = 0; i < set->nservers; i++) {
       free(set->servers[i].addr.text);
@@ -120,6 +120,7 @@ void sy_server_set_unref(sy_server_set *set) {
  * it then sees no reader, no acquire can still hold the old pointer without
  * its reference, and the old set can go. */
 sy_server_set *sy_upstream_acquire(sy_upstream_cfg *up) {
+  if (!up->dynamic) return up->set; /* pinned: lives as long as the snapshot */
   __atomic_add_fetch(&up->set_readers, 1, __ATOMIC_SEQ_CST);
   sy_server_set *set = __atomic_load_n(&up->set, __ATOMIC_SEQ_CST);
   if (set) __atomic_add_fetch(&set->refs, 1, __ATOMIC_RELAXED);
@@ -144,6 +145,7 @@ int sy_upstream_init_set(sy_upstream_cfg *up) {
   sy_server_set *set;
   if (nstatic == up->nservers) {
     set = sy_server_set_new(up->servers, up->nservers, 0, hashed);
+    if (set) set->pinned = 1;
   } else {
     /* The IP-address servers of an upstream that also names hosts: a copy,
      * which the resolver's sets extend with the names' addresses. */
@@ -179,6 +181,7 @@ int sy_upstream_init_set(sy_upstream_cfg *up) {
 }
 
 void sy_upstream_free_set(sy_upstream_cfg *up) {
+  if (up->set) up->set->pinned = 0;
   sy_server_set_unref(up->set);
   up->set = NULL;
 }

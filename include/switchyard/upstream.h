@@ -31,6 +31,8 @@ typedef struct sy_server_set {
   size_t nservers;
   sy_server_cfg *servers;
   int owned;      /* servers and their addresses belong to the set */
+  int pinned;     /* a static upstream's: never replaced, freed with the snapshot,
+                     so references are not counted (no shared write per request) */
   uint8_t *table; /* hash balancing: slot -> server index; NULL otherwise */
 } sy_server_set;
 

@@ -190,7 +190,7 @@ END_TEST
 START_TEST(test_publish_keeps_held_set) {
   fleet f;
   fleet_init(&f, 2, 1);
-  sy_upstream_cfg up = {.name = "p"};
+  sy_upstream_cfg up = {.name = "p", .dynamic = 1};
   up.set = sy_server_set_new(f.s, 1, 0, 0);
   sy_server_set *held = sy_upstream_acquire(&up);
   ck_assert_ptr_eq(held, up.set);
@@ -235,6 +235,13 @@ START_TEST(test_config_names) {
   sy_upstream_cfg *ip = &cfg->upstreams[0], *dns = &cfg->upstreams[1], *mixed = &cfg->upstreams[2];
   ck_assert_int_eq(ip->dynamic, 0);
   ck_assert_ptr_eq(ip->set->servers, ip->servers);
+  /* A static upstream's set is pinned: acquiring it writes nothing shared. */
+  int refs = ip->set->refs;
+  sy_server_set *held = sy_upstream_acquire(ip);
+  ck_assert_ptr_eq(held, ip->set);
+  ck_assert_int_eq(held->refs, refs);
+  sy_server_set_unref(held);
+  ck_assert_int_eq(ip->set->refs, refs);
   ck_assert_int_ge(sy_upstream_pick(ip, 0, 0, 0), 0);
   ck_assert_int_eq(dns->dynamic, 1);
   ck_assert_int_eq(dns->servers[0].dns, 1);
