@@ -614,7 +614,11 @@ sy_resolver *sy_resolver_new(uv_loop_t *loop, sy_metrics *m, void (*on_change)(v
 }
 
 int sy_resolver_attach(sy_resolver *r, sy_config *cfg) {
-  int rc = set_channel(r, &cfg->resolver);
+  int need = 0;
+  for (size_t u = 0; u < cfg->nupstreams; u++)
+    need |= cfg->upstreams[u].dynamic;
+  /* Without a DNS name, no channel: nothing reads resolv.conf or opens a socket. */
+  int rc = need || r->ch ? set_channel(r, &cfg->resolver) : 0;
   const sy_config *old = r->cfgs ? r->cfgs->cfg : NULL;
   rcfg *c = calloc(1, sizeof(*c));
   if (!c) return -1;

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import VALGRIND
 from support.backend import Backend, free_port
 from support.dns import Dnsmasq, dnsmasq_bin, DOMAIN
 from support.http import response_bytes, get, wait_until
@@ -232,7 +233,9 @@ def test_resolver_down_503_without_stalling_others(proxy, named_backends, backen
             t0 = time.monotonic()
             assert ask(px, "/static") == (200, b"static")
             assert ask(px, "/")[0] == 503
-            assert time.monotonic() - t0 < 0.5, "a request waited for DNS"
+            # A query attempt lasts 1 s: a request that waited for one takes longer.
+            # (Under memcheck everything is slower; the answers still must come.)
+            assert VALGRIND or time.monotonic() - t0 < 0.8, "a request waited for DNS"
         adm.wait_metric(lambda m: m.get("switchyard_dns_resolutions_total", upstream="chat",
                                         result="timeout") >= 1, 10, "a timed out lookup")
         assert px.stderr().count("chat.dns.test: lookup failed") == 1, px.stderr()
