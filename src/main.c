@@ -72,7 +72,7 @@ static void note_fd_budget(const sy_config *cfg) {
 
 /* DNS changed an upstream's servers: the health checks follow them. */
 static void on_servers_changed(void *arg) {
-  if (!M.health || M.stopping) return;
+  if (M.stopping) return; /* (no checks may be running: none had a server yet) */
   sy_health_stop(M.health);
   M.health = sy_health_start(M.loop, M.admin_state.cfg, M.admin_state.main);
 }

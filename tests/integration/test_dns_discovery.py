@@ -170,6 +170,25 @@ def test_a_and_aaaa_records(proxy, dns, named_backends, backend):
     assert servers == {"127.0.0.2:%d" % a.port, "[::1]:%d" % v6.port}
 
 
+def test_health_checks_follow_the_records(proxy, dns, named_backends):
+    (a,) = named_backends(1)  # 127.0.0.2 answers; nothing listens on 127.0.0.3
+    adm = AdminPort()
+    px = proxy(upstreams={"chat": {"servers": [{"address": "%s:%d" % (NAME, a.port)}],
+                                   "health": {"interval": "250ms", "timeout": "1s",
+                                              "unhealthy": 1}}},
+               resolver={"nameservers": [dns.nameserver], "min_ttl": "1s"},
+               admin=adm.config, workers=1)
+    dead = "127.0.0.3:%d" % a.port
+    dns.set_hosts({NAME: ["127.0.0.2", "127.0.0.3"]})
+    adm.wait_metric(lambda m: m.get("switchyard_health_checks_total", upstream="chat",
+                                    server=dead, result="failed") >= 1
+                    and m.get("switchyard_upstream_server_up", upstream="chat", server=dead) == 0
+                    and m.has("switchyard_upstream_server_up", upstream="chat", server=dead),
+                    FOLLOW + 3, "the new, dead server checked and down")
+    for _ in range(6):
+        assert ask(px) == (200, b"127.0.0.2")
+
+
 def test_tunnel_to_removed_address_keeps_flowing(proxy, dns, named_backends, backend):
     port = named_backends(1)[0].port  # .2 serves HTTP; the upgrader below is .3
     up = Upgrader(lambda **kw: backend(host="127.0.0.3", port=port, **kw),
