@@ -267,12 +267,14 @@ static void gauge_set(sy_resolver *r, const char *upstream, int64_t v) {
   g->value = v;
 }
 
-static void count(sy_resolver *r, const char *metric, const char *upstream, const char *result) {
+static void count(sy_resolver *r, const char *metric, const char *upstream, const char *result,
+                  int64_t n) {
+  if (!n) return;
   sy_buf l = {0};
   sy_metrics_label(&l, "upstream", upstream, strlen(upstream));
   if (result) sy_metrics_label(&l, "result", result, strlen(result));
   sy_buf_append(&l, "", 1);
-  sy_metrics_add(r->m, metric, l.p, 1);
+  sy_metrics_add(r->m, metric, l.p, n);
   sy_buf_free(&l);
 }
 
@@ -440,13 +442,13 @@ static const char *result_label(int status, size_t naddrs) {
 
 static void log_change(const rname *n, size_t total, uint64_t delay) {
   char list[512] = "";
-  size_t len = 0;
-  for (size_t i = 0; i < n->naddrs && len + INET6_ADDRSTRLEN + 8 < sizeof list; i++) {
+  size_t len = 0, i = 0;
+  for (; i < n->naddrs && len + INET6_ADDRSTRLEN + 8 < sizeof list; i++) {
     char ip[INET6_ADDRSTRLEN];
     ipaddr_text(&n->addrs[i], ip, sizeof ip);
     len += (size_t)snprintf(list + len, sizeof list - len, "%s%s", i ? ", " : "", ip);
   }
-  if (len + 8 >= sizeof list || n->naddrs < total)
+  if (i < n->naddrs || n->naddrs < total) /* the line stays short */
     snprintf(list + len, sizeof list - len, "%s...", len ? ", " : "");
   sy_log_info("resolver: %s: %zu address(es) (%s), next lookup in %llu ms", n->host, n->naddrs,
               list, (unsigned long long)delay);
@@ -539,15 +541,14 @@ static void on_answer(void *arg, int status, int timeouts, struct ares_addrinfo 
       sy_upstream_cfg *up = &c->cfg->upstreams[u];
       if (!uses(up, n->host)) continue;
       if (newest) {
-        count(r, "switchyard_dns_resolutions_total", up->name, label);
-        for (size_t i = ngot; i < total; i++)
-          count(r, "switchyard_dns_records_dropped_total", up->name, NULL);
+        count(r, "switchyard_dns_resolutions_total", up->name, label, 1);
+        count(r, "switchyard_dns_records_dropped_total", up->name, NULL, (int64_t)(total - ngot));
       }
       if (!changed) continue;
       size_t dropped = rebuild(r, up, up->set, newest);
-      for (size_t i = 0; newest && i < dropped; i++)
-        count(r, "switchyard_dns_records_dropped_total", up->name, NULL);
-      if (newest) gauge_set(r, up->name, (int64_t)up->set->nservers);
+      if (!newest) continue;
+      count(r, "switchyard_dns_records_dropped_total", up->name, NULL, (int64_t)dropped);
+      gauge_set(r, up->name, (int64_t)up->set->nservers);
     }
   }
   if (changed && r->on_change) r->on_change(r->arg);

@@ -189,6 +189,23 @@ def test_health_checks_follow_the_records(proxy, dns, named_backends):
         assert ask(px) == (200, b"127.0.0.2")
 
 
+def test_ip_and_name_in_one_upstream(proxy, dns, named_backends, backend):
+    (a,) = named_backends(1)
+    static = backend(response=response_bytes(200, body=b"static"))
+    adm = AdminPort()
+    px = proxy(upstreams={"chat": {"servers": [{"address": static.address},
+                                               {"address": "%s:%d" % (NAME, a.port)}]}},
+               resolver={"nameservers": [dns.nameserver], "min_ttl": "1s"},
+               admin=adm.config, workers=1)
+    # The name does not resolve yet: the IP entry serves alone.
+    answers(px, 200, {b"static"}, 5)
+    dns.set_hosts({NAME: ["127.0.0.2"]})
+    answers(px, 200, {b"static", b"127.0.0.2"}, FOLLOW)
+    assert adm.metrics().one("switchyard_upstream_servers", upstream="chat") == 2
+    dns.set_hosts({})
+    answers(px, 200, {b"static"}, FOLLOW)
+
+
 def test_tunnel_to_removed_address_keeps_flowing(proxy, dns, named_backends, backend):
     port = named_backends(1)[0].port  # .2 serves HTTP; the upgrader below is .3
     up = Upgrader(lambda **kw: backend(host="127.0.0.3", port=port, **kw),
