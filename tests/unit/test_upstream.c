@@ -2,6 +2,7 @@
  * when a server joins, the same table whatever the servers' order, a down
  * server's keys go only to others, weights), round robin and the set swap. */
 #include <check.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,6 +209,61 @@ START_TEST(test_publish_keeps_held_set) {
 }
 END_TEST
 
+/* Workers acquire and drop sets while the main thread publishes new ones:
+ * each acquired set must stay whole until dropped (under the sanitizer build
+ * a set freed early is a use after free) and the counts must balance. The
+ * publisher's grace wait itself guards a window of a few instructions, too
+ * narrow for a test to hit on purpose. */
+typedef struct race {
+  sy_upstream_cfg *up;
+  int stop;
+  unsigned long reads;
+} race;
+
+static void *reader(void *arg) {
+  race *r = arg;
+  while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
+    sy_server_set *set = sy_upstream_acquire(r->up);
+    ck_assert_uint_eq(set->nservers, 1);
+    ck_assert_int_eq(strncmp(set->servers[0].addr.text, "10.", 3), 0);
+    int i = sy_upstream_pick_set(r->up, set, 0, r->reads, 0);
+    ck_assert_int_eq(i, 0);
+    sy_server_set_unref(set);
+    r->reads++;
+  }
+  return NULL;
+}
+
+static sy_server_set *owned_set(unsigned i) {
+  sy_server_cfg *s = calloc(1, sizeof(*s));
+  char text[32];
+  snprintf(text, sizeof text, "10.1.%u.%u:80", (i >> 8) & 255, i & 255);
+  s->addr.text = strdup(text);
+  s->addr.host = strdup("10.1.0.0");
+  s->rt = calloc(1, sizeof(sy_server_rt));
+  s->rt->refs = 1;
+  return sy_server_set_new(s, 1, 1, 1);
+}
+
+START_TEST(test_publish_while_acquiring) {
+  sy_upstream_cfg up = {.name = "race", .dynamic = 1, .balance = SY_BALANCE_HASH};
+  up.set = owned_set(0);
+  race r[2] = {{.up = &up}, {.up = &up}};
+  pthread_t t[2];
+  for (int i = 0; i < 2; i++)
+    ck_assert_int_eq(pthread_create(&t[i], NULL, reader, &r[i]), 0);
+  for (unsigned i = 1; i <= 300; i++)
+    sy_upstream_publish(&up, owned_set(i));
+  for (int i = 0; i < 2; i++) {
+    __atomic_store_n(&r[i].stop, 1, __ATOMIC_RELEASE);
+    pthread_join(t[i], NULL);
+    ck_assert_uint_gt(r[i].reads, 0);
+  }
+  ck_assert_int_eq(up.set->refs, 1); /* every reader's reference was dropped */
+  sy_upstream_free_set(&up);
+}
+END_TEST
+
 static sy_config *load(const char *yaml) {
   sy_config_error err;
   sy_config *cfg = sy_config_load_string("t.yaml", yaml, strlen(yaml), &err);
@@ -295,6 +351,7 @@ int main(void) {
   tcase_add_test(tc, test_spread_and_weights);
   tcase_add_test(tc, test_round_robin_and_empty);
   tcase_add_test(tc, test_publish_keeps_held_set);
+  tcase_add_test(tc, test_publish_while_acquiring);
   tcase_add_test(tc, test_config_names);
   tcase_add_test(tc, test_config_bad);
   suite_add_tcase(s, tc);
