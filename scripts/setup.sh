@@ -7,12 +7,13 @@ set -euo pipefail
 # on a minimal system (debootstrap minbase, debian:bookworm-slim) that has none.
 PACKAGES=(
   make build-essential cmake pkg-config
-  libuv1-dev libssl-dev libyaml-dev check node-llhttp
+  libuv1-dev libssl-dev libyaml-dev libc-ares-dev check node-llhttp
   python3 python3-pytest curl openssl
 )
 if [[ "${1:-}" == "--tests" ]]; then
   PACKAGES+=(valgrind nghttp2-client nghttp2-proxy chromium buildah debootstrap
-             clang libclang-rt-14-dev nginx haproxy wrk python3-yaml iproute2 prometheus)
+             clang libclang-rt-14-dev nginx haproxy wrk python3-yaml iproute2 prometheus
+             dnsmasq-base)
   # A NodeSource nodejs bundles npm and conflicts with Debian's npm package.
   command -v node >/dev/null || PACKAGES+=(nodejs)
   command -v npm >/dev/null || PACKAGES+=(npm)

@@ -13,6 +13,7 @@
 #include "switchyard/log.h"
 #include "switchyard/metrics.h"
 #include "switchyard/status.h"
+#include "switchyard/upstream.h"
 
 #define SY_ADMIN_MAX_REQ 8192
 
@@ -80,19 +81,22 @@ enum server_col { COL_UP, COL_ACTIVE, COL_EJECTIONS };
 static void server_family(sy_buf *b, const sy_config *cfg, const char *name, enum server_col col) {
   sy_metrics_header(b, name);
   for (size_t u = 0; u < cfg->nupstreams; u++) {
-    const sy_upstream_cfg *up = &cfg->upstreams[u];
-    for (size_t i = 0; i < up->nservers; i++) {
-      const sy_server_rt *rt = up->servers[i].rt;
+    sy_upstream_cfg *up = &cfg->upstreams[u];
+    sy_server_set *set = sy_upstream_acquire(up); /* what DNS gave, as requests see it */
+    for (size_t i = 0; set && i < set->nservers; i++) {
+      const sy_server_rt *rt = set->servers[i].rt;
       long long v = col == COL_UP ? !__atomic_load_n(&rt->down, __ATOMIC_RELAXED)
                     : col == COL_ACTIVE
                         ? __atomic_load_n(&rt->active, __ATOMIC_RELAXED)
                         : (long long)__atomic_load_n(&rt->ejections, __ATOMIC_RELAXED);
       sy_buf l = {0};
       sy_metrics_label(&l, "upstream", up->name, strlen(up->name));
-      sy_metrics_label(&l, "server", up->servers[i].addr.text, strlen(up->servers[i].addr.text));
+      const char *text = set->servers[i].addr.text;
+      sy_metrics_label(&l, "server", text, strlen(text));
       sy_buf_appendf(b, "%s{%.*s} %lld\n", name, (int)l.len, l.p, v);
       sy_buf_free(&l);
     }
+    sy_server_set_unref(set);
   }
 }
 

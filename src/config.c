@@ -5,7 +5,10 @@
 #include "switchyard/config.h"
 #include "switchyard/log.h"
 #include "switchyard/tls.h"
+#include "switchyard/upstream.h"
 
+#include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <netdb.h>
@@ -471,10 +474,6 @@ static int h_bind_addr(ctx *c, yaml_node_t *v, const char *path, void *obj, size
   return parse_addr(c, v, path, ADDR_BIND, FIELD(obj, off, sy_addr));
 }
 
-static int h_connect_addr(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
-  return parse_addr(c, v, path, ADDR_CONNECT, FIELD(obj, off, sy_addr));
-}
-
 static int same_sockaddr(const sy_addr *a, const sy_addr *b) {
   if (a->sa.ss_family != b->sa.ss_family) return 0;
   if (a->sa.ss_family == AF_INET) {
@@ -720,9 +719,30 @@ static int h_balance(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t
   return 0;
 }
 
+/* An upstream server is an IP address (or localhost, from the hosts file),
+ * fixed at load as before, or a DNS name that the resolver looks up at run
+ * time, for every address it has: loading never waits for DNS. */
+static int h_server_addr(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
+  sy_server_cfg *sv = obj;
+  const char *s;
+  addr_parts ap = {0};
+  unsigned char bin[16];
+  if (want_string(c, v, path, &s) < 0 || split_addr(c, v, path, s, &ap) < 0) return -1;
+  if (ap.bracketed || !ap.host[0] || strcmp(ap.host, "*") == 0 ||
+      strcasecmp(ap.host, "localhost") == 0 || inet_pton(AF_INET, ap.host, bin) == 1)
+    return parse_addr(c, v, path, ADDR_CONNECT, &sv->addr);
+  if (!host_name_ok(ap.host))
+    return fail(c, v, "%s: \"%s\" is neither an IP address nor a valid host name", path, ap.host);
+  sv->dns = 1;
+  sv->addr.port = (uint16_t)ap.port;
+  if (dup_text(c, v, s, &sv->addr.text) < 0 || dup_text(c, v, ap.host, &sv->addr.host) < 0)
+    return -1;
+  return 0;
+}
+
 enum { SK_ADDRESS, SK_WEIGHT };
 static const key_spec server_keys[] = {
-    [SK_ADDRESS] = {"address", h_connect_addr, offsetof(sy_server_cfg, addr)},
+    [SK_ADDRESS] = {"address", h_server_addr, 0},
     [SK_WEIGHT] = {"weight", h_uint_pos, offsetof(sy_server_cfg, weight)},
 };
 
@@ -745,6 +765,7 @@ static int h_servers(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t
     if (parse_map(c, item, child, server_keys, NKEYS(server_keys), &u->servers[i], &seen) < 0 ||
         require_keys(c, item, child, server_keys, seen, 1u << SK_ADDRESS) < 0)
       return -1;
+    u->dynamic |= u->servers[i].dns;
   }
   return 0;
 }
@@ -854,6 +875,43 @@ static int h_upstreams(ctx *c, yaml_node_t *v, const char *path, void *obj, size
         require_keys(c, item, child, upstream_keys, seen, 1u << UK_SERVERS) < 0)
       return -1;
   }
+  return 0;
+}
+
+/* -------------------------------------------------------------- resolver */
+
+/* Name servers are IP addresses with a port: looking up the resolver's own
+ * address would need a resolver. */
+static int h_nameservers(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
+  sy_resolver_cfg *r = obj;
+  if (parse_str_list(c, v, path, 0, &r->nameservers, &r->nnameservers) < 0) return -1;
+  for (size_t i = 0; i < r->nnameservers; i++) {
+    char child[SY_PATH_LEN];
+    addr_parts ap = {0};
+    unsigned char bin[16];
+    yaml_node_t *item = seq_item(c, v, i);
+    join_idx(child, path, i);
+    if (split_addr(c, item, child, r->nameservers[i], &ap) < 0) return -1;
+    if (inet_pton(ap.bracketed ? AF_INET6 : AF_INET, ap.host, bin) != 1)
+      return fail(c, item,
+                  "%s: \"%s\" is not an IP address (name servers are given as "
+                  "\"10.0.0.10:53\" or \"[fd00::10]:53\")",
+                  child, r->nameservers[i]);
+  }
+  return 0;
+}
+
+static const key_spec resolver_keys[] = {
+    {"nameservers", h_nameservers, 0},
+    {"min_ttl", h_duration, offsetof(sy_resolver_cfg, min_ttl)},
+    {"max_ttl", h_duration_pos, offsetof(sy_resolver_cfg, max_ttl)},
+};
+
+static int h_resolver(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
+  sy_config *cfg = obj;
+  sy_resolver_cfg *r = &cfg->resolver;
+  if (parse_map(c, v, path, resolver_keys, NKEYS(resolver_keys), r, NULL) < 0) return -1;
+  if (r->min_ttl > r->max_ttl) return fail(c, v, "%s: min_ttl must not be more than max_ttl", path);
   return 0;
 }
 
@@ -1173,6 +1231,7 @@ static const key_spec top_keys[] = {
     {"limits", h_limits, 0},
     {"forwarding", h_forwarding, 0},
     {"paths", h_paths, 0},
+    {"resolver", h_resolver, 0},
     {"access_log", h_str, offsetof(sy_config, access_log)},
     {"log_level", h_log_level, 0},
     {"log_format", h_log_format, 0},
@@ -1196,6 +1255,8 @@ static void set_defaults(sy_config *cfg) {
   cfg->paths = (sy_paths){.normalize = 1, .merge_slashes = 1};
   cfg->log_level = SY_LOG_INFO;
   cfg->log_format = SY_LOG_TEXT;
+  cfg->resolver.min_ttl = 1000;
+  cfg->resolver.max_ttl = 300000;
 }
 
 static int check_admin(ctx *c, yaml_node_t *root) {
@@ -1272,11 +1333,18 @@ void sy_config_adopt_state(sy_config *cfg, const sy_config *old) {
           nu->servers[i].rt = ou->servers[j].rt;
           break;
         }
+      /* A static upstream's set is up->servers itself; a dynamic one holds
+       * copies, taken before this adoption: built again (not published yet). */
+      if (nu->dynamic) {
+        sy_upstream_free_set(nu);
+        if (sy_upstream_init_set(nu) < 0) sy_log_error("upstream %s: out of memory", nu->name);
+      }
     }
   }
 }
 
 static void free_upstream(sy_upstream_cfg *u) {
+  sy_upstream_free_set(u); /* first: it may share u->servers */
   free(u->name);
   free(u->hash_key);
   for (size_t i = 0; i < u->nservers; i++) {
@@ -1320,6 +1388,7 @@ static void free_config(sy_config *cfg) {
   for (size_t i = 0; i < cfg->nroutes; i++)
     free_route(&cfg->routes[i]);
   free(cfg->routes);
+  free_strv(cfg->resolver.nameservers, cfg->resolver.nnameservers);
   free(cfg->access_log);
   free(cfg->admin_token);
   free(cfg->forwarding.request_id_header);
@@ -1489,6 +1558,11 @@ sy_config *sy_config_load_string_flags(const char *name, const char *yaml, size_
   }
   yaml_document_delete(&doc);
   if (rc == 0) rc = build_tls(cfg, err);
+  for (size_t i = 0; rc == 0 && i < cfg->nupstreams; i++)
+    if (sy_upstream_init_set(&cfg->upstreams[i]) < 0) {
+      set_error(err, "%s: out of memory", name);
+      rc = -1;
+    }
   if (rc < 0 && cfg) {
     free_config(cfg);
     cfg = NULL;

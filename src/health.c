@@ -15,7 +15,8 @@ struct sy_health {
   sy_metrics *metrics;
   sy_check *checks;
   size_t nchecks;
-  int open_handles; /* freed when it reaches 0 after stop */
+  sy_server_set **sets; /* per upstream: the servers being checked (held) */
+  int open_handles;     /* freed when it reaches 0 after stop */
   int stopped;
 };
 
@@ -34,23 +35,24 @@ struct sy_check {
   unsigned ok_run, fail_run;
 };
 
+static void health_free(sy_health *h) {
+  for (size_t u = 0; h->sets && u < h->cfg->nupstreams; u++)
+    sy_server_set_unref(h->sets[u]);
+  free(h->sets);
+  sy_config_unref(h->cfg);
+  free(h->checks);
+  free(h);
+}
+
 static void on_handle_closed(uv_handle_t *hd) {
   sy_health *h = hd->data;
-  if (--h->open_handles == 0 && h->stopped) {
-    sy_config_unref(h->cfg);
-    free(h->checks);
-    free(h);
-  }
+  if (--h->open_handles == 0 && h->stopped) health_free(h);
 }
 
 static void on_tcp_closed(uv_handle_t *hd) {
   sy_health *h = ((sy_check *)hd->data)->h;
   free(hd);
-  if (--h->open_handles == 0 && h->stopped) {
-    sy_config_unref(h->cfg);
-    free(h->checks);
-    free(h);
-  }
+  if (--h->open_handles == 0 && h->stopped) health_free(h);
 }
 
 static void probe_close(sy_check *k) {
@@ -156,18 +158,26 @@ static void on_interval(uv_timer_t *t) {
   uv_timer_start(&k->deadline, on_deadline, k->up->health.timeout, 0);
 }
 
+/* Checks the servers of each upstream's current set (DNS may change it: the
+ * caller starts the checks again then). */
 sy_health *sy_health_start(uv_loop_t *loop, sy_config *cfg, sy_metrics *m) {
   size_t n = 0;
-  for (size_t u = 0; u < cfg->nupstreams; u++)
-    if (cfg->upstreams[u].health.enabled) n += cfg->upstreams[u].nservers;
-  if (!n) return NULL;
   sy_health *h = calloc(1, sizeof(*h));
-  if (!h || !(h->checks = calloc(n, sizeof(sy_check)))) {
+  if (!h || !(h->sets = calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(*h->sets)))) {
     free(h);
     return NULL;
   }
-  h->loop = loop;
   h->cfg = sy_config_ref(cfg);
+  for (size_t u = 0; u < cfg->nupstreams; u++)
+    if (cfg->upstreams[u].health.enabled) {
+      h->sets[u] = sy_upstream_acquire(&cfg->upstreams[u]);
+      n += h->sets[u] ? h->sets[u]->nservers : 0;
+    }
+  if (!n || !(h->checks = calloc(n, sizeof(sy_check)))) {
+    health_free(h);
+    return NULL;
+  }
+  h->loop = loop;
   h->metrics = m;
   for (size_t u = 0; u < cfg->nupstreams; u++) {
     sy_upstream_cfg *up = &cfg->upstreams[u];
@@ -180,11 +190,11 @@ sy_health *sy_health_start(uv_loop_t *loop, sy_config *cfg, sy_metrics *m) {
                    up->name);
       continue;
     }
-    for (size_t i = 0; i < up->nservers; i++) {
+    for (size_t i = 0; h->sets[u] && i < h->sets[u]->nservers; i++) {
       sy_check *k = &h->checks[h->nchecks++];
       k->h = h;
       k->up = up;
-      k->s = &up->servers[i];
+      k->s = &h->sets[u]->servers[i];
       snprintf(k->req, sizeof(k->req),
                "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: switchyard-health\r\n"
                "Connection: close\r\n\r\n",
@@ -198,9 +208,7 @@ sy_health *sy_health_start(uv_loop_t *loop, sy_config *cfg, sy_metrics *m) {
     }
   }
   if (!h->nchecks) {
-    sy_config_unref(h->cfg);
-    free(h->checks);
-    free(h);
+    health_free(h);
     return NULL;
   }
   return h;

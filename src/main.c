@@ -17,6 +17,7 @@
 #include "switchyard/health.h"
 #include "switchyard/log.h"
 #include "switchyard/metrics.h"
+#include "switchyard/resolver.h"
 #include "switchyard/worker.h"
 
 #define SY_VERSION "0.1.0"
@@ -29,6 +30,7 @@ typedef struct sy_main {
   sy_admin_state admin_state;
   sy_admin *admin;
   sy_health *health;
+  sy_resolver *resolver;
   uv_signal_t sigs[6];
   uv_work_t reaper; /* joins the workers off the loop, so signals still work */
   int stopping;
@@ -88,6 +90,13 @@ static void note_fd_budget(const sy_config *cfg) {
                 (unsigned long long)cfg->limits.max_connections, (unsigned long long)eff);
 }
 
+/* DNS changed an upstream's servers: the health checks follow them. */
+static void on_servers_changed(void *arg) {
+  if (M.stopping) return; /* (no checks may be running: none had a server yet) */
+  sy_health_stop(M.health);
+  M.health = sy_health_start(M.loop, M.admin_state.cfg, M.admin_state.main);
+}
+
 /* Parsing and validation happen here, on the main thread, off every worker's
  * loop; a bad file changes nothing. */
 static void reload(void) {
@@ -104,6 +113,9 @@ static void reload(void) {
   }
   sy_config_adopt_state(cfg, M.admin_state.cfg);
   sy_log_configure((enum sy_log_level)cfg->log_level, (enum sy_log_format)cfg->log_format);
+  /* Names already known keep their servers through the reload. */
+  if (M.resolver && sy_resolver_attach(M.resolver, cfg) < 0)
+    sy_log_error("reload: resolver settings not applied, the previous name servers stay");
   note_fd_budget(cfg);
   for (unsigned i = 0; i < M.nworkers; i++)
     sy_worker_reload(&M.workers[i], cfg);
@@ -134,6 +146,8 @@ static void join_workers(uv_work_t *req) {
 static void workers_joined(uv_work_t *req, int status) {
   sy_health_stop(M.health);
   M.health = NULL;
+  sy_resolver_stop(M.resolver);
+  M.resolver = NULL;
   sy_admin_stop(M.admin);
   M.admin = NULL;
   for (int i = 0; i < 6; i++)
@@ -266,6 +280,11 @@ int main(int argc, char **argv) {
   set_fd_budget(M.nworkers);
   note_fd_budget(cfg);
   int rc = 0;
+  /* Before the workers: they start with whatever the names already gave
+   * (nothing yet), and the lookups begin at once. */
+  M.resolver = sy_resolver_new(M.loop, M.admin_state.main, on_servers_changed, NULL);
+  if (M.resolver)
+    sy_resolver_attach(M.resolver, cfg); /* a failure is logged; names stay unresolved */
   for (unsigned i = 0; i < M.nworkers && rc == 0; i++) {
     rc = sy_worker_init(&M.workers[i], i, cfg);
     if (rc == 0) rc = sy_worker_start(&M.workers[i]);

@@ -45,6 +45,10 @@ static const sy_metric_family families[] = {
     {"switchyard_connections_open", G, "", "Client connections open, tunnels included.", NULL},
     {"switchyard_connections_refused_total", C, "reason",
      "Client connections closed at accept by a limit.", NULL},
+    {"switchyard_dns_records_dropped_total", C, "upstream",
+     "Addresses left out because a DNS name or an upstream gave more than 64.", NULL},
+    {"switchyard_dns_resolutions_total", C, "upstream,result",
+     "Lookups of an upstream's DNS names, by outcome.", NULL},
     {"switchyard_health_checks_total", C, "upstream,server,result", "Active health probes.", NULL},
     {"switchyard_idle_memory_releases_total", C, "",
      "Times an idle worker freed its cached buffers and returned free heap to the system.", NULL},
@@ -94,6 +98,8 @@ static const sy_metric_family families[] = {
     {"switchyard_upstream_retries_total", C, "upstream,server",
      "Requests retried on another server (or connection) after this one failed.", NULL},
     {"switchyard_upstream_server_up", G, "upstream,server", "1 up, 0 ejected.", NULL},
+    {"switchyard_upstream_servers", G, "upstream",
+     "Servers an upstream has now (IP entries plus what its DNS names gave).", NULL},
     {"switchyard_upstream_stale_retries_total", C, "",
      "Requests retried because a pooled connection had died.", NULL},
     {"switchyard_workers", G, "", "Worker threads.", NULL},
@@ -158,9 +164,13 @@ size_t sy_metrics_capacity(const sy_config *cfg) {
   for (size_t i = 0; i < cfg->nroutes; i++)
     n += route_series(&cfg->routes[i]);
   n += 8; /* requests without a route */
-  for (size_t u = 0; u < cfg->nupstreams; u++)
-    /* two histograms; per server: requests by class, three counters, health */
-    n += 2 + cfg->upstreams[u].nservers * (6 + 3 + 2);
+  for (size_t u = 0; u < cfg->nupstreams; u++) {
+    /* DNS may give an upstream up to 64 servers, whatever the file lists */
+    size_t ns = cfg->upstreams[u].dynamic ? 64 : cfg->upstreams[u].nservers;
+    /* two histograms, DNS outcomes and counts; per server: requests by class,
+     * three counters, health */
+    n += 2 + 8 + ns * (6 + 3 + 2);
+  }
   return 2 * n;
 }
 

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "switchyard/log.h"
+#include "switchyard/upstream.h"
 
 /* ---- reading Prometheus text --------------------------------------------------- */
 
@@ -304,12 +305,16 @@ void sy_status_json(sy_buf *out, const sy_admin_state *st, const sy_status_histo
     snprintf(idx, sizeof(idx), "#%zu", cfg->routes[i].index);
     find_row(&t.routes, cfg->routes[i].name ? cfg->routes[i].name : idx, "", 1);
   }
-  for (size_t u = 0; u < cfg->nupstreams; u++)
-    for (size_t i = 0; i < cfg->upstreams[u].nservers; i++) {
-      row *r =
-          find_row(&t.servers, cfg->upstreams[u].name, cfg->upstreams[u].servers[i].addr.text, 1);
-      if (r) r->server = &cfg->upstreams[u].servers[i];
+  /* The servers as requests see them now (DNS may have changed them), held
+   * until the page is written. */
+  sy_server_set **sets = calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(*sets));
+  for (size_t u = 0; sets && u < cfg->nupstreams; u++) {
+    sets[u] = sy_upstream_acquire((sy_upstream_cfg *)&cfg->upstreams[u]);
+    for (size_t i = 0; sets[u] && i < sets[u]->nservers; i++) {
+      row *r = find_row(&t.servers, cfg->upstreams[u].name, sets[u]->servers[i].addr.text, 1);
+      if (r) r->server = &sets[u]->servers[i];
     }
+  }
   sy_status_scrape(text, len, collect, &t);
 
   time_t now = time(NULL);
@@ -376,16 +381,21 @@ void sy_status_json(sy_buf *out, const sy_admin_state *st, const sy_status_histo
     sy_buf_appendf(out, "%s{", u ? "," : "");
     sy_json_cstr(out, "name", up->name, 0);
     sy_buf_appendf(out, ",\"servers\":[");
-    for (size_t i = 0; i < up->nservers; i++) {
+    const sy_server_set *set = sets ? sets[u] : NULL;
+    for (size_t i = 0; set && i < set->nservers; i++) {
+      const sy_server_cfg *sv = &set->servers[i];
       sy_buf_appendf(out, "%s{", i ? "," : "");
-      sy_json_cstr(out, "address", up->servers[i].addr.text, 0);
+      sy_json_cstr(out, "address", sv->addr.text, 0);
       sy_buf_appendf(out, ",\"up\":%s,\"active\":%d}",
-                     __atomic_load_n(&up->servers[i].rt->down, __ATOMIC_RELAXED) ? "false" : "true",
-                     __atomic_load_n(&up->servers[i].rt->active, __ATOMIC_RELAXED));
+                     __atomic_load_n(&sv->rt->down, __ATOMIC_RELAXED) ? "false" : "true",
+                     __atomic_load_n(&sv->rt->active, __ATOMIC_RELAXED));
     }
     sy_buf_appendf(out, "]}");
   }
   sy_buf_appendf(out, "]}\n");
+  for (size_t u = 0; sets && u < cfg->nupstreams; u++)
+    sy_server_set_unref(sets[u]);
+  free(sets);
   free(t.routes.r);
   free(t.servers.r);
   free(t.tunnels.r);

@@ -62,7 +62,12 @@ typedef struct sy_server_cfg {
   sy_addr addr;
   unsigned weight; /* default 1 */
   sy_server_rt *rt;
+  /* addr.host is a DNS name: addr.sa is unset, the resolver turns every
+   * address it finds into a server of the upstream's server set. */
+  int dns;
 } sy_server_cfg;
+
+struct sy_server_set;
 
 enum sy_balance { SY_BALANCE_ROUND_ROBIN = 0, SY_BALANCE_LEAST_CONN, SY_BALANCE_HASH };
 
@@ -93,6 +98,12 @@ typedef struct sy_upstream_cfg {
    * (atomic increments) so balancing is even whichever worker accepted. */
   unsigned rr_next;
   struct sy_tls_ctx *tls_ctx; /* built by sy_config_load when tls is set */
+  int dynamic;                /* some server is a DNS name */
+  /* The servers requests go to now (upstream.h): built at load; for a
+   * dynamic upstream, replaced by the resolver as answers change. Read only
+   * through sy_upstream_acquire. */
+  struct sy_server_set *set;
+  int set_readers;
 } sy_upstream_cfg;
 
 typedef struct sy_header_match {
@@ -160,6 +171,13 @@ typedef struct sy_paths {
   int reject_escaped_slashes; /* escaped_slashes: reject (default keep) */
 } sy_paths;
 
+/* resolver: how DNS names of upstream servers are looked up. */
+typedef struct sy_resolver_cfg {
+  char **nameservers; /* "host:port", "[v6]:port"; none = /etc/resolv.conf */
+  size_t nnameservers;
+  sy_msec_t min_ttl, max_ttl; /* bounds on the answers' TTL (default 1s, 5m) */
+} sy_resolver_cfg;
+
 typedef struct sy_config {
   int refs;        /* atomic via __atomic builtins */
   uint64_t serial; /* 1, 2, ... per snapshot loaded: unique for the process's lifetime */
@@ -178,6 +196,7 @@ typedef struct sy_config {
   sy_timeouts timeouts; /* global defaults, all non-zero after load */
   sy_forwarding forwarding;
   sy_paths paths;
+  sy_resolver_cfg resolver;
   char *access_log; /* NULL or "stdout" = stdout, "off", or a file path */
   int log_level;    /* enum sy_log_level, default info */
   int log_format;   /* enum sy_log_format, default text */

@@ -127,21 +127,24 @@ int upstream_retry_stale(sy_conn *c) {
   upstream_link_close(c);
   sy_flow_batch_done(&c->fl[SIDE_CLIENT]);
   c->x.fresh_only = 1;
-  c->x.tried &= ~(1ull << (c->x.server - c->x.route->upstream->servers));
+  c->x.tried &= ~(1ull << (c->x.server - c->x.set->servers));
   upstream_connect(c);
   return 1;
 }
 
 void upstream_connect(sy_conn *c) {
   sy_upstream_cfg *up = (sy_upstream_cfg *)c->x.route->upstream; /* its cursor moves */
-  int i = sy_upstream_pick(up, c->x.tried, c->x.key_hash, uv_now(c->env->loop));
+  /* One set for the whole exchange: retries index the same servers. */
+  if (!c->x.set) c->x.set = sy_upstream_acquire(up);
+  int i = sy_upstream_pick_set(up, c->x.set, c->x.tried, c->x.key_hash, uv_now(c->env->loop));
   if (i < 0) {
-    if (i == SY_PICK_ALL_DOWN) sy_log_error("upstream %s: no server is up", up->name);
+    if (i == SY_PICK_ALL_DOWN)
+      sy_log_every_second(SY_LOG_ERROR, "upstream %s: no server is up", up->name);
     local_response(c, i == SY_PICK_ALL_DOWN ? 503 : c->x.last_err_timeout ? 504 : 502, 0);
     return;
   }
   c->x.tried |= 1ull << i;
-  const sy_server_cfg *s = &up->servers[i];
+  const sy_server_cfg *s = &c->x.set->servers[i];
   c->x.server = s;
   conn_set_state(c, CS_CONNECT);
   if (!up->tls_ctx && !c->x.fresh_only && c->env->upool) {

@@ -15,6 +15,7 @@ void sy_conn_tunnel_done(sy_tunnel *t, const sy_tunnel_stats *st, void *arg) {
   sy_conn_env *env = n->env;
   report_tunnel_closed(n, st);
   if (n->server) sy_upstream_active_add(n->server, -1);
+  sy_server_set_unref(n->set);
   if (n->client_counted) sy_limits_client_release(n->client_ip);
   sy_limits_tunnels_add(-1);
   sy_config_unref(n->cfg);
@@ -69,6 +70,7 @@ void handoff_start(sy_conn *c) {
     char *at = (char *)(n + 1);
     *n = report_note_of(c);
     n->cfg = sy_config_ref(c->cfg);
+    if (n->set) sy_server_set_ref(n->set);
     n->proto = note_str(&at, c->x.proto);
     n->client_ip = note_str(&at, c->client_ip);
     n->path = note_str(&at, c->x.path);

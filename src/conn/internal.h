@@ -35,6 +35,7 @@
 #include "switchyard/http.h"
 #include "switchyard/tls.h"
 #include "switchyard/upool.h"
+#include "switchyard/upstream.h"
 
 /* State changes for the debug log. */
 #define CONN_TRACE(...) ((void)0)
@@ -62,9 +63,10 @@ typedef enum conn_side { SIDE_CLIENT = 0, SIDE_UPSTREAM = 1 } conn_side;
  * client socket. */
 typedef struct conn_xchg {
   const sy_route_cfg *route;
-  const sy_server_cfg *server;
-  uint64_t tried;    /* servers of the upstream already tried (bit i = server i) */
-  uint64_t key_hash; /* hash balancing input */
+  sy_server_set *set;          /* the upstream's servers as this request saw them (held) */
+  const sy_server_cfg *server; /* in set->servers */
+  uint64_t tried;              /* servers of the set already tried (bit i = server i) */
+  uint64_t key_hash;           /* hash balancing input */
 
   /* What the request head told us that outlives its bytes in the buffer. */
   char method[16];
@@ -221,7 +223,8 @@ conn_note report_note_of(sy_conn *c);
  * whole connection, so an idle tunnel costs little more than its sockets. */
 struct conn_note {
   sy_conn_env *env;
-  sy_config *cfg; /* keeps route and server alive */
+  sy_config *cfg;     /* keeps the route alive */
+  sy_server_set *set; /* keeps the server alive (a DNS change may drop it from the upstream) */
   const sy_route_cfg *route;
   const sy_server_cfg *server;
   const char *proto, *client_ip, *path;

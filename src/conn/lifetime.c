@@ -57,6 +57,7 @@ void conn_xchg_reset(sy_conn *c) {
   sy_buf retry = c->x.retry_head;
   retry.len = 0; /* capacity kept: no allocation per request */
   free(c->x.path);
+  sy_server_set_unref(c->x.set);
   c->x = (conn_xchg){.retry_head = retry};
 }
 
@@ -153,6 +154,7 @@ static void conn_free(sy_conn *c) {
     sy_tls_conn_free(c->tls[s]);
   }
   free(c->x.path);
+  sy_server_set_unref(c->x.set);
   sy_buf_free(&c->x.retry_head);
   int handed_off = c->handed_off;
   if (c->client_counted && !handed_off) sy_limits_client_release(c->client_ip);

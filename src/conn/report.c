@@ -40,6 +40,7 @@ conn_note report_note_of(sy_conn *c) {
   return (conn_note){.env = c->env,
                      .cfg = c->cfg,
                      .route = c->x.route,
+                     .set = c->x.set,
                      .server = c->x.server,
                      .proto = c->x.proto,
                      .client_ip = c->client_ip,

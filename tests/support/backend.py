@@ -100,7 +100,7 @@ def blackhole_handler(conn):
 
 class Backend:
     def __init__(self, handler=None, response=None, keep_alive=True,
-                 record_limit=16 * 1024 * 1024, name="backend", host="127.0.0.1"):
+                 record_limit=16 * 1024 * 1024, name="backend", host="127.0.0.1", port=0):
         if handler is None:
             if response is None:
                 handler = echo_handler
@@ -115,13 +115,13 @@ class Backend:
         self.errors = []
         self._stop = False
         self._threads = []
-        v6 = ":" in host  # host="::1": an IPv6 backend, address "[::1]:PORT"
-        self.lsock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                   socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind((host, 0))
+        self.lsock.bind((host, port))  # host/port: several backends behind one DNS name
         self.lsock.listen(128)
         self.port = self.lsock.getsockname()[1]
-        self.address = ("[%s]:%d" if v6 else "%s:%d") % (host, self.port)
+        self.address = ("[%s]:%d" if ":" in host else "%s:%d") % (host, self.port)
         self._born = time.monotonic()
         t = threading.Thread(target=self._accept_loop, name="%s-accept" % name, daemon=True)
         t.start()
