@@ -1251,7 +1251,7 @@ static void set_defaults(sy_config *cfg) {
                                 .body_idle = 60000};
   cfg->limits =
       (sy_limits){.max_connections = 100000, .max_header_bytes = 32768, .max_headers = 100};
-  cfg->forwarding = (sy_forwarding){1, 1, 1, 1, 1, NULL};
+  cfg->forwarding = (sy_forwarding){1, 1, 1, 1, 0, NULL};
   cfg->paths = (sy_paths){.normalize = 1, .merge_slashes = 1};
   cfg->log_level = SY_LOG_INFO;
   cfg->log_format = SY_LOG_TEXT;

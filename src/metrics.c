@@ -64,6 +64,8 @@ static const sy_metric_family families[] = {
     {"switchyard_request_duration_seconds", H, "route",
      "Time from a request's first byte to the last byte of its response.", &request_buckets},
     {"switchyard_requests_total", C, "route,class", "Responses completed, by status class.", NULL},
+    {"switchyard_responses_incomplete_total", C, "route,reason",
+     "Responses cut short after their head was sent, by termination reason.", NULL},
     {"switchyard_start_time_seconds", G, "", "Unix time the process started.", NULL},
     {"switchyard_tunnel_bytes_total", C, "route,direction",
      "Tunnel payload bytes, added while the tunnel is open (at most a second behind).", NULL},
@@ -163,7 +165,8 @@ size_t sy_metrics_capacity(const sy_config *cfg) {
   size_t n = 64; /* unlabelled families and fixed label sets (reasons, states) */
   for (size_t i = 0; i < cfg->nroutes; i++)
     n += route_series(&cfg->routes[i]);
-  n += 8; /* requests without a route */
+  n += 8;                      /* requests without a route */
+  n += (cfg->nroutes + 1) * 5; /* responses cut short: five reasons per route */
   for (size_t u = 0; u < cfg->nupstreams; u++) {
     /* DNS may give an upstream up to 64 servers, whatever the file lists */
     size_t ns = cfg->upstreams[u].dynamic ? 64 : cfg->upstreams[u].nservers;

@@ -250,7 +250,8 @@ static void collect(const char *name, size_t nlen, const char *labels, size_t ll
       add(r, F_CFAIL, v);
     } else {
       add(r, F_REQ, v);
-      if (label_is(labels, llen, "class", "5xx")) add(r, F_ERR, v);
+      /* A server with requests has a 5xx count, 0 when none was a 5xx. */
+      add(r, F_ERR, label_is(labels, llen, "class", "5xx") ? v : 0);
     }
   }
 }

@@ -257,6 +257,7 @@ int sy_worker_init(sy_worker *w, unsigned id, sy_config *cfg) {
   if (!w->pipes || !w->env.metrics || !w->env.upool) return UV_ENOMEM;
   if (!(w->env.tunnels = sy_tunnel_hub_new(&w->loop, w->pipes, sy_conn_tunnel_done)))
     return UV_ENOMEM;
+  sy_tunnel_hub_set_progress(w->env.tunnels, sy_conn_tunnel_progress, 1000);
   uv_timer_init(&w->loop, &w->drain_timer);
   w->drain_timer.data = w;
   w->env.loop = &w->loop;

@@ -160,7 +160,7 @@ typedef struct sy_limits {
 
 typedef struct sy_forwarding {
   int x_forwarded_for, x_forwarded_proto, x_forwarded_host, via; /* all default 1 */
-  int request_id;          /* default 1: keep or make an id, send it upstream and back */
+  int request_id;          /* default 0: send the id upstream and back (always logged) */
   char *request_id_header; /* default "X-Request-Id" (set at load, never NULL) */
 } sy_forwarding;
 

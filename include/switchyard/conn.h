@@ -57,7 +57,9 @@ void sy_conn_close_all(sy_conn_env *env);
 /* Graceful stop: idle connections close now, requests in flight end after
  * their response, tunnels go on until they end or the drain timeout. */
 void sy_conn_drain_all(sy_conn_env *env);
-/* The tunnel hub reports ended tunnels here (log line, metrics, counts). */
+/* The tunnel hub reports ended tunnels here (log line, metrics, counts)... */
 void sy_conn_tunnel_done(sy_tunnel *t, const sy_tunnel_stats *st, void *arg);
+/* ...and, about once a second, the bytes open tunnels moved (live metrics). */
+void sy_conn_tunnel_progress(sy_tunnel *t, const sy_tunnel_bytes *d, void *arg);
 
 #endif

@@ -3,7 +3,13 @@
  * pooled connection, and giving the connection back or closing it. */
 #include "internal.h"
 #include "switchyard/log.h"
+#include "switchyard/stats.h"
 #include "switchyard/upstream.h"
+
+static void server_event(sy_conn *c, const sy_server_cfg *s, enum sy_stats_server_event ev) {
+  c->env->labels.len = 0;
+  sy_stats_server(c->env->metrics, &c->env->labels, c->cfg, c->x.route, s, ev);
+}
 
 static void on_link_closed(void *arg) {
   conn_unref(arg);
@@ -80,6 +86,7 @@ static void on_connect(uv_connect_t *req, int status) {
     const char *sni = up->tls.sni ? up->tls.sni : c->x.server->addr.host;
     c->tls[SIDE_UPSTREAM] = sy_tls_conn_new(up->tls_ctx, 0, sni, up->tls.verify);
     if (!c->tls[SIDE_UPSTREAM]) {
+      c->x.term = SY_TERM_INTERNAL;
       local_response(c, 500, 1);
       return;
     }
@@ -93,6 +100,17 @@ static void on_connect(uv_connect_t *req, int status) {
 /* The upstream connection can carry the request: send the head, then the body. */
 void upstream_ready(sy_conn *c) {
   sy_flow *rq = &c->fl[SIDE_CLIENT];
+  uint64_t now = uv_hrtime();
+  if (c->x.t_connect) { /* a fresh connection (TLS handshake included) */
+    c->x.connect_ns = (int64_t)(now - c->x.t_connect);
+    c->x.t_connect = 0;
+    c->env->labels.len = 0;
+    sy_stats_connect(c->env->metrics, &c->env->labels, c->cfg, c->x.route,
+                     (uint64_t)c->x.connect_ns);
+  } else {
+    c->x.connect_ns = 0; /* a pooled one */
+  }
+  c->x.t_sent = now;
   conn_set_state(c, rq->msg_done ? CS_READ_RESP : CS_SEND_BODY);
   conn_timer_arm(c, conn_response_timeout(c));
   if (c->x.retry_head.len) {
@@ -105,6 +123,7 @@ void upstream_ready(sy_conn *c) {
     return;
   }
   if (request_queue_head(c) < 0) {
+    c->x.term = SY_TERM_INTERNAL;
     local_response(c, 500, 1);
     return;
   }
@@ -124,6 +143,7 @@ int upstream_retry_stale(sy_conn *c) {
     return 0;
   c->x.retried = 1;
   sy_metrics_add(c->env->metrics, "switchyard_upstream_stale_retries_total", NULL, 1);
+  server_event(c, c->x.server, SY_STATS_RETRY);
   upstream_link_close(c);
   sy_flow_batch_done(&c->fl[SIDE_CLIENT]);
   c->x.fresh_only = 1;
@@ -140,8 +160,15 @@ void upstream_connect(sy_conn *c) {
   if (i < 0) {
     if (i == SY_PICK_ALL_DOWN)
       sy_log_every_second(SY_LOG_ERROR, "upstream %s: no server is up", up->name);
+    c->x.term = i == SY_PICK_ALL_DOWN   ? SY_TERM_NO_SERVER
+                : c->x.last_err_timeout ? SY_TERM_CONNECT_TIMEOUT
+                                        : SY_TERM_CONNECT_FAILED;
     local_response(c, i == SY_PICK_ALL_DOWN ? 503 : c->x.last_err_timeout ? 504 : 502, 0);
     return;
+  }
+  if (c->x.retry_from) { /* the last server failed: this pick is a retry */
+    server_event(c, c->x.retry_from, SY_STATS_RETRY);
+    c->x.retry_from = NULL;
   }
   c->x.tried |= 1ull << i;
   const sy_server_cfg *s = &c->x.set->servers[i];
@@ -158,16 +185,20 @@ void upstream_connect(sy_conn *c) {
   }
   sy_link *l = sy_link_new(c->env->loop, s);
   if (!l) {
+    c->x.term = SY_TERM_INTERNAL;
     local_response(c, 500, 1);
     return;
   }
   take_link(c, l);
+  c->x.t_connect = uv_hrtime();
   int rc = uv_tcp_connect(&l->creq, &l->tcp, (const struct sockaddr *)&s->addr.sa, on_connect);
   if (rc == UV_EMFILE || rc == UV_ENFILE || rc == UV_ENOBUFS || rc == UV_ENOMEM) {
     /* Our own shortage, not the server's fault: no passive ejection. */
-    sy_log_error("upstream %s: cannot open a socket: %s (out of file descriptors?)", s->addr.text,
-                 uv_strerror(rc));
+    sy_log_every_second(SY_LOG_ERROR,
+                        "upstream %s: cannot open a socket: %s (out of file descriptors?)",
+                        s->addr.text, uv_strerror(rc));
     upstream_link_close(c);
+    c->x.term = SY_TERM_INTERNAL;
     local_response(c, 503, 1);
     return;
   }
@@ -187,8 +218,13 @@ void upstream_connect(sy_conn *c) {
 
 void upstream_failed(sy_conn *c, int timeout) {
   c->x.last_err_timeout = timeout;
-  sy_log_error("upstream %s: %s", conn_peer(c, SIDE_UPSTREAM),
-               timeout ? "connect timed out" : "connect failed");
-  if (c->x.server) sy_upstream_report(c->x.route->upstream, c->x.server, 0, uv_now(c->env->loop));
+  c->x.t_connect = 0;
+  sy_log_every_second(SY_LOG_ERROR, "upstream %s: %s", conn_peer(c, SIDE_UPSTREAM),
+                      timeout ? "connect timed out" : "connect failed");
+  if (c->x.server) {
+    sy_upstream_report(c->x.route->upstream, c->x.server, 0, uv_now(c->env->loop));
+    server_event(c, c->x.server, SY_STATS_CONNECT_FAILURE);
+    c->x.retry_from = c->x.server;
+  }
   upstream_connect(c); /* the next server: no byte of the request was sent yet */
 }

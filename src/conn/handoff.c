@@ -10,6 +10,10 @@
 #include "switchyard/log.h"
 #include "switchyard/upstream.h"
 
+void sy_conn_tunnel_progress(sy_tunnel *t, const sy_tunnel_bytes *d, void *arg) {
+  report_tunnel_bytes(sy_tunnel_extra(t), d);
+}
+
 void sy_conn_tunnel_done(sy_tunnel *t, const sy_tunnel_stats *st, void *arg) {
   conn_note *n = sy_tunnel_extra(t);
   sy_conn_env *env = n->env;
@@ -53,7 +57,8 @@ void handoff_start(sy_conn *c) {
       .exclusive = 1,
   };
   size_t extra = sizeof(conn_note) + strlen(c->x.proto) + strlen(c->client_ip) + 2 +
-                 (c->x.path ? strlen(c->x.path) + 1 : 0);
+                 (c->x.path ? strlen(c->x.path) + 1 : 0) +
+                 (c->x.request_id[0] ? strlen(c->x.request_id) + 1 : 0);
   conn_set_state(c, CS_TUNNEL);
   sy_tunnel *t =
       dc >= 0 && du >= 0
@@ -74,6 +79,7 @@ void handoff_start(sy_conn *c) {
     n->proto = note_str(&at, c->x.proto);
     n->client_ip = note_str(&at, c->client_ip);
     n->path = note_str(&at, c->x.path);
+    n->request_id = note_str(&at, n->request_id);
     /* From here the note is the client's connection: it counts towards
      * max_connections and, as a tunnel, towards the server's open
      * connections (least_conn) until the tunnel ends. */

@@ -7,6 +7,7 @@
 
 #include "internal.h"
 #include "switchyard/log.h"
+#include "switchyard/stats.h"
 
 /* ---- when to read -------------------------------------------------------------- */
 
@@ -68,6 +69,7 @@ static void http_read_update(sy_conn *c, conn_side s) {
 
 static void bad_request(sy_conn *c, sy_flow_step r, llhttp_errno_t e) {
   sy_flow *f = &c->fl[SIDE_CLIENT];
+  c->x.term = f->head.too_many ? SY_TERM_LIMIT : SY_TERM_BAD_REQUEST;
   if (r == SY_STEP_BAD_BYTES) {
     memcpy(c->x.method, "-", 2);
     local_response(c, 400, 1);
@@ -75,10 +77,12 @@ static void bad_request(sy_conn *c, sy_flow_step r, llhttp_errno_t e) {
     local_response(c, 400, 1);
   } else if (c->state != CS_READ_HEAD) {
     /* A broken body after the head went upstream: nothing to resync. */
-    if (!c->x.resp_head_sent)
+    if (!c->x.resp_head_sent) {
       local_response(c, 400, 1);
-    else
+    } else {
+      report_cut(c, SY_TERM_BAD_REQUEST);
       conn_close(c);
+    }
   } else {
     if (!c->x.method[0]) request_remember_method(c);
     local_response(c, f->head.too_many ? 431 : 400, 1);
@@ -88,13 +92,18 @@ static void bad_request(sy_conn *c, sy_flow_step r, llhttp_errno_t e) {
 static void bad_response(sy_conn *c, sy_flow_step r, llhttp_errno_t e) {
   const char *peer = conn_peer(c, SIDE_UPSTREAM);
   if (r == SY_STEP_BAD_BYTES)
-    sy_log_error("upstream %s: invalid response head (bare CR/LF, obs-fold or NUL)", peer);
+    sy_log_every_second(SY_LOG_ERROR,
+                        "upstream %s: invalid response head (bare CR/LF, obs-fold or NUL)", peer);
   else if (r == SY_STEP_BAD_CHUNK)
-    sy_log_error("upstream %s: chunked body not ended by CRLF", peer);
+    sy_log_every_second(SY_LOG_ERROR, "upstream %s: chunked body not ended by CRLF", peer);
   else if (c->x.bad_101)
-    sy_log_error("upstream %s: 101 for a protocol the client did not offer", peer);
+    sy_log_every_second(SY_LOG_ERROR, "upstream %s: 101 for a protocol the client did not offer",
+                        peer);
   else
-    sy_log_error("upstream %s: invalid response: %s", peer, llhttp_errno_name(e));
+    sy_log_every_second(SY_LOG_ERROR, "upstream %s: invalid response: %s", peer,
+                        llhttp_errno_name(e));
+  c->x.term = c->x.bad_101 ? SY_TERM_UPGRADE_REJECTED : SY_TERM_BAD_RESPONSE;
+  if (c->x.resp_head_sent && c->x.resp_flushed) report_cut(c, SY_TERM_BAD_RESPONSE);
   local_response(c, 502, 1);
 }
 
@@ -134,10 +143,12 @@ void http_feed(sy_conn *c, conn_side s) {
     if (r == SY_STEP_AGAIN) continue;
     if (head_too_large(c, s)) {
       if (s == SIDE_UPSTREAM) {
-        sy_log_error("upstream %s: response head too large", conn_peer(c, s));
+        sy_log_every_second(SY_LOG_ERROR, "upstream %s: response head too large", conn_peer(c, s));
+        c->x.term = SY_TERM_BAD_RESPONSE;
         local_response(c, 502, 1);
       } else {
         memcpy(c->x.method, "-", 2);
+        c->x.term = SY_TERM_LIMIT;
         local_response(c, 431, 1);
       }
       return;
@@ -170,6 +181,13 @@ static void http_input(sy_conn *c, conn_side s, size_t n) {
     conn_timer_arm(c, c->cfg->timeouts.header);
     c->x.t_start = uv_hrtime(); /* a request's time starts with its first byte */
   }
+  if (s == SIDE_UPSTREAM && !f->bytes && c->x.t_sent) {
+    /* The upstream's first byte for this request (HAProxy's Tr). */
+    c->x.first_byte_ns = (int64_t)(uv_hrtime() - c->x.t_sent);
+    c->env->labels.len = 0;
+    sy_stats_first_byte(c->env->metrics, &c->env->labels, c->cfg, c->x.route,
+                        (uint64_t)c->x.first_byte_ns);
+  }
   f->len += (uint32_t)n;
   f->bytes += (uint64_t)n;
   http_feed(c, s);
@@ -194,7 +212,9 @@ static void http_eof(sy_conn *c, conn_side s, ssize_t n) {
   }
   if (s == SIDE_UPSTREAM && upstream_retry_stale(c)) return;
   if (s == SIDE_UPSTREAM && c->state == CS_CONNECT && c->tls[s]) {
-    sy_log_error("upstream %s: TLS handshake failed: connection closed", conn_peer(c, s));
+    sy_log_every_second(SY_LOG_ERROR, "upstream %s: TLS handshake failed: connection closed",
+                        conn_peer(c, s));
+    c->x.term = SY_TERM_UPSTREAM_TLS;
     local_response(c, 502, 1);
     return;
   }
@@ -219,20 +239,30 @@ static void http_eof(sy_conn *c, conn_side s, ssize_t n) {
     return;
   }
   if (s == SIDE_UPSTREAM) {
-    sy_log_error("upstream %s: connection closed before the response ended", conn_peer(c, s));
-    if (!c->x.resp_head_sent)
+    sy_log_every_second(SY_LOG_ERROR, "upstream %s: connection closed before the response ended",
+                        conn_peer(c, s));
+    enum sy_term why = n == UV_EOF ? SY_TERM_UPSTREAM_CLOSED : SY_TERM_UPSTREAM_RESET;
+    c->x.term = why;
+    if (!c->x.resp_head_sent) {
       local_response(c, 502, 1);
-    else
+    } else {
+      report_cut(c, why); /* a backend that died mid-response: its line and its count */
       conn_close(c);
+    }
     return;
   }
   /* The client left mid-request; nobody is there to read an answer. Logged
    * as nginx does, with 499 (client closed request). */
-  sy_log_info("client %s:%d: connection %s mid-request", c->client_ip, c->client_port,
-              n == UV_EOF ? "closed" : uv_strerror((int)n));
+  char who[80];
+  CONN_TRACE("client %s: connection %s mid-request", conn_client_text(c, who),
+             n == UV_EOF ? "closed" : uv_strerror((int)n));
+  enum sy_term why = n == UV_EOF ? SY_TERM_CLIENT_CLOSED : SY_TERM_CLIENT_RESET;
   if (c->x.method[0] && !c->x.resp_flushed) {
     c->x.status = 499;
+    c->x.term = why;
     report_request(c);
+  } else {
+    report_cut(c, why);
   }
   conn_close(c);
 }
@@ -270,9 +300,10 @@ static void http_written(sy_conn *c, conn_side s, uv_write_t *req, int status) {
     return;
   }
   if (status < 0) {
-    if (s == SIDE_UPSTREAM)
-      conn_close(c); /* the client went away */
-    else if (upstream_retry_stale(c))
+    if (s == SIDE_UPSTREAM) { /* the client went away mid-response */
+      report_cut(c, SY_TERM_CLIENT_RESET);
+      conn_close(c);
+    } else if (upstream_retry_stale(c))
       ;
     else if (!c->x.resp_head_sent)
       local_response(c, 502, 1);

@@ -34,11 +34,17 @@
 #include "switchyard/flow.h"
 #include "switchyard/http.h"
 #include "switchyard/tls.h"
+#include "switchyard/log.h"
+#include "switchyard/reqid.h"
+#include "switchyard/termination.h"
 #include "switchyard/upool.h"
 #include "switchyard/upstream.h"
 
-/* State changes for the debug log. */
-#define CONN_TRACE(...) ((void)0)
+/* State changes for the debug log (log_level: debug), at no cost otherwise. */
+#define CONN_TRACE(...)                                                                            \
+  do {                                                                                             \
+    if (sy_log_on(SY_LOG_DEBUG)) sy_log_debug(__VA_ARGS__);                                        \
+  } while (0)
 
 #define MAX_UPGRADES 8
 #define LINGER_MS 2000
@@ -79,8 +85,9 @@ typedef struct conn_xchg {
   sy_str up_tokens[MAX_UPGRADES]; /* the tokens forwarded, in the client's order */
   size_t nup_tokens;
   char up_store[256];
-  char ws_key[128];  /* empty: missing or unusable, so no 101 can verify */
-  char offered0[32]; /* the first token offered, for metrics */
+  char ws_key[128];                  /* empty: missing or unusable, so no 101 can verify */
+  char offered0[32];                 /* the first token offered, for metrics */
+  char request_id[SY_REQID_MAX + 1]; /* the client's (when sane) or ours; "" none */
 
   /* The answer. */
   int status;
@@ -96,10 +103,17 @@ typedef struct conn_xchg {
   unsigned last_err_timeout : 1; /* the last connect failed by timeout (504) */
   unsigned link_used : 1;        /* a connection was taken for this request */
   unsigned retried : 1, fresh_only : 1;
-  sy_buf retry_head; /* the head sent on a reused connection, for one retry;
-                        its capacity survives the reset */
+  const sy_server_cfg *retry_from; /* failed, the next pick is a retry (metrics) */
+  sy_buf retry_head;               /* the head sent on a reused connection, for one retry;
+                                      its capacity survives the reset */
 
-  uint64_t t_start, bytes_in, bytes_out; /* access log */
+  /* Access log and metrics: loop-independent times (uv_hrtime), -1 = the
+   * phase did not happen. */
+  uint64_t t_start, bytes_in, bytes_out;
+  uint64_t t_connect, t_sent;        /* connect started; request sent upstream */
+  int64_t connect_ns, first_byte_ns; /* upstream connect (TLS included); first byte */
+  enum sy_term term;                 /* why the exchange ended (SY_TERM_OK by default) */
+  unsigned reported : 1;             /* its line and count are written */
 } conn_xchg;
 
 struct conn_io;
@@ -214,9 +228,15 @@ typedef struct conn_note conn_note;
 void report_request(sy_conn *c);
 void report_tunnel_open(const conn_note *n);
 void report_tunnel_closed(const conn_note *n, const sy_tunnel_stats *st);
+void report_tunnel_bytes(const conn_note *n, const sy_tunnel_bytes *d);
 void report_accept(sy_conn_env *env);
 void report_conn_closed(sy_conn_env *env);
 conn_note report_note_of(sy_conn *c);
+/* An exchange cut short (the response was partly sent): its line and count,
+ * with the reason, before the connection goes. */
+void report_cut(sy_conn *c, enum sy_term why);
+/* "ip:port", or "[ip]:port" for IPv6, for diagnostics. */
+const char *conn_client_text(const sy_conn *c, char out[80]);
 
 /* What a tunnel needs once its connection is gone: a spliced tunnel keeps
  * this in its own allocation (sy_tunnel_extra), strings inline, not the
@@ -227,7 +247,7 @@ struct conn_note {
   sy_server_set *set; /* keeps the server alive (a DNS change may drop it from the upstream) */
   const sy_route_cfg *route;
   const sy_server_cfg *server;
-  const char *proto, *client_ip, *path;
+  const char *proto, *client_ip, *path, *request_id;
   int client_port;
   int client_counted;
 };

@@ -58,7 +58,7 @@ void conn_xchg_reset(sy_conn *c) {
   retry.len = 0; /* capacity kept: no allocation per request */
   free(c->x.path);
   sy_server_set_unref(c->x.set);
-  c->x = (conn_xchg){.retry_head = retry};
+  c->x = (conn_xchg){.retry_head = retry, .connect_ns = -1, .first_byte_ns = -1};
 }
 
 /* ---- timers ------------------------------------------------------------------- */
@@ -103,9 +103,10 @@ static void on_timeout(uv_timer_t *t) {
   sy_flow *rq = &c->fl[SIDE_CLIENT];
   switch (c->state) {
   case CS_READ_HEAD:
-    if (rq->len > rq->head_start && !rq->head_done)
+    if (rq->len > rq->head_start && !rq->head_done) {
+      c->x.term = SY_TERM_HEADER_TIMEOUT;
       local_response(c, 408, 1);
-    else
+    } else
       conn_close(c); /* idle keep-alive */
     break;
   case CS_CONNECT:
@@ -115,18 +116,23 @@ static void on_timeout(uv_timer_t *t) {
   case CS_SEND_BODY:
     if (!rq->msg_done && !rq->writing && !c->x.resp_head_sent) {
       /* The client stopped sending its body (not the upstream reading it). */
-      sy_log_error("client %s:%d: request body stalled (limits.body_timeout)", c->client_ip,
-                   c->client_port);
+      char who[80];
+      sy_log_every_second(SY_LOG_WARN, "client %s: request body stalled (limits.body_timeout)",
+                          conn_client_text(c, who));
+      c->x.term = SY_TERM_BODY_TIMEOUT;
       local_response(c, 408, 1);
       break;
     }
     /* fall through */
   case CS_READ_RESP:
   case CS_SEND_RESP:
+    sy_log_every_second(SY_LOG_WARN, "upstream %s: no response in time",
+                        conn_peer(c, SIDE_UPSTREAM));
+    c->x.term = SY_TERM_RESPONSE_TIMEOUT;
     if (!c->x.resp_head_sent) {
-      sy_log_error("upstream %s: no response in time", conn_peer(c, SIDE_UPSTREAM));
       local_response(c, 504, 1);
     } else {
+      report_cut(c, SY_TERM_RESPONSE_TIMEOUT);
       conn_close(c);
     }
     break;
@@ -253,6 +259,11 @@ static void free_unaccepted(uv_handle_t *h) {
   env->conn_gone(env);
 }
 
+const char *conn_client_text(const sy_conn *c, char out[80]) {
+  snprintf(out, 80, strchr(c->client_ip, ':') ? "[%s]:%d" : "%s:%d", c->client_ip, c->client_port);
+  return out;
+}
+
 static void peer_text(sy_conn *c) {
   struct sockaddr_storage ss;
   int len = sizeof(ss);
@@ -263,8 +274,16 @@ static void peer_text(sy_conn *c) {
     c->client_port = ntohs(a->sin_port);
   } else if (ss.ss_family == AF_INET6) {
     struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-    uv_ip6_name(a, c->client_ip, sizeof(c->client_ip));
     c->client_port = ntohs(a->sin6_port);
+    if (IN6_IS_ADDR_V4MAPPED(&a->sin6_addr)) {
+      /* An IPv4 client of a dual-stack listener is an IPv4 client: the same
+       * text in headers, logs, hash(client) and per-client limits. */
+      struct sockaddr_in v4 = {.sin_family = AF_INET};
+      memcpy(&v4.sin_addr, &a->sin6_addr.s6_addr[12], 4);
+      ip4_text(&v4, c->client_ip);
+    } else {
+      uv_ip6_name(a, c->client_ip, sizeof(c->client_ip));
+    }
   }
 }
 
@@ -275,7 +294,9 @@ void sy_conn_accept(sy_conn_env *env, uv_stream_t *server, const sy_listener_cfg
   uv_tcp_init(env->loop, &c->client);
   c->client.data = c;
   c->refs = 1;
-  if (uv_accept(server, (uv_stream_t *)&c->client) < 0) {
+  int rc = uv_accept(server, (uv_stream_t *)&c->client);
+  if (rc < 0) {
+    sy_log_every_second(SY_LOG_ERROR, "accept: %s", uv_strerror(rc));
     c->state = CS_CLOSED;
     uv_close((uv_handle_t *)&c->client, free_unaccepted);
     return;
@@ -296,6 +317,7 @@ void sy_conn_accept(sy_conn_env *env, uv_stream_t *server, const sy_listener_cfg
   sy_flow_init(&c->fl[SIDE_UPSTREAM], 1, response_on_head, c, c->cfg->limits.max_headers);
   c->state = CS_READ_HEAD;
   c->x.t_start = uv_hrtime();
+  c->x.connect_ns = c->x.first_byte_ns = -1;
   if (lcfg->tls_ctx && lcfg->offer_tls_upgrade == SY_TLS_OFFER_OFF) {
     c->tls[SIDE_CLIENT] = sy_tls_conn_new(lcfg->tls_ctx, 1, NULL, 0);
     if (!c->tls[SIDE_CLIENT]) {
@@ -305,8 +327,10 @@ void sy_conn_accept(sy_conn_env *env, uv_stream_t *server, const sy_listener_cfg
   }
   uint64_t per_client = c->cfg->limits.max_connections_per_client;
   if (per_client && sy_limits_client_acquire(c->client_ip, per_client) < 0) {
-    sy_log_error("client %s: over limits.max_connections_per_client (%llu): refused", c->client_ip,
-                 (unsigned long long)per_client);
+    sy_log_every_second(SY_LOG_WARN,
+                        "client %s: over limits.max_connections_per_client (%llu): refused",
+                        c->client_ip, (unsigned long long)per_client);
+    c->x.term = SY_TERM_LIMIT;
     sy_metrics_add(env->metrics, "switchyard_connections_refused_total", "reason=\"per_client\"",
                    1);
     memcpy(c->x.method, "-", 2);

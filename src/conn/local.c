@@ -15,6 +15,8 @@ void local_error(sy_conn *c, int status, int close, const char *extra_headers) {
   close = local_closing(c, close);
   sy_buf h = {0}, b = {0};
   if (!close && c->x.keep_alive10) sy_buf_appendf(&h, "Connection: keep-alive\r\n");
+  if (c->cfg->forwarding.request_id && c->x.request_id[0]) /* sane: no CR, LF or quote */
+    sy_buf_appendf(&h, "%s: %s\r\n", c->cfg->forwarding.request_id_header, c->x.request_id);
   if (extra_headers) sy_buf_appendf(&h, "%s", extra_headers);
   sy_buf_append(&h, "", 1);
   sy_http_error(&b, status, close, h.p);

@@ -22,6 +22,10 @@ void relay_report(sy_conn *c, const char *reason) {
       .duration_ms = (uv_hrtime() - c->relay.start) / 1000000,
       .closed_by = c->relay.closed_by ? c->relay.closed_by : "proxy",
       .reason = reason,
+      /* No progress reports for a relay: everything counts at its end. */
+      .unreported = {.c2u = c->relay.bytes[SIDE_CLIENT],
+                     .u2c = c->relay.bytes[SIDE_UPSTREAM],
+                     .copied = c->relay.bytes[0] + c->relay.bytes[1]},
   };
   conn_note n = report_note_of(c);
   report_tunnel_closed(&n, &st);

@@ -1,33 +1,11 @@
-/* What a connection tells the operator: metric series and access-log
- * records of requests and tunnels. */
+/* What a connection tells the operator: metric series (through the stats
+ * module, labels only from the configuration) and access-log records of
+ * requests and tunnels. */
 #include <string.h>
 
 #include "internal.h"
 #include "switchyard/log.h"
-
-/* A route as logs and metrics name it: its name, or "#<index>"; NULL for
- * no route. `idx` holds the generated name. */
-static const char *route_name(const sy_route_cfg *route, char idx[32]) {
-  if (!route) return NULL;
-  if (route->name) return route->name;
-  /* Per request (metrics): no snprintf. */
-  char tmp[24];
-  size_t n = 0, v = route->index;
-  do
-    tmp[n++] = (char)('0' + v % 10);
-  while ((v /= 10) && n < sizeof(tmp));
-  idx[0] = '#';
-  for (size_t i = 0; i < n; i++)
-    idx[1 + i] = tmp[n - 1 - i];
-  idx[1 + n] = 0;
-  return idx;
-}
-
-static void route_label(const sy_route_cfg *route, sy_buf *b) {
-  char idx[32];
-  const char *r = route_name(route, idx);
-  sy_metrics_label(b, "route", r ? r : "", r ? strlen(r) : 0);
-}
+#include "switchyard/stats.h"
 
 /* The env's label buffer, emptied: labels are built per request and per
  * tunnel, and a fresh buffer each time was a malloc and a free. */
@@ -45,6 +23,7 @@ conn_note report_note_of(sy_conn *c) {
                      .proto = c->x.proto,
                      .client_ip = c->client_ip,
                      .path = c->x.path,
+                     .request_id = c->x.request_id[0] ? c->x.request_id : NULL,
                      .client_port = c->client_port,
                      .client_counted = c->client_counted};
 }
@@ -59,15 +38,12 @@ void report_conn_closed(sy_conn_env *env) {
   sy_metrics_add_cell(env->metrics, &env->cell.open, "switchyard_connections_open", NULL, -1);
 }
 
-static void count_request(sy_conn *c) {
-  static const char *const classes[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
+static void count_request(sy_conn *c, uint64_t ns) {
   conn_xchg *x = &c->x;
-  sy_buf *b = labels(c->env);
-  route_label(x->route, b);
-  const char *cls = x->status >= 100 && x->status < 600 ? classes[x->status / 100 - 1] : "other";
-  sy_metrics_label(b, "class", cls, strlen(cls));
-  sy_buf_append(b, "", 1);
-  sy_metrics_add(c->env->metrics, "switchyard_requests_total", b->p, 1);
+  sy_conn_env *env = c->env;
+  /* The upstream's own answer (a 101 included) counts for its server too. */
+  const sy_server_cfg *from = x->resp_from_upstream || x->status == 101 ? x->server : NULL;
+  sy_stats_response(env->metrics, labels(env), c->cfg, x->route, from, x->status, ns);
   if (!x->offered0[0]) return;
   /* Upgrades: switched, refused by the upstream, or rejected by the proxy
    * (a route that allows none of the tokens, or a 101 that failed checks). */
@@ -75,93 +51,111 @@ static void count_request(sy_conn *c) {
                         : (x->bad_101 || !x->upgrading) ? "rejected"
                         : x->resp_from_upstream         ? "refused"
                                                         : "rejected";
-  const char *proto = x->switching ? x->proto : x->offered0;
-  b = labels(c->env); /* the same buffer for the second series */
-  sy_metrics_label(b, "protocol", proto, strlen(proto));
-  sy_metrics_label(b, "outcome", outcome, strlen(outcome));
-  sy_buf_append(b, "", 1);
-  sy_metrics_add(c->env->metrics, "switchyard_upgrades_total", b->p, 1);
+  const char *tok = x->switching ? x->proto : x->offered0;
+  sy_stats_upgrade(env->metrics, labels(env), x->route, tok, strlen(tok), outcome);
 }
 
-static void log_request(sy_conn *c) {
+static void log_request(sy_conn *c, uint64_t ns) {
   conn_xchg *x = &c->x;
   if (!sy_access_log_enabled() || !x->method[0]) return;
-  sy_buf b = {0};
+  sy_flow *rq = &c->fl[SIDE_CLIENT];
+  const sy_field *host = rq->buf && rq->head_done ? sy_head_find(&rq->head, rq->buf, "host") : NULL;
   char route[32];
-  const char *rname = route_name(x->route, route);
-  sy_buf_append(&b, "{", 1);
-  sy_json_time(&b, "time", 0);
-  sy_buf_appendf(&b, ",\"type\":\"request\"");
-  sy_buf_appendf(&b, ",\"client\":\"%s:%d\"", c->client_ip, c->client_port);
-  sy_json_str(&b, "method", x->method, strlen(x->method), 1);
-  sy_json_str(&b, "path", x->path, x->path ? strlen(x->path) : 0, 1);
-  sy_json_str(&b, "route", rname, rname ? strlen(rname) : 0, 1);
-  const char *srv = x->server ? x->server->addr.text : NULL;
-  sy_json_str(&b, "upstream", srv, srv ? strlen(srv) : 0, 1);
-  sy_buf_appendf(&b, ",\"status\":%d,\"bytes_in\":%llu,\"bytes_out\":%llu,\"duration_ms\":%.3f}\n",
-                 x->status, (unsigned long long)x->bytes_in, (unsigned long long)x->bytes_out,
-                 (double)(uv_hrtime() - x->t_start) / 1e6);
-  if (b.p) sy_access_log_write(b.p, b.len);
-  sy_buf_free(&b);
+  sy_access_request r = {
+      .client_ip = c->client_ip,
+      .client_port = c->client_port,
+      .method = x->method,
+      .host = host ? rq->buf + host->value.off : NULL,
+      .host_len = host ? host->value.len : 0,
+      .path = x->path,
+      .path_len = x->path ? strlen(x->path) : 0,
+      .http_major = rq->head_done ? rq->head.major : -1,
+      .http_minor = rq->head_done ? rq->head.minor : -1,
+      .request_id = x->request_id[0] ? x->request_id : NULL,
+      .route = x->route ? sy_stats_route_name(x->route, route) : NULL,
+      .upstream = x->server ? x->server->addr.text : NULL,
+      .status = x->status,
+      .bytes_in = x->bytes_in,
+      .bytes_out = x->bytes_out,
+      .duration_ns = (int64_t)ns,
+      .upstream_connect_ns = x->connect_ns,
+      .upstream_first_byte_ns = x->first_byte_ns,
+      .termination = x->term,
+  };
+  sy_access_log_request(&r);
 }
 
 void report_request(sy_conn *c) {
-  count_request(c);
-  log_request(c);
+  if (c->x.reported) return;
+  c->x.reported = 1;
+  uint64_t ns = uv_hrtime() - c->x.t_start;
+  count_request(c, ns);
+  log_request(c, ns);
 }
 
-static void count_tunnel(const conn_note *n, int delta, const sy_tunnel_stats *st) {
-  sy_conn_env *env = n->env;
-  sy_metrics *m = env->metrics;
-  sy_buf *b = labels(env);
-  route_label(n->route, b);
-  sy_metrics_label(b, "protocol", n->proto, strlen(n->proto));
-  sy_buf_append(b, "", 1);
-  sy_metrics_add(m, "switchyard_tunnels_open", b->p, delta);
-  if (delta > 0) sy_metrics_add(m, "switchyard_tunnels_total", b->p, 1);
-  if (st) {
-    sy_metrics_add_cell(m, &env->cell.to_upstream, "switchyard_tunnel_bytes_total",
-                        "direction=\"to_upstream\"", (int64_t)st->bytes_c2u);
-    sy_metrics_add_cell(m, &env->cell.to_client, "switchyard_tunnel_bytes_total",
-                        "direction=\"to_client\"", (int64_t)st->bytes_u2c);
-    sy_metrics_add_cell(m, &env->cell.spliced, "switchyard_tunnel_spliced_bytes_total", NULL,
-                        (int64_t)st->spliced);
-    sy_metrics_add_cell(m, &env->cell.copied, "switchyard_tunnel_copied_bytes_total", NULL,
-                        (int64_t)st->copied);
-  }
-}
-
-static void log_tunnel(const conn_note *n, const sy_tunnel_stats *st) {
-  if (!sy_access_log_enabled()) return;
-  sy_buf b = {0};
+void report_cut(sy_conn *c, enum sy_term why) {
+  conn_xchg *x = &c->x;
+  if (x->reported || !x->method[0]) return;
+  x->term = why;
+  /* The status line the client saw stays what it was; the series below is
+   * what an alert on backend crashes and dropped clients looks at. */
+  sy_buf *b = labels(c->env);
   char route[32];
-  const char *rname = route_name(n->route, route);
-  sy_buf_append(&b, "{", 1);
-  sy_json_time(&b, "time", 0);
-  sy_buf_appendf(&b, ",\"type\":\"tunnel\",\"client\":\"%s:%d\"", n->client_ip, n->client_port);
-  sy_json_str(&b, "protocol", n->proto, strlen(n->proto), 1);
-  sy_json_str(&b, "path", n->path, n->path ? strlen(n->path) : 0, 1);
-  sy_json_str(&b, "route", rname, rname ? strlen(rname) : 0, 1);
-  const char *srv = n->server ? n->server->addr.text : NULL;
-  sy_json_str(&b, "upstream", srv, srv ? strlen(srv) : 0, 1);
-  sy_buf_appendf(&b,
-                 ",\"duration_ms\":%llu,\"bytes_to_upstream\":%llu,\"bytes_to_client\":%llu,"
-                 "\"spliced\":%llu,\"copied\":%llu",
-                 (unsigned long long)st->duration_ms, (unsigned long long)st->bytes_c2u,
-                 (unsigned long long)st->bytes_u2c, (unsigned long long)st->spliced,
-                 (unsigned long long)st->copied);
-  sy_json_str(&b, "closed_by", st->closed_by, strlen(st->closed_by), 1);
-  sy_json_str(&b, "reason", st->reason, strlen(st->reason), 1);
-  sy_buf_append(&b, "}\n", 2);
-  if (b.p) sy_access_log_write(b.p, b.len);
-  sy_buf_free(&b);
+  const char *rn = sy_stats_route_name(x->route, route);
+  const char *reason = sy_term_name(why);
+  sy_metrics_label(b, "route", rn, strlen(rn));
+  sy_metrics_label(b, "reason", reason, strlen(reason));
+  sy_buf_append(b, "", 1);
+  sy_metrics_add(c->env->metrics, "switchyard_responses_incomplete_total", b->p, 1);
+  report_request(c);
+}
+
+static void count_tunnel(const conn_note *n, int delta) {
+  sy_conn_env *env = n->env;
+  sy_buf *b = labels(env);
+  char route[32];
+  const char *rn = sy_stats_route_name(n->route, route);
+  const char *proto = sy_stats_protocol(n->route, n->proto, strlen(n->proto));
+  sy_metrics_label(b, "route", rn, strlen(rn));
+  sy_metrics_label(b, "protocol", proto, strlen(proto));
+  sy_buf_append(b, "", 1);
+  sy_metrics_add(env->metrics, "switchyard_tunnels_open", b->p, delta);
+  if (delta > 0) sy_metrics_add(env->metrics, "switchyard_tunnels_total", b->p, 1);
 }
 
 void report_tunnel_open(const conn_note *n) {
-  count_tunnel(n, 1, NULL);
+  count_tunnel(n, 1);
+}
+
+void report_tunnel_bytes(const conn_note *n, const sy_tunnel_bytes *d) {
+  sy_conn_env *env = n->env;
+  sy_stats_tunnel_bytes(env->metrics, labels(env), n->cfg, n->route, d);
 }
 
 void report_tunnel_closed(const conn_note *n, const sy_tunnel_stats *st) {
-  count_tunnel(n, -1, st);
-  log_tunnel(n, st);
+  sy_conn_env *env = n->env;
+  count_tunnel(n, -1);
+  sy_stats_tunnel_end(env->metrics, labels(env), n->cfg, n->route, st->duration_ms * 1000000);
+  report_tunnel_bytes(n, &st->unreported);
+  if (!sy_access_log_enabled()) return;
+  char route[32];
+  sy_access_tunnel t = {
+      .client_ip = n->client_ip,
+      .client_port = n->client_port,
+      .protocol = n->proto,
+      .path = n->path,
+      .path_len = n->path ? strlen(n->path) : 0,
+      .request_id = n->request_id,
+      .route = n->route ? sy_stats_route_name(n->route, route) : NULL,
+      .upstream = n->server ? n->server->addr.text : NULL,
+      .duration_ms = st->duration_ms,
+      .bytes_to_upstream = st->bytes_c2u,
+      .bytes_to_client = st->bytes_u2c,
+      .spliced = st->spliced,
+      .copied = st->copied,
+      .closed_by = st->closed_by,
+      .reason = st->reason,
+      .termination = sy_term_for_tunnel(st->closed_by, st->reason),
+  };
+  sy_access_log_tunnel(&t);
 }

@@ -88,8 +88,9 @@ static int normalize_path(sy_conn *c) {
          : SY_PATH_NO_ROOM;
   if (r != SY_PATH_OK) {
     free(np);
-    sy_log_info("client %s:%d: path refused: %s", c->client_ip, c->client_port,
-                sy_path_result_str(r));
+    char who[80];
+    CONN_TRACE("client %s: path refused: %s", conn_client_text(c, who), sy_path_result_str(r));
+    x->term = SY_TERM_BAD_REQUEST;
     local_response(c, 400, 1);
     return -1;
   }
@@ -110,9 +111,11 @@ static int websocket_ok(sy_conn *c) {
   sy_flow *f = &c->fl[SIDE_CLIENT];
   sy_ws_check r = sy_ws_check_request(&f->head, f->buf);
   if (r == SY_WS_OK) return 1;
-  sy_log_info("client %s:%d: WebSocket handshake refused: %s", c->client_ip, c->client_port,
-              sy_ws_check_str(r));
+  char who[80];
+  CONN_TRACE("client %s: WebSocket handshake refused: %s", conn_client_text(c, who),
+             sy_ws_check_str(r));
   x->upgrading = 0; /* counted as rejected by the proxy, not refused upstream */
+  x->term = SY_TERM_BAD_REQUEST;
   int version = r == SY_WS_VERSION_MISSING || r == SY_WS_VERSION_UNSUPPORTED;
   local_error(c, 400, 1, version ? "Sec-WebSocket-Version: 13\r\n" : NULL);
   return 0;
@@ -122,11 +125,16 @@ void request_route(sy_conn *c) {
   sy_flow *f = &c->fl[SIDE_CLIENT];
   conn_xchg *x = &c->x;
   remember(c);
+  /* Every request has an id in the log; it travels only with
+   * forwarding.request_id (request_queue_head, response_on_head, local.c). */
+  sy_reqid_for_head(&f->head, f->buf, c->cfg->forwarding.request_id_header, x->request_id, NULL);
   if (sy_head_validate(&f->head, f->buf) < 0) {
+    x->term = SY_TERM_BAD_REQUEST;
     local_response(c, 400, 1);
     return;
   }
   if (f->parser.method == HTTP_CONNECT) {
+    x->term = SY_TERM_BAD_REQUEST;
     local_response(c, 405, 1);
     return;
   }
@@ -170,6 +178,7 @@ void request_route(sy_conn *c) {
   };
   x->route = sy_route_match(c->cfg, &rv);
   if (!x->route || !x->route->upstream) {
+    x->term = SY_TERM_NO_ROUTE;
     local_response(c, 404, !x->has_body ? 0 : 1);
     return;
   }
@@ -189,8 +198,9 @@ void request_route(sy_conn *c) {
   x->upgrading = x->nup_tokens > 0;
   if (x->upgrading && c->cfg->limits.max_tunnels &&
       sy_limits_tunnels() >= c->cfg->limits.max_tunnels) {
-    sy_log_error("limits.max_tunnels (%llu) reached: upgrade refused",
-                 (unsigned long long)c->cfg->limits.max_tunnels);
+    sy_log_every_second(SY_LOG_WARN, "limits.max_tunnels (%llu) reached: upgrade refused",
+                        (unsigned long long)c->cfg->limits.max_tunnels);
+    x->term = SY_TERM_LIMIT;
     sy_metrics_add(c->env->metrics, "switchyard_upgrades_refused_total", "reason=\"max_tunnels\"",
                    1);
     local_response(c, 503, !x->has_body ? 0 : 1);
@@ -237,6 +247,9 @@ int request_queue_head(sy_conn *c) {
       .nws_protocols = nwsp,
       .ws_protocols_restricted = r->ws_subprotocols_set,
       .path = c->x.path_normalized ? (sy_str){c->x.path, strlen(c->x.path)} : (sy_str){NULL, 0},
+      .request_id_name =
+          c->cfg->forwarding.request_id ? c->cfg->forwarding.request_id_header : NULL,
+      .request_id = c->cfg->forwarding.request_id ? c->x.request_id : NULL,
   };
   uint32_t off = (uint32_t)f->scratch.len;
   int rc = sy_http_build_request(&f->scratch, &f->head, f->buf, &o);

@@ -10,7 +10,12 @@ int response_on_head(sy_flow *f) {
   conn_xchg *x = &c->x;
   llhttp_t *p = &f->parser;
   int status = p->status_code;
-  sy_resp_opts o = {.via = c->cfg->forwarding.via};
+  sy_resp_opts o = {
+      .via = c->cfg->forwarding.via,
+      .request_id_name =
+          c->cfg->forwarding.request_id ? c->cfg->forwarding.request_id_header : NULL,
+      .request_id = c->cfg->forwarding.request_id ? x->request_id : NULL,
+  };
   if (sy_head_validate(&f->head, f->buf) < 0) return HPE_USER;
   /* The whole head may come in one read: measure it here, not only while
    * it is incomplete. */

@@ -17,11 +17,14 @@ int conn_tls_flush(sy_conn *c, conn_side s) {
 
 static void handshake_failed(sy_conn *c, conn_side s) {
   if (s == SIDE_CLIENT) {
-    sy_log_error("client %s:%d: TLS handshake failed: %s", c->client_ip, c->client_port,
-                 sy_tls_error(c->tls[s]));
+    char who[80];
+    sy_log_every_second(SY_LOG_INFO, "client %s: TLS handshake failed: %s",
+                        conn_client_text(c, who), sy_tls_error(c->tls[s]));
     conn_close(c);
   } else {
-    sy_log_error("upstream %s: TLS handshake failed: %s", conn_peer(c, s), sy_tls_error(c->tls[s]));
+    sy_log_every_second(SY_LOG_ERROR, "upstream %s: TLS handshake failed: %s", conn_peer(c, s),
+                        sy_tls_error(c->tls[s]));
+    c->x.term = SY_TERM_UPSTREAM_TLS;
     local_response(c, 502, 1);
   }
 }

@@ -11,9 +11,9 @@ from support.ops import file_entries, wait_until
 from support.tunnel import upgrader, upgrade_request, open_tunnel, Stream, pump, assert_pumped  # noqa: F401
 
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-REQUEST_KEYS = {"time", "type", "client", "method", "path", "route", "upstream", "status",
+REQUEST_KEYS = {"time", "type", "client_ip", "client_port", "method", "path", "route", "upstream", "status",
                 "bytes_in", "bytes_out", "duration_ms"}
-TUNNEL_KEYS = {"time", "type", "client", "protocol", "path", "route", "upstream", "duration_ms",
+TUNNEL_KEYS = {"time", "type", "client_ip", "client_port", "protocol", "path", "route", "upstream", "duration_ms",
                "bytes_to_upstream", "bytes_to_client", "spliced", "copied", "closed_by", "reason"}
 
 
@@ -42,7 +42,7 @@ def test_request_and_tunnel_lines(proxy, backend, upgrader, tmp_path):
     e = wait_entries(log, lambda e: e.get("type") == "request")[0]
     assert REQUEST_KEYS <= set(e), REQUEST_KEYS - set(e)
     assert TIME.match(e["time"]), e
-    assert e["client"] == "127.0.0.1:%d" % client_port, e
+    assert (e["client_ip"], e["client_port"]) == ("127.0.0.1", client_port), e
     assert (e["method"], e["path"], e["route"], e["upstream"], e["status"]) == \
         ("GET", "/page", "#1", be.address, 200), e
     assert e["bytes_in"] in (0, len(req)) and e["bytes_out"] in (len(r.body), len(r.raw)), e
@@ -64,7 +64,7 @@ def test_request_and_tunnel_lines(proxy, backend, upgrader, tmp_path):
     t = wait_entries(log, lambda e: e.get("type") == "tunnel")[0]
     assert TUNNEL_KEYS <= set(t), TUNNEL_KEYS - set(t)
     assert TIME.match(t["time"]), t
-    assert t["client"] == "127.0.0.1:%d" % tport, t
+    assert (t["client_ip"], t["client_port"]) == ("127.0.0.1", tport), t
     assert (t["protocol"], t["path"], t["route"], t["upstream"]) == \
         ("websocket", "/ws/room", "chat", up.address), t
     assert (t["bytes_to_upstream"], t["bytes_to_client"]) == (12345, 54321), t

@@ -290,11 +290,7 @@ def test_prometheus_server_scrapes_request_rate(proxy, backend, upgrader, promet
     assert total == 500000, total
 
 
-# TODO(conn wiring): the connection code must add tunnel progress reports to
-# switchyard_tunnel_bytes_total{route,direction}; then this passes, strict
-# xfail turns the pass into a failure, and the marker is to be removed.
 @needs_prometheus
-@pytest.mark.xfail(strict=True, reason="tunnel progress not yet wired into the connection code")
 def test_prometheus_tunnel_byte_rate_while_open(proxy, backend, upgrader, prometheus):
     up = upgrader()
     adm = AdminPort()
@@ -324,9 +320,6 @@ def test_prometheus_tunnel_byte_rate_while_open(proxy, backend, upgrader, promet
         be.close()
 
 
-# TODO(conn wiring): upgrade tokens the route does not allow must be counted as
-# protocol="other"; until then every made-up token is a new series.
-@pytest.mark.xfail(strict=True, reason='protocol="other" not yet wired into the connection code')
 def test_made_up_tokens_hosts_and_paths_add_no_series(proxy, backend):
     api = backend(response=response_bytes(200, body=b"ok"), name="api")
     adm = AdminPort()
@@ -349,13 +342,7 @@ def test_made_up_tokens_hosts_and_paths_add_no_series(proxy, backend):
     assert len(m.samples) <= n_before + 3, [s for s in m.samples if s not in before.samples]
 
 
-# TODO(conn wiring): the acceptance test for the histogram observations and
-# the per-server counters the connection code is to make (see
-# docs/OPERATIONS.md for each family's meaning). Strict xfail: once wired it
-# passes, which fails the run until the marker is removed.
 @needs_promtool
-@pytest.mark.xfail(strict=True, reason="histograms and per-server counters not yet wired into the "
-                                       "connection code")
 def test_histograms_and_per_server_counters_after_traffic(proxy, backend, upgrader):
     api = backend(response=response_bytes(200, body=b"ok"), name="api")
     up = upgrader()

@@ -274,7 +274,7 @@ START_TEST(test_defaults) {
   ck_assert_int_eq(cfg->paths.normalize, 1);
   ck_assert_int_eq(cfg->paths.merge_slashes, 1);
   ck_assert_int_eq(cfg->paths.reject_escaped_slashes, 0);
-  ck_assert_int_eq(cfg->forwarding.request_id, 1);
+  ck_assert_int_eq(cfg->forwarding.request_id, 0);
   ck_assert_str_eq(cfg->forwarding.request_id_header, "X-Request-Id");
   ck_assert_ptr_null(cfg->admin_token);
   ck_assert_int_eq(cfg->log_level, 2 /* info */);
@@ -595,11 +595,11 @@ END_TEST
 
 START_TEST(test_ops_keys) {
   sy_config *cfg = load_ok(L "log_level: debug\nlog_format: json\n"
-                             "forwarding: {request_id: false, request_id_header: X-Trace-Id}\n"
+                             "forwarding: {request_id: true, request_id_header: X-Trace-Id}\n"
                              "admin: {address: 127.0.0.1:9901, token: 0123456789abcdef}\n");
   ck_assert_int_eq(cfg->log_level, 3);
   ck_assert_int_eq(cfg->log_format, 1);
-  ck_assert_int_eq(cfg->forwarding.request_id, 0);
+  ck_assert_int_eq(cfg->forwarding.request_id, 1);
   ck_assert_str_eq(cfg->forwarding.request_id_header, "X-Trace-Id");
   ck_assert_str_eq(cfg->admin_token, "0123456789abcdef");
   sy_config_unref(cfg);
