@@ -10,6 +10,7 @@
 #include <sys/resource.h>
 
 #include "switchyard/http.h"
+#include "switchyard/limits.h"
 #include "switchyard/log.h"
 #include "switchyard/metrics.h"
 #include "switchyard/status.h"
@@ -132,6 +133,10 @@ static void render_metrics(sy_admin_state *st, sy_buf *b) {
   single(b, "switchyard_start_time_seconds", (long long)st->start_time);
   long fds = open_fds();
   if (fds >= 0) single(b, "switchyard_open_fds", fds);
+  if (sy_limits_fds_budget() != UINT64_MAX) {
+    single(b, "switchyard_fd_budget", (long long)sy_limits_fds_budget());
+    single(b, "switchyard_fd_budget_used", (long long)sy_limits_fds_used());
+  }
   struct rlimit rl;
   if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
     single(b, "switchyard_max_fds", rl.rlim_cur == RLIM_INFINITY ? -1 : (long long)rl.rlim_cur);

@@ -66,3 +66,52 @@ void sy_limits_client_release(const char *ip) {
   }
   pthread_mutex_unlock(&client_mu);
 }
+
+/* The descriptor budget: every descriptor the proxy opens for traffic is
+ * taken from it first (two per client connection, for its socket and its
+ * upstream's; two for a hand-off's duplicates until the originals close; one
+ * per pooled idle upstream connection; two per pipe, in use or pooled). What
+ * the budget leaves of RLIMIT_NOFILE is the reserve for everything else
+ * (listeners, the admin listener, log files, health checks, DNS, each loop's
+ * own descriptors). Pipes may hold at most half of it, so tunnels whose
+ * readers stall cannot starve new connections of upstream sockets. */
+static uint64_t fd_budget = UINT64_MAX;
+static uint64_t fd_used, pipe_fds; /* atomic */
+
+void sy_limits_fds_set(uint64_t budget) {
+  fd_budget = budget;
+}
+
+uint64_t sy_limits_fds_budget(void) {
+  return fd_budget;
+}
+
+uint64_t sy_limits_fds_used(void) {
+  return __atomic_load_n(&fd_used, __ATOMIC_RELAXED);
+}
+
+int sy_limits_fds_take(unsigned n) {
+  uint64_t cur = __atomic_load_n(&fd_used, __ATOMIC_RELAXED);
+  do {
+    if (cur + n > fd_budget) return -1;
+  } while (
+      !__atomic_compare_exchange_n(&fd_used, &cur, cur + n, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+  return 0;
+}
+
+void sy_limits_fds_give(unsigned n) {
+  __atomic_sub_fetch(&fd_used, n, __ATOMIC_RELAXED);
+}
+
+int sy_limits_pipe_take(void) {
+  if (fd_budget != UINT64_MAX && __atomic_load_n(&pipe_fds, __ATOMIC_RELAXED) + 2 > fd_budget / 2)
+    return -1;
+  if (sy_limits_fds_take(2) < 0) return -1;
+  __atomic_add_fetch(&pipe_fds, 2, __ATOMIC_RELAXED);
+  return 0;
+}
+
+void sy_limits_pipe_give(void) {
+  __atomic_sub_fetch(&pipe_fds, 2, __ATOMIC_RELAXED);
+  sy_limits_fds_give(2);
+}

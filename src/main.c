@@ -15,6 +15,7 @@
 #include "switchyard/config.h"
 #include "switchyard/cpus.h"
 #include "switchyard/health.h"
+#include "switchyard/limits.h"
 #include "switchyard/log.h"
 #include "switchyard/metrics.h"
 #include "switchyard/resolver.h"
@@ -42,16 +43,17 @@ static sy_main M;
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
 
 static void usage(FILE *out) {
-  fprintf(out,
-          "usage: switchyard [-c FILE] [-t] [-v] [-h]\n"
-          "  -c, --config FILE  configuration (default /etc/switchyard/switchyard.yaml)\n"
-          "  -t, --check        check the configuration and exit\n"
-          "  -v, --version      print the version and exit\n"
-          "  -h, --help         print this help and exit\n"
-          "exit codes: 0 stopped cleanly (or -t: valid), 1 configuration invalid or start-up\n"
-          "failed, 2 bad command line\n"
-          "signals: HUP/USR2 reload, TERM/INT drain and exit, QUIT exit now, USR1 reopen the access "
-          "log\n");
+  fprintf(
+      out,
+      "usage: switchyard [-c FILE] [-t] [-v] [-h]\n"
+      "  -c, --config FILE  configuration (default /etc/switchyard/switchyard.yaml)\n"
+      "  -t, --check        check the configuration and exit\n"
+      "  -v, --version      print the version and exit\n"
+      "  -h, --help         print this help and exit\n"
+      "exit codes: 0 stopped cleanly (or -t: valid), 1 configuration invalid or start-up\n"
+      "failed, 2 bad command line\n"
+      "signals: HUP/USR2 reload, TERM/INT drain and exit, QUIT exit now, USR1 reopen the access "
+      "log\n");
 }
 
 static void version(void) {
@@ -78,8 +80,9 @@ static void set_fd_budget(unsigned nworkers) {
   if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return;
   uint64_t nofile = rl.rlim_cur, reserve = 64 + 128 * (uint64_t)nworkers;
   if (reserve > nofile / 2) reserve = nofile / 2;
-  uint64_t budget = (nofile - reserve) / 2;
-  sy_worker_set_fd_budget(budget ? budget : 1);
+  uint64_t budget = nofile - reserve;
+  sy_limits_fds_set(budget);                            /* everything traffic opens */
+  sy_worker_set_fd_budget(budget / 2 ? budget / 2 : 1); /* 2 per connection at most */
 }
 
 static void note_fd_budget(const sy_config *cfg) {

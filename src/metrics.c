@@ -49,6 +49,12 @@ static const sy_metric_family families[] = {
      "Addresses left out because a DNS name or an upstream gave more than 64.", NULL},
     {"switchyard_dns_resolutions_total", C, "upstream,result",
      "Lookups of an upstream's DNS names, by outcome.", NULL},
+    {"switchyard_fd_budget", G, "",
+     "Descriptors traffic may hold: RLIMIT_NOFILE less a reserve for everything else.", NULL},
+    {"switchyard_fd_budget_used", G, "",
+     "Of the budget, descriptors taken: connections (2 each), pooled upstream connections, "
+     "pipes, hand-offs under way.",
+     NULL},
     {"switchyard_health_checks_total", C, "upstream,server,result", "Active health probes.", NULL},
     {"switchyard_idle_memory_releases_total", C, "",
      "Times an idle worker freed its cached buffers and returned free heap to the system.", NULL},

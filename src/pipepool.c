@@ -1,5 +1,7 @@
 #include "switchyard/pipepool.h"
 
+#include "switchyard/limits.h"
+
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -35,6 +37,7 @@ sy_pipe_pool *sy_pipe_pool_new(size_t max_idle) {
 static void pool_close(sy_pipe_pool *p, int fds[2]) {
   close(fds[0]);
   close(fds[1]);
+  sy_limits_pipe_give();
   fds[0] = fds[1] = -1;
   p->closed++;
 }
@@ -56,9 +59,16 @@ int sy_pipe_pool_get(sy_pipe_pool *p, int fds[2]) {
     p->in_use++;
     return p->idle[p->nidle].cap;
   }
-  if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) {
+  /* Out of budget is EMFILE to the caller: the tunnel copies instead. */
+  if (sy_limits_pipe_take() < 0) {
     fds[0] = fds[1] = -1;
-    return -errno;
+    return -EMFILE;
+  }
+  if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) {
+    int err = errno;
+    sy_limits_pipe_give();
+    fds[0] = fds[1] = -1;
+    return -err;
   }
   /* Best effort: over fs.pipe-user-pages-soft the kernel may refuse, and a smaller
    * pipe only means shorter splices, not a failure. */

@@ -2,6 +2,8 @@
 
 #include <stdlib.h>
 
+#include "switchyard/limits.h"
+
 struct sy_upool {
   uv_loop_t *loop;
   sy_link *head; /* most recently pooled first */
@@ -31,6 +33,7 @@ static void unlink_from_pool(sy_link *l) {
   l->pooled = 0;
   p->n--;
   uv_timer_stop(&l->idle);
+  sy_limits_fds_give(1);
 }
 
 static void on_handle_closed(uv_handle_t *h) {
@@ -80,6 +83,8 @@ int sy_upool_put(sy_upool *p, sy_link *l, unsigned max_idle_per_server, uint64_t
   }
   if (!uv_is_active((uv_handle_t *)&l->tcp))
     return -1; /* the owner must keep it reading to notice a close */
+  /* An idle connection belongs to no client's share of the budget. */
+  if (sy_limits_fds_take(1) < 0) return -1;
   l->c = NULL;
   /* Keyed by the server's runtime state, which a reload carries over for the
    * same upstream and address and which this reference keeps from being

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "switchyard/conn.h"
+#include "switchyard/limits.h"
 #include "switchyard/log.h"
 
 static uint64_t conns_total; /* all workers; atomic */
@@ -72,6 +73,24 @@ static int at_limit(sy_worker *w) {
   return sy_worker_total_conns() >= sy_worker_max_conns(w->env.cfg);
 }
 
+/* The descriptor budget is short: the listeners pause (connections wait in
+ * the kernel's backlog) and look again shortly, since descriptors also come
+ * back without a connection ending (pipes, pooled upstream connections). */
+#define BUDGET_RETRY_MS 100
+
+static void on_budget_retry(uv_timer_t *t);
+
+/* May this worker take one more connection? Takes its two descriptors. */
+static int can_accept(sy_worker *w, int *by_budget) {
+  *by_budget = 0;
+  if (at_limit(w)) return 0;
+  if (sy_limits_fds_take(2) == 0) return 1;
+  *by_budget = 1;
+  if (!uv_is_active((uv_handle_t *)&w->budget_timer))
+    uv_timer_start(&w->budget_timer, on_budget_retry, BUDGET_RETRY_MS, 0);
+  return 0;
+}
+
 static void accept_one(sy_worker *w, sy_listener *l) {
   __atomic_add_fetch(&conns_total, 1, __ATOMIC_RELAXED);
   w->nconns++;
@@ -88,7 +107,8 @@ static void on_accept(uv_stream_t *s, int status) {
     sy_log_every_second(SY_LOG_ERROR, "accept on %s: %s", l->cfg->addr.text, uv_strerror(status));
     return;
   }
-  if (at_limit(w)) {
+  int by_budget;
+  if (!can_accept(w, &by_budget)) {
     /* Not calling uv_accept leaves the connection in the kernel's queue and
      * makes libuv stop polling this socket until we do: the listener pauses. */
     if (!l->paused) {
@@ -97,8 +117,13 @@ static void on_accept(uv_stream_t *s, int status) {
         __atomic_add_fetch(&paused_workers, 1, __ATOMIC_ACQ_REL);
       __atomic_store_n(&w->paused_any, 1, __ATOMIC_RELEASE);
       sy_metrics_add(w->env.metrics, "switchyard_listener_pauses_total", NULL, 1);
-      sy_log_error("max_connections (%llu) reached: not accepting on %s",
-                   (unsigned long long)sy_worker_max_conns(w->env.cfg), l->cfg->addr.text);
+      if (by_budget)
+        sy_log_every_second(SY_LOG_WARN,
+                            "descriptor budget (%llu) in use: not accepting on %s for now",
+                            (unsigned long long)sy_limits_fds_budget(), l->cfg->addr.text);
+      else
+        sy_log_every_second(SY_LOG_WARN, "max_connections (%llu) reached: not accepting on %s",
+                            (unsigned long long)sy_worker_max_conns(w->env.cfg), l->cfg->addr.text);
     }
     return;
   }
@@ -109,7 +134,8 @@ static void resume_paused(sy_worker *w) {
   int still = 0;
   for (sy_listener *l = w->listeners; l; l = l->next) {
     if (!l->paused) continue;
-    if (at_limit(w)) {
+    int by_budget;
+    if (!can_accept(w, &by_budget)) {
       still = 1;
       continue;
     }
@@ -119,6 +145,11 @@ static void resume_paused(sy_worker *w) {
   if (!still && __atomic_load_n(&w->paused_any, __ATOMIC_RELAXED))
     __atomic_sub_fetch(&paused_workers, 1, __ATOMIC_ACQ_REL);
   __atomic_store_n(&w->paused_any, still, __ATOMIC_RELEASE);
+}
+
+static void on_budget_retry(uv_timer_t *t) {
+  sy_worker *w = t->data;
+  if (!w->env.stopping) resume_paused(w);
 }
 
 static int bind_listener(sy_worker *w, const sy_listener_cfg *lc) {
@@ -260,6 +291,9 @@ int sy_worker_init(sy_worker *w, unsigned id, sy_config *cfg) {
   sy_tunnel_hub_set_progress(w->env.tunnels, sy_conn_tunnel_progress, 1000);
   uv_timer_init(&w->loop, &w->drain_timer);
   w->drain_timer.data = w;
+  uv_timer_init(&w->loop, &w->budget_timer);
+  w->budget_timer.data = w;
+  uv_unref((uv_handle_t *)&w->budget_timer);
   w->env.loop = &w->loop;
   w->env.conn_gone = on_conn_gone;
   w->env.conns_idle = on_conns_idle;
@@ -277,6 +311,8 @@ static void finish_if_drained(sy_worker *w) {
   if (w->env.stopping && !w->env.conns && !sy_tunnel_hub_count(w->env.tunnels)) {
     if (!uv_is_closing((uv_handle_t *)&w->drain_timer))
       uv_close((uv_handle_t *)&w->drain_timer, NULL);
+    if (!uv_is_closing((uv_handle_t *)&w->budget_timer))
+      uv_close((uv_handle_t *)&w->budget_timer, NULL);
     if (!uv_is_closing((uv_handle_t *)&w->trim_timer))
       uv_close((uv_handle_t *)&w->trim_timer, NULL);
     sy_conn_env_close(&w->env);
@@ -286,6 +322,7 @@ static void finish_if_drained(sy_worker *w) {
 
 static void on_conn_gone(sy_conn_env *env) {
   sy_worker *w = container_of_env(env);
+  sy_limits_fds_give(2);
   __atomic_sub_fetch(&conns_total, 1, __ATOMIC_RELAXED);
   w->nconns--;
   if (w->env.stopping) {

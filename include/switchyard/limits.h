@@ -14,4 +14,17 @@ uint64_t sy_limits_tunnels(void);
 int sy_limits_client_acquire(const char *ip, uint64_t limit);
 void sy_limits_client_release(const char *ip);
 
+/* The descriptor budget (see limits.c): descriptors are taken before they
+ * are opened and given back when closed. take: 0, or -1 when the budget is
+ * short (the caller does without: waits in the backlog, copies instead of
+ * splicing, refuses the switch). UINT64_MAX budget: no limit. */
+void sy_limits_fds_set(uint64_t budget);
+uint64_t sy_limits_fds_budget(void);
+uint64_t sy_limits_fds_used(void);
+int sy_limits_fds_take(unsigned n);
+void sy_limits_fds_give(unsigned n);
+/* A pipe's two descriptors; pipes hold at most half the budget. */
+int sy_limits_pipe_take(void);
+void sy_limits_pipe_give(void);
+
 #endif

@@ -76,8 +76,7 @@ int sy_upstream_pick_set(sy_upstream_cfg *up, const sy_server_set *set, uint64_t
 int sy_upstream_pick(sy_upstream_cfg *up, uint64_t tried, uint64_t key_hash, uint64_t now_ms);
 
 /* Passive health: a connect to the server failed (or succeeded). */
-void sy_upstream_report(const sy_upstream_cfg *up, const sy_server_cfg *s, int ok,
-                        uint64_t now_ms);
+void sy_upstream_report(const sy_upstream_cfg *up, const sy_server_cfg *s, int ok, uint64_t now_ms);
 
 /* A connection to (or tunnel through) the server opened (+1) or ended (-1):
  * least_conn's count. */

@@ -31,7 +31,8 @@ struct sy_worker {
   uv_loop_t loop;
   uv_async_t wakeup; /* reload and stop requests from the main thread */
   uv_timer_t drain_timer;
-  uv_timer_t trim_timer; /* gives memory freed by a burst back to the system */
+  uv_timer_t budget_timer; /* paused by the descriptor budget: look again soon */
+  uv_timer_t trim_timer;   /* gives memory freed by a burst back to the system */
   pthread_t thread;
   pthread_mutex_t mu; /* guards `pending` and `stop` */
   sy_config *pending; /* a reloaded snapshot waiting to be taken */

@@ -37,12 +37,43 @@ static const char *note_str(char **at, const char *s) {
   return r;
 }
 
-void handoff_start(sy_conn *c) {
+/* What the hand-off needs is taken before the 101 goes to the client, so no
+ * client is told "switching" by a proxy that then cannot serve it: both
+ * sockets duplicated now (the tunnel owns the duplicates, the connection
+ * closes the originals), their descriptors from the budget. -1: no room. */
+int handoff_reserve(sy_conn *c) {
   uv_os_fd_t cfd = -1, ufd = -1;
   uv_fileno((uv_handle_t *)&c->client, &cfd);
   if (c->link) uv_fileno((uv_handle_t *)&c->link->tcp, &ufd);
-  int dc = cfd >= 0 ? dup(cfd) : -1;
-  int du = ufd >= 0 ? dup(ufd) : -1;
+  if (cfd < 0 || ufd < 0 || sy_limits_fds_take(2) < 0) return -1;
+  int dc = dup(cfd), du = dc >= 0 ? dup(ufd) : -1;
+  if (dc < 0 || du < 0) {
+    if (dc >= 0) close(dc);
+    sy_limits_fds_give(2);
+    return -1;
+  }
+  c->handoff_fd[SIDE_CLIENT] = dc;
+  c->handoff_fd[SIDE_UPSTREAM] = du;
+  return 0;
+}
+
+/* The exchange ended otherwise: the duplicates go back. */
+void handoff_release(sy_conn *c) {
+  if (c->handoff_fd[SIDE_CLIENT] < 0) return;
+  close(c->handoff_fd[SIDE_CLIENT]);
+  close(c->handoff_fd[SIDE_UPSTREAM]);
+  c->handoff_fd[SIDE_CLIENT] = c->handoff_fd[SIDE_UPSTREAM] = -1;
+  sy_limits_fds_give(2);
+}
+
+void handoff_start(sy_conn *c) {
+  if (c->handoff_fd[SIDE_CLIENT] < 0 && handoff_reserve(c) < 0) {
+    /* Taken when the 101 was decided; only a bug gets here. */
+    sy_log_error("BUG: tunnel hand-off without its descriptors");
+    conn_close(c);
+    return;
+  }
+  int dc = c->handoff_fd[SIDE_CLIENT], du = c->handoff_fd[SIDE_UPSTREAM];
   c->x.status = 101;
   report_request(c);
   /* Bytes read past either head go first, in order. */
@@ -60,17 +91,15 @@ void handoff_start(sy_conn *c) {
                  (c->x.path ? strlen(c->x.path) + 1 : 0) +
                  (c->x.request_id[0] ? strlen(c->x.request_id) + 1 : 0);
   conn_set_state(c, CS_TUNNEL);
-  sy_tunnel *t =
-      dc >= 0 && du >= 0
-          ? sy_tunnel_start(c->env->tunnels, dc, du, q->buf ? q->buf + q->pos : NULL,
-                            q->buf ? q->len - q->pos : 0, r->buf ? r->buf + r->pos : NULL,
-                            r->buf ? r->len - r->pos : 0, &o, extra, NULL)
-          : NULL;
+  sy_tunnel *t = sy_tunnel_start(c->env->tunnels, dc, du, q->buf ? q->buf + q->pos : NULL,
+                                 q->buf ? q->len - q->pos : 0, r->buf ? r->buf + r->pos : NULL,
+                                 r->buf ? r->len - r->pos : 0, &o, extra, NULL);
   if (!t) {
-    sy_log_error("tunnel: cannot hand over: %s", strerror(errno));
-    if (dc >= 0) close(dc);
-    if (du >= 0) close(du);
+    sy_log_every_second(SY_LOG_ERROR, "tunnel: cannot hand over: %s", strerror(errno));
+    handoff_release(c);
   } else {
+    c->handoff_fd[SIDE_CLIENT] = c->handoff_fd[SIDE_UPSTREAM] = -1; /* the tunnel's now */
+    sy_limits_fds_give(2); /* the originals close with the connection, below */
     conn_note *n = sy_tunnel_extra(t);
     char *at = (char *)(n + 1);
     *n = report_note_of(c);

@@ -162,6 +162,7 @@ static void conn_free(sy_conn *c) {
   free(c->x.path);
   sy_server_set_unref(c->x.set);
   sy_buf_free(&c->x.retry_head);
+  handoff_release(c);
   int handed_off = c->handed_off;
   if (c->client_counted && !handed_off) sy_limits_client_release(c->client_ip);
   sy_config_unref(c->cfg);
@@ -291,6 +292,7 @@ void sy_conn_accept(sy_conn_env *env, uv_stream_t *server, const sy_listener_cfg
   sy_conn *c = calloc(1, sizeof(*c));
   if (!c) return;
   c->env = env;
+  c->handoff_fd[0] = c->handoff_fd[1] = -1;
   uv_tcp_init(env->loop, &c->client);
   c->client.data = c;
   c->refs = 1;
