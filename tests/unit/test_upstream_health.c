@@ -26,6 +26,11 @@ static void make(one *o, int health, int tls) {
   ck_assert_int_eq(sy_upstream_init_set(&o->up), 0);
 }
 
+/* The set sy_upstream_init_set made for the one-server upstream. */
+static void unmake(one *o) {
+  sy_upstream_free_set(&o->up);
+}
+
 static void eject(one *o, uint64_t now) {
   sy_upstream_report(&o->up, &o->s, 0, now);
   ck_assert_int_eq(sy_upstream_pick(&o->up, 0, 0, now), 0); /* one failure: still up */
@@ -46,6 +51,7 @@ START_TEST(passive_rest_without_health) {
   ck_assert_int_eq(sy_upstream_pick(&o.up, 0, 0, 1000 + SY_PASSIVE_REST_MS), 0);
   sy_upstream_report(&o.up, &o.s, 1, 1000 + SY_PASSIVE_REST_MS);
   ck_assert_int_eq(o.rt.down, 0);
+  unmake(&o);
 }
 END_TEST
 
@@ -56,6 +62,7 @@ START_TEST(active_checks_revive_cleartext) {
   /* only a health check brings it back */
   ck_assert_int_eq(sy_upstream_pick(&o.up, 0, 0, 1000 + 100 * SY_PASSIVE_REST_MS),
                    SY_PICK_ALL_DOWN);
+  unmake(&o);
 }
 END_TEST
 
@@ -67,6 +74,7 @@ START_TEST(tls_upstream_with_health_keeps_the_rest) {
   sy_upstream_report(&o.up, &o.s, 1, 1000 + SY_PASSIVE_REST_MS);
   ck_assert_int_eq(o.rt.down, 0);
   ck_assert_int_eq(o.rt.fails, 0);
+  unmake(&o);
 }
 END_TEST
 
@@ -103,6 +111,7 @@ START_TEST(balance_key) {
   ck_assert_uint_eq(key_of(&o, "cookie:nope", raw), 0);
   o.up.balance = SY_BALANCE_ROUND_ROBIN;
   ck_assert_uint_eq(sy_upstream_key(&o.up, NULL, raw, "127.0.0.9"), 0);
+  unmake(&o);
 }
 END_TEST
 
@@ -115,6 +124,7 @@ START_TEST(active_count) {
   ck_assert_int_eq(o.rt.active, 2);
   sy_upstream_active_add(&o.s, -1);
   ck_assert_int_eq(o.rt.active, 1);
+  unmake(&o);
 }
 END_TEST
 
