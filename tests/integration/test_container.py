@@ -32,7 +32,7 @@ import uuid
 
 import pytest
 
-from support.buildah import STORAGE, buildah, tool, why_buildah_cannot_run
+from support.buildah import STORAGE, buildah, descendants, tool, why_buildah_cannot_run
 from support.http import Reader, read_response, deadline_in
 from support.interop import (Children, SOURCE_DIR, free_port, port_accepts,  # noqa: F401
                              wait_until)
@@ -118,30 +118,7 @@ def run_once(ctr, argv, volumes=(), env=(), timeout=60):
 def descendant(pid, comm):
     """pid of the process named comm below pid (the program under buildah's
     chroot runtime), or None."""
-    parent = {}
-    names = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                st = f.read()
-        except OSError:
-            continue
-        rp = st.rindex(")")
-        names[int(d)] = st[st.index("(") + 1:rp]
-        parent[int(d)] = int(st[rp + 2:].split()[1])
-    for p, n in names.items():
-        if n != comm:
-            continue
-        q = p
-        for _ in range(64):
-            q = parent.get(q)
-            if q is None or q <= 1:
-                break
-            if q == pid:
-                return p
-    return None
+    return next((p for p, name in descendants(pid) if name == comm), None)
 
 
 def uid_of(pid):

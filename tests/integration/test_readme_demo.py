@@ -37,7 +37,8 @@ import uuid
 
 import pytest
 
-from support.buildah import BASE_IMAGE, STORAGE, buildah, tool, why_buildah_cannot_run
+from support.buildah import (BASE_IMAGE, STORAGE, buildah, descendants, tool,
+                             why_buildah_cannot_run)
 from support.interop import BUILD_DIR, SOURCE_DIR, Children, wait_until
 
 if os.environ.get("SY_SKIP_CONTAINER") == "1":
@@ -82,27 +83,6 @@ def source_tar(path):
             if os.path.lexists(SOURCE_DIR / n):  # deleted but not yet committed: skip
                 tar.add(str(SOURCE_DIR / n), arcname=n, recursive=False)
     return len(names)
-
-
-def descendants(pid):
-    """pids below pid, deepest last."""
-    children = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                st = f.read()
-        except OSError:
-            continue
-        rp = st.rindex(")")
-        children.setdefault(int(st[rp + 2:].split()[1]), []).append((int(d), st[st.index("(") + 1:rp]))
-    out, todo = [], [pid]
-    while todo and len(out) < 10000:
-        for child in children.get(todo.pop(0), []):
-            out.append(child)
-            todo.append(child[0])
-    return out
 
 
 def in_netns(pid, argv, timeout=10):

@@ -39,3 +39,24 @@ def buildah(*args, timeout=120, check=True):
         raise AssertionError("buildah %s failed (rc %d):\n%s" % (
             " ".join(map(str, args)), r.returncode, r.stderr.decode(errors="replace")[-3000:]))
     return r
+
+
+def descendants(pid):
+    """pids below pid, deepest last."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+        except OSError:
+            continue
+        rp = st.rindex(")")
+        children.setdefault(int(st[rp + 2:].split()[1]), []).append((int(d), st[st.index("(") + 1:rp]))
+    out, todo = [], [pid]
+    while todo and len(out) < 10000:
+        for child in children.get(todo.pop(0), []):
+            out.append(child)
+            todo.append(child[0])
+    return out
