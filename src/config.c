@@ -4,6 +4,7 @@
  * walker rejects unknown and duplicate keys before calling the per-key handler. */
 #include "switchyard/config.h"
 #include "switchyard/log.h"
+#include "switchyard/proxyproto.h"
 #include "switchyard/tls.h"
 #include "switchyard/upstream.h"
 
@@ -573,12 +574,39 @@ static int h_offer_tls(ctx *c, yaml_node_t *v, const char *path, void *obj, size
   return fail(c, v, "%s: expected off, optional or required, got \"%s\"", path, s);
 }
 
+/* off | v1 | v2 | any, as SY_PP_* bits; `any` only where a listener reads it. */
+static int pp_mode(ctx *c, yaml_node_t *v, const char *path, unsigned *out, int allow_any) {
+  const char *s = NULL;
+  if (want_scalar(c, v, path, &s) < 0) return -1;
+  if (strcmp(s, "off") == 0)
+    *out = 0;
+  else if (strcmp(s, "v1") == 0)
+    *out = SY_PP_V1;
+  else if (strcmp(s, "v2") == 0)
+    *out = SY_PP_V2;
+  else if (allow_any && strcmp(s, "any") == 0)
+    *out = SY_PP_V1 | SY_PP_V2;
+  else
+    return fail(c, v, "%s: expected %s, got \"%s\"", path,
+                allow_any ? "off, v1, v2 or any" : "off, v1 or v2", s);
+  return 0;
+}
+
+static int h_proxy_protocol(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
+  return pp_mode(c, v, path, FIELD(obj, off, unsigned), 1);
+}
+
+static int h_send_proxy(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
+  return pp_mode(c, v, path, FIELD(obj, off, unsigned), 0);
+}
+
 enum { LK_NAME, LK_ADDRESS, LK_TLS, LK_OFFER };
 static const key_spec listener_keys[] = {
     [LK_NAME] = {"name", h_str, offsetof(sy_listener_cfg, name)},
     [LK_ADDRESS] = {"address", h_bind_addr, offsetof(sy_listener_cfg, addr)},
     [LK_TLS] = {"tls", h_listener_tls, offsetof(sy_listener_cfg, tls)},
     [LK_OFFER] = {"offer_tls_upgrade", h_offer_tls, offsetof(sy_listener_cfg, offer_tls_upgrade)},
+    {"proxy_protocol", h_proxy_protocol, offsetof(sy_listener_cfg, proxy_protocol)},
 };
 
 static int parse_listener(ctx *c, yaml_node_t *v, const char *path, sy_listener_cfg *l) {
@@ -852,6 +880,7 @@ static const key_spec upstream_keys[] = {
     [UK_TLS] = {"tls", h_upstream_tls, offsetof(sy_upstream_cfg, tls)},
     [UK_HEALTH] = {"health", h_health, offsetof(sy_upstream_cfg, health)},
     {"keepalive", h_keepalive, 0},
+    {"send_proxy", h_send_proxy, offsetof(sy_upstream_cfg, send_proxy)},
 };
 
 static int h_upstreams(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {

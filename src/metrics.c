@@ -66,6 +66,8 @@ static const sy_metric_family families[] = {
     {"switchyard_open_fds", G, "", "File descriptors the process has open.", NULL},
     {"switchyard_pipes", G, "state", "Splice pipes, in use or idle in the pools.", NULL},
     {"switchyard_pipes_created_total", C, "", "Splice pipes created.", NULL},
+    {"switchyard_proxy_protocol_errors_total", C, "reason",
+     "Connections closed for a missing or invalid PROXY protocol header.", NULL},
     {"switchyard_reloads_total", C, "result", "Configuration reloads, by result.", NULL},
     {"switchyard_request_duration_seconds", H, "route",
      "Time from a request's first byte to the last byte of its response.", &request_buckets},
@@ -169,6 +171,7 @@ static size_t route_series(const sy_route_cfg *r) {
 
 size_t sy_metrics_capacity(const sy_config *cfg) {
   size_t n = 64; /* unlabelled families and fixed label sets (reasons, states) */
+  n += 2;        /* PROXY protocol errors: bad, timeout */
   for (size_t i = 0; i < cfg->nroutes; i++)
     n += route_series(&cfg->routes[i]);
   n += 8;                      /* requests without a route */

@@ -41,6 +41,7 @@ typedef struct sy_listener_cfg {
   sy_addr addr;
   sy_listener_tls tls;
   enum sy_tls_offer offer_tls_upgrade;
+  unsigned proxy_protocol;    /* PROXY header required first: SY_PP_V1|SY_PP_V2 bits, 0 = off */
   int line, column;           /* where it was declared, for later diagnostics */
   struct sy_tls_ctx *tls_ctx; /* built by sy_config_load when tls is set; freed with the config */
 } sy_listener_cfg;
@@ -94,6 +95,7 @@ typedef struct sy_upstream_cfg {
   sy_health_cfg health;
   unsigned keepalive_max_idle; /* idle connections kept per worker and server; 0 = none */
   sy_msec_t keepalive_idle;    /* how long one may stay idle */
+  unsigned send_proxy;         /* PROXY header on each new connection: SY_PP_V1, SY_PP_V2 or 0 */
   /* The one mutable member: the round-robin cursor, shared by all workers
    * (atomic increments) so balancing is even whichever worker accepted. */
   unsigned rr_next;

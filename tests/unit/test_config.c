@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "switchyard/config.h"
+#include "switchyard/proxyproto.h"
 
 #define L "listeners:\n  - address: 127.0.0.1:8080\n" /* lines 1-2 of most cases */
 #define U "upstreams:\n  web:\n    servers: [{address: 127.0.0.1:9000}]\n"
@@ -79,6 +80,14 @@ static const err_case errors[] = {
      "t.yaml:3:14: ", "duplicate"},
     {"listeners:\n  - address: 127.0.0.1:80\n    offer_tls_upgrade: maybe\n",
      "t.yaml:3:24: ", "listeners[0].offer_tls_upgrade: expected off, optional or required"},
+    {"listeners:\n  - address: 127.0.0.1:80\n    proxy_protocol: v3\n",
+     "t.yaml:3:21: ", "listeners[0].proxy_protocol: expected off, v1, v2 or any, got \"v3\""},
+    {"listeners:\n  - address: 127.0.0.1:80\n    proxy_protocol: [v1]\n",
+     "t.yaml:3:21: ", "listeners[0].proxy_protocol"},
+    {"listeners:\n  - address: 127.0.0.1:80\nupstreams:\n  a:\n    servers: [{address: "
+     "127.0.0.1:1}]\n"
+     "    send_proxy: any\n",
+     "t.yaml:6:17: ", "upstreams.a.send_proxy: expected off, v1 or v2, got \"any\""},
     {"listeners:\n  - address: 127.0.0.1:80\n    offer_tls_upgrade: optional\n",
      "t.yaml:3:24: ", "needs tls.certificates"},
     {"listeners:\n  - address: 127.0.0.1:80\n    tls: {min_version: TLS1.2}\n",
@@ -253,6 +262,7 @@ START_TEST(test_defaults) {
   ck_assert_uint_eq(cfg->listeners[0].addr.salen, sizeof(struct sockaddr_in));
   ck_assert_int_eq(cfg->listeners[0].tls.enabled, 0);
   ck_assert_int_eq(cfg->listeners[0].offer_tls_upgrade, SY_TLS_OFFER_OFF);
+  ck_assert_uint_eq(cfg->listeners[0].proxy_protocol, 0);
   ck_assert_int_eq(cfg->listeners[0].line, 2);
   ck_assert_int_eq(cfg->listeners[0].column, 5);
   ck_assert_int_eq(cfg->admin_enabled, 0);
@@ -539,9 +549,9 @@ START_TEST(test_check_only_still_checks) {
       L U "routes:\n  - upstream: nope\n",
       L "upstreams:\n  web:\n    servers: [{address: 'demo:0'}]\n",
   };
-  static const char *const word[] = {"host name",                  "host name",
-                                     "host name",                  "host name",
-                                     "no upstream named \"nope\"", "invalid port"};
+  static const char *const word[] = {
+      "host name",   "host name", "host name", "host name", "no upstream named \"nope\"",
+      "invalid port"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     sy_config_error err = {{0}};
     ck_assert_msg(load_check_only(bad[i], &err) == NULL, "case %zu accepted", i);
@@ -718,6 +728,25 @@ START_TEST(test_all_shipped_configs_load) {
 }
 END_TEST
 
+START_TEST(test_proxy_protocol_keys) {
+  static const char *const modes[] = {"off", "v1", "v2", "any"};
+  for (unsigned i = 0; i < 4; i++) {
+    char yaml[512];
+    snprintf(yaml, sizeof yaml,
+             "listeners:\n  - address: 127.0.0.1:80\n    proxy_protocol: %s\n"
+             "upstreams:\n  a:\n    servers: [{address: 127.0.0.1:1}]\n    send_proxy: %s\n"
+             "  b:\n    servers: [{address: 127.0.0.1:2}]\n",
+             modes[i], i < 3 ? modes[i] : "v2");
+    sy_config *cfg = load_ok(yaml);
+    ck_assert_uint_eq(cfg->listeners[0].proxy_protocol, i);
+    ck_assert_uint_eq(cfg->upstreams[0].send_proxy, i < 3 ? i : SY_PP_V2);
+    ck_assert_uint_eq(cfg->upstreams[1].send_proxy, 0);
+    sy_config_unref(cfg);
+  }
+  ck_assert_uint_eq(SY_PP_V1 | SY_PP_V2, 3);
+}
+END_TEST
+
 static Suite *config_suite(void) {
   Suite *s = suite_create("config");
   TCase *tc = tcase_create("errors");
@@ -737,6 +766,7 @@ static Suite *config_suite(void) {
   tcase_add_test(tc, test_file_errors_name_the_file);
   tcase_add_test(tc, test_exact_message);
   tcase_add_test(tc, test_ops_keys);
+  tcase_add_test(tc, test_proxy_protocol_keys);
   suite_add_tcase(s, tc);
   tc = tcase_create("shipped");
   tcase_add_test(tc, test_shipped_default);
