@@ -3,6 +3,7 @@
  * pooled connection, and giving the connection back or closing it. */
 #include "internal.h"
 #include "switchyard/log.h"
+#include "switchyard/proxyproto.h"
 #include "switchyard/stats.h"
 #include "switchyard/upstream.h"
 
@@ -37,10 +38,11 @@ void upstream_link_release(sy_conn *c) {
   sy_link *l = c->link;
   sy_flow *rq = &c->fl[SIDE_CLIENT], *rs = &c->fl[SIDE_UPSTREAM];
   const sy_upstream_cfg *up = c->x.route ? c->x.route->upstream : NULL;
+  /* A connection that carried one client's PROXY header is that client's. */
   int reusable = l && up && !c->tls[SIDE_UPSTREAM] && !c->x.upgrading && c->env->upool &&
-                 !c->env->stopping && c->x.link_used && !rs->eof && rs->msg_done && rq->msg_done &&
-                 !rq->writing && rs->pos == rs->len && llhttp_should_keep_alive(&rs->parser) &&
-                 c->x.resp_from_upstream;
+                 !up->send_proxy && !c->env->stopping && c->x.link_used && !rs->eof &&
+                 rs->msg_done && rq->msg_done && !rq->writing && rs->pos == rs->len &&
+                 llhttp_should_keep_alive(&rs->parser) && c->x.resp_from_upstream;
   if (!reusable) {
     upstream_link_close(c);
     return;
@@ -66,6 +68,19 @@ static void take_link(sy_conn *c, sy_link *l) {
   server_counted(c, 1);
 }
 
+/* upstreams.NAME.send_proxy: the client's addresses go first on the new
+ * connection, before TLS and before the request (libuv keeps a stream's
+ * writes in order; a write tried at once waits behind a queued one). */
+static int send_proxy_header(sy_conn *c, const sy_upstream_cfg *up) {
+  sy_buf b = {0};
+  const struct sockaddr *src = (const struct sockaddr *)&c->peer;
+  const struct sockaddr *dst = (const struct sockaddr *)&c->local;
+  int rc = up->send_proxy == SY_PP_V2 ? sy_pp_build_v2(&b, src, dst) : sy_pp_build_v1(&b, src, dst);
+  if (rc == 0) rc = conn_raw_write(c, (uv_stream_t *)&c->link->tcp, &b);
+  sy_buf_free(&b);
+  return rc;
+}
+
 static void on_connect(uv_connect_t *req, int status) {
   sy_link *l = req->data;
   sy_conn *c = l->c;
@@ -81,6 +96,11 @@ static void on_connect(uv_connect_t *req, int status) {
   }
   uv_tcp_nodelay(&l->tcp, 1);
   const sy_upstream_cfg *up = c->x.route->upstream;
+  if (up->send_proxy && send_proxy_header(c, up) < 0) {
+    c->x.term = SY_TERM_INTERNAL;
+    local_response(c, 500, 1);
+    return;
+  }
   sy_upstream_report(up, c->x.server, 1, uv_now(c->env->loop));
   if (up->tls_ctx) {
     const char *sni = up->tls.sni ? up->tls.sni : c->x.server->addr.host;
@@ -174,7 +194,7 @@ void upstream_connect(sy_conn *c) {
   const sy_server_cfg *s = &c->x.set->servers[i];
   c->x.server = s;
   conn_set_state(c, CS_CONNECT);
-  if (!up->tls_ctx && !c->x.fresh_only && c->env->upool) {
+  if (!up->tls_ctx && !up->send_proxy && !c->x.fresh_only && c->env->upool) {
     sy_link *pooled = sy_upool_get(c->env->upool, s);
     if (pooled) {
       take_link(c, pooled);

@@ -139,11 +139,12 @@ struct sy_conn {
   uint64_t deadline, timer_due; /* loop times: the timeout due, the timer set */
   char client_ip[64];
   int client_port;
-  unsigned in_pump : 2;             /* bit per side: tls_pump running (no re-entry) */
-  unsigned tls_upgrade_pending : 1; /* RFC 2817: 101 sent, handshake running */
-  unsigned server_counted : 1;      /* counted in the server's active connections */
-  unsigned client_counted : 1;      /* counted in max_connections_per_client */
-  unsigned handed_off : 1;          /* a spliced tunnel's note took over the counts */
+  struct sockaddr_storage peer, local; /* the client's addresses (a PROXY header's, if any) */
+  unsigned in_pump : 2;                /* bit per side: tls_pump running (no re-entry) */
+  unsigned tls_upgrade_pending : 1;    /* RFC 2817: 101 sent, handshake running */
+  unsigned server_counted : 1;         /* counted in the server's active connections */
+  unsigned client_counted : 1;         /* counted in max_connections_per_client */
+  unsigned handed_off : 1;             /* a spliced tunnel's note took over the counts */
   struct {
     uint64_t start, bytes[2]; /* bytes[s]: read from side s */
     const char *closed_by;
@@ -162,6 +163,7 @@ typedef struct conn_io {
 
 extern const conn_io conn_http_io;
 extern const conn_io conn_relay_io;
+extern const conn_io conn_pp_io; /* a PROXY protocol header before anything else */
 
 static inline int conn_closed(const sy_conn *c) {
   return c->state == CS_CLOSED;
@@ -177,6 +179,12 @@ void conn_timer_arm(sy_conn *c, sy_msec_t ms);
 sy_msec_t conn_route_timeout(sy_msec_t route_v, sy_msec_t global_v);
 sy_msec_t conn_response_timeout(const sy_conn *c);
 void conn_xchg_reset(sy_conn *c);
+void conn_start(sy_conn *c);
+void conn_set_client(sy_conn *c, const struct sockaddr_storage *peer,
+                     const struct sockaddr_storage *local);
+
+/* proxy_in.c: the PROXY protocol header of listeners[].proxy_protocol */
+void conn_pp_failed(sy_conn *c, const char *reason);
 
 /* io.c: one side's socket plumbing, written once */
 uv_stream_t *conn_stream(sy_conn *c, conn_side s);

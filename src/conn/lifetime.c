@@ -103,7 +103,9 @@ static void on_timeout(uv_timer_t *t) {
   sy_flow *rq = &c->fl[SIDE_CLIENT];
   switch (c->state) {
   case CS_READ_HEAD:
-    if (rq->len > rq->head_start && !rq->head_done) {
+    if (c->io == &conn_pp_io) { /* no PROXY header in time: nobody to answer */
+      conn_pp_failed(c, "timeout");
+    } else if (rq->len > rq->head_start && !rq->head_done) {
       c->x.term = SY_TERM_HEADER_TIMEOUT;
       local_response(c, 408, 1);
     } else
@@ -265,10 +267,13 @@ const char *conn_client_text(const sy_conn *c, char out[80]) {
   return out;
 }
 
-static void peer_text(sy_conn *c) {
-  struct sockaddr_storage ss;
-  int len = sizeof(ss);
-  if (uv_tcp_getpeername(&c->client, (struct sockaddr *)&ss, &len) != 0) return;
+/* The client's address as text (headers, logs, limits): from the socket, or
+ * from a PROXY protocol header. */
+void conn_set_client(sy_conn *c, const struct sockaddr_storage *peer,
+                     const struct sockaddr_storage *local) {
+  const struct sockaddr_storage ss = *peer;
+  c->peer = *peer;
+  if (local) c->local = *local;
   if (ss.ss_family == AF_INET) {
     struct sockaddr_in *a = (struct sockaddr_in *)&ss;
     ip4_text(a, c->client_ip);
@@ -286,6 +291,15 @@ static void peer_text(sy_conn *c) {
       uv_ip6_name(a, c->client_ip, sizeof(c->client_ip));
     }
   }
+}
+
+static void peer_text(sy_conn *c) {
+  struct sockaddr_storage peer = {0}, local = {0};
+  int len = sizeof(peer);
+  uv_tcp_getpeername(&c->client, (struct sockaddr *)&peer, &len);
+  len = sizeof(local);
+  uv_tcp_getsockname(&c->client, (struct sockaddr *)&local, &len);
+  conn_set_client(c, &peer, &local);
 }
 
 void sy_conn_accept(sy_conn_env *env, uv_stream_t *server, const sy_listener_cfg *lcfg) {
@@ -320,6 +334,23 @@ void sy_conn_accept(sy_conn_env *env, uv_stream_t *server, const sy_listener_cfg
   c->state = CS_READ_HEAD;
   c->x.t_start = uv_hrtime();
   c->x.connect_ns = c->x.first_byte_ns = -1;
+  if (lcfg->proxy_protocol) {
+    /* The balancer's header comes first, before TLS and HTTP: its address is
+     * the client (limits included), so the rest waits for it. */
+    c->io = &conn_pp_io;
+    conn_timer_arm(c, c->cfg->timeouts.header);
+    c->io->read_update(c, SIDE_CLIENT);
+    return;
+  }
+  conn_start(c);
+}
+
+/* The connection's first exchange may begin: TLS on a TLS listener, the
+ * per-client limit, the header timeout, the first read. */
+void conn_start(sy_conn *c) {
+  const sy_listener_cfg *lcfg = c->lcfg;
+  sy_conn_env *env = c->env;
+  c->io = &conn_http_io;
   if (lcfg->tls_ctx && lcfg->offer_tls_upgrade == SY_TLS_OFFER_OFF) {
     c->tls[SIDE_CLIENT] = sy_tls_conn_new(lcfg->tls_ctx, 1, NULL, 0);
     if (!c->tls[SIDE_CLIENT]) {
@@ -344,6 +375,18 @@ void sy_conn_accept(sy_conn_env *env, uv_stream_t *server, const sy_listener_cfg
   }
   c->client_counted = per_client != 0;
   conn_timer_arm(c, c->cfg->timeouts.header);
+  sy_flow *rq = &c->fl[SIDE_CLIENT];
+  if (rq->len > rq->pos) { /* bytes that came with the PROXY header */
+    if (c->tls[SIDE_CLIENT]) {
+      sy_tls_feed(c->tls[SIDE_CLIENT], rq->buf + rq->pos, rq->len - rq->pos);
+      rq->len = rq->pos;
+      c->io->read_update(c, SIDE_CLIENT);
+      conn_tls_pump(c, SIDE_CLIENT);
+    } else {
+      http_feed(c, SIDE_CLIENT);
+    }
+    return;
+  }
   c->io->read_update(c, SIDE_CLIENT);
 }
 
