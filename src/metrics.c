@@ -171,7 +171,7 @@ static size_t route_series(const sy_route_cfg *r) {
 
 size_t sy_metrics_capacity(const sy_config *cfg) {
   size_t n = 64; /* unlabelled families and fixed label sets (reasons, states) */
-  n += 2;        /* PROXY protocol errors: bad, timeout */
+  n += 3;        /* PROXY protocol errors: bad, timeout, eof */
   for (size_t i = 0; i < cfg->nroutes; i++)
     n += route_series(&cfg->routes[i]);
   n += 8;                      /* requests without a route */
