@@ -22,479 +22,14 @@
 #include <strings.h>
 #include <yaml.h>
 
-#define SY_PATH_LEN 256
-
-typedef struct ctx {
-  const char *name;
-  yaml_document_t *doc;
-  sy_config *cfg;
-  sy_config_error *err;
-  int resolve; /* 0 under SY_CONFIG_NO_RESOLVE: host names are checked, not looked up, and
-                  admin.token_file is not read */
-} ctx;
-
-/* A handler gets the object being filled and the offset of its field, so most
- * keys share a handful of generic handlers (string, bool, duration, ...). */
-typedef int (*key_fn)(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off);
-
-typedef struct key_spec {
-  const char *key;
-  key_fn fn;
-  size_t off;
-} key_spec;
-
-#define FIELD(obj, off, T) ((T *)(void *)((char *)(obj) + (off)))
-#define NKEYS(t) (sizeof(t) / sizeof((t)[0]))
-
-/* ---------------------------------------------------------------- errors */
-
-static int vfail_at(ctx *c, yaml_mark_t m, const char *fmt, va_list ap) {
-  size_t cap = sizeof c->err->msg;
-  int n = snprintf(c->err->msg, cap, "%s:%zu:%zu: ", c->name, m.line + 1, m.column + 1);
-  if (n >= 0 && (size_t)n < cap) vsnprintf(c->err->msg + n, cap - (size_t)n, fmt, ap);
-  return -1;
-}
-
-static int fail(ctx *c, const yaml_node_t *n, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int fail(ctx *c, const yaml_node_t *n, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vfail_at(c, n->start_mark, fmt, ap);
-  va_end(ap);
-  return -1;
-}
-
-static int oom(ctx *c, const yaml_node_t *n) {
-  return fail(c, n, "out of memory");
-}
-
-static void *xcalloc(ctx *c, const yaml_node_t *n, size_t count, size_t size) {
-  /* calloc(0, ...) may return NULL, which would read as an allocation failure. */
-  void *p = calloc(count ? count : 1, size);
-  if (!p) oom(c, n);
-  return p;
-}
-
-/* ----------------------------------------------------------- node access */
-
-static yaml_node_t *node_at(ctx *c, int index) {
-  return yaml_document_get_node(c->doc, index);
-}
-
-static const char *scalar(const yaml_node_t *n) {
-  return (const char *)n->data.scalar.value;
-}
-
-/* Only plain scalars can be YAML nulls; "null" in quotes is a string. */
-static int is_null(const yaml_node_t *n) {
-  static const char *const nulls[] = {"", "~", "null", "Null", "NULL"};
-  if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) return 0;
-  for (size_t i = 0; i < NKEYS(nulls); i++)
-    if (strcmp(scalar(n), nulls[i]) == 0) return 1;
-  return 0;
-}
-
-static const char *kind(const yaml_node_t *n) {
-  if (n->type == YAML_MAPPING_NODE) return "a mapping";
-  if (n->type == YAML_SEQUENCE_NODE) return "a list";
-  return is_null(n) ? "null" : "a scalar";
-}
-
-static const char *where(const char *path) {
-  return *path ? path : "top level";
-}
-
-static void join_key(char *out, const char *path, const char *key) {
-  snprintf(out, SY_PATH_LEN, "%s%s%s", path, *path ? "." : "", key);
-}
-
-static void join_idx(char *out, const char *path, size_t i) {
-  snprintf(out, SY_PATH_LEN, "%s[%zu]", path, i);
-}
-
-static size_t seq_len(const yaml_node_t *n) {
-  return (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
-}
-
-static yaml_node_t *seq_item(ctx *c, const yaml_node_t *n, size_t i) {
-  return node_at(c, n->data.sequence.items.start[i]);
-}
-
-static size_t map_len(const yaml_node_t *n) {
-  return (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
-}
-
-static yaml_node_t *map_get(ctx *c, const yaml_node_t *map, const char *key) {
-  if (!map || map->type != YAML_MAPPING_NODE) return NULL;
-  for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
-    yaml_node_t *k = node_at(c, p->key);
-    if (k->type == YAML_SCALAR_NODE && strcmp(scalar(k), key) == 0) return node_at(c, p->value);
-  }
-  return NULL;
-}
-
-static int want_map(ctx *c, const yaml_node_t *n, const char *path) {
-  if (n->type == YAML_MAPPING_NODE) return 0;
-  return fail(c, n, "%s: expected a mapping, got %s", where(path), kind(n));
-}
-
-static int want_seq(ctx *c, const yaml_node_t *n, const char *path, int nonempty) {
-  if (n->type != YAML_SEQUENCE_NODE)
-    return fail(c, n, "%s: expected a list, got %s", path, kind(n));
-  if (nonempty && seq_len(n) == 0) return fail(c, n, "%s: must not be empty", path);
-  return 0;
-}
-
-/* Any scalar, null included: used where the text itself is validated next. */
-static int want_scalar(ctx *c, const yaml_node_t *n, const char *path, const char **out) {
-  if (n->type != YAML_SCALAR_NODE)
-    return fail(c, n, "%s: expected a scalar value, got %s", path, kind(n));
-  if (strlen(scalar(n)) != n->data.scalar.length)
-    return fail(c, n, "%s: value contains a NUL character", path);
-  *out = scalar(n);
-  return 0;
-}
-
-static int want_string(ctx *c, const yaml_node_t *n, const char *path, const char **out) {
-  if (want_scalar(c, n, path, out) < 0) return -1;
-  if (is_null(n)) return fail(c, n, "%s: expected a string, got null", path);
-  if (!**out) return fail(c, n, "%s: must not be empty", path);
-  return 0;
-}
-
-static int dup_text(ctx *c, const yaml_node_t *n, const char *s, char **out) {
-  *out = strdup(s);
-  return *out ? 0 : oom(c, n);
-}
-
-static int dup_string(ctx *c, const yaml_node_t *n, const char *path, char **out) {
-  const char *s = NULL;
-  if (want_string(c, n, path, &s) < 0) return -1;
-  return dup_text(c, n, s, out);
-}
-
-/* Keys must be scalars and unique; YAML allows both, our schema does not. */
-static int check_key(ctx *c, const yaml_node_t *map, const yaml_node_pair_t *pair,
-                     const char *path) {
-  yaml_node_t *k = node_at(c, pair->key);
-  if (k->type != YAML_SCALAR_NODE)
-    return fail(c, k, "%s: keys must be strings, got %s", where(path), kind(k));
-  for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < pair; p++) {
-    yaml_node_t *prev = node_at(c, p->key);
-    if (prev->type == YAML_SCALAR_NODE && strcmp(scalar(prev), scalar(k)) == 0) {
-      if (*path) return fail(c, k, "duplicate key \"%s\" in %s", scalar(k), path);
-      return fail(c, k, "duplicate key \"%s\" at top level", scalar(k));
-    }
-  }
-  return 0;
-}
-
-/* Walks a mapping against its key table. *seen gets bit i for keys[i] present,
- * which callers use for required keys and for defaults that depend on presence. */
-static int parse_map(ctx *c, yaml_node_t *map, const char *path, const key_spec *keys, size_t nkeys,
-                     void *obj, unsigned *seen) {
-  unsigned mask = 0;
-  if (want_map(c, map, path) < 0) return -1;
-  for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
-    if (check_key(c, map, p, path) < 0) return -1;
-    yaml_node_t *k = node_at(c, p->key);
-    size_t i = 0;
-    while (i < nkeys && strcmp(keys[i].key, scalar(k)) != 0)
-      i++;
-    if (i == nkeys) {
-      if (*path) return fail(c, k, "unknown key \"%s\" in %s", scalar(k), path);
-      return fail(c, k, "unknown key \"%s\" at top level", scalar(k));
-    }
-    char child[SY_PATH_LEN];
-    join_key(child, path, keys[i].key);
-    if (keys[i].fn(c, node_at(c, p->value), child, obj, keys[i].off) < 0) return -1;
-    mask |= 1u << i;
-  }
-  if (seen) *seen = mask;
-  return 0;
-}
-
-/* Reports the first key of `required` (a bit set over keys) that is absent. */
-static int require_keys(ctx *c, const yaml_node_t *map, const char *path, const key_spec *keys,
-                        unsigned seen, unsigned required) {
-  for (size_t i = 0; required >> i; i++)
-    if ((required & (1u << i)) && !(seen & (1u << i)))
-      return fail(c, map, "%s: missing required key \"%s\"", where(path), keys[i].key);
-  return 0;
-}
-
-/* ------------------------------------------------------- scalar parsers */
-
-/* Digits only: YAML's own integer forms (signs, 0x, 0o, underscores) are refused
- * so that a config means the same thing to every reader. */
-static int parse_u64(const char **sp, uint64_t *out) {
-  const char *s = *sp;
-  uint64_t v = 0;
-  if (*s < '0' || *s > '9') return -1;
-  for (; *s >= '0' && *s <= '9'; s++) {
-    if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, (uint64_t)(*s - '0'), &v))
-      return -1;
-  }
-  *sp = s;
-  *out = v;
-  return 0;
-}
-
-typedef struct unit {
-  const char *name;
-  uint64_t mul;
-} unit;
-
-static int parse_with_units(const char *s, const unit *units, size_t nunits, uint64_t *out) {
-  uint64_t v;
-  if (!s || parse_u64(&s, &v) < 0) return -1;
-  for (size_t i = 0; i < nunits; i++) {
-    if (strcmp(s, units[i].name) == 0) {
-      if (__builtin_mul_overflow(v, units[i].mul, &v)) return -1;
-      *out = v;
-      return 0;
-    }
-  }
-  return -1;
-}
-
-int sy_parse_duration(const char *s, sy_msec_t *out) {
-  static const unit units[] = {
-      {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}, {"d", 86400000},
-  };
-  return parse_with_units(s, units, NKEYS(units), out);
-}
-
-int sy_parse_size(const char *s, uint64_t *out) {
-  static const unit units[] = {
-      {"", 1},         {"B", 1},          {"KB", 1000},       {"KiB", 1024},
-      {"MB", 1000000}, {"MiB", 1u << 20}, {"GB", 1000000000}, {"GiB", 1u << 30},
-  };
-  return parse_with_units(s, units, NKEYS(units), out);
-}
-
-static int parse_count(ctx *c, const yaml_node_t *v, const char *path, uint64_t max,
-                       uint64_t *out) {
-  const char *s, *p;
-  uint64_t n;
-  if (want_scalar(c, v, path, &s) < 0) return -1;
-  p = s;
-  if (parse_u64(&p, &n) < 0 || *p || n == 0 || n > max)
-    return fail(c, v, "%s: expected a positive integer, got \"%s\"", path, s);
-  *out = n;
-  return 0;
-}
-
-/* ----------------------------------------------------- generic handlers */
-
-static int h_str(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
-  return dup_string(c, v, path, FIELD(obj, off, char *));
-}
-
-static int h_bool(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
-  const char *s = NULL;
-  if (want_scalar(c, v, path, &s) < 0) return -1;
-  if (strcmp(s, "true") == 0)
-    *FIELD(obj, off, int) = 1;
-  else if (strcmp(s, "false") == 0)
-    *FIELD(obj, off, int) = 0;
-  else
-    return fail(c, v, "%s: expected true or false, got \"%s\"", path, s);
-  return 0;
-}
-
-static int h_duration(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
-  const char *s = NULL;
-  if (want_scalar(c, v, path, &s) < 0) return -1;
-  if (sy_parse_duration(s, FIELD(obj, off, sy_msec_t)) < 0)
-    return fail(c, v, "%s: invalid duration \"%s\" (expected e.g. 250ms, 5s, 2m, 1h, 1d)", path, s);
-  return 0;
-}
-
-static int h_duration_pos(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
-  if (h_duration(c, v, path, obj, off) < 0) return -1;
-  if (*FIELD(obj, off, sy_msec_t) == 0) return fail(c, v, "%s: must be greater than zero", path);
-  return 0;
-}
-
-static int h_size_pos(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
-  const char *s;
-  uint64_t n;
-  if (want_scalar(c, v, path, &s) < 0) return -1;
-  if (sy_parse_size(s, &n) < 0)
-    return fail(c, v, "%s: invalid size \"%s\" (expected e.g. 512, 64KiB, 1MiB, 10KB)", path, s);
-  if (n == 0) return fail(c, v, "%s: must be greater than zero", path);
-  *FIELD(obj, off, uint64_t) = n;
-  return 0;
-}
-
-static int h_u64_pos(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
-  return parse_count(c, v, path, UINT64_MAX, FIELD(obj, off, uint64_t));
-}
-
-static int h_uint_pos(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
-  uint64_t n;
-  if (parse_count(c, v, path, UINT_MAX, &n) < 0) return -1;
-  *FIELD(obj, off, unsigned) = (unsigned)n;
-  return 0;
-}
-
-static int parse_str_list(ctx *c, yaml_node_t *v, const char *path, int nonempty, char ***out,
-                          size_t *nout) {
-  if (want_seq(c, v, path, nonempty) < 0) return -1;
-  size_t n = seq_len(v);
-  if (!(*out = xcalloc(c, v, n, sizeof **out))) return -1;
-  *nout = n;
-  for (size_t i = 0; i < n; i++) {
-    char child[SY_PATH_LEN];
-    join_idx(child, path, i);
-    if (dup_string(c, seq_item(c, v, i), child, &(*out)[i]) < 0) return -1;
-  }
-  return 0;
-}
-
-/* ------------------------------------------------------------- addresses */
-
-enum addr_kind { ADDR_BIND, ADDR_CONNECT };
-
-typedef struct addr_parts {
-  char host[256];
-  unsigned port;
-  int bracketed;
-} addr_parts;
-
-static int split_addr(ctx *c, const yaml_node_t *v, const char *path, const char *s,
-                      addr_parts *ap) {
-  const char *host = s, *host_end, *port;
-  if (*s == '[') {
-    host = s + 1;
-    host_end = strchr(host, ']');
-    if (!host_end) return fail(c, v, "%s: invalid address \"%s\": missing ']'", path, s);
-    if (host_end[1] != ':') return fail(c, v, "%s: invalid address \"%s\": missing port", path, s);
-    port = host_end + 2;
-    ap->bracketed = 1;
-  } else {
-    host_end = strrchr(s, ':');
-    if (!host_end) return fail(c, v, "%s: invalid address \"%s\": missing port", path, s);
-    if (memchr(s, ':', (size_t)(host_end - s)))
-      return fail(c, v, "%s: invalid address \"%s\": IPv6 addresses need brackets", path, s);
-    port = host_end + 1;
-  }
-  uint64_t p;
-  const char *end = port;
-  if (parse_u64(&end, &p) < 0 || *end || p == 0 || p > 65535)
-    return fail(c, v, "%s: invalid port in address \"%s\" (expected 1-65535)", path, s);
-  size_t hlen = (size_t)(host_end - host);
-  if (hlen >= sizeof ap->host) return fail(c, v, "%s: host name too long in \"%s\"", path, s);
-  memcpy(ap->host, host, hlen);
-  ap->host[hlen] = '\0';
-  ap->port = (unsigned)p;
-  return 0;
-}
-
-/* IPv4 first: a "localhost" upstream is far more often a 127.0.0.1-only backend
- * than a ::1-only one, and we keep exactly one address per entry. */
-static const struct addrinfo *pick_addr(const struct addrinfo *res) {
-  for (const struct addrinfo *ai = res; ai; ai = ai->ai_next)
-    if (ai->ai_family == AF_INET) return ai;
-  return res;
-}
-
-static int resolve_addr(ctx *c, const yaml_node_t *v, const char *path, const char *text,
-                        const addr_parts *ap, int numeric, sy_addr *out) {
-  struct addrinfo hints, *res = NULL;
-  char port[8];
-  memset(&hints, 0, sizeof hints);
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV | (numeric ? AI_NUMERICHOST : 0);
-  snprintf(port, sizeof port, "%u", ap->port);
-  int rc = getaddrinfo(ap->host, port, &hints, &res);
-  if (rc != 0 || !res) {
-    if (numeric)
-      return fail(c, v, "%s: \"%s\" is not a numeric IP address, \"*\" or localhost", path, text);
-    return fail(c, v, "%s: cannot resolve \"%s\": %s", path, ap->host,
-                rc ? gai_strerror(rc) : "no address");
-  }
-  const struct addrinfo *ai = pick_addr(res);
-  memcpy(&out->sa, ai->ai_addr, ai->ai_addrlen);
-  out->salen = (socklen_t)ai->ai_addrlen;
-  freeaddrinfo(res);
-  return 0;
-}
-
-/* RFC 1123 host names (labels of letters, digits and '-', 1-63 each, at most
- * 253 in all, one trailing dot allowed); '_' too, as service records use it. */
-static int host_name_ok(const char *h) {
-  size_t len = strlen(h), label = 0;
-  if (len == 0 || len > 254 || (len == 254 && h[253] != '.')) return 0;
-  for (const char *p = h; *p; p++) {
-    if (*p == '.') {
-      if (label == 0 || p[-1] == '-') return 0;
-      label = 0;
-    } else if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-               *p == '_' || (*p == '-' && label > 0)) {
-      if (++label > 63) return 0;
-    } else {
-      return 0;
-    }
-  }
-  return h[len - 1] != '-';
-}
-
-static int is_numeric_host(const char *h) {
-  struct in_addr a4;
-  struct in6_addr a6;
-  return inet_pton(AF_INET, h, &a4) == 1 || inet_pton(AF_INET6, h, &a6) == 1;
-}
-
-/* Listeners bind, so they take numeric hosts, "*"/"" for any, or localhost: a
- * DNS lookup deciding which interface we listen on is a surprise nobody wants. */
-static int parse_addr(ctx *c, yaml_node_t *v, const char *path, enum addr_kind k, sy_addr *out) {
-  const char *s;
-  addr_parts ap = {0};
-  if (want_string(c, v, path, &s) < 0 || split_addr(c, v, path, s, &ap) < 0) return -1;
-  int wildcard = !ap.bracketed && (!ap.host[0] || strcmp(ap.host, "*") == 0);
-  if (wildcard && k == ADDR_CONNECT) return fail(c, v, "%s: address \"%s\" needs a host", path, s);
-  if (wildcard) strcpy(ap.host, "0.0.0.0");
-  if (!ap.host[0]) return fail(c, v, "%s: address \"%s\" needs a host", path, s);
-  int numeric = ap.bracketed || (k == ADDR_BIND && strcasecmp(ap.host, "localhost") != 0);
-  if (!numeric && k == ADDR_CONNECT && !host_name_ok(ap.host))
-    return fail(c, v, "%s: invalid host name \"%s\" in \"%s\"", path, ap.host, s);
-  /* A check (-t) must not depend on DNS: an upstream name is left unresolved
-   * (salen 0); numeric addresses need no lookup and are still checked. */
-  int lookup = c->resolve || k == ADDR_BIND || numeric || is_numeric_host(ap.host);
-  if (lookup && resolve_addr(c, v, path, s, &ap, numeric, out) < 0) return -1;
-  out->port = (uint16_t)ap.port;
-  if (dup_text(c, v, s, &out->text) < 0 || dup_text(c, v, ap.host, &out->host) < 0) return -1;
-  return 0;
-}
-
-static int h_bind_addr(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
-  return parse_addr(c, v, path, ADDR_BIND, FIELD(obj, off, sy_addr));
-}
-
-static int same_sockaddr(const sy_addr *a, const sy_addr *b) {
-  if (a->sa.ss_family != b->sa.ss_family) return 0;
-  if (a->sa.ss_family == AF_INET) {
-    const struct sockaddr_in *x = (const void *)&a->sa, *y = (const void *)&b->sa;
-    return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-  }
-  if (a->sa.ss_family == AF_INET6) {
-    const struct sockaddr_in6 *x = (const void *)&a->sa, *y = (const void *)&b->sa;
-    return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id &&
-           memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
-  }
-  return a->salen == b->salen && memcmp(&a->sa, &b->sa, a->salen) == 0;
-}
+#include "config_int.h"
 
 /* ------------------------------------------------------------- listeners */
 
 enum { CK_CERT, CK_KEY };
 static const key_spec cert_keys[] = {
-    [CK_CERT] = {"cert", h_str, offsetof(sy_tls_cert, cert)},
-    [CK_KEY] = {"key", h_str, offsetof(sy_tls_cert, key)},
+    [CK_CERT] = {"cert", cv_h_str, offsetof(sy_tls_cert, cert)},
+    [CK_KEY] = {"key", cv_h_str, offsetof(sy_tls_cert, key)},
 };
 
 /* Relative file names are taken from the configuration file's directory, so
@@ -504,7 +39,7 @@ static int resolve_path(ctx *c, yaml_node_t *v, char **p) {
   const char *slash = strrchr(c->name, '/');
   if (!slash) return 0;
   size_t dl = (size_t)(slash - c->name) + 1, pl = strlen(*p);
-  char *joined = xcalloc(c, v, dl + pl + 1, 1);
+  char *joined = cv_xcalloc(c, v, dl + pl + 1, 1);
   if (!joined) return -1;
   memcpy(joined, c->name, dl);
   memcpy(joined + dl, *p, pl + 1);
@@ -515,17 +50,17 @@ static int resolve_path(ctx *c, yaml_node_t *v, char **p) {
 
 static int h_certificates(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_listener_tls *tls = obj;
-  if (want_seq(c, v, path, 1) < 0) return -1;
-  size_t n = seq_len(v);
-  if (!(tls->certs = xcalloc(c, v, n, sizeof *tls->certs))) return -1;
+  if (cv_want_seq(c, v, path, 1) < 0) return -1;
+  size_t n = cv_seq_len(v);
+  if (!(tls->certs = cv_xcalloc(c, v, n, sizeof *tls->certs))) return -1;
   tls->ncerts = n;
   for (size_t i = 0; i < n; i++) {
     char child[SY_PATH_LEN];
     unsigned seen = 0;
-    yaml_node_t *item = seq_item(c, v, i);
-    join_idx(child, path, i);
-    if (parse_map(c, item, child, cert_keys, NKEYS(cert_keys), &tls->certs[i], &seen) < 0 ||
-        require_keys(c, item, child, cert_keys, seen, (1u << CK_CERT) | (1u << CK_KEY)) < 0)
+    yaml_node_t *item = cv_seq_item(c, v, i);
+    cv_join_idx(child, path, i);
+    if (cv_parse_map(c, item, child, cert_keys, NKEYS(cert_keys), &tls->certs[i], &seen) < 0 ||
+        cv_require_keys(c, item, child, cert_keys, seen, (1u << CK_CERT) | (1u << CK_KEY)) < 0)
       return -1;
     /* A certificate that cannot serve is refused now, at its line, not at
      * the first handshake. */
@@ -534,50 +69,51 @@ static int h_certificates(ctx *c, yaml_node_t *v, const char *path, void *obj, s
         resolve_path(c, item, &tls->certs[i].key) < 0)
       return -1;
     if (sy_tls_check_pair(tls->certs[i].cert, tls->certs[i].key, why, sizeof why) < 0)
-      return fail(c, item, "%s: %s", child, why);
+      return cv_fail(c, item, "%s: %s", child, why);
   }
   return 0;
 }
 
 static int h_min_version(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   const char *s = NULL;
-  if (want_string(c, v, path, &s) < 0) return -1;
+  if (cv_want_string(c, v, path, &s) < 0) return -1;
   if (strcmp(s, "TLS1.2") != 0 && strcmp(s, "TLS1.3") != 0)
-    return fail(c, v, "%s: expected TLS1.2 or TLS1.3, got \"%s\"", path, s);
-  return dup_text(c, v, s, FIELD(obj, off, char *));
+    return cv_fail(c, v, "%s: expected TLS1.2 or TLS1.3, got \"%s\"", path, s);
+  return cv_dup_text(c, v, s, FIELD(obj, off, char *));
 }
 
 static const key_spec listener_tls_keys[] = {
     {"certificates", h_certificates, 0},
     {"min_version", h_min_version, offsetof(sy_listener_tls, min_version)},
-    {"ciphers", h_str, offsetof(sy_listener_tls, ciphers)},
+    {"ciphers", cv_h_str, offsetof(sy_listener_tls, ciphers)},
 };
 
 static int h_listener_tls(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_listener_tls *tls = FIELD(obj, off, sy_listener_tls);
   unsigned seen = 0;
   tls->enabled = 1;
-  if (parse_map(c, v, path, listener_tls_keys, NKEYS(listener_tls_keys), tls, &seen) < 0) return -1;
-  return require_keys(c, v, path, listener_tls_keys, seen, 1u /* certificates */);
+  if (cv_parse_map(c, v, path, listener_tls_keys, NKEYS(listener_tls_keys), tls, &seen) < 0)
+    return -1;
+  return cv_require_keys(c, v, path, listener_tls_keys, seen, 1u /* certificates */);
 }
 
 static int h_offer_tls(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   static const char *const names[] = {"off", "optional", "required"};
   const char *s = NULL;
-  if (want_scalar(c, v, path, &s) < 0) return -1;
+  if (cv_want_scalar(c, v, path, &s) < 0) return -1;
   for (size_t i = 0; i < NKEYS(names); i++) {
     if (strcmp(s, names[i]) == 0) {
       *FIELD(obj, off, enum sy_tls_offer) = (enum sy_tls_offer)i;
       return 0;
     }
   }
-  return fail(c, v, "%s: expected off, optional or required, got \"%s\"", path, s);
+  return cv_fail(c, v, "%s: expected off, optional or required, got \"%s\"", path, s);
 }
 
-/* off | v1 | v2 | any, as SY_PP_* bits; `any` only where a listener reads it. */
+/* off | v1 | v2 | any, as SY_PP_* bits; `any` only cv_where a listener reads it. */
 static int pp_mode(ctx *c, yaml_node_t *v, const char *path, unsigned *out, int allow_any) {
   const char *s = NULL;
-  if (want_scalar(c, v, path, &s) < 0) return -1;
+  if (cv_want_scalar(c, v, path, &s) < 0) return -1;
   if (strcmp(s, "off") == 0)
     *out = 0;
   else if (strcmp(s, "v1") == 0)
@@ -587,8 +123,8 @@ static int pp_mode(ctx *c, yaml_node_t *v, const char *path, unsigned *out, int 
   else if (allow_any && strcmp(s, "any") == 0)
     *out = SY_PP_V1 | SY_PP_V2;
   else
-    return fail(c, v, "%s: expected %s, got \"%s\"", path,
-                allow_any ? "off, v1, v2 or any" : "off, v1 or v2", s);
+    return cv_fail(c, v, "%s: expected %s, got \"%s\"", path,
+                   allow_any ? "off, v1, v2 or any" : "off, v1 or v2", s);
   return 0;
 }
 
@@ -602,8 +138,8 @@ static int h_send_proxy(ctx *c, yaml_node_t *v, const char *path, void *obj, siz
 
 enum { LK_NAME, LK_ADDRESS, LK_TLS, LK_OFFER };
 static const key_spec listener_keys[] = {
-    [LK_NAME] = {"name", h_str, offsetof(sy_listener_cfg, name)},
-    [LK_ADDRESS] = {"address", h_bind_addr, offsetof(sy_listener_cfg, addr)},
+    [LK_NAME] = {"name", cv_h_str, offsetof(sy_listener_cfg, name)},
+    [LK_ADDRESS] = {"address", cv_h_bind_addr, offsetof(sy_listener_cfg, addr)},
     [LK_TLS] = {"tls", h_listener_tls, offsetof(sy_listener_cfg, tls)},
     [LK_OFFER] = {"offer_tls_upgrade", h_offer_tls, offsetof(sy_listener_cfg, offer_tls_upgrade)},
     {"proxy_protocol", h_proxy_protocol, offsetof(sy_listener_cfg, proxy_protocol)},
@@ -613,33 +149,33 @@ static int parse_listener(ctx *c, yaml_node_t *v, const char *path, sy_listener_
   unsigned seen = 0;
   l->line = (int)v->start_mark.line + 1;
   l->column = (int)v->start_mark.column + 1;
-  if (parse_map(c, v, path, listener_keys, NKEYS(listener_keys), l, &seen) < 0 ||
-      require_keys(c, v, path, listener_keys, seen, 1u << LK_ADDRESS) < 0)
+  if (cv_parse_map(c, v, path, listener_keys, NKEYS(listener_keys), l, &seen) < 0 ||
+      cv_require_keys(c, v, path, listener_keys, seen, 1u << LK_ADDRESS) < 0)
     return -1;
   /* The upgrade is answered with the listener's certificates, so it needs some. */
   if (l->offer_tls_upgrade != SY_TLS_OFFER_OFF && !l->tls.enabled)
-    return fail(c, map_get(c, v, "offer_tls_upgrade"),
-                "%s.offer_tls_upgrade: needs tls.certificates on the listener", path);
-  if (!l->name) return dup_text(c, v, l->addr.text, &l->name);
+    return cv_fail(c, cv_map_get(c, v, "offer_tls_upgrade"),
+                   "%s.offer_tls_upgrade: needs tls.certificates on the listener", path);
+  if (!l->name) return cv_dup_text(c, v, l->addr.text, &l->name);
   return 0;
 }
 
 static int h_listeners(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_config *cfg = obj;
-  if (want_seq(c, v, path, 1) < 0) return -1;
-  size_t n = seq_len(v);
-  if (!(cfg->listeners = xcalloc(c, v, n, sizeof *cfg->listeners))) return -1;
+  if (cv_want_seq(c, v, path, 1) < 0) return -1;
+  size_t n = cv_seq_len(v);
+  if (!(cfg->listeners = cv_xcalloc(c, v, n, sizeof *cfg->listeners))) return -1;
   cfg->nlisteners = n;
   for (size_t i = 0; i < n; i++) {
     char child[SY_PATH_LEN];
-    yaml_node_t *item = seq_item(c, v, i);
-    join_idx(child, path, i);
+    yaml_node_t *item = cv_seq_item(c, v, i);
+    cv_join_idx(child, path, i);
     if (parse_listener(c, item, child, &cfg->listeners[i]) < 0) return -1;
     for (size_t j = 0; j < i; j++) {
-      if (same_sockaddr(&cfg->listeners[j].addr, &cfg->listeners[i].addr))
-        return fail(c, map_get(c, item, "address"),
-                    "%s.address: duplicate listener address \"%s\" (same as listeners[%zu])", child,
-                    cfg->listeners[i].addr.text, j);
+      if (cv_same_sockaddr(&cfg->listeners[j].addr, &cfg->listeners[i].addr))
+        return cv_fail(c, cv_map_get(c, item, "address"),
+                       "%s.address: duplicate listener address \"%s\" (same as listeners[%zu])",
+                       child, cfg->listeners[i].addr.text, j);
     }
   }
   return 0;
@@ -654,21 +190,22 @@ static int h_listeners(ctx *c, yaml_node_t *v, const char *path, void *obj, size
  * these survives a header and a file); short ones are refused as guessable. */
 static int check_token(ctx *c, const yaml_node_t *v, const char *path, const char *t, size_t n) {
   if (n < SY_TOKEN_MIN || n > SY_TOKEN_MAX)
-    return fail(c, v, "%s: the token must be %d to %d characters long, got %zu", path, SY_TOKEN_MIN,
-                SY_TOKEN_MAX, n);
+    return cv_fail(c, v, "%s: the token must be %d to %d characters long, got %zu", path,
+                   SY_TOKEN_MIN, SY_TOKEN_MAX, n);
   for (size_t i = 0; i < n; i++)
     if ((unsigned char)t[i] <= 0x20 || (unsigned char)t[i] >= 0x7f)
-      return fail(c, v, "%s: the token may only contain visible ASCII characters (byte %zu is not)",
-                  path, i + 1);
+      return cv_fail(c, v,
+                     "%s: the token may only contain visible ASCII characters (byte %zu is not)",
+                     path, i + 1);
   return 0;
 }
 
 static int h_admin_token(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_config *cfg = obj;
   const char *s = NULL;
-  if (cfg->admin_token) return fail(c, v, "admin: token and token_file are exclusive");
-  if (want_string(c, v, path, &s) < 0 || check_token(c, v, path, s, strlen(s)) < 0) return -1;
-  return dup_text(c, v, s, &cfg->admin_token);
+  if (cfg->admin_token) return cv_fail(c, v, "admin: token and token_file are exclusive");
+  if (cv_want_string(c, v, path, &s) < 0 || check_token(c, v, path, s, strlen(s)) < 0) return -1;
+  return cv_dup_text(c, v, s, &cfg->admin_token);
 }
 
 /* Read at every load, so a reload picks up a rotated secret. One trailing
@@ -676,28 +213,28 @@ static int h_admin_token(ctx *c, yaml_node_t *v, const char *path, void *obj, si
 static int h_admin_token_file(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_config *cfg = obj;
   const char *s = NULL;
-  if (cfg->admin_token) return fail(c, v, "admin: token and token_file are exclusive");
-  if (want_string(c, v, path, &s) < 0) return -1;
-  /* A check (-t) runs where the secret is not mounted (CI, a laptop): the
+  if (cfg->admin_token) return cv_fail(c, v, "admin: token and token_file are exclusive");
+  if (cv_want_string(c, v, path, &s) < 0) return -1;
+  /* A check (-t) runs cv_where the secret is not mounted (CI, a laptop): the
    * path is noted, the file is read when the configuration is loaded to run. */
-  if (!c->resolve) return dup_text(c, v, "(token_file: not read by a check)", &cfg->admin_token);
+  if (!c->resolve) return cv_dup_text(c, v, "(token_file: not read by a check)", &cfg->admin_token);
   FILE *f = fopen(s, "r");
-  if (!f) return fail(c, v, "%s: cannot read \"%s\": %s", path, s, strerror(errno));
+  if (!f) return cv_fail(c, v, "%s: cannot read \"%s\": %s", path, s, strerror(errno));
   char buf[SY_TOKEN_MAX + 3];
   size_t n = fread(buf, 1, sizeof(buf), f);
   int err = ferror(f);
   fclose(f);
-  if (err) return fail(c, v, "%s: cannot read \"%s\"", path, s);
+  if (err) return cv_fail(c, v, "%s: cannot read \"%s\"", path, s);
   if (n && buf[n - 1] == '\n') n--;
   if (n && buf[n - 1] == '\r') n--;
   if (check_token(c, v, path, buf, n) < 0) return -1;
-  if (!(cfg->admin_token = strndup(buf, n))) return oom(c, v);
+  if (!(cfg->admin_token = strndup(buf, n))) return cv_oom(c, v);
   return 0;
 }
 
 enum { AK_ADDRESS, AK_TOKEN, AK_TOKEN_FILE };
 static const key_spec admin_keys[] = {
-    [AK_ADDRESS] = {"address", h_bind_addr, offsetof(sy_config, admin_addr)},
+    [AK_ADDRESS] = {"address", cv_h_bind_addr, offsetof(sy_config, admin_addr)},
     [AK_TOKEN] = {"token", h_admin_token, 0},
     [AK_TOKEN_FILE] = {"token_file", h_admin_token_file, 0},
 };
@@ -705,8 +242,8 @@ static const key_spec admin_keys[] = {
 static int h_admin(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_config *cfg = obj;
   unsigned seen = 0;
-  if (parse_map(c, v, path, admin_keys, NKEYS(admin_keys), cfg, &seen) < 0 ||
-      require_keys(c, v, path, admin_keys, seen, 1u << AK_ADDRESS) < 0)
+  if (cv_parse_map(c, v, path, admin_keys, NKEYS(admin_keys), cfg, &seen) < 0 ||
+      cv_require_keys(c, v, path, admin_keys, seen, 1u << AK_ADDRESS) < 0)
     return -1;
   cfg->admin_enabled = 1;
   return 0;
@@ -726,7 +263,7 @@ static int h_balance(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t
   sy_upstream_cfg *u = obj;
   const char *s;
   size_t len;
-  if (want_string(c, v, path, &s) < 0) return -1;
+  if (cv_want_string(c, v, path, &s) < 0) return -1;
   len = strlen(s);
   if (strcmp(s, "round_robin") == 0) {
     u->balance = SY_BALANCE_ROUND_ROBIN;
@@ -734,15 +271,16 @@ static int h_balance(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t
     u->balance = SY_BALANCE_LEAST_CONN;
   } else if (strncmp(s, "hash(", 5) == 0 && len > 6 && s[len - 1] == ')') {
     u->balance = SY_BALANCE_HASH;
-    if (!(u->hash_key = strndup(s + 5, len - 6))) return oom(c, v);
+    if (!(u->hash_key = strndup(s + 5, len - 6))) return cv_oom(c, v);
     if (!valid_hash_key(u->hash_key))
-      return fail(c, v,
-                  "%s: unknown hash key in \"%s\" (expected client, header:NAME or "
-                  "cookie:NAME)",
-                  path, s);
+      return cv_fail(c, v,
+                     "%s: unknown hash key in \"%s\" (expected client, header:NAME or "
+                     "cookie:NAME)",
+                     path, s);
   } else {
-    return fail(c, v, "%s: unknown balance \"%s\" (expected round_robin, least_conn or hash(...))",
-                path, s);
+    return cv_fail(c, v,
+                   "%s: unknown balance \"%s\" (expected round_robin, least_conn or hash(...))",
+                   path, s);
   }
   return 0;
 }
@@ -755,15 +293,16 @@ static int h_server_addr(ctx *c, yaml_node_t *v, const char *path, void *obj, si
   const char *s;
   addr_parts ap = {0};
   unsigned char bin[16];
-  if (want_string(c, v, path, &s) < 0 || split_addr(c, v, path, s, &ap) < 0) return -1;
+  if (cv_want_string(c, v, path, &s) < 0 || cv_split_addr(c, v, path, s, &ap) < 0) return -1;
   if (ap.bracketed || !ap.host[0] || strcmp(ap.host, "*") == 0 ||
       strcasecmp(ap.host, "localhost") == 0 || inet_pton(AF_INET, ap.host, bin) == 1)
-    return parse_addr(c, v, path, ADDR_CONNECT, &sv->addr);
-  if (!host_name_ok(ap.host))
-    return fail(c, v, "%s: \"%s\" is neither an IP address nor a valid host name", path, ap.host);
+    return cv_parse_addr(c, v, path, ADDR_CONNECT, &sv->addr);
+  if (!cv_host_name_ok(ap.host))
+    return cv_fail(c, v, "%s: \"%s\" is neither an IP address nor a valid host name", path,
+                   ap.host);
   sv->dns = 1;
   sv->addr.port = (uint16_t)ap.port;
-  if (dup_text(c, v, s, &sv->addr.text) < 0 || dup_text(c, v, ap.host, &sv->addr.host) < 0)
+  if (cv_dup_text(c, v, s, &sv->addr.text) < 0 || cv_dup_text(c, v, ap.host, &sv->addr.host) < 0)
     return -1;
   return 0;
 }
@@ -771,27 +310,27 @@ static int h_server_addr(ctx *c, yaml_node_t *v, const char *path, void *obj, si
 enum { SK_ADDRESS, SK_WEIGHT };
 static const key_spec server_keys[] = {
     [SK_ADDRESS] = {"address", h_server_addr, 0},
-    [SK_WEIGHT] = {"weight", h_uint_pos, offsetof(sy_server_cfg, weight)},
+    [SK_WEIGHT] = {"weight", cv_h_uint_pos, offsetof(sy_server_cfg, weight)},
 };
 
 static int h_servers(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_upstream_cfg *u = obj;
-  if (want_seq(c, v, path, 1) < 0) return -1;
-  size_t n = seq_len(v);
+  if (cv_want_seq(c, v, path, 1) < 0) return -1;
+  size_t n = cv_seq_len(v);
   /* The balancer tracks tried servers in a 64-bit set. */
-  if (n > 64) return fail(c, v, "%s: at most 64 servers per upstream", path);
-  if (!(u->servers = xcalloc(c, v, n, sizeof *u->servers))) return -1;
+  if (n > 64) return cv_fail(c, v, "%s: at most 64 servers per upstream", path);
+  if (!(u->servers = cv_xcalloc(c, v, n, sizeof *u->servers))) return -1;
   u->nservers = n;
   for (size_t i = 0; i < n; i++) {
     char child[SY_PATH_LEN];
     unsigned seen = 0;
-    yaml_node_t *item = seq_item(c, v, i);
-    join_idx(child, path, i);
+    yaml_node_t *item = cv_seq_item(c, v, i);
+    cv_join_idx(child, path, i);
     u->servers[i].weight = 1;
-    if (!(u->servers[i].rt = xcalloc(c, item, 1, sizeof(sy_server_rt)))) return -1;
+    if (!(u->servers[i].rt = cv_xcalloc(c, item, 1, sizeof(sy_server_rt)))) return -1;
     u->servers[i].rt->refs = 1;
-    if (parse_map(c, item, child, server_keys, NKEYS(server_keys), &u->servers[i], &seen) < 0 ||
-        require_keys(c, item, child, server_keys, seen, 1u << SK_ADDRESS) < 0)
+    if (cv_parse_map(c, item, child, server_keys, NKEYS(server_keys), &u->servers[i], &seen) < 0 ||
+        cv_require_keys(c, item, child, server_keys, seen, 1u << SK_ADDRESS) < 0)
       return -1;
     u->dynamic |= u->servers[i].dns;
   }
@@ -800,11 +339,11 @@ static int h_servers(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t
 
 enum { UT_VERIFY, UT_CA, UT_SNI, UT_CERT, UT_KEY };
 static const key_spec upstream_tls_keys[] = {
-    [UT_VERIFY] = {"verify", h_bool, offsetof(sy_upstream_tls, verify)},
-    [UT_CA] = {"ca", h_str, offsetof(sy_upstream_tls, ca)},
-    [UT_SNI] = {"sni", h_str, offsetof(sy_upstream_tls, sni)},
-    [UT_CERT] = {"cert", h_str, offsetof(sy_upstream_tls, cert)},
-    [UT_KEY] = {"key", h_str, offsetof(sy_upstream_tls, key)},
+    [UT_VERIFY] = {"verify", cv_h_bool, offsetof(sy_upstream_tls, verify)},
+    [UT_CA] = {"ca", cv_h_str, offsetof(sy_upstream_tls, ca)},
+    [UT_SNI] = {"sni", cv_h_str, offsetof(sy_upstream_tls, sni)},
+    [UT_CERT] = {"cert", cv_h_str, offsetof(sy_upstream_tls, cert)},
+    [UT_KEY] = {"key", cv_h_str, offsetof(sy_upstream_tls, key)},
 };
 
 static int h_upstream_tls(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
@@ -812,33 +351,35 @@ static int h_upstream_tls(ctx *c, yaml_node_t *v, const char *path, void *obj, s
   unsigned seen = 0;
   tls->enabled = 1;
   tls->verify = 1;
-  if (parse_map(c, v, path, upstream_tls_keys, NKEYS(upstream_tls_keys), tls, &seen) < 0) return -1;
+  if (cv_parse_map(c, v, path, upstream_tls_keys, NKEYS(upstream_tls_keys), tls, &seen) < 0)
+    return -1;
   /* A client certificate without its key (or the reverse) cannot be loaded. */
-  if (!tls->cert != !tls->key) return fail(c, v, "%s: cert and key must be given together", path);
+  if (!tls->cert != !tls->key)
+    return cv_fail(c, v, "%s: cert and key must be given together", path);
   char why[512];
   if (resolve_path(c, v, &tls->ca) < 0 || resolve_path(c, v, &tls->cert) < 0 ||
       resolve_path(c, v, &tls->key) < 0)
     return -1;
   if (tls->ca && sy_tls_check_ca(tls->ca, why, sizeof why) < 0)
-    return fail(c, map_get(c, v, "ca"), "%s.ca: %s", path, why);
+    return cv_fail(c, cv_map_get(c, v, "ca"), "%s.ca: %s", path, why);
   if (tls->cert && sy_tls_check_pair(tls->cert, tls->key, why, sizeof why) < 0)
-    return fail(c, map_get(c, v, "cert"), "%s.cert: %s", path, why);
+    return cv_fail(c, cv_map_get(c, v, "cert"), "%s.cert: %s", path, why);
   return 0;
 }
 
 static int h_health_path(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   const char *s = NULL;
-  if (want_string(c, v, path, &s) < 0) return -1;
-  if (*s != '/') return fail(c, v, "%s: must start with \"/\", got \"%s\"", path, s);
-  return dup_text(c, v, s, FIELD(obj, off, char *));
+  if (cv_want_string(c, v, path, &s) < 0) return -1;
+  if (*s != '/') return cv_fail(c, v, "%s: must start with \"/\", got \"%s\"", path, s);
+  return cv_dup_text(c, v, s, FIELD(obj, off, char *));
 }
 
 static const key_spec health_keys[] = {
     {"path", h_health_path, offsetof(sy_health_cfg, path)},
-    {"interval", h_duration_pos, offsetof(sy_health_cfg, interval)},
-    {"timeout", h_duration_pos, offsetof(sy_health_cfg, timeout)},
-    {"healthy", h_uint_pos, offsetof(sy_health_cfg, healthy)},
-    {"unhealthy", h_uint_pos, offsetof(sy_health_cfg, unhealthy)},
+    {"interval", cv_h_duration_pos, offsetof(sy_health_cfg, interval)},
+    {"timeout", cv_h_duration_pos, offsetof(sy_health_cfg, timeout)},
+    {"healthy", cv_h_uint_pos, offsetof(sy_health_cfg, healthy)},
+    {"unhealthy", cv_h_uint_pos, offsetof(sy_health_cfg, unhealthy)},
 };
 
 static int h_health(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
@@ -848,29 +389,29 @@ static int h_health(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t 
   h->timeout = 2000;
   h->healthy = 2;
   h->unhealthy = 3;
-  if (parse_map(c, v, path, health_keys, NKEYS(health_keys), h, NULL) < 0) return -1;
-  if (!h->path) return dup_text(c, v, "/", &h->path);
+  if (cv_parse_map(c, v, path, health_keys, NKEYS(health_keys), h, NULL) < 0) return -1;
+  if (!h->path) return cv_dup_text(c, v, "/", &h->path);
   return 0;
 }
 
-/* A count where 0 is meaningful (0 idle connections = no pooling). */
+/* A count cv_where 0 is meaningful (0 idle connections = no pooling). */
 static int h_uint0(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   const char *s = NULL;
-  if (want_scalar(c, v, path, &s) < 0) return -1;
+  if (cv_want_scalar(c, v, path, &s) < 0) return -1;
   if (strcmp(s, "0") == 0) {
     *FIELD(obj, off, unsigned) = 0;
     return 0;
   }
-  return h_uint_pos(c, v, path, obj, off);
+  return cv_h_uint_pos(c, v, path, obj, off);
 }
 
 static const key_spec keepalive_keys[] = {
     {"max_idle", h_uint0, offsetof(sy_upstream_cfg, keepalive_max_idle)},
-    {"idle_timeout", h_duration_pos, offsetof(sy_upstream_cfg, keepalive_idle)},
+    {"idle_timeout", cv_h_duration_pos, offsetof(sy_upstream_cfg, keepalive_idle)},
 };
 
 static int h_keepalive(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
-  return parse_map(c, v, path, keepalive_keys, NKEYS(keepalive_keys), obj, NULL);
+  return cv_parse_map(c, v, path, keepalive_keys, NKEYS(keepalive_keys), obj, NULL);
 }
 
 enum { UK_BALANCE, UK_SERVERS, UK_TLS, UK_HEALTH };
@@ -885,23 +426,23 @@ static const key_spec upstream_keys[] = {
 
 static int h_upstreams(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_config *cfg = obj;
-  if (want_map(c, v, path) < 0) return -1;
-  size_t n = map_len(v);
-  if (!(cfg->upstreams = xcalloc(c, v, n, sizeof *cfg->upstreams))) return -1;
+  if (cv_want_map(c, v, path) < 0) return -1;
+  size_t n = cv_map_len(v);
+  if (!(cfg->upstreams = cv_xcalloc(c, v, n, sizeof *cfg->upstreams))) return -1;
   cfg->nupstreams = n;
   for (size_t i = 0; i < n; i++) {
     yaml_node_pair_t *p = &v->data.mapping.pairs.start[i];
     sy_upstream_cfg *u = &cfg->upstreams[i];
     char child[SY_PATH_LEN];
     unsigned seen = 0;
-    if (check_key(c, v, p, path) < 0) return -1;
-    yaml_node_t *k = node_at(c, p->key), *item = node_at(c, p->value);
-    if (dup_string(c, k, path, &u->name) < 0) return -1;
-    join_key(child, path, u->name);
+    if (cv_check_key(c, v, p, path) < 0) return -1;
+    yaml_node_t *k = cv_node_at(c, p->key), *item = cv_node_at(c, p->value);
+    if (cv_dup_string(c, k, path, &u->name) < 0) return -1;
+    cv_join_key(child, path, u->name);
     u->keepalive_max_idle = 256;
     u->keepalive_idle = 30000;
-    if (parse_map(c, item, child, upstream_keys, NKEYS(upstream_keys), u, &seen) < 0 ||
-        require_keys(c, item, child, upstream_keys, seen, 1u << UK_SERVERS) < 0)
+    if (cv_parse_map(c, item, child, upstream_keys, NKEYS(upstream_keys), u, &seen) < 0 ||
+        cv_require_keys(c, item, child, upstream_keys, seen, 1u << UK_SERVERS) < 0)
       return -1;
   }
   return 0;
@@ -913,34 +454,35 @@ static int h_upstreams(ctx *c, yaml_node_t *v, const char *path, void *obj, size
  * address would need a resolver. */
 static int h_nameservers(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_resolver_cfg *r = obj;
-  if (parse_str_list(c, v, path, 0, &r->nameservers, &r->nnameservers) < 0) return -1;
+  if (cv_parse_str_list(c, v, path, 0, &r->nameservers, &r->nnameservers) < 0) return -1;
   for (size_t i = 0; i < r->nnameservers; i++) {
     char child[SY_PATH_LEN];
     addr_parts ap = {0};
     unsigned char bin[16];
-    yaml_node_t *item = seq_item(c, v, i);
-    join_idx(child, path, i);
-    if (split_addr(c, item, child, r->nameservers[i], &ap) < 0) return -1;
+    yaml_node_t *item = cv_seq_item(c, v, i);
+    cv_join_idx(child, path, i);
+    if (cv_split_addr(c, item, child, r->nameservers[i], &ap) < 0) return -1;
     if (inet_pton(ap.bracketed ? AF_INET6 : AF_INET, ap.host, bin) != 1)
-      return fail(c, item,
-                  "%s: \"%s\" is not an IP address (name servers are given as "
-                  "\"10.0.0.10:53\" or \"[fd00::10]:53\")",
-                  child, r->nameservers[i]);
+      return cv_fail(c, item,
+                     "%s: \"%s\" is not an IP address (name servers are given as "
+                     "\"10.0.0.10:53\" or \"[fd00::10]:53\")",
+                     child, r->nameservers[i]);
   }
   return 0;
 }
 
 static const key_spec resolver_keys[] = {
     {"nameservers", h_nameservers, 0},
-    {"min_ttl", h_duration, offsetof(sy_resolver_cfg, min_ttl)},
-    {"max_ttl", h_duration_pos, offsetof(sy_resolver_cfg, max_ttl)},
+    {"min_ttl", cv_h_duration, offsetof(sy_resolver_cfg, min_ttl)},
+    {"max_ttl", cv_h_duration_pos, offsetof(sy_resolver_cfg, max_ttl)},
 };
 
 static int h_resolver(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_config *cfg = obj;
   sy_resolver_cfg *r = &cfg->resolver;
-  if (parse_map(c, v, path, resolver_keys, NKEYS(resolver_keys), r, NULL) < 0) return -1;
-  if (r->min_ttl > r->max_ttl) return fail(c, v, "%s: min_ttl must not be more than max_ttl", path);
+  if (cv_parse_map(c, v, path, resolver_keys, NKEYS(resolver_keys), r, NULL) < 0) return -1;
+  if (r->min_ttl > r->max_ttl)
+    return cv_fail(c, v, "%s: min_ttl must not be more than max_ttl", path);
   return 0;
 }
 
@@ -951,18 +493,18 @@ static int h_resolver(ctx *c, yaml_node_t *v, const char *path, void *obj, size_
 static int h_route_host(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_route_cfg *r = obj;
   const char *s = NULL;
-  if (want_string(c, v, path, &s) < 0) return -1;
+  if (cv_want_string(c, v, path, &s) < 0) return -1;
   size_t len = strlen(s);
   if (s[0] == '[' && len > 2 && s[len - 1] == ']') {
     s++;
     len -= 2;
   }
   if (strchr(s + 1, '*') || (s[0] == '*' && s[1] != '.') || (s[0] == '*' && len < 3))
-    return fail(c, v, "%s: only a leading \"*.\" wildcard is allowed, got \"%s\"", path, s);
+    return cv_fail(c, v, "%s: only a leading \"*.\" wildcard is allowed, got \"%s\"", path, s);
   const char *colon = memchr(s, ':', len);
   if (colon && !memchr(colon + 1, ':', len - (size_t)(colon - s) - 1))
-    return fail(c, v, "%s: must not include a port, got \"%s\"", path, s);
-  if (!(r->host = strndup(s, len))) return oom(c, v);
+    return cv_fail(c, v, "%s: must not include a port, got \"%s\"", path, s);
+  if (!(r->host = strndup(s, len))) return cv_oom(c, v);
   for (char *p = r->host; *p; p++)
     if (*p >= 'A' && *p <= 'Z') *p = (char)(*p - 'A' + 'a');
   return 0;
@@ -970,48 +512,48 @@ static int h_route_host(ctx *c, yaml_node_t *v, const char *path, void *obj, siz
 
 static int h_route_path(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   const char *s = NULL;
-  if (want_string(c, v, path, &s) < 0) return -1;
-  if (*s != '/') return fail(c, v, "%s: must start with \"/\", got \"%s\"", path, s);
-  return dup_text(c, v, s, FIELD(obj, off, char *));
+  if (cv_want_string(c, v, path, &s) < 0) return -1;
+  if (*s != '/') return cv_fail(c, v, "%s: must start with \"/\", got \"%s\"", path, s);
+  return cv_dup_text(c, v, s, FIELD(obj, off, char *));
 }
 
 static int h_methods(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_route_cfg *r = obj;
-  return parse_str_list(c, v, path, 1, &r->methods, &r->nmethods);
+  return cv_parse_str_list(c, v, path, 1, &r->methods, &r->nmethods);
 }
 
 static int h_match_upgrade(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_route_cfg *r = obj;
-  return parse_str_list(c, v, path, 1, &r->match_upgrade, &r->nmatch_upgrade);
+  return cv_parse_str_list(c, v, path, 1, &r->match_upgrade, &r->nmatch_upgrade);
 }
 
 /* An empty value is a real header value ("X-Flag:"), so only null is refused. */
 static int h_header_value(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   const char *s = NULL;
-  if (want_scalar(c, v, path, &s) < 0) return -1;
-  if (is_null(v)) return fail(c, v, "%s: expected a string, got null", path);
-  return dup_text(c, v, s, FIELD(obj, off, char *));
+  if (cv_want_scalar(c, v, path, &s) < 0) return -1;
+  if (cv_is_null(v)) return cv_fail(c, v, "%s: expected a string, got null", path);
+  return cv_dup_text(c, v, s, FIELD(obj, off, char *));
 }
 
 enum { HK_NAME, HK_VALUE };
 static const key_spec header_keys[] = {
-    [HK_NAME] = {"name", h_str, offsetof(sy_header_match, name)},
+    [HK_NAME] = {"name", cv_h_str, offsetof(sy_header_match, name)},
     [HK_VALUE] = {"value", h_header_value, offsetof(sy_header_match, value)},
 };
 
 static int h_match_headers(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_route_cfg *r = obj;
-  if (want_seq(c, v, path, 0) < 0) return -1;
-  size_t n = seq_len(v);
-  if (!(r->headers = xcalloc(c, v, n, sizeof *r->headers))) return -1;
+  if (cv_want_seq(c, v, path, 0) < 0) return -1;
+  size_t n = cv_seq_len(v);
+  if (!(r->headers = cv_xcalloc(c, v, n, sizeof *r->headers))) return -1;
   r->nheaders = n;
   for (size_t i = 0; i < n; i++) {
     char child[SY_PATH_LEN];
     unsigned seen = 0;
-    yaml_node_t *item = seq_item(c, v, i);
-    join_idx(child, path, i);
-    if (parse_map(c, item, child, header_keys, NKEYS(header_keys), &r->headers[i], &seen) < 0 ||
-        require_keys(c, item, child, header_keys, seen, 1u << HK_NAME) < 0)
+    yaml_node_t *item = cv_seq_item(c, v, i);
+    cv_join_idx(child, path, i);
+    if (cv_parse_map(c, item, child, header_keys, NKEYS(header_keys), &r->headers[i], &seen) < 0 ||
+        cv_require_keys(c, item, child, header_keys, seen, 1u << HK_NAME) < 0)
       return -1;
   }
   return 0;
@@ -1027,13 +569,13 @@ static const key_spec match_keys[] = {
 };
 
 static int h_match(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
-  return parse_map(c, v, path, match_keys, NKEYS(match_keys), obj, NULL);
+  return cv_parse_map(c, v, path, match_keys, NKEYS(match_keys), obj, NULL);
 }
 
 static int h_allow_upgrades(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_route_cfg *r = obj;
   r->allow_any_upgrade = 0;
-  if (parse_str_list(c, v, path, 0, &r->allow_upgrades, &r->nallow_upgrades) < 0) return -1;
+  if (cv_parse_str_list(c, v, path, 0, &r->allow_upgrades, &r->nallow_upgrades) < 0) return -1;
   for (size_t i = 0; i < r->nallow_upgrades; i++)
     if (strcmp(r->allow_upgrades[i], "*") == 0) r->allow_any_upgrade = 1;
   return 0;
@@ -1042,60 +584,60 @@ static int h_allow_upgrades(ctx *c, yaml_node_t *v, const char *path, void *obj,
 static int h_subprotocols(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_route_cfg *r = obj;
   r->ws_subprotocols_set = 1;
-  return parse_str_list(c, v, path, 0, &r->ws_subprotocols, &r->nws_subprotocols);
+  return cv_parse_str_list(c, v, path, 0, &r->ws_subprotocols, &r->nws_subprotocols);
 }
 
 static const key_spec websocket_keys[] = {
-    {"check_accept", h_bool, offsetof(sy_route_cfg, ws_check_accept)},
+    {"check_accept", cv_h_bool, offsetof(sy_route_cfg, ws_check_accept)},
     {"subprotocols", h_subprotocols, 0},
 };
 
 static int h_websocket(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
-  return parse_map(c, v, path, websocket_keys, NKEYS(websocket_keys), obj, NULL);
+  return cv_parse_map(c, v, path, websocket_keys, NKEYS(websocket_keys), obj, NULL);
 }
 
 /* Routes may override only the timeouts that belong to one exchange; 0 = inherit. */
 static const key_spec route_timeout_keys[] = {
-    {"connect", h_duration, offsetof(sy_timeouts, connect)},
-    {"response", h_duration, offsetof(sy_timeouts, response)},
-    {"tunnel_idle", h_duration, offsetof(sy_timeouts, tunnel_idle)},
-    {"tunnel_fin", h_duration, offsetof(sy_timeouts, tunnel_fin)},
+    {"connect", cv_h_duration, offsetof(sy_timeouts, connect)},
+    {"response", cv_h_duration, offsetof(sy_timeouts, response)},
+    {"tunnel_idle", cv_h_duration, offsetof(sy_timeouts, tunnel_idle)},
+    {"tunnel_fin", cv_h_duration, offsetof(sy_timeouts, tunnel_fin)},
 };
 
 static int h_route_timeouts(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
-  return parse_map(c, v, path, route_timeout_keys, NKEYS(route_timeout_keys),
-                   FIELD(obj, off, sy_timeouts), NULL);
+  return cv_parse_map(c, v, path, route_timeout_keys, NKEYS(route_timeout_keys),
+                      FIELD(obj, off, sy_timeouts), NULL);
 }
 
 enum { RK_NAME, RK_MATCH, RK_UPSTREAM, RK_ALLOW, RK_WEBSOCKET, RK_REQUIRE_TLS, RK_TIMEOUTS };
 static const key_spec route_keys[] = {
-    [RK_NAME] = {"name", h_str, offsetof(sy_route_cfg, name)},
+    [RK_NAME] = {"name", cv_h_str, offsetof(sy_route_cfg, name)},
     [RK_MATCH] = {"match", h_match, 0},
-    [RK_UPSTREAM] = {"upstream", h_str, offsetof(sy_route_cfg, upstream_name)},
+    [RK_UPSTREAM] = {"upstream", cv_h_str, offsetof(sy_route_cfg, upstream_name)},
     [RK_ALLOW] = {"allow_upgrades", h_allow_upgrades, 0},
     [RK_WEBSOCKET] = {"websocket", h_websocket, 0},
-    [RK_REQUIRE_TLS] = {"require_tls", h_bool, offsetof(sy_route_cfg, require_tls)},
+    [RK_REQUIRE_TLS] = {"require_tls", cv_h_bool, offsetof(sy_route_cfg, require_tls)},
     [RK_TIMEOUTS] = {"timeouts", h_route_timeouts, offsetof(sy_route_cfg, timeouts)},
 };
 
 static int h_routes(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_config *cfg = obj;
-  if (want_seq(c, v, path, 0) < 0) return -1;
-  size_t n = seq_len(v);
-  if (!(cfg->routes = xcalloc(c, v, n, sizeof *cfg->routes))) return -1;
+  if (cv_want_seq(c, v, path, 0) < 0) return -1;
+  size_t n = cv_seq_len(v);
+  if (!(cfg->routes = cv_xcalloc(c, v, n, sizeof *cfg->routes))) return -1;
   cfg->nroutes = n;
   for (size_t i = 0; i < n; i++) {
     sy_route_cfg *r = &cfg->routes[i];
     char child[SY_PATH_LEN];
     unsigned seen = 0;
-    yaml_node_t *item = seq_item(c, v, i);
-    join_idx(child, path, i);
+    yaml_node_t *item = cv_seq_item(c, v, i);
+    cv_join_idx(child, path, i);
     r->index = i;
     r->line = (int)item->start_mark.line + 1;
     r->column = (int)item->start_mark.column + 1;
     r->allow_any_upgrade = 1;
-    if (parse_map(c, item, child, route_keys, NKEYS(route_keys), r, &seen) < 0 ||
-        require_keys(c, item, child, route_keys, seen, 1u << RK_UPSTREAM) < 0)
+    if (cv_parse_map(c, item, child, route_keys, NKEYS(route_keys), r, &seen) < 0 ||
+        cv_require_keys(c, item, child, route_keys, seen, 1u << RK_UPSTREAM) < 0)
       return -1;
   }
   return 0;
@@ -1105,15 +647,15 @@ static int h_routes(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t 
  * once the whole document has been read. */
 static int resolve_routes(ctx *c, yaml_node_t *root) {
   sy_config *cfg = c->cfg;
-  yaml_node_t *routes = map_get(c, root, "routes");
+  yaml_node_t *routes = cv_map_get(c, root, "routes");
   for (size_t i = 0; i < cfg->nroutes; i++) {
     sy_route_cfg *r = &cfg->routes[i];
     for (size_t j = 0; j < cfg->nupstreams && !r->upstream; j++)
       if (strcmp(cfg->upstreams[j].name, r->upstream_name) == 0) r->upstream = &cfg->upstreams[j];
     if (!r->upstream)
-      return fail(c, map_get(c, seq_item(c, routes, i), "upstream"),
-                  "routes[%zu].upstream: no upstream named \"%s\"%s", i, r->upstream_name,
-                  cfg->nupstreams ? "" : " (no upstreams are defined)");
+      return cv_fail(c, cv_map_get(c, cv_seq_item(c, routes, i), "upstream"),
+                     "routes[%zu].upstream: no upstream named \"%s\"%s", i, r->upstream_name,
+                     cfg->nupstreams ? "" : " (no upstreams are defined)");
   }
   return 0;
 }
@@ -1123,46 +665,46 @@ static int resolve_routes(ctx *c, yaml_node_t *root) {
 static int h_workers(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_config *cfg = obj;
   const char *s = NULL;
-  if (want_scalar(c, v, path, &s) < 0) return -1;
+  if (cv_want_scalar(c, v, path, &s) < 0) return -1;
   if (strcmp(s, "auto") == 0) {
     cfg->workers = 0;
     return 0;
   }
   const char *p = s;
   uint64_t n;
-  if (parse_u64(&p, &n) < 0 || *p || n == 0 || n > UINT_MAX)
-    return fail(c, v, "%s: expected \"auto\" or a positive integer, got \"%s\"", path, s);
+  if (cv_parse_u64(&p, &n) < 0 || *p || n == 0 || n > UINT_MAX)
+    return cv_fail(c, v, "%s: expected \"auto\" or a positive integer, got \"%s\"", path, s);
   cfg->workers = (unsigned)n;
   return 0;
 }
 
 static const key_spec timeout_keys[] = {
-    {"connect", h_duration_pos, offsetof(sy_timeouts, connect)},
-    {"response", h_duration_pos, offsetof(sy_timeouts, response)},
-    {"client_idle", h_duration_pos, offsetof(sy_timeouts, client_idle)},
-    {"tunnel_idle", h_duration_pos, offsetof(sy_timeouts, tunnel_idle)},
-    {"tunnel_fin", h_duration_pos, offsetof(sy_timeouts, tunnel_fin)},
-    {"drain", h_duration_pos, offsetof(sy_timeouts, drain)},
+    {"connect", cv_h_duration_pos, offsetof(sy_timeouts, connect)},
+    {"response", cv_h_duration_pos, offsetof(sy_timeouts, response)},
+    {"client_idle", cv_h_duration_pos, offsetof(sy_timeouts, client_idle)},
+    {"tunnel_idle", cv_h_duration_pos, offsetof(sy_timeouts, tunnel_idle)},
+    {"tunnel_fin", cv_h_duration_pos, offsetof(sy_timeouts, tunnel_fin)},
+    {"drain", cv_h_duration_pos, offsetof(sy_timeouts, drain)},
 };
 
 static int h_timeouts(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_config *cfg = obj;
-  return parse_map(c, v, path, timeout_keys, NKEYS(timeout_keys), &cfg->timeouts, NULL);
+  return cv_parse_map(c, v, path, timeout_keys, NKEYS(timeout_keys), &cfg->timeouts, NULL);
 }
 
 static const key_spec limits_keys[] = {
-    {"max_connections", h_u64_pos, offsetof(sy_config, limits.max_connections)},
-    {"max_header_bytes", h_size_pos, offsetof(sy_config, limits.max_header_bytes)},
-    {"max_headers", h_u64_pos, offsetof(sy_config, limits.max_headers)},
-    {"header_timeout", h_duration_pos, offsetof(sy_config, timeouts.header)},
-    {"max_connections_per_client", h_u64_pos,
+    {"max_connections", cv_h_u64_pos, offsetof(sy_config, limits.max_connections)},
+    {"max_header_bytes", cv_h_size_pos, offsetof(sy_config, limits.max_header_bytes)},
+    {"max_headers", cv_h_u64_pos, offsetof(sy_config, limits.max_headers)},
+    {"header_timeout", cv_h_duration_pos, offsetof(sy_config, timeouts.header)},
+    {"max_connections_per_client", cv_h_u64_pos,
      offsetof(sy_config, limits.max_connections_per_client)},
-    {"max_tunnels", h_u64_pos, offsetof(sy_config, limits.max_tunnels)},
-    {"body_timeout", h_duration_pos, offsetof(sy_config, timeouts.body_idle)},
+    {"max_tunnels", cv_h_u64_pos, offsetof(sy_config, limits.max_tunnels)},
+    {"body_timeout", cv_h_duration_pos, offsetof(sy_config, timeouts.body_idle)},
 };
 
 static int h_limits(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
-  return parse_map(c, v, path, limits_keys, NKEYS(limits_keys), obj, NULL);
+  return cv_parse_map(c, v, path, limits_keys, NKEYS(limits_keys), obj, NULL);
 }
 
 static int is_tchar(unsigned char ch) {
@@ -1172,43 +714,43 @@ static int is_tchar(unsigned char ch) {
 
 static int h_header_name(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   const char *s = NULL;
-  if (want_string(c, v, path, &s) < 0) return -1;
+  if (cv_want_string(c, v, path, &s) < 0) return -1;
   for (const char *p = s; *p; p++)
     if (!is_tchar((unsigned char)*p))
-      return fail(c, v, "%s: \"%s\" is not a valid header field name", path, s);
-  return dup_text(c, v, s, FIELD(obj, off, char *));
+      return cv_fail(c, v, "%s: \"%s\" is not a valid header field name", path, s);
+  return cv_dup_text(c, v, s, FIELD(obj, off, char *));
 }
 
 static const key_spec forwarding_keys[] = {
-    {"x_forwarded_for", h_bool, offsetof(sy_forwarding, x_forwarded_for)},
-    {"x_forwarded_proto", h_bool, offsetof(sy_forwarding, x_forwarded_proto)},
-    {"x_forwarded_host", h_bool, offsetof(sy_forwarding, x_forwarded_host)},
-    {"via", h_bool, offsetof(sy_forwarding, via)},
-    {"request_id", h_bool, offsetof(sy_forwarding, request_id)},
+    {"x_forwarded_for", cv_h_bool, offsetof(sy_forwarding, x_forwarded_for)},
+    {"x_forwarded_proto", cv_h_bool, offsetof(sy_forwarding, x_forwarded_proto)},
+    {"x_forwarded_host", cv_h_bool, offsetof(sy_forwarding, x_forwarded_host)},
+    {"via", cv_h_bool, offsetof(sy_forwarding, via)},
+    {"request_id", cv_h_bool, offsetof(sy_forwarding, request_id)},
     {"request_id_header", h_header_name, offsetof(sy_forwarding, request_id_header)},
 };
 
 static int h_forwarding(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_config *cfg = obj;
-  return parse_map(c, v, path, forwarding_keys, NKEYS(forwarding_keys), &cfg->forwarding, NULL);
+  return cv_parse_map(c, v, path, forwarding_keys, NKEYS(forwarding_keys), &cfg->forwarding, NULL);
 }
 
 static int h_escaped_slashes(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   const char *s = NULL;
-  if (want_scalar(c, v, path, &s) < 0) return -1;
+  if (cv_want_scalar(c, v, path, &s) < 0) return -1;
   if (strcmp(s, "keep") == 0)
     *FIELD(obj, off, int) = 0;
   else if (strcmp(s, "reject") == 0)
     *FIELD(obj, off, int) = 1;
   else
-    return fail(c, v, "%s: expected keep or reject, got \"%s\"", path, s);
+    return cv_fail(c, v, "%s: expected keep or reject, got \"%s\"", path, s);
   return 0;
 }
 
 enum { PK_NORMALIZE, PK_MERGE, PK_ESCAPED };
 static const key_spec paths_keys[] = {
-    [PK_NORMALIZE] = {"normalize", h_bool, offsetof(sy_paths, normalize)},
-    [PK_MERGE] = {"merge_slashes", h_bool, offsetof(sy_paths, merge_slashes)},
+    [PK_NORMALIZE] = {"normalize", cv_h_bool, offsetof(sy_paths, normalize)},
+    [PK_MERGE] = {"merge_slashes", cv_h_bool, offsetof(sy_paths, merge_slashes)},
     [PK_ESCAPED] = {"escaped_slashes", h_escaped_slashes,
                     offsetof(sy_paths, reject_escaped_slashes)},
 };
@@ -1216,12 +758,12 @@ static const key_spec paths_keys[] = {
 static int h_paths(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_config *cfg = obj;
   unsigned seen = 0;
-  if (parse_map(c, v, path, paths_keys, NKEYS(paths_keys), &cfg->paths, &seen) < 0) return -1;
+  if (cv_parse_map(c, v, path, paths_keys, NKEYS(paths_keys), &cfg->paths, &seen) < 0) return -1;
   /* The other two keys only act on a normalised path: naming them beside
    * normalize: false would promise a check that does not happen. */
   if (!cfg->paths.normalize && (seen & (1u << PK_MERGE | 1u << PK_ESCAPED)))
-    return fail(c, map_get(c, v, "normalize"),
-                "%s: merge_slashes and escaped_slashes need normalize: true", path);
+    return cv_fail(c, cv_map_get(c, v, "normalize"),
+                   "%s: merge_slashes and escaped_slashes need normalize: true", path);
   return 0;
 }
 
@@ -1229,9 +771,9 @@ static int h_log_level(ctx *c, yaml_node_t *v, const char *path, void *obj, size
   sy_config *cfg = obj;
   const char *s = NULL;
   enum sy_log_level l;
-  if (want_string(c, v, path, &s) < 0) return -1;
+  if (cv_want_string(c, v, path, &s) < 0) return -1;
   if (sy_log_level_parse(s, &l) < 0)
-    return fail(c, v, "%s: expected error, warn, info or debug, got \"%s\"", path, s);
+    return cv_fail(c, v, "%s: expected error, warn, info or debug, got \"%s\"", path, s);
   cfg->log_level = (int)l;
   return 0;
 }
@@ -1239,13 +781,13 @@ static int h_log_level(ctx *c, yaml_node_t *v, const char *path, void *obj, size
 static int h_log_format(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_config *cfg = obj;
   const char *s = NULL;
-  if (want_string(c, v, path, &s) < 0) return -1;
+  if (cv_want_string(c, v, path, &s) < 0) return -1;
   if (strcmp(s, "text") == 0)
     cfg->log_format = SY_LOG_TEXT;
   else if (strcmp(s, "json") == 0)
     cfg->log_format = SY_LOG_JSON;
   else
-    return fail(c, v, "%s: expected text or json, got \"%s\"", path, s);
+    return cv_fail(c, v, "%s: expected text or json, got \"%s\"", path, s);
   return 0;
 }
 
@@ -1261,7 +803,7 @@ static const key_spec top_keys[] = {
     {"forwarding", h_forwarding, 0},
     {"paths", h_paths, 0},
     {"resolver", h_resolver, 0},
-    {"access_log", h_str, offsetof(sy_config, access_log)},
+    {"access_log", cv_h_str, offsetof(sy_config, access_log)},
     {"log_level", h_log_level, 0},
     {"log_format", h_log_format, 0},
 };
@@ -1292,19 +834,19 @@ static int check_admin(ctx *c, yaml_node_t *root) {
   sy_config *cfg = c->cfg;
   if (!cfg->admin_enabled) return 0;
   for (size_t i = 0; i < cfg->nlisteners; i++)
-    if (same_sockaddr(&cfg->admin_addr, &cfg->listeners[i].addr))
-      return fail(c, map_get(c, map_get(c, root, "admin"), "address"),
-                  "admin.address: \"%s\" is also listeners[%zu]", cfg->admin_addr.text, i);
+    if (cv_same_sockaddr(&cfg->admin_addr, &cfg->listeners[i].addr))
+      return cv_fail(c, cv_map_get(c, cv_map_get(c, root, "admin"), "address"),
+                     "admin.address: \"%s\" is also listeners[%zu]", cfg->admin_addr.text, i);
   return 0;
 }
 
 static int parse_root(ctx *c, yaml_node_t *root) {
   unsigned seen = 0;
-  if (parse_map(c, root, "", top_keys, NKEYS(top_keys), c->cfg, &seen) < 0 ||
-      require_keys(c, root, "", top_keys, seen, 1u << TK_LISTENERS) < 0)
+  if (cv_parse_map(c, root, "", top_keys, NKEYS(top_keys), c->cfg, &seen) < 0 ||
+      cv_require_keys(c, root, "", top_keys, seen, 1u << TK_LISTENERS) < 0)
     return -1;
   if (!c->cfg->forwarding.request_id_header &&
-      dup_text(c, root, "X-Request-Id", &c->cfg->forwarding.request_id_header) < 0)
+      cv_dup_text(c, root, "X-Request-Id", &c->cfg->forwarding.request_id_header) < 0)
     return -1;
   return resolve_routes(c, root) < 0 ? -1 : check_admin(c, root);
 }
@@ -1612,7 +1154,7 @@ static char *read_file(const char *path, size_t *len, sy_config_error *err) {
       char *nb = realloc(buf, cap = cap ? cap * 2 : 8192);
       if (!nb) {
         set_error(err, "%s: out of memory", path);
-        goto fail;
+        goto cv_fail;
       }
       buf = nb;
     }
@@ -1622,12 +1164,12 @@ static char *read_file(const char *path, size_t *len, sy_config_error *err) {
   }
   if (ferror(f)) {
     set_error(err, "%s: cannot read: %s", path, strerror(errno));
-    goto fail;
+    goto cv_fail;
   }
   fclose(f);
   *len = n;
   return buf;
-fail:
+cv_fail:
   free(buf);
   fclose(f);
   return NULL;
