@@ -6,7 +6,6 @@
 #include "switchyard/log.h"
 #include "switchyard/proxyproto.h"
 #include "switchyard/tls.h"
-#include "switchyard/upstream.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -904,18 +903,11 @@ void sy_config_adopt_state(sy_config *cfg, const sy_config *old) {
           nu->servers[i].rt = ou->servers[j].rt;
           break;
         }
-      /* A static upstream's set is up->servers itself; a dynamic one holds
-       * copies, taken before this adoption: built again (not published yet). */
-      if (nu->dynamic) {
-        sy_upstream_free_set(nu);
-        if (sy_upstream_init_set(nu) < 0) sy_log_error("upstream %s: out of memory", nu->name);
-      }
     }
   }
 }
 
 static void free_upstream(sy_upstream_cfg *u) {
-  sy_upstream_free_set(u); /* first: it may share u->servers */
   free(u->name);
   free(u->hash_key);
   for (size_t i = 0; i < u->nservers; i++) {
@@ -949,6 +941,7 @@ static void free_route(sy_route_cfg *r) {
 }
 
 static void free_config(sy_config *cfg) {
+  if (cfg->release) cfg->release(cfg); /* first: server sets may share the servers */
   for (size_t i = 0; i < cfg->nlisteners; i++)
     free_listener(&cfg->listeners[i]);
   free(cfg->listeners);
@@ -1129,11 +1122,6 @@ sy_config *sy_config_load_string_flags(const char *name, const char *yaml, size_
   }
   yaml_document_delete(&doc);
   if (rc == 0) rc = build_tls(cfg, err);
-  for (size_t i = 0; rc == 0 && i < cfg->nupstreams; i++)
-    if (sy_upstream_init_set(&cfg->upstreams[i]) < 0) {
-      set_error(err, "%s: out of memory", name);
-      rc = -1;
-    }
   if (rc < 0 && cfg) {
     free_config(cfg);
     cfg = NULL;

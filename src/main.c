@@ -19,6 +19,7 @@
 #include "switchyard/log.h"
 #include "switchyard/metrics.h"
 #include "switchyard/resolver.h"
+#include "switchyard/upstream.h"
 #include "switchyard/worker.h"
 
 #define SY_VERSION "0.1.0"
@@ -115,6 +116,12 @@ static void reload(void) {
     return;
   }
   sy_config_adopt_state(cfg, M.admin_state.cfg);
+  if (sy_upstream_prepare(cfg) < 0) {
+    M.admin_state.reloads_failed++;
+    sy_log_error("reload refused, running configuration kept: out of memory");
+    sy_config_unref(cfg);
+    return;
+  }
   sy_log_configure((enum sy_log_level)cfg->log_level, (enum sy_log_format)cfg->log_format);
   /* Names already known keep their servers through the reload. */
   if (M.resolver && sy_resolver_attach(M.resolver, cfg) < 0)
@@ -249,6 +256,11 @@ int main(int argc, char **argv) {
     fprintf(stderr, "%s: configuration ok\n", M.path);
     sy_config_unref(cfg);
     return EXIT_OK;
+  }
+  if (sy_upstream_prepare(cfg) < 0) {
+    fprintf(stderr, "%s: out of memory\n", M.path);
+    sy_config_unref(cfg);
+    return EXIT_FAIL;
   }
   sy_log_configure((enum sy_log_level)cfg->log_level, (enum sy_log_format)cfg->log_format);
   signal(SIGPIPE, SIG_IGN);

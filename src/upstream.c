@@ -341,3 +341,19 @@ uint64_t sy_upstream_key(const sy_upstream_cfg *up, const sy_head *h, const char
   }
   return sy_hash_bytes(client_ip, strlen(client_ip)); /* hash(client) */
 }
+
+static void release_sets(sy_config *cfg) {
+  for (size_t i = 0; i < cfg->nupstreams; i++)
+    sy_upstream_free_set(&cfg->upstreams[i]);
+}
+
+int sy_upstream_prepare(sy_config *cfg) {
+  for (size_t i = 0; i < cfg->nupstreams; i++)
+    if (sy_upstream_init_set(&cfg->upstreams[i]) < 0) {
+      for (size_t k = 0; k < i; k++)
+        sy_upstream_free_set(&cfg->upstreams[k]);
+      return -1;
+    }
+  cfg->release = release_sets;
+  return 0;
+}

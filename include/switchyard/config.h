@@ -181,7 +181,11 @@ typedef struct sy_resolver_cfg {
 } sy_resolver_cfg;
 
 typedef struct sy_config {
-  int refs;        /* atomic via __atomic builtins */
+  int refs; /* atomic via __atomic builtins */
+  /* Run-time state another module attached to the snapshot (the upstream
+   * module's server sets, sy_upstream_prepare) is released through this,
+   * first thing when the snapshot is freed; the loader never names it. */
+  void (*release)(struct sy_config *cfg);
   uint64_t serial; /* 1, 2, ... per snapshot loaded: unique for the process's lifetime */
   char *path;
   unsigned workers; /* 0 = auto */

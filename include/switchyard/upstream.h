@@ -58,6 +58,10 @@ void sy_upstream_publish(sy_upstream_cfg *up, sy_server_set *set);
 /* Builds the set of a freshly loaded upstream: its IP-address servers (all
  * of them, shared with up->servers, when it has no DNS name). 0 or -1. */
 int sy_upstream_init_set(sy_upstream_cfg *up);
+/* Every upstream's set of a freshly loaded snapshot (after
+ * sy_config_adopt_state on a reload, so carried-over server state is in
+ * them), released with the snapshot. 0, or -1 when out of memory. */
+int sy_upstream_prepare(sy_config *cfg);
 /* Drops the upstream's set (config teardown). */
 void sy_upstream_free_set(sy_upstream_cfg *up);
 

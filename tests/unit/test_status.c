@@ -1,6 +1,8 @@
 /* The status page's data: Prometheus text read back (labels with escapes,
  * histograms), the 1-second ring turned into rates, /status.json's tables. */
 #include <check.h>
+
+#include "switchyard/upstream.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -73,6 +75,7 @@ START_TEST(test_json_tables_and_history) {
   sy_config_error err;
   sy_config *cfg = sy_config_load_string("t.yaml", yaml, strlen(yaml), &err);
   ck_assert_msg(cfg != NULL, "%s", err.msg);
+  ck_assert_int_eq(sy_upstream_prepare(cfg), 0); /* as main does */
   sy_admin_state st = {.cfg = cfg, .generation = 2, .started = 1000};
   sy_status_history *h = calloc(1, sizeof(*h));
   /* 0 requests, then 100, then a counter that went down: rates 100 and 0 */

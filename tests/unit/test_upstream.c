@@ -268,6 +268,7 @@ static sy_config *load(const char *yaml) {
   sy_config_error err;
   sy_config *cfg = sy_config_load_string("t.yaml", yaml, strlen(yaml), &err);
   ck_assert_msg(cfg != NULL, "%s", err.msg);
+  ck_assert_int_eq(sy_upstream_prepare(cfg), 0); /* as main does */
   return cfg;
 }
 
