@@ -147,6 +147,8 @@ struct sy_conn {
   unsigned handed_off : 1;             /* a spliced tunnel's note took over the counts */
   struct {
     uint64_t start, bytes[2]; /* bytes[s]: read from side s */
+    uint64_t counted[2];      /* of those, already in the live tunnel byte series */
+    uint64_t counted_at;      /* loop time of the last live report */
     const char *closed_by;
     unsigned reported : 1;
   } relay;

@@ -22,10 +22,11 @@ void relay_report(sy_conn *c, const char *reason) {
       .duration_ms = (uv_hrtime() - c->relay.start) / 1000000,
       .closed_by = c->relay.closed_by ? c->relay.closed_by : "proxy",
       .reason = reason,
-      /* No progress reports for a relay: everything counts at its end. */
-      .unreported = {.c2u = c->relay.bytes[SIDE_CLIENT],
-                     .u2c = c->relay.bytes[SIDE_UPSTREAM],
-                     .copied = c->relay.bytes[0] + c->relay.bytes[1]},
+      /* What the live reports (relay_count) have not counted yet. */
+      .unreported = {.c2u = c->relay.bytes[SIDE_CLIENT] - c->relay.counted[SIDE_CLIENT],
+                     .u2c = c->relay.bytes[SIDE_UPSTREAM] - c->relay.counted[SIDE_UPSTREAM],
+                     .copied = c->relay.bytes[0] + c->relay.bytes[1] - c->relay.counted[0] -
+                               c->relay.counted[1]},
   };
   conn_note n = report_note_of(c);
   report_tunnel_closed(&n, &st);
@@ -36,6 +37,22 @@ void relay_end(sy_conn *c, const char *reason) {
   if (conn_closed(c)) return;
   if (!c->relay.reported) relay_report(c, reason);
   conn_close(c);
+}
+
+/* The live tunnel byte series, as the hub reports spliced tunnels: at most
+ * once a second, by the loop's cached clock (no syscall per read). */
+static void relay_count(sy_conn *c) {
+  uint64_t now = uv_now(c->env->loop);
+  if (now - c->relay.counted_at < 1000) return;
+  c->relay.counted_at = now;
+  uint64_t up = c->relay.bytes[SIDE_CLIENT] - c->relay.counted[SIDE_CLIENT];
+  uint64_t down = c->relay.bytes[SIDE_UPSTREAM] - c->relay.counted[SIDE_UPSTREAM];
+  if (!up && !down) return;
+  sy_tunnel_bytes d = {.c2u = up, .u2c = down, .copied = up + down};
+  c->relay.counted[SIDE_CLIENT] += up;
+  c->relay.counted[SIDE_UPSTREAM] += down;
+  conn_note n = report_note_of(c);
+  report_tunnel_bytes(&n, &d);
 }
 
 static int relay_wants(sy_conn *c, conn_side s) {
@@ -60,6 +77,7 @@ static void relay_input(sy_conn *c, conn_side s, size_t n) {
   }
   f->pos = f->len;
   c->relay.bytes[s] += k;
+  relay_count(c);
   arm_idle(c);
   if (conn_flush(c, s) < 0) {
     conn_close(c);
@@ -146,6 +164,7 @@ void relay_start(sy_conn *c) {
   conn_set_state(c, CS_RELAY);
   c->io = &conn_relay_io;
   c->relay.start = uv_hrtime();
+  c->relay.counted_at = uv_now(c->env->loop);
   conn_note n = report_note_of(c);
   report_tunnel_open(&n);
   sy_limits_tunnels_add(1);
