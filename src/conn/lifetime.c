@@ -304,7 +304,10 @@ static void peer_text(sy_conn *c) {
 
 void sy_conn_accept(sy_conn_env *env, uv_stream_t *server, const sy_listener_cfg *lcfg) {
   sy_conn *c = calloc(1, sizeof(*c));
-  if (!c) return;
+  if (!c) {
+    env->conn_gone(env); /* counted (and its descriptors taken) by the caller */
+    return;
+  }
   c->env = env;
   c->handoff_fd[0] = c->handoff_fd[1] = -1;
   uv_tcp_init(env->loop, &c->client);
