@@ -125,9 +125,11 @@ void request_route(sy_conn *c) {
   sy_flow *f = &c->fl[SIDE_CLIENT];
   conn_xchg *x = &c->x;
   remember(c);
-  /* Every request has an id in the log; it travels only with
-   * forwarding.request_id (request_queue_head, response_on_head, local.c). */
-  sy_reqid_for_head(&f->head, f->buf, c->cfg->forwarding.request_id_header, x->request_id, NULL);
+  /* Every logged request has an id; it travels only with
+   * forwarding.request_id (request_queue_head, response_on_head, local.c).
+   * With neither, finding or making one is work nobody reads. */
+  if (c->cfg->forwarding.request_id || sy_access_log_enabled())
+    sy_reqid_for_head(&f->head, f->buf, c->cfg->forwarding.request_id_header, x->request_id, NULL);
   if (sy_head_validate(&f->head, f->buf) < 0) {
     x->term = SY_TERM_BAD_REQUEST;
     local_response(c, 400, 1);
