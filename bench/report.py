@@ -84,7 +84,8 @@ def ratio(a, b):
 
 class Table:
     def __init__(self, rows, scenario, targets):
-        self.rows = [r for r in rows if r.get("scenario") == scenario and r.get("target") in targets]
+        self.rows = [r for r in rows
+                     if r.get("scenario") == scenario and r.get("target") in targets]
         self.targets = [t for t in targets if any(r.get("target") == t for r in self.rows)]
 
     def ok(self, t):

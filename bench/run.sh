@@ -435,7 +435,8 @@ run_one() {
   # and more of it, about what one worker gets per worker.
   local pin=$PIN_LOAD wthreads=1 wconns=50 hsconns=50 tunnels=8
   if is_2w "$t"; then
-    pin=$PIN_2W wthreads=$W2_HTTP_THREADS wconns=$W2_HTTP_CONNS hsconns=$W2_HS_CONNS tunnels=$W2_TUNNELS
+    pin=$PIN_2W wthreads=$W2_HTTP_THREADS wconns=$W2_HTTP_CONNS
+    hsconns=$W2_HS_CONNS tunnels=$W2_TUNNELS
   fi
   local pids=${pid// /,}  # sy_load --pid takes a comma-separated list
   local err=$OUT/run.err
