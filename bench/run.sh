@@ -32,6 +32,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 
 SMOKE=0
 ROUNDS=3
@@ -148,9 +150,7 @@ fi
 SY_VERSION="${SY_BENCH_LABEL:-}$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 [[ -n $(git -C "$ROOT" status --porcelain -- src include 2>/dev/null) ]] && SY_VERSION+=" + uncommitted changes"
 [[ $SY_BIN != "$BUILD/sy/switchyard" ]] && SY_VERSION="binary $SY_BIN (tree at $SY_VERSION)"
-CFLAGS_BENCH="-O2 -Wall -Wextra -Werror"
-gcc $CFLAGS_BENCH -o "$BUILD/sy_load" "$HERE/sy_load.c" -lssl -lcrypto
-gcc $CFLAGS_BENCH -o "$BUILD/sy_bench_backend" "$HERE/sy_bench_backend.c"
+build_bench_tools "$BUILD"
 LOAD=$BUILD/sy_load
 
 # ---- limits ------------------------------------------------------------------------------
@@ -166,7 +166,7 @@ fi
 MAXCONN=$(( (want - 600) / 2 - 300 ))  # HAProxy: 2 fds per connection + pipes + spare
 MAXPIPES=250
 NCPU=$(nproc)
-if ((NCPU >= 2)); then PROXY_CPU=1; LOAD_CPU=0; else PROXY_CPU=0; LOAD_CPU=0; fi
+pick_cpus
 PIN_PROXY="taskset -c $PROXY_CPU"
 PIN_LOAD="taskset -c $LOAD_CPU"
 # Two-worker rows: everything may run on either of the two CPUs.
@@ -203,25 +203,13 @@ TLS_NAME=bench.switchyard.test
 TLS_DIR=$OUT/tls
 TLS_ARGS=(--tls-ca "$TLS_DIR/cert.pem" --tls-sni "$TLS_NAME")
 
-wait_port() {  # port [pid]: until it accepts, at most 10 s
-  local k
-  for ((k = 0; k < 200; k++)); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    if [[ -n ${2:-} ]] && ! kill -0 "$2" 2>/dev/null; then return 1; fi
-    sleep 0.05
-  done
-  return 1
-}
-
-$PIN_LOAD "$BUILD/sy_bench_backend" -p "$BPORT" 2>"$OUT/backend.err" &
-BACKEND_PID=$!
-wait_port "$BPORT" "$BACKEND_PID" || { echo "run.sh: backend did not start" >&2; exit 1; }
+start_backend BACKEND_PID "$BUILD/sy_bench_backend" "$BPORT" "$LOAD_CPU" /dev/null "$OUT/backend.err" ||
+  { echo "run.sh: backend did not start" >&2; exit 1; }
 # The two-worker rows get a backend of their own, free to use both CPUs, so the
 # one-worker rows' backend stays on the load's CPU.
 if [[ " $TARGETS " == *-2w\ * ]]; then
-  $PIN_2W "$BUILD/sy_bench_backend" -p "$BPORT2" 2>"$OUT/backend2.err" &
-  BACKEND2_PID=$!
-  wait_port "$BPORT2" "$BACKEND2_PID" || { echo "run.sh: backend (2w) did not start" >&2; exit 1; }
+  start_backend BACKEND2_PID "$BUILD/sy_bench_backend" "$BPORT2" "$CPUS_2W" /dev/null \
+    "$OUT/backend2.err" || { echo "run.sh: backend (2w) did not start" >&2; exit 1; }
 fi
 
 write_configs() {
@@ -390,7 +378,7 @@ alive() {
 
 for t in $TARGETS; do
   [[ $t == direct ]] && continue
-  if (exec 3<>"/dev/tcp/127.0.0.1/${PORT[$t]}") 2>/dev/null; then
+  if port_accepts "${PORT[$t]}"; then
     echo "run.sh: port ${PORT[$t]} (for $t) is already in use; set SY_BENCH_PORT to another base" >&2
     exit 1
   fi
