@@ -271,25 +271,15 @@ def two_workers_section(out, rows, targets, meta):
     scen = [x for x in scen if Table(rows, x[0], w2).rows]
     if not w2 or not scen:
         return
-    cpus = meta.get("w2_cpus", "0,1")
     w("## Two workers")
     w("")
-    w("The proxies as users run them on a two-core machine: two workers, nothing pinned to "
-      "one core. **switchyard-2w** is `workers: 2` (two event-loop threads in one process); "
-      "**nginx-2w** the documented WebSocket config with `worker_processes 2`; "
-      "**haproxy-2w** the same config as *haproxy* with `nbthread 2`; access logs off in "
-      f"all three. The proxy, the load generator and a backend of their own "
-      f"(`sy_bench_backend`, a second instance, single-threaded) are all started with "
-      f"`taskset -c {cpus}`: each may run on either CPU, and they share both, so a proxy "
-      "that spends less CPU per unit of work leaves more for the client and the backend. "
-      f"More load than in the one-worker rows, about the same per worker: http "
-      f"`wrk -t{meta.get('w2_http_threads', 2)} -c{meta.get('w2_http_conns', 100)}`; "
-      f"handshake {meta.get('w2_handshake_conns', 100)} concurrent; sink/echo "
-      f"{meta.get('w2_tunnels', 16)} tunnels of 64 KiB writes (`sy_load` is one thread). "
-      "Proxy CPU sums every thread of the proxy process (switchyard, HAProxy: "
-      "`/proc/PID/stat` of the process counts all its threads) or both worker processes "
-      "(nginx), over the measured window. Same rounds, warm-up and window as the other "
-      "rows; these targets are interleaved and rotated with the others of each scenario.")
+    w("The proxies as users run them on a two-core machine: two workers each, nothing "
+      "pinned to one core, the client and the backend on the same two CPUs (how: *Machine "
+      "and method*). **switchyard-2w** is `workers: 2` (two event-loop threads in one "
+      "process); **nginx-2w** the documented WebSocket config with `worker_processes 2`; "
+      "**haproxy-2w** *haproxy*'s config with `nbthread 2`; access logs off in all three. "
+      "Since the three programs share both CPUs, a proxy that spends less CPU per unit of "
+      "work leaves more for the client and the backend.")
     w("")
     w(f"**Target: switchyard ≥ {W2_TARGET:.1f}× the best of nginx (2 workers) and HAProxy "
       "(nbthread 2)**, per scenario, on throughput (medians).")
@@ -442,7 +432,21 @@ def main():
       f"both single-threaded epoll programs, share CPU 0. *direct* therefore has one CPU for "
       f"everything while a proxied run has two: direct is the reference for what the "
       f"client/backend pair can do, not an upper bound on a proxied run."
-      + (" The two-worker rows (*-2w) are run differently: see *Two workers*." if has_w2 else ""))
+      + (" The two-worker rows (*-2w) are run differently (next point)." if has_w2 else ""))
+    if has_w2:
+        w(f"- Two-worker rows (*switchyard-2w*, *nginx-2w*, *haproxy-2w*; scenarios "
+          f"{', '.join(meta.get('w2_scenarios', 'http handshake sink echo').split())}): the "
+          f"proxy with two workers, the load generator and a backend of their own (a second "
+          f"`sy_bench_backend`) are all started with `taskset -c {meta.get('w2_cpus', '0,1')}`, "
+          f"so each may run on either CPU and the kernel shares both among them. More load "
+          f"than in the one-worker rows, about the same per worker: http "
+          f"`wrk -t{meta.get('w2_http_threads', 2)} -c{meta.get('w2_http_conns', 100)}`; "
+          f"handshake {meta.get('w2_handshake_conns', 100)} concurrent; sink/echo "
+          f"{meta.get('w2_tunnels', 16)} tunnels of 64 KiB writes (`sy_load` and the backend "
+          f"are one thread each). Proxy CPU sums every thread of the process (switchyard, "
+          f"HAProxy: `/proc/PID/stat` of a process counts all its threads) or both worker "
+          f"processes (nginx). They run in the same rounds as the other targets of a "
+          f"scenario, interleaved and rotated with them.")
     w(f"- {meta.get('rounds')} round(s); in each round the targets run one after the other "
       f"and the order rotates every round (A B C D, B C D A, …). Measured window "
       f"{meta.get('duration_s')} s after {meta.get('warmup_s')} s of warm-up. The tables show "
