@@ -20,12 +20,13 @@ import statistics
 import sys
 
 TARGETS = ["direct", "switchyard", "nginx", "nginx-buf64k", "haproxy", "haproxy-splice",
-           "switchyard-tls", "nginx-tls", "haproxy-tls", "switchyard-2w", "nginx-2w", "haproxy-2w"]
+           "switchyard-tls", "nginx-tls", "haproxy-tls", "switchyard-2w", "switchyard-pin-2w", "nginx-2w",
+           "haproxy-2w"]
 # TLS target -> the plaintext target it is compared with
 TLS_PAIRS = [("switchyard-tls", "switchyard"), ("nginx-tls", "nginx"), ("haproxy-tls", "haproxy")]
 ANCHORS = ["nginx", "nginx-buf64k", "haproxy", "haproxy-splice"]
 # The two-worker rows: reported in their own section, never in the one-worker tables.
-W2 = ["switchyard-2w", "nginx-2w", "haproxy-2w"]
+W2 = ["switchyard-2w", "switchyard-pin-2w", "nginx-2w", "haproxy-2w"]
 W2_ANCHORS = ["nginx-2w", "haproxy-2w"]
 W2_TARGET = 1.1  # switchyard-2w ÷ the best two-worker anchor, per scenario
 TARGET_DESC = {
@@ -41,6 +42,8 @@ TARGET_DESC = {
     "haproxy-tls": "nbthread 1, mode http, `bind … ssl crt` (tls-* scenarios only)",
     "switchyard-2w": "workers: 2 (two event-loop threads in one process, one SO_REUSEPORT "
                      "listening socket each), see *Two workers*",
+    "switchyard-pin-2w": "switchyard-2w + `worker_cpu_affinity: auto` (worker i pinned to "
+                         "CPU i, its listeners' SO_INCOMING_CPU set to it), see *Two workers*",
     "nginx-2w": "worker_processes 2, otherwise *nginx*'s config (documented WebSocket "
                 "setup, access_log off), see *Two workers*",
     "haproxy-2w": "nbthread 2, otherwise *haproxy*'s config (mode http, timeout tunnel, "
@@ -276,7 +279,9 @@ def two_workers_section(out, rows, targets, meta):
     w("The proxies as users run them on a two-core machine: two workers each, nothing "
       "pinned to one core, the client and the backend on the same two CPUs (how: *Machine "
       "and method*). **switchyard-2w** is `workers: 2` (two event-loop threads in one "
-      "process); **nginx-2w** the documented WebSocket config with `worker_processes 2`; "
+      "process); **switchyard-pin-2w** the same with `worker_cpu_affinity: auto` (each "
+      "worker pinned to its CPU, connections kept on the CPU whose softirq took their "
+      "SYN: SO_INCOMING_CPU, Linux 6.2+); **nginx-2w** the documented WebSocket config with `worker_processes 2`; "
       "**haproxy-2w** *haproxy*'s config with `nbthread 2`; access logs off in all three. "
       "Since the three programs share both CPUs, a proxy that spends less CPU per unit of "
       "work leaves more for the client and the backend.")
@@ -284,8 +289,11 @@ def two_workers_section(out, rows, targets, meta):
     w(f"**Target: switchyard ≥ {W2_TARGET:.1f}× the best of nginx (2 workers) and HAProxy "
       "(nbthread 2)**, per scenario, on throughput (medians).")
     w("")
-    hdr = ["scenario", "switchyard-2w", "nginx-2w", "haproxy-2w", "switchyard ÷ best anchor",
-           "proxy CPU per unit (switchyard / nginx / haproxy)", f"≥ {W2_TARGET:.1f}×"]
+    hdr = (["scenario"] + w2 + ["switchyard-2w ÷ best anchor",
+                                "proxy CPU per unit (" + " / ".join(w2) + ")",
+                                f"≥ {W2_TARGET:.1f}×"])
+    if "switchyard-pin-2w" in w2:
+        hdr.insert(-1, "switchyard-pin-2w ÷ best anchor")
     w("| " + " | ".join(hdr) + " |")
     w("|" + "---|" * len(hdr))
     met, judged = [], []
@@ -303,14 +311,16 @@ def two_workers_section(out, rows, targets, meta):
             if ok:
                 met.append(s)
         cells = [f"{s} ({title})"]
-        for t in W2:
+        for t in w2:
             v = tb.m(t, key)
             sp = tb.spread(t, key, 1, dig)
             cells.append(fmt(v, dig) + (f" ({sp})" if sp else ""))
         cells.append(f"{ratio(sy, best[0] if best else None)}"
                      + (f" (vs {best[1]})" if best else ""))
-        cells.append(" / ".join(fmt(tb.m(t, ckey), cdig) for t in W2) + " "
+        cells.append(" / ".join(fmt(tb.m(t, ckey), cdig) for t in w2) + " "
                      + ("µs" if ckey == "cpu_us_per_op" else "CPU-s/GB"))
+        if "switchyard-pin-2w" in w2:
+            cells.append(ratio(tb.m("switchyard-pin-2w", key), best[0] if best else None))
         cells.append(verdict)
         w("| " + " | ".join(cells) + " |")
     w("")

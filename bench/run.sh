@@ -43,7 +43,7 @@ IDLE_TUNNELS=9000
 HOLD=1      # idle: seconds between the last tunnel opened and the RSS reading
 PAUSE=0.3   # between runs
 TARGETS="direct switchyard nginx nginx-buf64k haproxy haproxy-splice switchyard-tls nginx-tls haproxy-tls"
-TARGETS+=" switchyard-2w nginx-2w haproxy-2w"
+TARGETS+=" switchyard-2w switchyard-pin-2w nginx-2w haproxy-2w"
 SCENARIOS="http handshake sink source echo rtt idle tls-sink tls-source tls-echo tls-handshake"
 # The two-worker rows: their scenarios, and the load that keeps two workers busy
 # (per worker about what one worker gets in its own rows).
@@ -177,7 +177,7 @@ PIN_2W="taskset -c $CPUS_2W"
 BPORT=$BASE_PORT
 i=1
 for t in direct switchyard nginx nginx-buf64k haproxy haproxy-splice switchyard-tls nginx-tls haproxy-tls \
-         switchyard-2w nginx-2w haproxy-2w; do
+         switchyard-2w switchyard-pin-2w nginx-2w haproxy-2w; do
   PORT[$t]=$((BASE_PORT + i)); i=$((i + 1))
 done
 PORT[direct]=$BPORT
@@ -236,11 +236,13 @@ routes:
     upstream: bench
 EOF
   local v nw bp
-  for v in switchyard switchyard-2w; do
-    nw=1 bp=$BPORT
+  for v in switchyard switchyard-2w switchyard-pin-2w; do
+    nw=1 bp=$BPORT pin=off
     is_2w "$v" && nw=2 bp=$BPORT2
+    [[ $v == switchyard-pin-2w ]] && pin=auto
     cat >"$d/$v.yaml" <<EOF
 workers: $nw
+worker_cpu_affinity: $pin
 access_log: off
 listeners:
   - address: 127.0.0.1:${PORT[$v]}
@@ -329,7 +331,7 @@ start_target() {  # target
   is_2w "$t" && pin=$PIN_2W nw=2
   case $t in
     direct) PID[$t]=""; WPID[$t]=$BACKEND_PID; return 0 ;;
-    switchyard|switchyard-tls|switchyard-2w)  # workers are threads: one process to measure
+    switchyard|switchyard-tls|switchyard-2w|switchyard-pin-2w)  # workers are threads: one process to measure
       $pin "$SY_BIN" -c "$d/$t.yaml" >>"$OUT/$t.out" 2>>"$OUT/$t.err" &
       p=$!; PID[$t]=$p; w=$p ;;
     nginx|nginx-buf64k|nginx-tls|nginx-2w)  # workers are processes: measure all of them

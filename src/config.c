@@ -677,6 +677,17 @@ static int h_workers(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t
   return 0;
 }
 
+static int h_worker_cpu_affinity(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
+  sy_config *cfg = obj;
+  const char *s = NULL;
+  if (cv_want_scalar(c, v, path, &s) < 0) return -1;
+  if (strcmp(s, "auto") == 0 || strcmp(s, "off") == 0) {
+    cfg->worker_cpu_affinity = s[0] == 'a';
+    return 0;
+  }
+  return cv_fail(c, v, "%s: expected \"auto\" or \"off\", got \"%s\"", path, s);
+}
+
 static const key_spec timeout_keys[] = {
     {"connect", cv_h_duration_pos, offsetof(sy_timeouts, connect)},
     {"response", cv_h_duration_pos, offsetof(sy_timeouts, response)},
@@ -794,6 +805,7 @@ enum { TK_WORKERS, TK_LISTENERS };
 static const key_spec top_keys[] = {
     [TK_WORKERS] = {"workers", h_workers, 0},
     [TK_LISTENERS] = {"listeners", h_listeners, 0},
+    {"worker_cpu_affinity", h_worker_cpu_affinity, 0},
     {"admin", h_admin, 0},
     {"upstreams", h_upstreams, 0},
     {"routes", h_routes, 0},

@@ -147,6 +147,16 @@ static unsigned affinity_cpus(void) {
   return online > 0 ? (unsigned)online : 1;
 }
 
+int sy_cpu_nth(unsigned i) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) < 0 || CPU_COUNT(&set) == 0) return -1;
+  unsigned k = i % (unsigned)CPU_COUNT(&set);
+  for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
+    if (CPU_ISSET(cpu, &set) && k-- == 0) return cpu;
+  return -1;
+}
+
 unsigned sy_auto_workers(char *why, size_t cap) {
   return sy_auto_workers_at("/proc/self/cgroup", "/sys/fs/cgroup", affinity_cpus(), why, cap);
 }

@@ -4,6 +4,8 @@
 #include <stddef.h>
 #include <malloc.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +13,7 @@
 #include <unistd.h>
 
 #include "switchyard/conn.h"
+#include "switchyard/cpus.h"
 #include "switchyard/limits.h"
 #include "switchyard/log.h"
 
@@ -32,12 +35,16 @@ uint64_t sy_worker_total_conns(void) {
   return __atomic_load_n(&conns_total, __ATOMIC_RELAXED);
 }
 
-int sy_listen_reuseport(uv_loop_t *loop, uv_tcp_t *tcp, const struct sockaddr *sa, int backlog) {
+int sy_listen_reuseport(uv_loop_t *loop, uv_tcp_t *tcp, const struct sockaddr *sa, int backlog,
+                        int incoming_cpu) {
   int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return -errno;
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) goto fail;
+  /* Before listen: the socket joins the group with its CPU already set. */
+  if (incoming_cpu >= 0)
+    setsockopt(fd, SOL_SOCKET, SO_INCOMING_CPU, &incoming_cpu, sizeof(incoming_cpu));
   /* "[::]:8080" takes IPv4 clients too (as ::ffff:a.b.c.d) whatever the
    * host's net.ipv6.bindv6only says; a host that forbids it keeps IPv6 only. */
   int zero = 0;
@@ -157,7 +164,8 @@ static int bind_listener(sy_worker *w, const sy_listener_cfg *lc) {
   if (!l) return UV_ENOMEM;
   l->w = w;
   l->cfg = lc;
-  int rc = sy_listen_reuseport(&w->loop, &l->tcp, (const struct sockaddr *)&lc->addr.sa, 511);
+  int rc =
+      sy_listen_reuseport(&w->loop, &l->tcp, (const struct sockaddr *)&lc->addr.sa, 511, w->cpu);
   if (rc < 0) {
     sy_log_error("listen on %s: %s", lc->addr.text, uv_strerror(rc));
     free(l);
@@ -278,6 +286,8 @@ static void on_conns_idle(sy_conn_env *env) {
 int sy_worker_init(sy_worker *w, unsigned id, sy_config *cfg) {
   memset(w, 0, sizeof(*w));
   w->id = id;
+  /* Read here, on the main thread, whose mask is still the process's. */
+  w->cpu = cfg->worker_cpu_affinity ? sy_cpu_nth(id) : -1;
   pthread_mutex_init(&w->mu, NULL);
   int rc = uv_loop_init(&w->loop);
   if (rc < 0) return rc;
@@ -383,6 +393,15 @@ static void on_wakeup(uv_async_t *a) {
 
 static void *worker_main(void *arg) {
   sy_worker *w = arg;
+  if (w->cpu >= 0) {
+    /* With its listeners' SO_INCOMING_CPU: a connection stays on the CPU
+     * whose softirq took its packets, caches warm, no cross-CPU wake-up. */
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(w->cpu, &set);
+    int rc = pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+    if (rc) sy_log_warn("worker %u: cannot pin to CPU %d: %s", w->id, w->cpu, strerror(rc));
+  }
   sy_tunnel_hub_run(w->env.tunnels);
   return NULL;
 }

@@ -188,7 +188,8 @@ typedef struct sy_config {
   void (*release)(struct sy_config *cfg);
   uint64_t serial; /* 1, 2, ... per snapshot loaded: unique for the process's lifetime */
   char *path;
-  unsigned workers; /* 0 = auto */
+  unsigned workers;        /* 0 = auto */
+  int worker_cpu_affinity; /* 1 = auto: worker i on the i-th CPU of the mask */
   sy_listener_cfg *listeners;
   size_t nlisteners;
   int admin_enabled;

@@ -37,4 +37,8 @@ unsigned sy_auto_workers_at(const char *proc_cgroup, const char *mount, unsigned
 /* The same for this process: sched_getaffinity, /proc/self/cgroup, /sys/fs/cgroup. */
 unsigned sy_auto_workers(char *why, size_t cap);
 
+/* worker_cpu_affinity: the (i mod count)-th CPU of this thread's affinity
+ * mask, -1 when the mask cannot be read. */
+int sy_cpu_nth(unsigned i);
+
 #endif

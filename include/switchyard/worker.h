@@ -28,6 +28,7 @@ enum sy_stop { SY_RUN = 0, SY_DRAIN, SY_STOP_NOW };
 
 struct sy_worker {
   unsigned id;
+  int cpu; /* worker_cpu_affinity: the CPU it runs on and takes connections from; -1 none */
   uv_loop_t loop;
   uv_async_t wakeup; /* reload and stop requests from the main thread */
   uv_timer_t drain_timer;
@@ -69,7 +70,10 @@ uint64_t sy_worker_max_conns(const sy_config *cfg);
 /* Connections open in the whole process (all workers), for max_connections. */
 uint64_t sy_worker_total_conns(void);
 /* Binds a listening TCP socket with SO_REUSEPORT (libuv 1.44 has no flag for
- * it): socket, setsockopt, bind, listen, uv_tcp_open. */
-int sy_listen_reuseport(uv_loop_t *loop, uv_tcp_t *tcp, const struct sockaddr *sa, int backlog);
+ * it): socket, setsockopt, bind, listen, uv_tcp_open. incoming_cpu >= 0: the
+ * kernel (6.2+) hands this socket the connections whose SYN that CPU handled
+ * (SO_INCOMING_CPU); -1: its share of the reuseport hash. */
+int sy_listen_reuseport(uv_loop_t *loop, uv_tcp_t *tcp, const struct sockaddr *sa, int backlog,
+                        int incoming_cpu);
 
 #endif
