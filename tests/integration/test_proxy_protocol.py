@@ -3,14 +3,10 @@ send-proxy-v2 in front of switchyard (the client address it carries is the
 client everywhere), garbage headers closed and counted, a "PROXY" line on a
 listener without the option is a malformed request, and switchyard's
 send_proxy towards an HAProxy that has accept-proxy."""
-import shutil
 import socket
-import subprocess
-import time
-
-import pytest
 
 from support.backend import free_port
+from support.haproxy import haproxy  # noqa: F401 (fixture)
 from support.http import Reader, read_response, deadline_in, response_bytes, get
 from support.ops import AdminPort
 from support.tunnel import upgrader, upgrade_request, switching, End, WS_KEY  # noqa: F401
@@ -28,69 +24,6 @@ def has_ipv6_loopback():
         return True
     except OSError:
         return False
-
-
-# ------------------------------------------------------------------ HAProxy
-
-class HAProxy:
-    """`haproxy -db -f cfg` in the foreground; its frontends' ports are
-    polled until they accept; stop() ends it (SIGTERM, then SIGKILL)."""
-
-    def __init__(self, cfg_text, ports, workdir, name="haproxy"):
-        self.cfg = workdir / ("%s.cfg" % name)
-        self.cfg.write_text(cfg_text)
-        self.err_path = workdir / ("%s.stderr" % name)
-        self._err = open(self.err_path, "wb")
-        self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(self.cfg)],
-                                     stdin=subprocess.DEVNULL, stdout=self._err, stderr=self._err)
-        end = time.monotonic() + 10
-        for host, port in ports:
-            while True:
-                assert self.proc.poll() is None, "haproxy exited: %s" % self.stderr()
-                fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-                s = socket.socket(fam, socket.SOCK_STREAM)
-                try:
-                    s.settimeout(0.5)
-                    s.connect((host, port))
-                    break
-                except OSError:
-                    assert time.monotonic() < end, "haproxy not listening on %s:%d: %s" % (
-                        host, port, self.stderr())
-                    time.sleep(0.02)  # poll interval of a bounded condition wait
-                finally:
-                    s.close()
-
-    def stderr(self):
-        return self.err_path.read_bytes().decode("utf-8", "replace")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._err.close()
-
-
-@pytest.fixture
-def haproxy(tmp_path):
-    if not shutil.which("haproxy"):
-        pytest.skip("haproxy is not installed")
-    made = []
-
-    def factory(sections, ports):
-        head = ("global\n  maxconn 200\n"
-                "defaults\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
-                "  timeout tunnel 30s\n")
-        h = HAProxy(head + sections, ports, tmp_path, "haproxy%d" % len(made))
-        made.append(h)
-        return h
-
-    yield factory
-    for h in made:
-        h.stop()
 
 
 # ------------------------------------------------------------------ clients
