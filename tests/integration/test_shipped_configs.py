@@ -175,11 +175,23 @@ def test_kubernetes_example_fits_together():
     assert drain.endswith("s") and drain[:-1].isdigit(), drain
     assert pod["terminationGracePeriodSeconds"] > sleep + int(drain[:-1])
 
-    # The PROXY-protocol variant for an NLB is shown, commented out and marked as
-    # not available yet (the key would not load).
-    text = K8S.read_text()
-    assert "aws-load-balancer-proxy-protocol" in text
+    # The PROXY-protocol variant for an NLB is shown commented out: the shipped
+    # ClusterIP Service (and kubectl port-forward) sends no PROXY header.
+    assert "aws-load-balancer-proxy-protocol" in K8S.read_text()
     assert not re.search(r"^\s*proxy_protocol:", embedded_config(), re.M)
+
+
+def test_kubernetes_nlb_variant_loads(tmp_path):
+    """The ConfigMap with its commented proxy_protocol line turned on, as the
+    manifest says to behind an NLB, passes -t (test_container.py runs it
+    behind HAProxy's send-proxy-v2)."""
+    text, n = re.subn(r"^(\s*)#\s*(proxy_protocol:\s*v2)\s*$", r"\1\2", embedded_config(),
+                      flags=re.M)
+    assert n == 1, "no commented `proxy_protocol: v2` line in the ConfigMap"
+    assert yaml.safe_load(text)["listeners"][0]["proxy_protocol"] == "v2"
+    f = tmp_path / "nlb.yaml"
+    f.write_text(text)
+    assert_checks(f, "the ConfigMap with proxy_protocol: v2")
 
 
 def test_kubernetes_probes_answer_on_the_configmaps_file(proxy, backend):
