@@ -27,6 +27,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 
 ANCHORS=0
 WARMUP=3
@@ -105,10 +107,9 @@ fi
 SY_VERSION=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 [[ -n $(git -C "$ROOT" status --porcelain -- src include 2>/dev/null) ]] && SY_VERSION+="+changes"
 [[ $SY_BIN != "$ROOT/build-release/switchyard" ]] && SY_VERSION="$(basename "$SY_BIN")"
-gcc -O2 -Wall -Wextra -Werror -o "$OUT/sy_load" "$HERE/sy_load.c" -lssl -lcrypto
-gcc -O2 -Wall -Wextra -Werror -o "$OUT/sy_bench_backend" "$HERE/sy_bench_backend.c"
+build_bench_tools "$OUT"
 
-if (($(nproc) >= 2)); then PROXY_CPU=1; LOAD_CPU=0; else PROXY_CPU=0; LOAD_CPU=0; fi
+pick_cpus
 ulimit -n "$(ulimit -Hn | sed 's/unlimited/65536/')" 2>/dev/null || true
 FDS=$(ulimit -n)
 ((FDS > 20000)) && FDS=20000
@@ -120,21 +121,10 @@ ss = [socket.socket() for _ in range(2)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in ss))')
 
-wait_port() {  # port pid seconds: until it accepts, or the pid is gone
-  local k
-  for ((k = 0; k < $3 * 20; k++)); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    kill -0 "$2" 2>/dev/null || return 1
-    sleep 0.05
-  done
-  return 1
-}
-
 COUNTS=$OUT/backend.counts
 : >"$COUNTS"
-taskset -c "$LOAD_CPU" "$OUT/sy_bench_backend" -p "$BPORT" >"$COUNTS" 2>"$OUT/backend.err" &
-BACKEND_PID=$!
-wait_port "$BPORT" "$BACKEND_PID" 10 || { echo "callgrind.sh: backend did not start" >&2; exit 1; }
+start_backend BACKEND_PID "$OUT/sy_bench_backend" "$BPORT" "$LOAD_CPU" "$COUNTS" "$OUT/backend.err" ||
+  { echo "callgrind.sh: backend did not start" >&2; exit 1; }
 
 # The backend's cumulative count of one kind of operation (http, upgrades, echoed).
 backend_count() {

@@ -20,10 +20,14 @@ import statistics
 import sys
 
 TARGETS = ["direct", "switchyard", "nginx", "nginx-buf64k", "haproxy", "haproxy-splice",
-           "switchyard-tls", "nginx-tls", "haproxy-tls"]
+           "switchyard-tls", "nginx-tls", "haproxy-tls", "switchyard-2w", "nginx-2w", "haproxy-2w"]
 # TLS target -> the plaintext target it is compared with
 TLS_PAIRS = [("switchyard-tls", "switchyard"), ("nginx-tls", "nginx"), ("haproxy-tls", "haproxy")]
 ANCHORS = ["nginx", "nginx-buf64k", "haproxy", "haproxy-splice"]
+# The two-worker rows: reported in their own section, never in the one-worker tables.
+W2 = ["switchyard-2w", "nginx-2w", "haproxy-2w"]
+W2_ANCHORS = ["nginx-2w", "haproxy-2w"]
+W2_TARGET = 1.1  # switchyard-2w ÷ the best two-worker anchor, per scenario
 TARGET_DESC = {
     "direct": "client → backend, no proxy",
     "switchyard": "workers: 1",
@@ -35,6 +39,12 @@ TARGET_DESC = {
                       "memory BIOs), plaintext to the backend (tls-* scenarios only)",
     "nginx-tls": "1 worker, `listen … ssl`, same WebSocket proxy config (tls-* scenarios only)",
     "haproxy-tls": "nbthread 1, mode http, `bind … ssl crt` (tls-* scenarios only)",
+    "switchyard-2w": "workers: 2 (two event-loop threads in one process, one SO_REUSEPORT "
+                     "listening socket each), see *Two workers*",
+    "nginx-2w": "worker_processes 2, otherwise *nginx*'s config (documented WebSocket "
+                "setup, access_log off), see *Two workers*",
+    "haproxy-2w": "nbthread 2, otherwise *haproxy*'s config (mode http, timeout tunnel, "
+                  "no logging), see *Two workers*",
 }
 
 
@@ -74,7 +84,8 @@ def ratio(a, b):
 
 class Table:
     def __init__(self, rows, scenario, targets):
-        self.rows = [r for r in rows if r.get("scenario") == scenario]
+        self.rows = [r for r in rows
+                     if r.get("scenario") == scenario and r.get("target") in targets]
         self.targets = [t for t in targets if any(r.get("target") == t for r in self.rows)]
 
     def ok(self, t):
@@ -239,6 +250,95 @@ def tls_section(out, rows, targets, meta):
                       ("ops_per_s", 1), ref=None, me="switchyard-tls")
 
 
+def two_workers_section(out, rows, targets, meta):
+    """The *-2w rows: throughput, switchyard ÷ the best anchor against the target,
+    CPU per unit of work; then one detailed table per scenario."""
+    w = out.append
+    w2 = [t for t in targets if t in W2]
+    # scenario, what the throughput is, its column, key, digits, CPU column, key, digits
+    scen = [
+        ("http", "keep-alive requests/s", "requests/s", "ops_per_s", 0,
+         "proxy CPU µs/request", "cpu_us_per_op", 1),
+        ("handshake", "upgrade handshakes/s", "handshakes/s", "ops_per_s", 0,
+         "proxy CPU µs/handshake", "cpu_us_per_op", 1),
+        ("sink", "client → backend, GB/s", "GB/s", "gbytes_per_s", 3,
+         "proxy CPU-s per GB", "cpu_s_per_gb", 3),
+        ("source", "backend → client, GB/s", "GB/s", "gbytes_per_s", 3,
+         "proxy CPU-s per GB", "cpu_s_per_gb", 3),
+        ("echo", "both ways, GB/s that came back", "GB/s", "gbytes_per_s", 3,
+         "proxy CPU-s per GB", "cpu_s_per_gb", 3),
+    ]
+    scen = [x for x in scen if Table(rows, x[0], w2).rows]
+    if not w2 or not scen:
+        return
+    w("## Two workers")
+    w("")
+    w("The proxies as users run them on a two-core machine: two workers each, nothing "
+      "pinned to one core, the client and the backend on the same two CPUs (how: *Machine "
+      "and method*). **switchyard-2w** is `workers: 2` (two event-loop threads in one "
+      "process); **nginx-2w** the documented WebSocket config with `worker_processes 2`; "
+      "**haproxy-2w** *haproxy*'s config with `nbthread 2`; access logs off in all three. "
+      "Since the three programs share both CPUs, a proxy that spends less CPU per unit of "
+      "work leaves more for the client and the backend.")
+    w("")
+    w(f"**Target: switchyard ≥ {W2_TARGET:.1f}× the best of nginx (2 workers) and HAProxy "
+      "(nbthread 2)**, per scenario, on throughput (medians).")
+    w("")
+    hdr = ["scenario", "switchyard-2w", "nginx-2w", "haproxy-2w", "switchyard ÷ best anchor",
+           "proxy CPU per unit (switchyard / nginx / haproxy)", f"≥ {W2_TARGET:.1f}×"]
+    w("| " + " | ".join(hdr) + " |")
+    w("|" + "---|" * len(hdr))
+    met, judged = [], []
+    for s, title, _, key, dig, _, ckey, cdig in scen:
+        tb = Table(rows, s, w2)
+        sy = tb.m("switchyard-2w", key)
+        anchors = [(tb.m(a, key), a) for a in W2_ANCHORS]
+        anchors = [(v, a) for v, a in anchors if v is not None]
+        best = max(anchors) if anchors else None
+        verdict = "—"
+        if sy is not None and best is not None and best[0] > 0:
+            ok = sy / best[0] >= W2_TARGET
+            verdict = "**met**" if ok else "not met"
+            judged.append(s)
+            if ok:
+                met.append(s)
+        cells = [f"{s} ({title})"]
+        for t in W2:
+            v = tb.m(t, key)
+            sp = tb.spread(t, key, 1, dig)
+            cells.append(fmt(v, dig) + (f" ({sp})" if sp else ""))
+        cells.append(f"{ratio(sy, best[0] if best else None)}"
+                     + (f" (vs {best[1]})" if best else ""))
+        cells.append(" / ".join(fmt(tb.m(t, ckey), cdig) for t in W2) + " "
+                     + ("µs" if ckey == "cpu_us_per_op" else "CPU-s/GB"))
+        cells.append(verdict)
+        w("| " + " | ".join(cells) + " |")
+    w("")
+    if judged:
+        w(f"Target met in {len(met)} of {len(judged)} scenarios"
+          + (f" ({', '.join(met)})" if met else "") + ". "
+          + ("(Smoke run: one short round on a shared machine; the verdicts mean nothing.) "
+             if meta.get("smoke") else "")
+          + "Proxy CPU per unit of work is the steadier comparison: the throughputs depend "
+          "on how the kernel shares the two CPUs among proxy, client and backend, and on "
+          "anything else running on the machine (see the load average above).")
+        w("")
+    for s, title, head, key, dig, chead, ckey, cdig in scen:
+        tb = Table(rows, s, w2)
+        w(f"### Two workers: {s} ({title})")
+        w("")
+        if key == "ops_per_s":
+            cols = [(head, key, 1, dig), ("p50 µs", "p50_us", 1, 0), ("p99 µs", "p99_us", 1, 0),
+                    (chead, ckey, 1, cdig)]
+        else:
+            cols = [(head, key, 1, dig), ("Gbit/s", "gbit_per_s", 1, 1), (chead, ckey, 1, cdig)]
+        cols.append(("proxy CPU use", "cpu_util", 100, 0))
+        section_table(out, tb, cols, (key, 1), ref=None, me="switchyard-2w")
+    w("(proxy CPU use in % of one CPU, all the proxy's threads or processes together: up to "
+      "200% on the two CPUs, which it shares with the client and the backend.)")
+    w("")
+
+
 def problems(rows):
     bad = []
     for r in rows:
@@ -326,16 +426,33 @@ def main():
       f"Linux {meta.get('kernel')}; date {meta.get('date')}.")
     w(f"- switchyard {meta.get('switchyard')} (Release build), nginx {meta.get('nginx')}, "
       f"HAProxy {meta.get('haproxy')}, wrk {meta.get('wrk')}.")
+    has_w2 = any(t in W2 for t in targets)
     w(f"- Each proxy runs pinned to CPU 1 (`taskset -c 1`) with one worker/thread; the load "
       f"generator (`bench/sy_load.c`, or wrk) and the backend (`bench/sy_bench_backend.c`), "
       f"both single-threaded epoll programs, share CPU 0. *direct* therefore has one CPU for "
       f"everything while a proxied run has two: direct is the reference for what the "
-      f"client/backend pair can do, not an upper bound on a proxied run.")
+      f"client/backend pair can do, not an upper bound on a proxied run."
+      + (" The two-worker rows (*-2w) are run differently (next point)." if has_w2 else ""))
+    if has_w2:
+        w(f"- Two-worker rows (*switchyard-2w*, *nginx-2w*, *haproxy-2w*; scenarios "
+          f"{', '.join(meta.get('w2_scenarios', 'http handshake sink echo').split())}): the "
+          f"proxy with two workers, the load generator and a backend of their own (a second "
+          f"`sy_bench_backend`) are all started with `taskset -c {meta.get('w2_cpus', '0,1')}`, "
+          f"so each may run on either CPU and the kernel shares both among them. More load "
+          f"than in the one-worker rows, about the same per worker: http "
+          f"`wrk -t{meta.get('w2_http_threads', 2)} -c{meta.get('w2_http_conns', 100)}`; "
+          f"handshake {meta.get('w2_handshake_conns', 100)} concurrent; sink/echo "
+          f"{meta.get('w2_tunnels', 16)} tunnels of 64 KiB writes (`sy_load` and the backend "
+          f"are one thread each). Proxy CPU sums every thread of the process (switchyard, "
+          f"HAProxy: `/proc/PID/stat` of a process counts all its threads) or both worker "
+          f"processes (nginx). They run in the same rounds as the other targets of a "
+          f"scenario, interleaved and rotated with them.")
     w(f"- {meta.get('rounds')} round(s); in each round the targets run one after the other "
       f"and the order rotates every round (A B C D, B C D A, …). Measured window "
       f"{meta.get('duration_s')} s after {meta.get('warmup_s')} s of warm-up. The tables show "
       f"medians over the rounds (min–max in brackets).")
-    w("- Proxy CPU time = utime+stime of the proxy process (nginx: its worker) from "
+    w("- Proxy CPU time = utime+stime of the proxy process (nginx: its worker; two-worker "
+      "rows: the whole process with all its threads, nginx both workers) from "
       "`/proc/PID/stat` at both ends of the measured window, divided by the work done in it.")
     w(f"- fd limit {meta.get('fd_limit')} (hard limit of this machine); HAProxy maxconn "
       f"{meta.get('haproxy_maxconn')}, maxpipes {meta.get('haproxy_maxpipes')} (splice variant). "
@@ -367,12 +484,22 @@ def main():
       "--targets 'switchyard-tls nginx-tls haproxy-tls'")
     w("```")
     w("")
+    w("Two workers only (the `*-2w` targets run the http, handshake, sink and echo "
+      "scenarios):")
+    w("")
+    w("```sh")
+    w("bash bench/run.sh --scenarios 'http handshake sink echo' "
+      "--targets 'switchyard-2w nginx-2w haproxy-2w'")
+    w("```")
+    w("")
     w("Options: `--rounds R --duration S --warmup S --idle-tunnels N --targets '…' "
       "--scenarios '…' --out DIR --report PATH --switchyard BIN`. Raw results: one JSON line "
       "per run in `OUT/results.jsonl`, the exact configs in `OUT/conf/`.")
     w("")
 
     # ---- scenarios -----------------------------------------------------------------
+    w2_targets = targets
+    targets = [t for t in targets if t not in W2]
     tb = Table(rows, "http", targets)
     if tb.rows:
         w("## Plain HTTP keep-alive (wrk, 50 connections, 13-byte body)")
@@ -417,6 +544,7 @@ def main():
         w("(proxy CPU use in % of one CPU; a proxy at ~100% is the bottleneck, below that "
           "CPU 0 — the client and backend — is.)")
         w("")
+    two_workers_section(out, rows, w2_targets, meta)
     tls_section(out, rows, targets, meta)
     tb = Table(rows, "rtt", targets)
     if tb.rows:

@@ -12,19 +12,28 @@
 #
 # What it does: installs nginx, haproxy and wrk if missing (apt-get), builds the
 # proxy (Release) and the two bench programs, starts the backend and every proxy,
-# each proxy pinned to CPU 1 and the load generator and backend to CPU 0, then runs
-# every scenario against every target, the targets interleaved and rotated each
-# round (A B C D, B C D A, ...). Each result is one JSON line in OUT/results.jsonl;
+# each one-worker proxy pinned to CPU 1 and the load generator and backend to
+# CPU 0, then runs every scenario against every target, the targets interleaved and
+# rotated each round (A B C D, B C D A, ...). Each result is one JSON line in OUT/results.jsonl;
 # bench/report.py turns them into the report (medians, ratios, CPU per unit of work).
 # TLS: the tls-* scenarios (tls-sink tls-source tls-echo tls-handshake) run against the
 # *-tls targets only (client TLS -> proxy -> plaintext backend, i.e. wss -> ws; the
 # certificate, ECDSA P-256, is made with openssl at run time), the other scenarios
 # against the other targets only.
+#
+# Two workers: the *-2w targets (switchyard workers: 2, nginx worker_processes 2,
+# HAProxy nbthread 2) run the http, handshake, sink and echo scenarios only, as
+# users run a proxy on a small machine: proxy, load generator and a backend of
+# their own all allowed on CPUs 0 and 1 (nothing pinned to one of them), with more
+# load (wrk -t2 -c100; 100 concurrent handshakes; 16 tunnels). Their CPU figures
+# sum every thread of the proxy (nginx: both worker processes).
 # Exit status: non-zero when a scenario produced no result for some target.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 
 SMOKE=0
 ROUNDS=3
@@ -34,7 +43,15 @@ IDLE_TUNNELS=9000
 HOLD=1      # idle: seconds between the last tunnel opened and the RSS reading
 PAUSE=0.3   # between runs
 TARGETS="direct switchyard nginx nginx-buf64k haproxy haproxy-splice switchyard-tls nginx-tls haproxy-tls"
+TARGETS+=" switchyard-2w nginx-2w haproxy-2w"
 SCENARIOS="http handshake sink source echo rtt idle tls-sink tls-source tls-echo tls-handshake"
+# The two-worker rows: their scenarios, and the load that keeps two workers busy
+# (per worker about what one worker gets in its own rows).
+SCENARIOS_2W="http handshake sink echo"
+W2_HTTP_THREADS=2
+W2_HTTP_CONNS=100
+W2_HS_CONNS=100
+W2_TUNNELS=16
 OUT=""
 REPORT=""
 SY_BIN=""
@@ -52,7 +69,7 @@ while (($#)); do
     --out) OUT=$2; shift ;;
     --report) REPORT=$2; shift ;;
     --switchyard) SY_BIN=$2; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^# Exit status/p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -73,15 +90,16 @@ log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 
 # ---- processes we start: every one is stopped on exit --------------------------------
 declare -A PID=()     # target -> pid to kill (nginx: the master)
-declare -A WPID=()    # target -> pid to measure (nginx: the worker)
+declare -A WPID=()    # target -> pids to measure, space-separated (nginx: the workers)
 declare -A PORT=()
 BACKEND_PID=""
+BACKEND2_PID=""       # the two-worker rows' backend
 cleanup() {
   local p
-  for p in "${PID[@]}" $BACKEND_PID; do
+  for p in "${PID[@]}" $BACKEND_PID $BACKEND2_PID; do
     [[ -n $p ]] && kill "$p" 2>/dev/null || true
   done
-  for p in "${PID[@]}" $BACKEND_PID; do
+  for p in "${PID[@]}" $BACKEND_PID $BACKEND2_PID; do
     [[ -n $p ]] && wait "$p" 2>/dev/null || true
   done
 }
@@ -132,9 +150,7 @@ fi
 SY_VERSION="${SY_BENCH_LABEL:-}$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 [[ -n $(git -C "$ROOT" status --porcelain -- src include 2>/dev/null) ]] && SY_VERSION+=" + uncommitted changes"
 [[ $SY_BIN != "$BUILD/sy/switchyard" ]] && SY_VERSION="binary $SY_BIN (tree at $SY_VERSION)"
-CFLAGS_BENCH="-O2 -Wall -Wextra -Werror"
-gcc $CFLAGS_BENCH -o "$BUILD/sy_load" "$HERE/sy_load.c" -lssl -lcrypto
-gcc $CFLAGS_BENCH -o "$BUILD/sy_bench_backend" "$HERE/sy_bench_backend.c"
+build_bench_tools "$BUILD"
 LOAD=$BUILD/sy_load
 
 # ---- limits ------------------------------------------------------------------------------
@@ -150,23 +166,36 @@ fi
 MAXCONN=$(( (want - 600) / 2 - 300 ))  # HAProxy: 2 fds per connection + pipes + spare
 MAXPIPES=250
 NCPU=$(nproc)
-if ((NCPU >= 2)); then PROXY_CPU=1; LOAD_CPU=0; else PROXY_CPU=0; LOAD_CPU=0; fi
+pick_cpus
 PIN_PROXY="taskset -c $PROXY_CPU"
 PIN_LOAD="taskset -c $LOAD_CPU"
+# Two-worker rows: everything may run on either of the two CPUs.
+if ((NCPU >= 2)); then CPUS_2W="$LOAD_CPU,$PROXY_CPU"; else CPUS_2W=0; fi
+PIN_2W="taskset -c $CPUS_2W"
 
 # ---- backend and targets --------------------------------------------------------------------
 BPORT=$BASE_PORT
 i=1
-for t in direct switchyard nginx nginx-buf64k haproxy haproxy-splice switchyard-tls nginx-tls haproxy-tls; do
+for t in direct switchyard nginx nginx-buf64k haproxy haproxy-splice switchyard-tls nginx-tls haproxy-tls \
+         switchyard-2w nginx-2w haproxy-2w; do
   PORT[$t]=$((BASE_PORT + i)); i=$((i + 1))
 done
 PORT[direct]=$BPORT
+BPORT2=$((BASE_PORT + i))
 is_tls() { [[ $1 == *-tls ]]; }
-# The targets a scenario runs against: tls-* scenarios the *-tls targets, others the rest.
+is_2w() { [[ $1 == *-2w ]]; }
+# The targets a scenario runs against: tls-* scenarios the *-tls targets; the *-2w
+# targets the SCENARIOS_2W; the other scenarios the remaining targets.
 targets_for() {  # scenario -> words
   local t out=()
   for t in $TARGETS; do
-    if [[ $1 == tls-* ]]; then is_tls "$t" && out+=("$t"); else is_tls "$t" || out+=("$t"); fi
+    if [[ $1 == tls-* ]]; then
+      is_tls "$t" && out+=("$t")
+    elif is_2w "$t"; then
+      [[ " $SCENARIOS_2W " == *" $1 "* ]] && out+=("$t")
+    else
+      is_tls "$t" || out+=("$t")
+    fi
   done
   echo "${out[*]:-}"
 }
@@ -174,19 +203,14 @@ TLS_NAME=bench.switchyard.test
 TLS_DIR=$OUT/tls
 TLS_ARGS=(--tls-ca "$TLS_DIR/cert.pem" --tls-sni "$TLS_NAME")
 
-wait_port() {  # port [pid]: until it accepts, at most 10 s
-  local k
-  for ((k = 0; k < 200; k++)); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    if [[ -n ${2:-} ]] && ! kill -0 "$2" 2>/dev/null; then return 1; fi
-    sleep 0.05
-  done
-  return 1
-}
-
-$PIN_LOAD "$BUILD/sy_bench_backend" -p "$BPORT" 2>"$OUT/backend.err" &
-BACKEND_PID=$!
-wait_port "$BPORT" "$BACKEND_PID" || { echo "run.sh: backend did not start" >&2; exit 1; }
+start_backend BACKEND_PID "$BUILD/sy_bench_backend" "$BPORT" "$LOAD_CPU" /dev/null "$OUT/backend.err" ||
+  { echo "run.sh: backend did not start" >&2; exit 1; }
+# The two-worker rows get a backend of their own, free to use both CPUs, so the
+# one-worker rows' backend stays on the load's CPU.
+if [[ " $TARGETS " == *-2w\ * ]]; then
+  start_backend BACKEND2_PID "$BUILD/sy_bench_backend" "$BPORT2" "$CPUS_2W" /dev/null \
+    "$OUT/backend2.err" || { echo "run.sh: backend (2w) did not start" >&2; exit 1; }
+fi
 
 write_configs() {
   local d=$OUT/conf
@@ -211,21 +235,27 @@ routes:
   - match: {path_prefix: /}
     upstream: bench
 EOF
-  cat >"$d/switchyard.yaml" <<EOF
-workers: 1
+  local v nw bp
+  for v in switchyard switchyard-2w; do
+    nw=1 bp=$BPORT
+    is_2w "$v" && nw=2 bp=$BPORT2
+    cat >"$d/$v.yaml" <<EOF
+workers: $nw
 access_log: off
 listeners:
-  - address: 127.0.0.1:${PORT[switchyard]}
+  - address: 127.0.0.1:${PORT[$v]}
 upstreams:
   bench:
-    servers: [{address: 127.0.0.1:$BPORT}]
+    servers: [{address: 127.0.0.1:$bp}]
 routes:
   - match: {path_prefix: /}
     upstream: bench
 EOF
-  local v buf ssl
-  for v in nginx nginx-buf64k nginx-tls; do
-    buf="" ssl=""
+  done
+  local buf ssl
+  for v in nginx nginx-buf64k nginx-tls nginx-2w; do
+    buf="" ssl="" nw=1 bp=$BPORT
+    is_2w "$v" && nw=2 bp=$BPORT2
     [[ $v == nginx-buf64k ]] && buf="proxy_buffer_size 64k; proxy_buffers 8 16k; proxy_busy_buffers_size 64k;"
     # nginx 1.22 leaves TLSv1.3 out of its default ssl_protocols; the others negotiate it.
     [[ $v == nginx-tls ]] && ssl="ssl;
@@ -235,10 +265,10 @@ EOF
     mkdir -p "$d/$v"
     cat >"$d/$v/nginx.conf" <<EOF
 # The documented WebSocket proxy setup (proxy_http_version 1.1, Upgrade and
-# Connection from a map), one worker. For plain requests the map sends no
+# Connection from a map), $nw worker(s). For plain requests the map sends no
 # Connection header so that the upstream keepalive pool is used, as the nginx
 # keepalive docs say; upgrades get "Connection: upgrade".
-worker_processes 1;
+worker_processes $nw;
 worker_rlimit_nofile $want;
 daemon off;
 pid $d/$v/nginx.pid;
@@ -247,7 +277,7 @@ events { worker_connections $((want - 100)); }
 http {
   access_log off;
   map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
-  upstream bench { server 127.0.0.1:$BPORT; keepalive 64; }
+  upstream bench { server 127.0.0.1:$bp; keepalive 64; }
   server {
     listen 127.0.0.1:${PORT[$v]} backlog=4096 $ssl;
     location / {
@@ -263,8 +293,10 @@ http {
 }
 EOF
   done
-  for v in haproxy haproxy-splice haproxy-tls; do
+  for v in haproxy haproxy-splice haproxy-tls haproxy-2w; do
     local splice="" pipes="" bindssl=""
+    nw=1 bp=$BPORT
+    is_2w "$v" && nw=2 bp=$BPORT2
     [[ $v == haproxy-tls ]] && bindssl=" ssl crt $TLS_DIR/haproxy.pem"
     if [[ $v == haproxy-splice ]]; then
       splice=$'  option splice-request\n  option splice-response'
@@ -272,7 +304,7 @@ EOF
     fi
     cat >"$d/$v.cfg" <<EOF
 global
-  nbthread 1
+  nbthread $nw
   maxconn $MAXCONN
 $pipes
 defaults
@@ -287,28 +319,30 @@ frontend fe
   bind 127.0.0.1:${PORT[$v]}$bindssl
   default_backend be
 backend be
-  server s1 127.0.0.1:$BPORT
+  server s1 127.0.0.1:$bp
 EOF
   done
 }
 
 start_target() {  # target
-  local t=$1 d=$OUT/conf p w k
+  local t=$1 d=$OUT/conf p w k pin=$PIN_PROXY nw=1
+  is_2w "$t" && pin=$PIN_2W nw=2
   case $t in
     direct) PID[$t]=""; WPID[$t]=$BACKEND_PID; return 0 ;;
-    switchyard|switchyard-tls)
-      $PIN_PROXY "$SY_BIN" -c "$d/$t.yaml" >>"$OUT/$t.out" 2>>"$OUT/$t.err" &
+    switchyard|switchyard-tls|switchyard-2w)  # workers are threads: one process to measure
+      $pin "$SY_BIN" -c "$d/$t.yaml" >>"$OUT/$t.out" 2>>"$OUT/$t.err" &
       p=$!; PID[$t]=$p; w=$p ;;
-    nginx|nginx-buf64k|nginx-tls)
-      $PIN_PROXY nginx -p "$d/$t/" -c "$d/$t/nginx.conf" -e "$d/$t/error.log" >>"$OUT/$t.out" 2>>"$OUT/$t.err" &
+    nginx|nginx-buf64k|nginx-tls|nginx-2w)  # workers are processes: measure all of them
+      $pin nginx -p "$d/$t/" -c "$d/$t/nginx.conf" -e "$d/$t/error.log" >>"$OUT/$t.out" 2>>"$OUT/$t.err" &
       p=$!; PID[$t]=$p; w=""
       for ((k = 0; k < 100; k++)); do
-        w=$(pgrep -P "$p" nginx | head -1 || true)
-        [[ -n $w ]] && break
+        w=$(pgrep -P "$p" nginx | head -"$nw" | tr '\n' ' ' || true)
+        w=${w% }
+        (($(wc -w <<<"$w") >= nw)) && break
         sleep 0.05
       done ;;
-    haproxy|haproxy-splice|haproxy-tls)
-      $PIN_PROXY haproxy -db -f "$d/$t.cfg" >>"$OUT/$t.out" 2>>"$OUT/$t.err" &
+    haproxy|haproxy-splice|haproxy-tls|haproxy-2w)  # nbthread: threads of one process
+      $pin haproxy -db -f "$d/$t.cfg" >>"$OUT/$t.out" 2>>"$OUT/$t.err" &
       p=$!; PID[$t]=$p; w=$p ;;
   esac
   PID[$t]=$p
@@ -335,11 +369,16 @@ exit_status() {  # how a dead target ended (wait works: it is our child)
   if ((rc > 128)); then echo "killed by signal $((rc - 128))"; else echo "exit status $rc"; fi
 }
 
-alive() { [[ $1 == direct ]] || { [[ -n ${PID[$1]:-} ]] && kill -0 "${PID[$1]}" 2>/dev/null && kill -0 "${WPID[$1]}" 2>/dev/null; }; }
+alive() {
+  [[ $1 == direct ]] && return 0
+  [[ -n ${PID[$1]:-} ]] && kill -0 "${PID[$1]}" 2>/dev/null || return 1
+  local w
+  for w in ${WPID[$1]:-}; do kill -0 "$w" 2>/dev/null || return 1; done
+}
 
 for t in $TARGETS; do
   [[ $t == direct ]] && continue
-  if (exec 3<>"/dev/tcp/127.0.0.1/${PORT[$t]}") 2>/dev/null; then
+  if port_accepts "${PORT[$t]}"; then
     echo "run.sh: port ${PORT[$t]} (for $t) is already in use; set SY_BENCH_PORT to another base" >&2
     exit 1
   fi
@@ -348,10 +387,15 @@ write_configs
 log "checking configs"
 "$SY_BIN" -t -c "$OUT/conf/switchyard.yaml" >&2
 "$SY_BIN" -t -c "$OUT/conf/switchyard-tls.yaml" >&2
+"$SY_BIN" -t -c "$OUT/conf/switchyard-2w.yaml" >&2
 haproxy -c -q -f "$OUT/conf/haproxy-splice.cfg" >&2 || true
 for t in $TARGETS; do start_target "$t" || true; done
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+cpu_ticks() {  # pids... -> their utime+stime ticks, summed
+  local p n=0
+  for p in "$@"; do n=$((n + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
+  echo "$n"
+}
 CLK_TCK=$(getconf CLK_TCK)
 
 # Runs one scenario against one target; appends one JSON line to RESULTS.
@@ -366,23 +410,34 @@ run_one() {
     stop_target "$t"; start_target "$t" || true; pid=${WPID[$t]:-}
   fi
   [[ $t == direct ]] && pid=""
-  # Every figure assumes the backend on the load's CPU; a run that found it elsewhere
-  # (an earlier version moved it with the rtt scenario's proxy) would be cross-core.
-  local bcpus
-  bcpus=$(taskset -p -c "$BACKEND_PID" 2>/dev/null | awk '{print $NF}')
-  if [[ $bcpus != "$LOAD_CPU" ]]; then
-    log "backend found on CPU(s) $bcpus, not $LOAD_CPU"; exit 1
+  # Every figure assumes the backend on the load's CPU (two-worker rows: on both); a
+  # run that found it elsewhere (an earlier version moved it with the rtt scenario's
+  # proxy) would not be what the report says.
+  local bcpus bpid=$BACKEND_PID bwant=$LOAD_CPU
+  is_2w "$t" && bpid=$BACKEND2_PID bwant=$CPUS_2W
+  bcpus=$(taskset -p -c "$bpid" 2>/dev/null | awk '{print $NF}')
+  if [[ $bcpus != "$bwant" ]]; then
+    log "backend found on CPU(s) $bcpus, not $bwant"; exit 1
   fi
+  # The load: one worker's rows on the load's CPU; two workers' rows on both CPUs
+  # and more of it, about what one worker gets per worker.
+  local pin=$PIN_LOAD wthreads=1 wconns=50 hsconns=50 tunnels=8
+  if is_2w "$t"; then
+    pin=$PIN_2W wthreads=$W2_HTTP_THREADS wconns=$W2_HTTP_CONNS
+    hsconns=$W2_HS_CONNS tunnels=$W2_TUNNELS
+  fi
+  local pids=${pid// /,}  # sy_load --pid takes a comma-separated list
   local err=$OUT/run.err
   case $s in
     http)
       local c0 c1 wout
-      c0=$( [[ -n $pid ]] && cpu_ticks "$pid" || echo 0)
-      wout=$(timeout $((${DURATION%.*} + 30)) $PIN_LOAD wrk -t1 -c50 -d"${DURATION}s" --latency \
-               "http://127.0.0.1:$port/" 2>"$err") || rc=$?
-      c1=$( [[ -n $pid ]] && cpu_ticks "$pid" || echo 0)
+      c0=$( [[ -n $pid ]] && cpu_ticks $pid || echo 0)
+      wout=$(timeout $((${DURATION%.*} + 30)) $pin wrk -t"$wthreads" -c"$wconns" -d"${DURATION}s" \
+               --latency "http://127.0.0.1:$port/" 2>"$err") || rc=$?
+      c1=$( [[ -n $pid ]] && cpu_ticks $pid || echo 0)
       printf '%s\n' "$wout" >>"$OUT/wrk.log"
-      line=$(printf '%s\n' "$wout" | awk -v c0="$c0" -v c1="$c1" -v tck="$CLK_TCK" -v haspid="${pid:+1}" '
+      line=$(printf '%s\n' "$wout" | awk -v c0="$c0" -v c1="$c1" -v tck="$CLK_TCK" -v haspid="${pid:+1}" \
+               -v conns="$wconns" -v threads="$wthreads" -v dur="$DURATION" '
         function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000;
                          if (v ~ /s$/) return v * 1e6; return v }
         /Requests\/sec:/ { rps = $2 }
@@ -392,21 +447,21 @@ run_one() {
         /Socket errors/ { serr = $0; gsub(/"/, "", serr) }
         END {
           ok = (rps > 0 && bad == 0) ? "true" : "false"
-          printf "{\"mode\":\"http\",\"conns\":50,\"ok\":%s,\"ops\":%d,\"ops_per_s\":%.1f,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,\"non_2xx\":%d", ok, req, rps, p50, p90, p99, bad
-          if (haspid) { cpu = (c1 - c0) / tck; printf ",\"cpu_s\":%.3f", cpu; if (req > 0) printf ",\"cpu_us_per_op\":%.3f", cpu * 1e6 / req }
+          printf "{\"mode\":\"http\",\"conns\":%d,\"threads\":%d,\"ok\":%s,\"ops\":%d,\"ops_per_s\":%.1f,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,\"non_2xx\":%d", conns, threads, ok, req, rps, p50, p90, p99, bad
+          if (haspid) { cpu = (c1 - c0) / tck; printf ",\"cpu_s\":%.3f,\"cpu_util\":%.3f", cpu, cpu / dur; if (req > 0) printf ",\"cpu_us_per_op\":%.3f", cpu * 1e6 / req }
           if (serr != "") printf ",\"first_error\":\"%s\"", serr
           printf "}"
         }') ;;
     handshake|tls-handshake)
       local -a tls=()
       [[ $s == tls-* ]] && tls=("${TLS_ARGS[@]}")
-      line=$(timeout 60 $PIN_LOAD "$LOAD" --mode handshake --port "$port" --conns 50 "${tls[@]}" \
-               --duration "$DURATION" --warmup "$WARMUP" ${pid:+--pid $pid} 2>"$err") || rc=$? ;;
+      line=$(timeout 60 $pin "$LOAD" --mode handshake --port "$port" --conns "$hsconns" "${tls[@]}" \
+               --duration "$DURATION" --warmup "$WARMUP" ${pids:+--pid $pids} 2>"$err") || rc=$? ;;
     sink|source|echo|tls-sink|tls-source|tls-echo)
       local -a tls=()
       [[ $s == tls-* ]] && tls=("${TLS_ARGS[@]}")
-      line=$(timeout 60 $PIN_LOAD "$LOAD" --mode "${s#tls-}" --port "$port" --conns 8 --size 65536 \
-               "${tls[@]}" --duration "$DURATION" --warmup "$WARMUP" ${pid:+--pid $pid} 2>"$err") || rc=$? ;;
+      line=$(timeout 60 $pin "$LOAD" --mode "${s#tls-}" --port "$port" --conns "$tunnels" --size 65536 \
+               "${tls[@]}" --duration "$DURATION" --warmup "$WARMUP" ${pids:+--pid $pids} 2>"$err") || rc=$? ;;
     rtt)
       # Latency is measured with everything on one core (the issue's method):
       # the proxy joins the load generator and the backend for this run, so
@@ -464,11 +519,16 @@ log "runs done in $(($(date +%s) - T0)) s"
     "$(tr "\t" " " </proc/sys/net/ipv4/tcp_rmem)" "$(tr "\t" " " </proc/sys/net/ipv4/tcp_wmem)" \
     "$(cat /proc/sys/fs/pipe-max-size)" "$(getconf PAGESIZE)" "$(cat /proc/sys/fs/nr_open)"
   printf '"loadavg_end":"%s",' "$(cut -d' ' -f1-3 /proc/loadavg)"
+  printf '"w2_scenarios":"%s","w2_cpus":"%s","w2_http_threads":%s,"w2_http_conns":%s,' \
+    "$SCENARIOS_2W" "$CPUS_2W" "$W2_HTTP_THREADS" "$W2_HTTP_CONNS"
+  printf '"w2_handshake_conns":%s,"w2_tunnels":%s,' "$W2_HS_CONNS" "$W2_TUNNELS"
   printf '"targets":"%s","scenarios":"%s"}\n' "$TARGETS" "$SCENARIOS"
 } >"$OUT/meta.json"
 cp "$OUT/conf/switchyard.yaml" "$OUT/conf/nginx/nginx.conf" "$OUT/conf/haproxy-splice.cfg" "$OUT/" 2>/dev/null || true
 cp "$OUT/conf/switchyard-tls.yaml" "$OUT/conf/haproxy-tls.cfg" "$OUT/" 2>/dev/null || true
 cp "$OUT/conf/nginx-tls/nginx.conf" "$OUT/nginx-tls.conf" 2>/dev/null || true
+cp "$OUT/conf/switchyard-2w.yaml" "$OUT/conf/haproxy-2w.cfg" "$OUT/" 2>/dev/null || true
+cp "$OUT/conf/nginx-2w/nginx.conf" "$OUT/nginx-2w.conf" 2>/dev/null || true
 
 grep -E '^(TCP|sock_inode_cache|filp|dentry|eventpoll_epi) ' /proc/slabinfo >"$OUT/slab.txt" 2>/dev/null || true
 python3 "$HERE/report.py" --results "$RESULTS" --meta "$OUT/meta.json" --slab "$OUT/slab.txt" \

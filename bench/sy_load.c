@@ -28,10 +28,12 @@
  * for an epoll event that will not come.
  *
  * Measurement: --warmup seconds are run first and not counted; then --duration
- * seconds. With --pid, utime+stime of that process (/proc/PID/stat) is read at
- * both ends of the measured window. One JSON line goes to stdout. Exit 0 when a
- * result was produced, 1 when not (no progress, all connections failed, bad
- * bytes), 2 on usage errors.
+ * seconds. With --pid, utime+stime of that process (/proc/PID/stat, all its
+ * threads) is read at both ends of the measured window; --pid A,B,... sums the
+ * processes listed (a proxy running several worker processes), and the idle
+ * mode's memory figures read the first one. One JSON line goes to stdout.
+ * Exit 0 when a result was produced, 1 when not (no progress, all connections
+ * failed, bad bytes), 2 on usage errors.
  *
  * Build: gcc -O2 -Wall -Wextra -Werror -o sy_load sy_load.c -lssl -lcrypto
  */
@@ -92,7 +94,8 @@ static int port = 0;
 static int nconns = 0;
 static double duration = 5, warmup = 1, hold = 1;
 static size_t wsize = CHUNK;
-static int pid = 0;
+static int pid = 0; /* the first of pids[] */
+static int pids[16], npids;
 static int spread = 0;        /* source addresses 127.0.0.2 .. 127.0.0.(1+spread); 0: none */
 static int max_pending = 256; /* handshakes in flight at most (idle) */
 static int use_tls = 0;
@@ -160,6 +163,19 @@ static double cpu_seconds(int p) {
   if (sscanf(s + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
     return -1;
   return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* CPU seconds of every --pid together; -1 when one cannot be read (a sum
+ * missing a worker would look like a cheaper proxy). */
+static double cpu_seconds_all(void) {
+  if (!npids) return -1;
+  double sum = 0;
+  for (int i = 0; i < npids; i++) {
+    double v = cpu_seconds(pids[i]);
+    if (v < 0) return -1;
+    sum += v;
+  }
+  return sum;
 }
 
 static long status_kb(int p, const char *key) {
@@ -713,7 +729,7 @@ static void usage(void) {
   fprintf(stderr,
           "usage: sy_load --mode handshake|sink|source|echo|rtt|idle --port PORT [--host IP]\n"
           "               [--conns N] [--duration S] [--warmup S] [--hold S] [--size BYTES]\n"
-          "               [--pid PID] [--spread K] [--max-pending N]\n"
+          "               [--pid PID[,PID...]] [--spread K] [--max-pending N]\n"
           "               [--tls [--tls-ca FILE] [--tls-sni NAME]]\n");
   exit(2);
 }
@@ -803,9 +819,18 @@ int main(int argc, char **argv) {
       wsize = (size_t)atol(optarg);
       size_set = 1;
       break;
-    case 'P':
-      pid = atoi(optarg);
+    case 'P': {
+      char *e = optarg;
+      npids = 0;
+      while (*e) {
+        long v = strtol(e, &e, 10);
+        if (v <= 0 || npids == (int)(sizeof pids / sizeof pids[0]) || (*e && *e != ',')) usage();
+        pids[npids++] = (int)v;
+        if (*e == ',') e++;
+      }
+      pid = npids ? pids[0] : 0;
       break;
+    }
     case 'S':
       spread = atoi(optarg);
       break;
@@ -932,11 +957,11 @@ int main(int argc, char **argv) {
       uint64_t ops0 = c_ops;
       for (int i = 0; i < nconns; i++)
         tun0[i] = conns[i] ? (mode == MODE_SINK ? conns[i]->sent : conns[i]->rcvd) : 0;
-      cpu0 = cpu_seconds(pid);
+      cpu0 = cpu_seconds_all();
       uint64_t tm = now_ns();
       loop_until(tm + (uint64_t)(duration * 1e9), NULL);
       window = (double)(now_ns() - tm) / 1e9;
-      cpu1 = cpu_seconds(pid);
+      cpu1 = cpu_seconds_all();
       measuring = 0;
       c_ops -= ops0;
       if (mode != MODE_HANDSHAKE && mode != MODE_RTT) {

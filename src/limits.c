@@ -69,7 +69,7 @@ void sy_limits_client_release(const char *ip) {
 
 /* The descriptor budget: every descriptor the proxy opens for traffic is
  * taken from it first (two per client connection, for its socket and its
- * upstream's; two for a hand-off's duplicates until the originals close; one
+ * upstream's, kept by the tunnel a switch hands them to; one
  * per pooled idle upstream connection; two per pipe, in use or pooled). What
  * the budget leaves of RLIMIT_NOFILE is the reserve for everything else
  * (listeners, the admin listener, log files, health checks, DNS, each loop's

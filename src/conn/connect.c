@@ -74,7 +74,7 @@ static void take_link(sy_conn *c, sy_link *l) {
 static int send_proxy_header(sy_conn *c, const sy_upstream_cfg *up) {
   sy_buf b = {0};
   const struct sockaddr *src = (const struct sockaddr *)&c->peer;
-  const struct sockaddr *dst = (const struct sockaddr *)&c->local;
+  const struct sockaddr *dst = (const struct sockaddr *)conn_local(c);
   int rc = up->send_proxy == SY_PP_V2 ? sy_pp_build_v2(&b, src, dst) : sy_pp_build_v1(&b, src, dst);
   if (rc == 0) rc = conn_raw_write(c, (uv_stream_t *)&c->link->tcp, &b);
   sy_buf_free(&b);

@@ -3,12 +3,12 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "internal.h"
 #include "switchyard/limits.h"
 #include "switchyard/log.h"
 #include "switchyard/upstream.h"
+#include "switchyard/uvfd.h"
 
 void sy_conn_tunnel_progress(sy_tunnel *t, const sy_tunnel_bytes *d, void *arg) {
   report_tunnel_bytes(sy_tunnel_extra(t), d);
@@ -37,43 +37,15 @@ static const char *note_str(char **at, const char *s) {
   return r;
 }
 
-/* What the hand-off needs is taken before the 101 goes to the client, so no
- * client is told "switching" by a proxy that then cannot serve it: both
- * sockets duplicated now (the tunnel owns the duplicates, the connection
- * closes the originals), their descriptors from the budget. -1: no room. */
-int handoff_reserve(sy_conn *c) {
-  uv_os_fd_t cfd = -1, ufd = -1;
-  uv_fileno((uv_handle_t *)&c->client, &cfd);
-  if (c->link) uv_fileno((uv_handle_t *)&c->link->tcp, &ufd);
-  if (cfd < 0 || ufd < 0 || sy_limits_fds_take(2) < 0) return -1;
-  int dc = dup(cfd), du = dc >= 0 ? dup(ufd) : -1;
-  if (dc < 0 || du < 0) {
-    if (dc >= 0) close(dc);
-    sy_limits_fds_give(2);
-    return -1;
-  }
-  c->handoff_fd[SIDE_CLIENT] = dc;
-  c->handoff_fd[SIDE_UPSTREAM] = du;
-  return 0;
-}
-
-/* The exchange ended otherwise: the duplicates go back. */
-void handoff_release(sy_conn *c) {
-  if (c->handoff_fd[SIDE_CLIENT] < 0) return;
-  close(c->handoff_fd[SIDE_CLIENT]);
-  close(c->handoff_fd[SIDE_UPSTREAM]);
-  c->handoff_fd[SIDE_CLIENT] = c->handoff_fd[SIDE_UPSTREAM] = -1;
-  sy_limits_fds_give(2);
-}
-
 void handoff_start(sy_conn *c) {
-  if (c->handoff_fd[SIDE_CLIENT] < 0 && handoff_reserve(c) < 0) {
-    /* Taken when the 101 was decided; only a bug gets here. */
-    sy_log_error("BUG: tunnel hand-off without its descriptors");
+  int dc = sy_uvfd_take(&c->client);
+  int du = c->link ? sy_uvfd_take(&c->link->tcp) : -1;
+  if (dc < 0 || du < 0) {
+    /* Both sides are idle when a 101 is handed over; only a bug gets here. */
+    sy_log_error("BUG: tunnel hand-off of a socket still in use");
     conn_close(c);
     return;
   }
-  int dc = c->handoff_fd[SIDE_CLIENT], du = c->handoff_fd[SIDE_UPSTREAM];
   c->x.status = 101;
   report_request(c);
   /* Bytes read past either head go first, in order. */
@@ -83,8 +55,7 @@ void handoff_start(sy_conn *c) {
       .idle_timeout_ms = conn_route_timeout(rt->timeouts.tunnel_idle, c->cfg->timeouts.tunnel_idle),
       .fin_timeout_ms = conn_route_timeout(rt->timeouts.tunnel_fin, c->cfg->timeouts.tunnel_fin),
       .force_copy = 0,
-      /* libuv's sockets are non-blocking, and conn_close below closes the
-       * originals before this returns to the loop: the duplicates are alone. */
+      /* libuv's sockets are non-blocking, and no one else holds them. */
       .exclusive = 1,
   };
   size_t extra = sizeof(conn_note) + strlen(c->x.proto) + strlen(c->client_ip) + 2 +
@@ -95,11 +66,11 @@ void handoff_start(sy_conn *c) {
                                  q->buf ? q->len - q->pos : 0, r->buf ? r->buf + r->pos : NULL,
                                  r->buf ? r->len - r->pos : 0, &o, extra, NULL);
   if (!t) {
+    /* The handles still own their sockets: conn_close closes them. */
     sy_log_every_second(SY_LOG_ERROR, "tunnel: cannot hand over: %s", strerror(errno));
-    handoff_release(c);
   } else {
-    c->handoff_fd[SIDE_CLIENT] = c->handoff_fd[SIDE_UPSTREAM] = -1; /* the tunnel's now */
-    sy_limits_fds_give(2); /* the originals close with the connection, below */
+    sy_uvfd_forget(&c->client); /* the tunnel's now, not a dup (uvfd.h) */
+    sy_uvfd_forget(&c->link->tcp);
     conn_note *n = sy_tunnel_extra(t);
     char *at = (char *)(n + 1);
     *n = report_note_of(c);
@@ -117,7 +88,7 @@ void handoff_start(sy_conn *c) {
     c->handed_off = 1;
     c->server_counted = 0;
   }
-  /* The tunnel owns the duplicates; the connection, its libuv handles and
-   * its buffers go now. */
+  /* The tunnel owns the sockets; the connection, its libuv handles and its
+   * buffers go now. */
   conn_close(c);
 }

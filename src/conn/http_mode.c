@@ -92,13 +92,6 @@ static void bad_request(sy_conn *c, sy_flow_step r, llhttp_errno_t e) {
 
 static void bad_response(sy_conn *c, sy_flow_step r, llhttp_errno_t e) {
   const char *peer = conn_peer(c, SIDE_UPSTREAM);
-  if (c->x.handoff_short) {
-    sy_log_every_second(SY_LOG_WARN, "descriptor budget (%llu) in use: switch refused with 503",
-                        (unsigned long long)sy_limits_fds_budget());
-    c->x.term = SY_TERM_LIMIT;
-    local_response(c, 503, 1);
-    return;
-  }
   if (r == SY_STEP_BAD_BYTES)
     sy_log_every_second(SY_LOG_ERROR,
                         "upstream %s: invalid response head (bare CR/LF, obs-fold or NUL)", peer);

@@ -96,7 +96,6 @@ typedef struct conn_xchg {
   unsigned resp_flushed : 1;       /* some of the final response went out */
   unsigned resp_from_upstream : 1; /* ... and it is the upstream's */
   unsigned bad_101 : 1;            /* a 101 that failed the checks: 502 */
-  unsigned handoff_short : 1;      /* a 101 the descriptor budget cannot hand off: 503 */
   unsigned switching : 1;          /* an accepted 101: tunnel or relay next */
   char proto[32];                  /* the protocol the 101 switched to */
 
@@ -133,13 +132,13 @@ struct sy_conn {
   sy_link *link;       /* the upstream connection, NULL when none */
   sy_flow fl[2];       /* fl[s] reads side s, writes side 1 - s */
   sy_tls_conn *tls[2]; /* per side; NULL = cleartext */
-  int handoff_fd[2];   /* duplicates taken before a 101 is relayed; -1 none */
   conn_xchg x;
 
   uint64_t deadline, timer_due; /* loop times: the timeout due, the timer set */
   char client_ip[64];
   int client_port;
-  struct sockaddr_storage peer, local; /* the client's addresses (a PROXY header's, if any) */
+  struct sockaddr_storage peer, local; /* the client's addresses (a PROXY header's, if any);
+                                        local read on demand: conn_local */
   unsigned in_pump : 2;                /* bit per side: tls_pump running (no re-entry) */
   unsigned tls_upgrade_pending : 1;    /* RFC 2817: 101 sent, handshake running */
   unsigned server_counted : 1;         /* counted in the server's active connections */
@@ -184,6 +183,7 @@ void conn_xchg_reset(sy_conn *c);
 void conn_start(sy_conn *c);
 void conn_set_client(sy_conn *c, const struct sockaddr_storage *peer,
                      const struct sockaddr_storage *local);
+const struct sockaddr_storage *conn_local(sy_conn *c);
 
 /* proxy_in.c: the PROXY protocol header of listeners[].proxy_protocol */
 void conn_pp_failed(sy_conn *c, const char *reason);
@@ -234,8 +234,6 @@ void relay_start(sy_conn *c);
 void relay_end(sy_conn *c, const char *reason);
 void relay_report(sy_conn *c, const char *reason);
 void handoff_start(sy_conn *c);
-int handoff_reserve(sy_conn *c);
-void handoff_release(sy_conn *c);
 
 /* report.c: metrics and access-log records */
 typedef struct conn_note conn_note;

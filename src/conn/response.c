@@ -36,10 +36,6 @@ int response_on_head(sy_flow *f) {
     size_t n = chosen.len < sizeof(x->proto) - 1 ? chosen.len : sizeof(x->proto) - 1;
     memcpy(x->proto, chosen.p, n);
     x->proto[n] = 0;
-    if (!c->tls[SIDE_CLIENT] && !c->tls[SIDE_UPSTREAM] && handoff_reserve(c) < 0) {
-      x->handoff_short = 1; /* answered 503: never a 101 the proxy cannot serve */
-      return HPE_USER;
-    }
     o.upgrade = 1;
     x->switching = 1;
   } else if (status >= 100 && status < 200) {

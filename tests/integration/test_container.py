@@ -49,7 +49,7 @@ import yaml
 from support.backend import Backend
 from support.buildah import STORAGE, buildah, descendants, tool, why_buildah_cannot_run
 from support.dns import Dnsmasq, dnsmasq_bin
-from support.haproxy import haproxy  # noqa: F401 (fixture)
+from support.haproxy import haproxy, connect_from  # noqa: F401 (haproxy: fixture)
 from support.http import Reader, read_response, deadline_in, response_bytes
 from support.interop import (Children, SOURCE_DIR, free_port, port_accepts,  # noqa: F401
                              wait_until)
@@ -399,18 +399,10 @@ def pod_backends(port):
     raise AssertionError("no port free on all of %s" % PODS)
 
 
-def client_connection(port, timeout=10):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.bind((CLIENT, 0))
-    s.connect(("127.0.0.1", port))
-    return s
-
-
 def http_get(port, path, headers=(), source=None):
     """(status, body) of GET path on a new connection (from CLIENT when source)."""
     if source:
-        s = client_connection(port)
+        s = connect_from(CLIENT, port)
     else:
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
     with s:
@@ -561,7 +553,7 @@ def test_kubernetes_configmap_in_the_image(image, pod_container, children, clust
 
     # WebSocket through the "ws" route: handshake checked (check_accept), an echo, close.
     key = base64.b64encode(os.urandom(16)).decode()
-    with client_connection(client_port) as s:
+    with connect_from(CLIENT, client_port) as s:
         s.sendall(upgrade_request("/ws/echo", host="switchyard.test", key=key))
         rd = Reader(s)
         resp = read_response(rd, deadline_in(10))

@@ -1,11 +1,16 @@
 """The docs say what the code does: every YAML example in README.md and docs/
 loads with `switchyard -t` (a block preceded by the line `<!-- fragment -->`
-is a piece of a file and is skipped, and there are few of those),
-config/examples.yaml names every key the loader knows, and every metric name
-the code can emit is in docs/OPERATIONS.md."""
+is a piece of a file and is skipped, and there are few of those; a block with
+top-level `apiVersion:` and `kind:` is a Kubernetes manifest: it must parse,
+and the Switchyard files its ConfigMaps carry must load),
+config/examples.yaml names every key the loader knows, every metric name
+the code can emit is in docs/OPERATIONS.md, and no doc names a metric the code
+does not have."""
 import re
 import shutil
 import subprocess
+
+import yaml
 
 from conftest import SOURCE_DIR, switchyard_bin
 
@@ -40,28 +45,59 @@ def yaml_blocks(path):
     return out
 
 
+def is_manifest(text):
+    """A Kubernetes manifest rather than a Switchyard file (which has neither key)."""
+    return bool(re.search(r"^apiVersion:", text, re.M) and re.search(r"^kind:", text, re.M))
+
+
+def manifest_configs(where, text):
+    """(label, Switchyard file) for each `*.yaml` entry of the ConfigMaps in a
+    manifest block; AssertionError when the block is not a valid manifest."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        raise AssertionError("%s: not valid YAML: %s" % (where, e)) from None
+    out = []
+    for i, d in enumerate(docs):
+        assert isinstance(d, dict) and d.get("apiVersion") and d.get("kind"), \
+            "%s: document %d is not a Kubernetes object" % (where, i)
+        assert (d.get("metadata") or {}).get("name"), "%s: document %d has no name" % (where, i)
+        if d["kind"] == "ConfigMap":
+            for key, value in (d.get("data") or {}).items():
+                if key.endswith(".yaml"):
+                    out.append(("%s (ConfigMap %s, %s)" % (where, d["metadata"]["name"], key),
+                                value))
+    return out
+
+
 def test_yaml_examples_load(tmp_path):
     tls = tmp_path / "tls"
     tls.mkdir()
     for name, src in TLS_FILES.items():
         shutil.copy(SOURCE_DIR / "config" / "tls" / src, tls / name)
-    checked, fragments, failures = 0, [], []
+    checked, manifests, fragments, failures = 0, 0, [], []
     for doc in doc_files():
         for line, text, fragment in yaml_blocks(doc):
             where = "%s:%d" % (doc.relative_to(SOURCE_DIR), line)
             if fragment:
                 fragments.append(where)
                 continue
-            f = tmp_path / ("%s-%d.yaml" % (doc.stem, line))
-            f.write_text(text)
-            p = subprocess.run([switchyard_bin(), "-t", "-c", str(f)], stdin=subprocess.DEVNULL,
-                               capture_output=True, timeout=30)
-            checked += 1
-            if p.returncode != 0 or b"configuration ok" not in p.stderr:
-                failures.append("%s: rc=%d %s" % (where, p.returncode,
-                                                  p.stderr.decode("utf-8", "replace").strip()))
+            files = [(where, text)]
+            if is_manifest(text):
+                manifests += 1
+                files = manifest_configs(where, text)
+            for n, (label, body) in enumerate(files):
+                f = tmp_path / ("%s-%d-%d.yaml" % (doc.stem, line, n))
+                f.write_text(body)
+                p = subprocess.run([switchyard_bin(), "-t", "-c", str(f)],
+                                   stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+                checked += 1
+                if p.returncode != 0 or b"configuration ok" not in p.stderr:
+                    failures.append("%s: rc=%d %s" % (label, p.returncode,
+                                                      p.stderr.decode("utf-8", "replace").strip()))
     assert not failures, "YAML examples that do not load:\n" + "\n".join(failures)
     assert checked >= 14, "only %d whole examples found: is the block syntax still ```yaml?" % checked
+    assert manifests >= 5, "only %d Kubernetes manifests (docs/KUBERNETES.md has more)" % manifests
     assert len(fragments) <= MAX_FRAGMENTS, "too many fragments: %s" % fragments
 
 
@@ -84,12 +120,18 @@ def test_examples_yaml_names_every_key():
     assert not missing, "config/examples.yaml does not show: %s" % ", ".join(missing)
 
 
-def test_every_metric_documented():
+def emitted_metrics():
+    """Every switchyard_* name in a string literal of src/."""
     names = set()
     for f in (SOURCE_DIR / "src").rglob("*.c"):
         for literal in re.findall(r'"(?:[^"\\\n]|\\.)*"', f.read_text()):
             names |= set(re.findall(r"\bswitchyard_[a-z_]+", literal))
     assert len(names) > 15, names
+    return names
+
+
+def test_every_metric_documented():
+    names = emitted_metrics()
     ops = (SOURCE_DIR / "docs" / "OPERATIONS.md").read_text()
     documented = set(re.findall(r"^\| `(switchyard_[a-z_]+)` \|", ops, re.M))
     # a histogram's series (_bucket, _sum, _count) are documented under the family
@@ -99,3 +141,13 @@ def test_every_metric_documented():
     assert not missing, "metrics missing from the table in docs/OPERATIONS.md: %s" % missing
     unknown = sorted(documented - names)
     assert not unknown, "docs/OPERATIONS.md lists metrics the code never emits: %s" % unknown
+
+
+def test_docs_name_only_metrics_that_exist():
+    names = emitted_metrics()
+    unknown = []
+    for doc in doc_files():
+        for name in sorted(set(re.findall(r"\bswitchyard_[a-z_]+", doc.read_text()))):
+            if name not in names and re.sub(r"_(bucket|sum|count)$", "", name) not in names:
+                unknown.append("%s: %s" % (doc.relative_to(SOURCE_DIR), name))
+    assert not unknown, "metrics the code never emits:\n" + "\n".join(unknown)

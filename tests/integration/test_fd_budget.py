@@ -1,6 +1,7 @@
 """The descriptor budget, with RLIMIT_NOFILE 256: tunnels whose readers stall
-hold pipes, but the proxy never runs out of descriptors. A switch it could not
-hand off is refused before any 101 (no 101-then-drop); connections over the
+hold pipes, but the proxy never runs out of descriptors. A switch never fails
+after its 101 (the hand-off takes the connection's own sockets, no new
+descriptor; a 503 before any 101 is fine, a 101-then-drop is not); connections over the
 budget wait in the kernel's backlog (no reset from the accept path); the log
 stays small; and everything is served once the tunnels end."""
 import socket

@@ -6,7 +6,7 @@ send_proxy towards an HAProxy that has accept-proxy."""
 import socket
 
 from support.backend import free_port
-from support.haproxy import haproxy  # noqa: F401 (fixture)
+from support.haproxy import haproxy, connect_from  # noqa: F401
 from support.http import Reader, read_response, deadline_in, response_bytes, get
 from support.ops import AdminPort
 from support.tunnel import upgrader, upgrade_request, switching, End, WS_KEY  # noqa: F401
@@ -27,16 +27,6 @@ def has_ipv6_loopback():
 
 
 # ------------------------------------------------------------------ clients
-
-def connect_from(src, port, dst=None, timeout=10.0):
-    """A TCP connection bound to source address src (127.0.0.x or ::1)."""
-    fam = socket.AF_INET6 if ":" in src else socket.AF_INET
-    s = socket.socket(fam, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.bind((src, 0))
-    s.connect((dst or ("::1" if fam == socket.AF_INET6 else "127.0.0.1"), port))
-    return s
-
 
 def request_from(src, port, data, dst=None, timeout=10.0):
     s = connect_from(src, port, dst, timeout)

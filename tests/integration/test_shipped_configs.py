@@ -8,7 +8,10 @@ The Kubernetes example is also checked for what a cluster would trip over: the
 probes hit admin paths that answer 200 when the ConfigMap's file actually runs
 (addresses moved to loopback), ports line up between the file, the containers
 and the Services, the upstream is a headless Service, the CPU limit is what
-`workers` follows, and the grace period covers preStop plus the drain."""
+`workers` follows, and the grace period covers preStop plus the drain. Its
+walk-through, docs/KUBERNETES.md, shows the file's manifests as they are (its
+one variant, the NLB Service, keeps the selector and ports), and the PROXY
+protocol line it tells you to uncomment loads."""
 import math
 import re
 import subprocess
@@ -21,6 +24,7 @@ from support.http import get, response_bytes
 from support.ops import AdminPort
 
 K8S = SOURCE_DIR / "deploy" / "kubernetes.yaml"
+K8S_PAGE = SOURCE_DIR / "docs" / "KUBERNETES.md"
 DOCKER_CONFIG = SOURCE_DIR / "docker" / "switchyard.yaml"
 DOCKERFILE = SOURCE_DIR / "docker" / "Dockerfile"
 
@@ -175,23 +179,58 @@ def test_kubernetes_example_fits_together():
     assert drain.endswith("s") and drain[:-1].isdigit(), drain
     assert pod["terminationGracePeriodSeconds"] > sleep + int(drain[:-1])
 
-    # The PROXY-protocol variant for an NLB is shown commented out: the shipped
-    # ClusterIP Service (and kubectl port-forward) sends no PROXY header.
-    assert "aws-load-balancer-proxy-protocol" in K8S.read_text()
+    # The PROXY-protocol variant for an NLB is shown commented out: as shipped the
+    # Service is a ClusterIP one, whose clients send no PROXY header.
+    text = K8S.read_text()
+    assert "aws-load-balancer-proxy-protocol" in text
     assert not re.search(r"^\s*proxy_protocol:", embedded_config(), re.M)
+    assert svc["spec"].get("type", "ClusterIP") == "ClusterIP", svc["spec"]
 
 
-def test_kubernetes_nlb_variant_loads(tmp_path):
-    """The ConfigMap with its commented proxy_protocol line turned on, as the
-    manifest says to behind an NLB, passes -t (test_container.py runs it
-    behind HAProxy's send-proxy-v2)."""
+def test_kubernetes_configmap_with_proxy_protocol(tmp_path):
+    """The line the manifest and docs/KUBERNETES.md say to uncomment for the
+    NLB loads and turns the PROXY protocol on for the public listener
+    (test_container.py runs it behind HAProxy's send-proxy-v2)."""
     text, n = re.subn(r"^(\s*)#\s*(proxy_protocol:\s*v2)\s*$", r"\1\2", embedded_config(),
                       flags=re.M)
-    assert n == 1, "no commented `proxy_protocol: v2` line in the ConfigMap"
+    assert n == 1, "no commented-out proxy_protocol line in the ConfigMap"
     assert yaml.safe_load(text)["listeners"][0]["proxy_protocol"] == "v2"
-    f = tmp_path / "nlb.yaml"
+    f = tmp_path / "pp.yaml"
     f.write_text(text)
-    assert_checks(f, "the ConfigMap with proxy_protocol: v2")
+    assert_checks(f, "the ConfigMap with proxy_protocol uncommented")
+
+
+def page_manifests():
+    """(line, document) of each Kubernetes object in docs/KUBERNETES.md's yaml blocks."""
+    text = K8S_PAGE.read_text()
+    out = []
+    for m in re.finditer(r"```yaml\n(.*?)```", text, re.S):
+        if re.search(r"^apiVersion:", m.group(1), re.M):
+            line = text.count("\n", 0, m.start()) + 2
+            out += [(line, d) for d in yaml.safe_load_all(m.group(1)) if d]
+    return out
+
+
+def test_kubernetes_page_shows_the_shipped_manifests():
+    shipped = {(d["kind"], d["metadata"]["name"]): d for d in manifests()}
+    shown = set()
+    variants = 0
+    for line, d in page_manifests():
+        key = (d["kind"], d["metadata"]["name"])
+        assert key in shipped, "KUBERNETES.md:%d: %s %s is not in %s" % (line, *key, K8S)
+        want = shipped[key]
+        if d["kind"] == "Service" and d["spec"].get("type") == "LoadBalancer":
+            # The NLB variant: the file's Service with a type and annotations.
+            variants += 1
+            ann = d["metadata"].get("annotations", {})
+            assert ann.get("service.beta.kubernetes.io/aws-load-balancer-proxy-protocol") == "*"
+            d = {**d, "metadata": {k: v for k, v in d["metadata"].items() if k != "annotations"},
+                 "spec": {k: v for k, v in d["spec"].items() if k != "type"}}
+        else:
+            shown.add(key)
+        assert d == want, "KUBERNETES.md:%d: %s %s differs from %s" % (line, *key, K8S)
+    assert variants == 1, variants
+    assert shown == set(shipped), "not shown in KUBERNETES.md: %s" % sorted(set(shipped) - shown)
 
 
 def test_kubernetes_probes_answer_on_the_configmaps_file(proxy, backend):

@@ -1,11 +1,18 @@
-"""HAProxy as a real peer: `haproxy -db -f cfg` in the foreground.
+"""HAProxy as a real peer (Debian's haproxy): in front of switchyard with
+send-proxy(-v2), as an AWS NLB with the PROXY protocol would be, or behind it
+with accept-proxy.
 
-    def test_x(haproxy):                 # the fixture (import it into the test module)
-        h = haproxy("frontend f\n  mode tcp\n  bind 127.0.0.1:%d\n ...", [("127.0.0.1", port)])
+    def test_x(haproxy):               # from support.haproxy import haproxy
+        h = haproxy(sections_text, [(host, port), ...])
 
-The fixture adds global and defaults sections (timeouts of 5-30 s), waits until
-every given (host, port) accepts, and stops each HAProxy at teardown; skipped
-when haproxy is not installed."""
+`haproxy(sections, ports)` writes a config (DEFAULTS: a `global` and a
+`defaults` section with timeouts of 5-30 s, then `sections`), runs
+`haproxy -db -f cfg` in the foreground and returns once every (host, port) of
+its frontends accepts; the fixture stops them all at teardown. Skips the test
+when haproxy is not installed.
+
+connect_from(src, port) is a TCP connection bound to a loopback source
+address, so a test can tell the client's address from HAProxy's."""
 import shutil
 import socket
 import subprocess
@@ -74,3 +81,13 @@ def haproxy(tmp_path):
     yield factory
     for h in made:
         h.stop()
+
+
+def connect_from(src, port, dst=None, timeout=10.0):
+    """A TCP connection bound to source address src (127.0.0.x or ::1)."""
+    fam = socket.AF_INET6 if ":" in src else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.bind((src, 0))
+    s.connect((dst or ("::1" if fam == socket.AF_INET6 else "127.0.0.1"), port))
+    return s
