@@ -188,9 +188,10 @@ def test_kubernetes_example_fits_together():
 
 
 def test_kubernetes_configmap_with_proxy_protocol(tmp_path):
-    """The line docs/KUBERNETES.md says to uncomment for the NLB loads and
-    turns the PROXY protocol on for the public listener."""
-    text, n = re.subn(r"^(\s*)#\s*(proxy_protocol: v2)\s*$", r"\1\2", embedded_config(),
+    """The line the manifest and docs/KUBERNETES.md say to uncomment for the
+    NLB loads and turns the PROXY protocol on for the public listener
+    (test_container.py runs it behind HAProxy's send-proxy-v2)."""
+    text, n = re.subn(r"^(\s*)#\s*(proxy_protocol:\s*v2)\s*$", r"\1\2", embedded_config(),
                       flags=re.M)
     assert n == 1, "no commented-out proxy_protocol line in the ConfigMap"
     assert yaml.safe_load(text)["listeners"][0]["proxy_protocol"] == "v2"

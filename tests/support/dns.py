@@ -8,7 +8,9 @@ port, answering only from a hosts file the test rewrites.
 
 Names under dns.test are local (--local): a name missing from the file is
 NXDOMAIN, not a forward to some upstream. Records have a TTL of 1 s
-(--local-ttl).
+(--local-ttl). Dnsmasq(tmp_path, domains=["cluster.local"]) makes other
+domains local instead (a cluster's names, with a pod's search path asking
+for several that do not exist).
 """
 import os
 import signal
@@ -81,7 +83,8 @@ def query(port, name, qtype=1, timeout=2.0):
 
 
 class Dnsmasq:
-    def __init__(self, workdir, hosts=None):
+    def __init__(self, workdir, hosts=None, domains=(DOMAIN,)):
+        self.domains = list(domains)
         self.bin = dnsmasq_bin()
         self.hosts_path = os.path.join(str(workdir), "dns-hosts")
         self.log_path = os.path.join(str(workdir), "dnsmasq.log")
@@ -99,13 +102,13 @@ class Dnsmasq:
                 [self.bin, "--no-daemon", "--conf-file=/dev/null", "--user=root",
                  "--port=%d" % self.port, "--listen-address=127.0.0.1", "--bind-interfaces",
                  "--no-resolv", "--no-hosts", "--addn-hosts=%s" % self.hosts_path,
-                 "--local=/%s/" % DOMAIN, "--local-ttl=1", "--pid-file=",
-                 "--log-facility=-"],
+                 "--local-ttl=1", "--pid-file=", "--log-facility=-"] +
+                ["--local=/%s/" % d for d in self.domains],
                 stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)
             end = time.monotonic() + 5
             while time.monotonic() < end and self.proc.poll() is None:
                 try:
-                    query(self.port, "ready." + DOMAIN, timeout=0.2)
+                    query(self.port, "ready." + self.domains[0], timeout=0.2)
                     return
                 except OSError:
                     time.sleep(0.02)  # poll interval of a bounded condition wait

@@ -1,12 +1,15 @@
-"""HAProxy as a real peer for the PROXY protocol tests (Debian's haproxy).
+"""HAProxy as a real peer (Debian's haproxy): in front of switchyard with
+send-proxy(-v2), as an AWS NLB with the PROXY protocol would be, or behind it
+with accept-proxy.
 
     def test_x(haproxy):               # from support.haproxy import haproxy
         h = haproxy(sections_text, [(host, port), ...])
 
-`haproxy(sections, ports)` writes a config (a `global` and `defaults` head,
-then `sections`), runs `haproxy -db -f cfg` in the foreground and returns once
-every (host, port) of its frontends accepts; the fixture stops them all.
-Skips the test when haproxy is not installed.
+`haproxy(sections, ports)` writes a config (DEFAULTS: a `global` and a
+`defaults` section with timeouts of 5-30 s, then `sections`), runs
+`haproxy -db -f cfg` in the foreground and returns once every (host, port) of
+its frontends accepts; the fixture stops them all at teardown. Skips the test
+when haproxy is not installed.
 
 connect_from(src, port) is a TCP connection bound to a loopback source
 address, so a test can tell the client's address from HAProxy's."""
@@ -16,6 +19,10 @@ import subprocess
 import time
 
 import pytest
+
+DEFAULTS = ("global\n  maxconn 200\n"
+            "defaults\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
+            "  timeout tunnel 30s\n")
 
 
 class HAProxy:
@@ -67,10 +74,7 @@ def haproxy(tmp_path):
     made = []
 
     def factory(sections, ports):
-        head = ("global\n  maxconn 200\n"
-                "defaults\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
-                "  timeout tunnel 30s\n")
-        h = HAProxy(head + sections, ports, tmp_path, "haproxy%d" % len(made))
+        h = HAProxy(DEFAULTS + sections, ports, tmp_path, "haproxy%d" % len(made))
         made.append(h)
         return h
 
