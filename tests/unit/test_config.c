@@ -50,6 +50,8 @@ static const err_case errors[] = {
     {L "workers: abc\n", "t.yaml:3:10: ", "workers: expected \"auto\" or a positive integer"},
     {L "workers: 0\n", "t.yaml:3:10: ", "workers:"},
     {L "workers: -1\n", "t.yaml:3:10: ", "workers:"},
+    {L "worker_cpu_affinity: yes\n", "t.yaml:3:22: ",
+     "worker_cpu_affinity: expected \"auto\" or \"off\""},
     {L "workers: 1.5\n", "t.yaml:3:10: ", "workers:"},
     {L "workers: [1]\n", "t.yaml:3:10: ", "workers: expected a scalar value, got a list"},
     /* listeners */
@@ -577,11 +579,15 @@ START_TEST(test_misc_values) {
                 "[{address: 127.0.0.1:2}]}\n  c: {balance: round_robin, servers: "
                 "[{address: 127.0.0.1:3}]}\n");
   ck_assert_uint_eq(cfg->workers, 0);
+  ck_assert_int_eq(cfg->worker_cpu_affinity, 0); /* off unless asked */
   ck_assert_str_eq(cfg->access_log, "off");
   ck_assert_uint_eq(cfg->limits.max_header_bytes, 1000);
   ck_assert_str_eq(cfg->upstreams[0].hash_key, "client");
   ck_assert_str_eq(cfg->upstreams[1].hash_key, "cookie:sid");
   ck_assert_int_eq(cfg->upstreams[2].balance, SY_BALANCE_ROUND_ROBIN);
+  sy_config_unref(cfg);
+  cfg = load_ok(L "worker_cpu_affinity: auto\n");
+  ck_assert_int_eq(cfg->worker_cpu_affinity, 1);
   sy_config_unref(cfg);
 }
 END_TEST
