@@ -550,9 +550,10 @@ def main():
         w("")
         section_table(out, tb, [("GB/s", "gbytes_per_s", 1, 3), ("Gbit/s", "gbit_per_s", 1, 1),
                                 ("proxy CPU-s per GB", "cpu_s_per_gb", 1, 3),
-                                ("proxy CPU use", "cpu_util", 100, 0)], ("gbytes_per_s", 1))
+                                ("proxy CPU use", "cpu_util", 100, 0),
+                                ("CPU 0 busy", "load_cpu_busy", 100, 0)], ("gbytes_per_s", 1))
         w("(proxy CPU use in % of one CPU; a proxy at ~100% is the bottleneck, below that "
-          "CPU 0 — the client and backend — is.)")
+          "CPU 0 — the client and backend, whose busy % over the run is the last column — is.)")
         w("")
     two_workers_section(out, rows, w2_targets, meta)
     tls_section(out, rows, targets, meta)

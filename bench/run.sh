@@ -393,6 +393,9 @@ log "checking configs"
 haproxy -c -q -f "$OUT/conf/haproxy-splice.cfg" >&2 || true
 for t in $TARGETS; do start_target "$t" || true; done
 
+cpu_busy() {  # cpu -> "busy total" jiffies of that CPU from /proc/stat
+  awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+}
 cpu_ticks() {  # pids... -> their utime+stime ticks, summed
   local p n=0
   for p in "$@"; do n=$((n + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
@@ -430,6 +433,10 @@ run_one() {
   fi
   local pids=${pid// /,}  # sy_load --pid takes a comma-separated list
   local err=$OUT/run.err
+  # How busy the load's CPU was (client and backend, and their softirqs): when the
+  # proxy is below 100% of its core, this is the side that set the pace.
+  local lb0 lb1
+  lb0=$(cpu_busy "$LOAD_CPU")
   case $s in
     http)
       local c0 c1 wout
@@ -481,6 +488,11 @@ run_one() {
                --hold "$HOLD" --duration 20 ${pid:+--pid $pid} 2>"$err") || rc=$? ;;
   esac
   [[ $line == \{* ]] || line="{\"mode\":\"$s\",\"ok\":false,\"first_error\":\"no output (exit $rc): $(tail -1 "$err" 2>/dev/null | tr -d '"\\')\"}"
+  lb1=$(cpu_busy "$LOAD_CPU")
+  local lbusy
+  lbusy=$(awk -v a="$lb0" -v b="$lb1" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    d = y[2] - x[2]; printf "%.3f", (d > 0 ? (y[1] - x[1]) / d : 0) }')
+  [[ $line == \{* ]] && line="{\"load_cpu_busy\":$lbusy,${line#\{}"
   local died=false
   if [[ $t != direct ]] && ! alive "$t"; then died=true; log "$t DIED during $s"; fi
   line="{\"scenario\":\"$s\",\"target\":\"$t\",\"round\":$r,\"load1\":$(cut -d' ' -f1 /proc/loadavg),\"exit\":$rc,\"target_died\":$died,\"note\":\"$note\",${line#\{}"
