@@ -10,6 +10,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "switchyard/slab.h"
+
 /* A copy-mode read (the hub's scratch buffer holds one). */
 #define TUN_CHUNK (64 * 1024)
 /* A splice asks for this much; the kernel moves at most what the pipe holds
@@ -81,6 +83,7 @@ struct sy_tunnel {
   uint8_t readable[2], writable[2], out_armed[2];
   uint8_t rdhup[2]; /* the peer's FIN was reported: read on until 0, whatever */
   uint8_t closing, queued, timed, first_fin, closed_by, exclusive;
+  uint8_t in_slab; /* from the hub's slab (the usual), else from calloc */
   /* Progress reports: on the hub's dirty list (bytes moved since the last
    * report) while dprev is set; what was reported so far. */
   sy_tunnel *dnext, **dprev;
@@ -110,6 +113,7 @@ struct sy_tunnel_hub {
    * mode) or libuv events (OWN mode). */
   uint32_t turns, tunnel_turns, loop_turns;
   sy_tunnel *ready, *zombies, *untimed;
+  sy_slab slab; /* where tunnels live (slab.h says why) */
   sy_tunnel_progress_cb progress;
   uv_timer_t progress_timer; /* runs while the hub holds tunnels and progress is on */
   uint64_t progress_ms;
@@ -560,6 +564,13 @@ static void hub_run_ready(sy_tunnel_hub *h) {
   }
 }
 
+static void tun_free(sy_tunnel_hub *h, sy_tunnel *t) {
+  if (t->in_slab)
+    sy_slab_free(&h->slab, t);
+  else
+    free(t);
+}
+
 static void hub_reap(sy_tunnel_hub *h) {
   sy_tunnel *list = h->zombies;
   h->zombies = NULL;
@@ -579,7 +590,7 @@ static void hub_reap(sy_tunnel_hub *h) {
       uv_timer_stop(&h->progress_timer);
     }
     h->cb(t, &st, t->arg);
-    free(t);
+    tun_free(h, t);
   }
 }
 
@@ -803,6 +814,9 @@ sy_tunnel_hub *sy_tunnel_hub_new(uv_loop_t *loop, sy_pipe_pool *pool, sy_tunnel_
   h->loop = loop;
   h->pool = pool;
   h->cb = cb;
+  /* A tunnel, its connection's note and the note's strings fit 432 bytes
+   * unless the path is long; those come from calloc. */
+  sy_slab_init(&h->slab, 432);
   long pg = sysconf(_SC_PAGESIZE);
   h->page = pg > 0 ? (uint32_t)pg : 4096;
   h->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -848,6 +862,7 @@ void sy_tunnel_hub_close_all(sy_tunnel_hub *h, const char *reason) {
 void sy_tunnel_hub_free(sy_tunnel_hub *h) {
   if (!h) return;
   assert(h->count == 0);
+  sy_slab_destroy(&h->slab);
   uv_close((uv_handle_t *)&h->poll, hub_on_close);
   close(h->epfd); /* uv_close has already taken it out of the loop's epoll */
   uv_close((uv_handle_t *)&h->timer, hub_on_close);
@@ -890,8 +905,11 @@ sy_tunnel *sy_tunnel_start(sy_tunnel_hub *h, int client_fd, int upstream_fd,
     errno = EINVAL;
     return NULL;
   }
-  sy_tunnel *t = calloc(1, TUN_EXTRA_OFF + extra);
+  size_t size = TUN_EXTRA_OFF + extra;
+  int in_slab = size <= h->slab.slot;
+  sy_tunnel *t = in_slab ? sy_slab_alloc(&h->slab) : calloc(1, size);
   if (!t) return NULL;
+  t->in_slab = (uint8_t)in_slab;
   t->hub = h;
   t->arg = arg;
   t->fd[SIDE_CLIENT] = client_fd;
@@ -934,7 +952,7 @@ sy_tunnel *sy_tunnel_start(sy_tunnel_hub *h, int client_fd, int upstream_fd,
 fail:
   free(t->dir[0].buf);
   free(t->dir[1].buf);
-  free(t);
+  tun_free(h, t);
   errno = -r;
   return NULL;
 }
