@@ -461,6 +461,10 @@ def main():
       f"and the order rotates every round (A B C D, B C D A, …). Measured window "
       f"{meta.get('duration_s')} s after {meta.get('warmup_s')} s of warm-up. The tables show "
       f"medians over the rounds (min–max in brackets).")
+    w("- Access logs are off in every proxy (switchyard `access_log: off`, nginx "
+      "`access_log off`, HAProxy without `log` lines) so that no row pays for writing "
+      "lines the others do not write; each anchor otherwise runs the configuration its "
+      "documentation gives for WebSocket proxying (below).")
     w("- Proxy CPU time = utime+stime of the proxy process (nginx: its worker; two-worker "
       "rows: the whole process with all its threads, nginx both workers) from "
       "`/proc/PID/stat` at both ends of the measured window, divided by the work done in it.")
