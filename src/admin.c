@@ -10,6 +10,7 @@
 #include <sys/resource.h>
 
 #include "switchyard/http.h"
+#include "switchyard/resolver.h"
 #include "switchyard/limits.h"
 #include "switchyard/log.h"
 #include "switchyard/metrics.h"
@@ -261,8 +262,9 @@ static void route(sy_admin_conn *ac, const char *method, const char *path) {
     sy_buf_appendf(&body, "ok\n");
     respond(ac, 200, "text/plain", &body);
   } else if (strcmp(path, "/readyz") == 0) {
-    sy_buf_appendf(&body, st->draining ? "draining\n" : "ready\n");
-    respond(ac, st->draining ? 503 : 200, "text/plain", &body);
+    int resolving = !st->draining && !sy_resolver_settled(st->resolver);
+    sy_buf_appendf(&body, st->draining ? "draining\n" : resolving ? "resolving\n" : "ready\n");
+    respond(ac, st->draining || resolving ? 503 : 200, "text/plain", &body);
   } else if (strcmp(path, "/metrics") == 0) {
     render_metrics(st, &body);
     respond(ac, 200, "text/plain; version=0.0.4", &body);

@@ -158,6 +158,7 @@ static void workers_joined(uv_work_t *req, int status) {
   M.health = NULL;
   sy_resolver_stop(M.resolver);
   M.resolver = NULL;
+  M.admin_state.resolver = NULL;
   sy_admin_stop(M.admin);
   M.admin = NULL;
   for (int i = 0; i < 6; i++)
@@ -298,6 +299,7 @@ int main(int argc, char **argv) {
   /* Before the workers: they start with whatever the names already gave
    * (nothing yet), and the lookups begin at once. */
   M.resolver = sy_resolver_new(M.loop, M.admin_state.main, on_servers_changed, NULL);
+  M.admin_state.resolver = M.resolver;
   if (M.resolver)
     sy_resolver_attach(M.resolver, cfg); /* a failure is logged; names stay unresolved */
   for (unsigned i = 0; i < M.nworkers && rc == 0; i++) {

@@ -72,6 +72,7 @@ struct sy_resolver {
   rcfg *cfgs;
   gauge *gauges;
   int handles, stopped;
+  int settled; /* sy_resolver_settled, sticky */
 };
 
 static void free_if_done(sy_resolver *r) {
@@ -659,6 +660,14 @@ int sy_resolver_attach(sy_resolver *r, sy_config *cfg) {
   for (rname *n = r->names; n; n = n->next)
     if (n->outcome == O_NONE) lookup(n);
   return rc;
+}
+
+int sy_resolver_settled(sy_resolver *r) {
+  if (!r || r->settled) return 1;
+  for (rname *n = r->names; n; n = n->next)
+    if (n->used && n->outcome == O_NONE) return 0;
+  r->settled = 1;
+  return 1;
 }
 
 void sy_resolver_stop(sy_resolver *r) {

@@ -24,7 +24,8 @@ typedef struct sy_admin_state {
   const char *version;
   int64_t start_time, last_reload_success; /* Unix seconds; the last good load's */
   int main_metrics_ready;
-  sy_metrics *main; /* series the main thread counts (health checks) */
+  sy_metrics *main;             /* series the main thread counts (health checks) */
+  struct sy_resolver *resolver; /* /readyz waits for its first answers; NULL: none */
 } sy_admin_state;
 
 typedef struct sy_admin sy_admin;

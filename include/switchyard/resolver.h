@@ -33,6 +33,11 @@ sy_resolver *sy_resolver_new(uv_loop_t *loop, sy_metrics *m, void (*on_change)(v
  * the workers see cfg. 0, or -1 when the name servers cannot be set (the
  * previous ones stay). */
 int sy_resolver_attach(sy_resolver *r, sy_config *cfg);
+/* 1 once every name of the configurations attached so far has had its first
+ * answer or failure, and from then on (a name a reload adds does not undo it);
+ * 1 when there are no names. /readyz waits for it: a fresh instance that takes
+ * traffic before its names resolve answers 503. NULL: 1. */
+int sy_resolver_settled(sy_resolver *r);
 /* Cancels lookups; frees itself once libuv has closed its handles. NULL ok. */
 void sy_resolver_stop(sy_resolver *r);
 

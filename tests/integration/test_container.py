@@ -544,8 +544,8 @@ def test_kubernetes_configmap_in_the_image(image, pod_container, children, clust
     px_pid = wait_until(lambda: descendant(px.pid, "switchyard"), 10, "switchyard under buildah run")
     assert uid_of(px_pid) == pod["securityContext"]["runAsUser"]
 
-    # The first DNS answer may come a moment after readiness (/readyz does not
-    # wait for upstream names): until then requests get 503.
+    # /readyz waited for the name's first answer, so the pod is there already;
+    # the wait only bounds the check.
     min_ttl = seconds((cfg.get("resolver") or {}).get("min_ttl", "1s"))
     wait_until(lambda: pods_answering(client_port, PODS[:1]), min_ttl + 10,
                "requests answered by the pod %s found by DNS" % PODS[0])

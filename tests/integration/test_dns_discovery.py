@@ -262,6 +262,10 @@ def test_resolver_down_503_without_stalling_others(proxy, named_backends, backen
                        extra_upstreams={"static": {"servers": [{"address": static.address}]}},
                        routes=[{"match": {"path_prefix": "/static"}, "upstream": "static"},
                                {"match": {"path_prefix": "/"}, "upstream": "chat"}])
+        # Not ready while the first lookup of a name is out (a fresh instance
+        # would answer 503 for it): the first attempt alone lasts 1 s.
+        r = adm.get("/readyz")
+        assert (r.status, r.body) == (503, b"resolving\n"), r.head
         # Lookups time out again and again; meanwhile both upstreams answer
         # at once: 503 for the unresolved one, 200 for the other.
         end = time.monotonic() + 4
@@ -275,6 +279,9 @@ def test_resolver_down_503_without_stalling_others(proxy, named_backends, backen
         adm.wait_metric(lambda m: m.get("switchyard_dns_resolutions_total", upstream="chat",
                                         result="timeout") >= 1, 10, "a timed out lookup")
         assert px.stderr().count("chat.dns.test: lookup failed") == 1, px.stderr()
+        # A failure is an answer too: ready, with the name's upstream at 503.
+        r = adm.get("/readyz")
+        assert (r.status, r.body) == (200, b"ready\n"), r.head
     finally:
         mute.close()
 
