@@ -19,6 +19,7 @@ import struct
 import subprocess
 import time
 
+from . import procs
 from .interop import find_tool
 
 DOMAIN = "dns.test"
@@ -150,12 +151,6 @@ class Dnsmasq:
             return ""
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        procs.stop(self.proc)
         if self.proc:
             self._log.close()

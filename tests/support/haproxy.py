@@ -20,6 +20,8 @@ import time
 
 import pytest
 
+from . import procs
+
 DEFAULTS = ("global\n  maxconn 200\n"
             "defaults\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
             "  timeout tunnel 30s\n")
@@ -57,13 +59,7 @@ class HAProxy:
         return self.err_path.read_bytes().decode("utf-8", "replace")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        procs.stop(self.proc)
         self._err.close()
 
 
