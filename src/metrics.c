@@ -52,8 +52,8 @@ static const sy_metric_family families[] = {
     {"switchyard_fd_budget", G, "",
      "Descriptors traffic may hold: RLIMIT_NOFILE less a reserve for everything else.", NULL},
     {"switchyard_fd_budget_used", G, "",
-     "Of the budget, descriptors taken: connections (2 each), pooled upstream connections, "
-     "pipes, hand-offs under way.",
+     "Of the budget, descriptors taken: connections and their tunnels (2 each), pooled "
+     "upstream connections, pipes.",
      NULL},
     {"switchyard_health_checks_total", C, "upstream,server,result", "Active health probes.", NULL},
     {"switchyard_idle_memory_releases_total", C, "",
