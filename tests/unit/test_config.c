@@ -50,8 +50,8 @@ static const err_case errors[] = {
     {L "workers: abc\n", "t.yaml:3:10: ", "workers: expected \"auto\" or a positive integer"},
     {L "workers: 0\n", "t.yaml:3:10: ", "workers:"},
     {L "workers: -1\n", "t.yaml:3:10: ", "workers:"},
-    {L "worker_cpu_affinity: yes\n", "t.yaml:3:22: ",
-     "worker_cpu_affinity: expected \"auto\" or \"off\""},
+    {L "worker_cpu_affinity: yes\n",
+     "t.yaml:3:22: ", "worker_cpu_affinity: expected \"auto\" or \"off\""},
     {L "workers: 1.5\n", "t.yaml:3:10: ", "workers:"},
     {L "workers: [1]\n", "t.yaml:3:10: ", "workers: expected a scalar value, got a list"},
     /* listeners */
