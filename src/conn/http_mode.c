@@ -6,7 +6,6 @@
 #include <string.h>
 
 #include "internal.h"
-#include "switchyard/limits.h"
 #include "switchyard/log.h"
 #include "switchyard/stats.h"
 
