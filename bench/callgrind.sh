@@ -294,7 +294,7 @@ measure() {  # target scenario
 
 TARGETS="switchyard"
 ((ANCHORS)) && TARGETS+=" nginx haproxy"
-SCENARIOS="http handshake rtt"
+SCENARIOS=${SCENARIOS:-"http handshake rtt"}
 failed=0
 for t in $TARGETS; do
   for s in $SCENARIOS; do

@@ -13,43 +13,8 @@ static inline sy_flow *parser_flow(llhttp_t *p) {
 
 /* ---- the pool ----------------------------------------------------------------- */
 
-/* Runs the callbacks of writes that went out at once, in order; a callback
- * may queue more (the next pipelined answer), which run in the same pass. */
-static void run_written(sy_flow_pool *p) {
-  while (p->written) {
-    sy_flow *f = p->written;
-    p->written = f->dnext;
-    if (!p->written) p->written_tail = &p->written;
-    f->dnext = NULL;
-    f->deferred = 0;
-    f->done_cb(&f->wreq, 0); /* may free the flow's owner, f with it */
-  }
-  uv_idle_stop(&p->written_idle);
-}
-
-static void on_written_check(uv_check_t *h) {
-  sy_flow_pool *p = h->data;
-  if (p->written) run_written(p);
-}
-
-static void on_written_idle(uv_idle_t *h) {
-  run_written(h->data);
-}
-
-void sy_flow_pool_init(sy_flow_pool *p, uv_loop_t *loop) {
+void sy_flow_pool_init(sy_flow_pool *p) {
   memset(p, 0, sizeof(*p));
-  p->written_tail = &p->written;
-  uv_check_init(loop, &p->written_check);
-  uv_idle_init(loop, &p->written_idle);
-  p->written_check.data = p->written_idle.data = p;
-  uv_check_start(&p->written_check, on_written_check);
-  uv_unref((uv_handle_t *)&p->written_check); /* the idle handle holds the loop when needed */
-}
-
-void sy_flow_pool_close(sy_flow_pool *p) {
-  if (uv_is_closing((uv_handle_t *)&p->written_check)) return;
-  uv_close((uv_handle_t *)&p->written_check, NULL);
-  uv_close((uv_handle_t *)&p->written_idle, NULL);
 }
 
 void sy_flow_pool_trim(sy_flow_pool *p) {
@@ -373,7 +338,8 @@ sy_flow_step sy_flow_parse(sy_flow *f, llhttp_errno_t *err) {
   return SY_STEP_PAUSED;
 }
 
-int sy_flow_write(sy_flow *f, sy_flow_pool *p, uv_stream_t *dst, sy_tls_conn *tls, uv_write_cb cb) {
+int sy_flow_write(sy_flow *f, sy_flow_pool *p, sy_sock *dst, sy_tls_conn *tls,
+                  sy_sock_write_cb cb) {
   if (f->iovcap < f->nsegs) {
     uv_buf_t *ni = realloc(f->iov, f->nsegs * sizeof(*ni));
     if (!ni) return UV_ENOMEM;
@@ -394,38 +360,14 @@ int sy_flow_write(sy_flow *f, sy_flow_pool *p, uv_stream_t *dst, sy_tls_conn *tl
     if (sy_tls_write(tls, f->iov, f->nsegs) < 0 || sy_tls_take_output(tls, &f->cipher) < 0)
       return UV_EPROTO;
     uv_buf_t b = uv_buf_init(f->cipher.p, (unsigned)f->cipher.len);
-    rc = uv_write(&f->wreq, dst, &b, 1, cb);
+    rc = sy_sock_write(&f->wreq, dst, &b, 1, cb);
   } else {
-    /* Try at once: a write that goes out whole needs no libuv request, whose
-     * completion would re-arm the socket's epoll entry (a wasted epoll_ctl per
-     * write); its callback still runs later in this loop turn, never from in
-     * here, so callers see the same order of events either way. */
-    size_t total = 0, done = 0;
-    for (uint32_t i = 0; i < f->nsegs; i++)
-      total += f->iov[i].len;
-    int n = uv_try_write(dst, f->iov, f->nsegs);
-    if (n > 0 && (size_t)n == total) {
-      f->writing = 1;
-      f->wreq.handle = dst;
-      f->done_cb = cb;
-      f->deferred = 1;
-      f->dnext = NULL;
-      *p->written_tail = f;
-      p->written_tail = &f->dnext;
-      uv_idle_start(&p->written_idle, on_written_idle);
-      return 0;
-    }
-    uint32_t k = 0;
-    for (done = n > 0 ? (size_t)n : 0; done > 0 && k < f->nsegs; k++) {
-      if (done < f->iov[k].len) {
-        f->iov[k].base += done;
-        f->iov[k].len -= done;
-        break;
-      }
-      done -= f->iov[k].len;
-    }
-    rc = uv_write(&f->wreq, dst, f->iov + k, f->nsegs - k, cb);
+    /* The array stays the flow's until the callback: no copy of it. */
+    rc = sy_sock_write_inplace(&f->wreq, dst, f->iov, f->nsegs, cb);
   }
-  if (rc == 0) f->writing = 1;
-  return rc;
+  if (rc < 0) return rc;
+  f->writing = 1;
+  /* Out at once: its callback is due at the end of the turn. */
+  f->deferred = f->wreq.later.queued && f->wreq.status == 0;
+  return 0;
 }

@@ -2,6 +2,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "switchyard/evset.h"
 #include "switchyard/slab.h"
 
 /* A copy-mode read (the hub's scratch buffer holds one). */
@@ -36,12 +38,10 @@
  * tunnel whose deadline is further away is looked at once per lap. */
 #define WHEEL_TICK_MS 16
 #define WHEEL_SLOTS 1024
-#define HUB_EVENTS 128
-/* AUTO mode looks at this many turns before it reconsiders where to block. */
-#define HUB_WINDOW 256
 /* Writability is only asked for once a write has found the socket full: an
- * idle or lightly used tunnel never gets writable events. */
-#define EV_BASE (EPOLLIN | EPOLLRDHUP | EPOLLET)
+ * idle or lightly used tunnel never gets writable events. (A socket handed
+ * over by a connection was registered for both from the start.) */
+#define EV_BASE (EPOLLIN | EPOLLRDHUP)
 
 enum { SIDE_CLIENT = 0, SIDE_UPSTREAM = 1 };
 enum { BY_NONE, BY_CLIENT, BY_UPSTREAM, BY_PROXY };
@@ -92,26 +92,17 @@ struct sy_tunnel {
 
 struct sy_tunnel_hub {
   uv_loop_t *loop;
+  sy_evset *ev; /* the worker's epoll set: the tunnels' sockets are in it */
   sy_pipe_pool *pool;
   sy_tunnel_done_cb cb;
-  int epfd;
-  uv_poll_t poll;
   uv_timer_t timer;
-  uv_idle_t idle;
-  uv_prepare_t watch; /* LOOP mode with tunnels: counts turns, stops uv_run to switch */
   int open_handles;
   uint32_t page; /* a pipe has one slot per page of capacity */
   size_t count;  /* started, not yet reported done */
   size_t ntimed; /* in the wheel */
   uint64_t cur_tick, armed_tick;
   int armed;
-  /* Where turns block (enum sy_hub_mode, see tunnel.h): asked for, and now. In
-   * OWN mode libuv's fd is in epfd (data 0) and the poll handle is stopped:
-   * the two epoll sets never contain each other at the same time. */
-  uint8_t mode, own, want; /* want: AUTO's verdict on the last window */
-  /* The current AUTO window: turns, and those that had tunnel events (LOOP
-   * mode) or libuv events (OWN mode). */
-  uint32_t turns, tunnel_turns, loop_turns;
+  sy_later kick; /* the ready list and the zombies, at the end of the turn */
   sy_tunnel *ready, *zombies, *untimed;
   sy_slab slab; /* where tunnels live (slab.h says why) */
   sy_tunnel_progress_cb progress;
@@ -125,7 +116,6 @@ struct sy_tunnel_hub {
 enum { TUN_RST_CLIENT = 1, TUN_RST_UPSTREAM = 2 };
 
 static void hub_kick(sy_tunnel_hub *h);
-static void hub_watch_update(sy_tunnel_hub *h);
 
 /* ---- lists ---- */
 
@@ -495,9 +485,9 @@ static void tun_pump(sy_tunnel *t) {
     /* A full destination: from now on this socket reports writability too
      * (edge-triggered, so it costs nothing while it stays writable). MOD also
      * reports the current state, so space freed since the EAGAIN is not lost. */
-    struct epoll_event ev = {.events = EV_BASE | EPOLLOUT, .data.u64 = (uintptr_t)t | (unsigned)e};
-    if (epoll_ctl(t->hub->epfd, EPOLL_CTL_MOD, t->fd[e], &ev) < 0) {
-      tun_fail(t, -1, -errno);
+    int r = sy_evset_mod(t->hub->ev, t->fd[e], EV_BASE | EPOLLOUT);
+    if (r < 0) {
+      tun_fail(t, -1, r);
       return;
     }
     t->out_armed[e] = 1;
@@ -530,7 +520,7 @@ static void tun_finish(sy_tunnel *t, int by, const char *reason, int rst) {
   for (int e = 0; e < 2; e++) {
     /* Removed explicitly unless the fds are exclusive: another descriptor of
      * the socket may still be open, and epoll watches the file, not the number. */
-    if (!t->exclusive) (void)epoll_ctl(h->epfd, EPOLL_CTL_DEL, t->fd[e], NULL);
+    sy_evset_forget(h->ev, t->fd[e], !t->exclusive);
     if (rst & (e == SIDE_CLIENT ? TUN_RST_CLIENT : TUN_RST_UPSTREAM)) {
       struct linger lg = {.l_onoff = 1, .l_linger = 0};
       (void)setsockopt(t->fd[e], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
@@ -544,7 +534,7 @@ static void tun_finish(sy_tunnel *t, int by, const char *reason, int rst) {
     uv_timer_stop(&h->timer);
     h->armed = 0;
   }
-  /* Freed on a later turn: events already fetched may still name it. */
+  /* Reported at the end of the turn, never from inside the call that closed it. */
   t->wnext = h->zombies;
   h->zombies = t;
   hub_kick(h);
@@ -584,11 +574,8 @@ static void hub_reap(sy_tunnel_hub *h) {
     }
     sy_tunnel_stats st;
     sy_tunnel_stats_get(t, &st);
-    if (--h->count == 0) {
-      uv_unref((uv_handle_t *)&h->poll);
-      hub_watch_update(h);
-      uv_timer_stop(&h->progress_timer);
-    }
+    sy_evset_hold(h->ev, -1);
+    if (--h->count == 0) uv_timer_stop(&h->progress_timer);
     h->cb(t, &st, t->arg);
     tun_free(h, t);
   }
@@ -635,171 +622,37 @@ void sy_tunnel_hub_set_progress(sy_tunnel_hub *h, sy_tunnel_progress_cb cb, uint
   hub_progress_start(h);
 }
 
-static void hub_on_idle(uv_idle_t *idle) {
-  sy_tunnel_hub *h = idle->data;
+static void hub_on_kick(sy_later *l) {
+  sy_tunnel_hub *h = (sy_tunnel_hub *)((char *)l - offsetof(sy_tunnel_hub, kick));
   hub_run_ready(h);
   hub_reap(h);
-  if (!h->ready && !h->zombies) uv_idle_stop(&h->idle);
+  if (h->ready || h->zombies) hub_kick(h);
 }
 
-/* Work for the next turn: the idle handle keeps the loop from blocking. */
+/* Work for the end of this turn (the loop does not block before it runs). */
 static void hub_kick(sy_tunnel_hub *h) {
-  if (!uv_is_active((uv_handle_t *)&h->idle)) uv_idle_start(&h->idle, hub_on_idle);
+  sy_evset_later(h->ev, &h->kick);
 }
 
-/* Handles what epoll_wait on epfd returned; nonzero if libuv's fd was among it. */
-static int hub_dispatch(sy_tunnel_hub *h, const struct epoll_event *ev, int n) {
-  int loop_ready = 0;
-  for (int i = 0; i < n; i++) {
-    if (ev[i].data.u64 == 0) {
-      loop_ready = 1;
-      continue;
-    }
-    sy_tunnel *t = (sy_tunnel *)(uintptr_t)(ev[i].data.u64 & ~(uint64_t)1);
-    int e = (int)(ev[i].data.u64 & 1);
-    uint32_t x = ev[i].events;
-    if (t->closing) continue;
-    t->wakeups++;
-    if (x & EPOLLERR) {
-      /* The socket knows the real error (ECONNRESET for an RST); without this a
-       * direction waiting to write elsewhere would not notice it. */
-      int err = 0;
-      socklen_t len = sizeof(err);
-      if (getsockopt(t->fd[e], SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
-      if (err) {
-        tun_fail(t, e, -err);
-        continue;
-      }
-    }
-    if (x & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) t->readable[e] = 1;
-    if (x & (EPOLLRDHUP | EPOLLHUP)) t->rdhup[e] = 1;
-    if (x & (EPOLLOUT | EPOLLHUP | EPOLLERR)) t->writable[e] = 1;
-    tun_pump(t);
-  }
-  hub_run_ready(h);
-  return loop_ready;
-}
-
-static void hub_on_poll(uv_poll_t *p, int status, int events) {
-  sy_tunnel_hub *h = p->data;
-  struct epoll_event ev[HUB_EVENTS];
-  int n;
-  do
-    n = epoll_wait(h->epfd, ev, HUB_EVENTS, 0);
-  while (n < 0 && errno == EINTR);
-  if (n > 0) {
-    h->tunnel_turns++;
-    hub_dispatch(h, ev, n);
-  }
-}
-
-/* ---- where the loop blocks ---- */
-
-static void hub_switch(sy_tunnel_hub *h, int own) {
-  if (own) {
-    /* Stopping the poll handle takes epfd out of libuv's set at once
-     * (uv__platform_invalidate_fd), so the ADD cannot make a loop (ELOOP). */
-    uv_poll_stop(&h->poll);
-    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0};
-    if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, uv_backend_fd(h->loop), &ev) < 0) {
-      uv_poll_start(&h->poll, UV_READABLE, hub_on_poll); /* stay as we were */
+static void tun_on_event(void *obj, unsigned e, uint32_t x) {
+  sy_tunnel *t = obj;
+  if (t->closing) return;
+  t->wakeups++;
+  if (x & EPOLLERR) {
+    /* The socket knows the real error (ECONNRESET for an RST); without this a
+     * direction waiting to write elsewhere would not notice it. */
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(t->fd[e], SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+    if (err) {
+      tun_fail(t, (int)e, -err);
       return;
     }
-  } else {
-    (void)epoll_ctl(h->epfd, EPOLL_CTL_DEL, uv_backend_fd(h->loop), NULL);
-    uv_poll_start(&h->poll, UV_READABLE, hub_on_poll);
   }
-  h->own = h->want = (uint8_t)own;
-  h->turns = h->tunnel_turns = h->loop_turns = 0;
-  hub_watch_update(h);
-}
-
-/* Each way of blocking makes one kind of wakeup cost an extra epoll_wait: LOOP
- * the tunnels', OWN libuv's. Block where most wakeups come from; the two
- * thresholds differ so a mix near the middle does not flip every window. */
-static int hub_want_own(sy_tunnel_hub *h) {
-  if (h->count == 0 || h->mode == SY_HUB_LOOP) return 0;
-  if (h->mode == SY_HUB_OWN) return 1;
-  if (h->turns >= HUB_WINDOW) {
-    h->want = h->own ? h->loop_turns * 2 < h->turns : h->tunnel_turns * 4 > h->turns * 3;
-    h->turns = h->tunnel_turns = h->loop_turns = 0;
-  }
-  return h->want;
-}
-
-/* LOOP mode runs libuv's own loop (uv_run DEFAULT: a turn per uv_run call costs
- * an extra epoll_wait after callbacks ran); while there are tunnels this counts
- * its turns and stops it when the hub should take over. */
-static void hub_on_watch(uv_prepare_t *p) {
-  sy_tunnel_hub *h = p->data;
-  h->turns++;
-  if (hub_want_own(h) != h->own) uv_stop(h->loop);
-}
-
-/* The watch runs exactly while it could change something: LOOP mode, with
- * tunnels, and a mode that may leave LOOP. (Start and stop are idempotent.) */
-static void hub_watch_update(sy_tunnel_hub *h) {
-  if (!h->own && h->count > 0 && h->mode != SY_HUB_LOOP)
-    uv_prepare_start(&h->watch, hub_on_watch);
-  else
-    uv_prepare_stop(&h->watch);
-}
-
-void sy_tunnel_hub_set_mode(sy_tunnel_hub *h, enum sy_hub_mode mode) {
-  h->mode = (uint8_t)mode;
-  hub_watch_update(h);
-}
-
-int sy_tunnel_hub_owns_loop(const sy_tunnel_hub *h) {
-  return h->own;
-}
-
-int sy_tunnel_hub_backend_fd(const sy_tunnel_hub *h) {
-  return h->own ? h->epfd : uv_backend_fd(h->loop);
-}
-
-static int hub_turn_own(sy_tunnel_hub *h, int timeout_ms) {
-  uv_loop_t *loop = h->loop;
-  /* libuv with nothing active would say 0 (do not block); here that only means
-   * nothing on its side can wake us, so block until a tunnel does. */
-  int to = uv_loop_alive(loop) ? uv_backend_timeout(loop) : -1;
-  if (timeout_ms >= 0 && (to < 0 || to > timeout_ms)) to = timeout_ms;
-  struct epoll_event ev[HUB_EVENTS];
-  int n = epoll_wait(h->epfd, ev, HUB_EVENTS, to);
-  uv_update_time(loop); /* the wheel and the tunnels read uv_now() */
-  h->turns++;
-  int loop_ready = 0;
-  if (n > 0) {
-    loop_ready = hub_dispatch(h, ev, n);
-    if (loop_ready) h->loop_turns++;
-  }
-  /* libuv's turn when its fd is ready, a timer may be due (the wait timed out)
-   * or work is queued for it (idle handles, closes, callbacks from the above). */
-  if (loop_ready || n == 0 || uv_backend_timeout(loop) == 0) uv_run(loop, UV_RUN_NOWAIT);
-  if (h->count == 0) hub_switch(h, 0); /* the last tunnel went: libuv's wakeups only */
-  return uv_loop_alive(loop) || h->count > 0;
-}
-
-int sy_tunnel_hub_turn(sy_tunnel_hub *h, int timeout_ms) {
-  uv_loop_t *loop = h->loop;
-  int own = hub_want_own(h);
-  if (own != h->own) hub_switch(h, own);
-  if (h->own) return hub_turn_own(h, timeout_ms);
-  if (timeout_ms < 0) {
-    uv_run(loop, UV_RUN_DEFAULT); /* until the end, or until the watch stops it */
-    return uv_loop_alive(loop) || h->count > 0;
-  }
-  int to = uv_backend_timeout(loop);
-  if (to < 0 || to > timeout_ms) to = timeout_ms;
-  struct pollfd p = {.fd = uv_backend_fd(loop), .events = POLLIN};
-  (void)poll(&p, 1, to);
-  return uv_run(loop, UV_RUN_NOWAIT);
-}
-
-void sy_tunnel_hub_run(sy_tunnel_hub *h) {
-  while (sy_tunnel_hub_turn(h, -1)) {
-  }
-  if (h->own) hub_switch(h, 0);
+  if (x & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) t->readable[e] = 1;
+  if (x & (EPOLLRDHUP | EPOLLHUP)) t->rdhup[e] = 1;
+  if (x & (EPOLLOUT | EPOLLHUP | EPOLLERR)) t->writable[e] = 1;
+  tun_pump(t);
 }
 
 static void hub_on_close(uv_handle_t *hd) {
@@ -807,35 +660,25 @@ static void hub_on_close(uv_handle_t *hd) {
   if (--h->open_handles == 0) free(h);
 }
 
-sy_tunnel_hub *sy_tunnel_hub_new(uv_loop_t *loop, sy_pipe_pool *pool, sy_tunnel_done_cb cb) {
-  if (!loop || !pool || !cb) return NULL;
+sy_tunnel_hub *sy_tunnel_hub_new(sy_evset *ev, sy_pipe_pool *pool, sy_tunnel_done_cb cb) {
+  if (!ev || !pool || !cb) return NULL;
   sy_tunnel_hub *h = calloc(1, sizeof(*h));
   if (!h) return NULL;
-  h->loop = loop;
+  h->ev = ev;
+  h->loop = sy_evset_loop(ev);
   h->pool = pool;
   h->cb = cb;
+  h->kick.fn = hub_on_kick;
   /* A tunnel, its connection's note and the note's strings fit 432 bytes
    * unless the path is long; those come from calloc. */
   sy_slab_init(&h->slab, 432);
   long pg = sysconf(_SC_PAGESIZE);
   h->page = pg > 0 ? (uint32_t)pg : 4096;
-  h->epfd = epoll_create1(EPOLL_CLOEXEC);
-  if (h->epfd < 0 || uv_poll_init(loop, &h->poll, h->epfd) < 0) {
-    if (h->epfd >= 0) close(h->epfd);
-    free(h);
-    return NULL;
-  }
-  h->poll.data = h->timer.data = h->idle.data = h->watch.data = h->progress_timer.data = h;
-  uv_timer_init(loop, &h->timer);
-  /* Active only while the hub holds tunnels (which keep the loop alive anyway);
-   * referenced, so libuv runs it in OWN mode, where the poll handle is stopped. */
-  uv_timer_init(loop, &h->progress_timer);
-  uv_idle_init(loop, &h->idle);
-  uv_prepare_init(loop, &h->watch);
-  uv_unref((uv_handle_t *)&h->watch);
-  h->open_handles = 5;
-  uv_poll_start(&h->poll, UV_READABLE, hub_on_poll);
-  uv_unref((uv_handle_t *)&h->poll); /* only tunnels keep the loop alive */
+  h->timer.data = h->progress_timer.data = h;
+  uv_timer_init(h->loop, &h->timer);
+  /* Active only while the hub holds tunnels (which keep the loop alive anyway). */
+  uv_timer_init(h->loop, &h->progress_timer);
+  h->open_handles = 2;
   return h;
 }
 
@@ -863,11 +706,7 @@ void sy_tunnel_hub_free(sy_tunnel_hub *h) {
   if (!h) return;
   assert(h->count == 0);
   sy_slab_destroy(&h->slab);
-  uv_close((uv_handle_t *)&h->poll, hub_on_close);
-  close(h->epfd); /* uv_close has already taken it out of the loop's epoll */
   uv_close((uv_handle_t *)&h->timer, hub_on_close);
-  uv_close((uv_handle_t *)&h->idle, hub_on_close);
-  uv_close((uv_handle_t *)&h->watch, hub_on_close);
   uv_close((uv_handle_t *)&h->progress_timer, hub_on_close);
 }
 
@@ -923,16 +762,26 @@ sy_tunnel *sy_tunnel_start(sy_tunnel_hub *h, int client_fd, int upstream_fd,
       tun_dir_init(&t->dir[1], to_client, to_client_len) < 0)
     goto fail;
   t->dir[0].copy = t->dir[1].copy = opts && opts->force_copy;
-  t->exclusive = opts && opts->exclusive;
+  t->exclusive = opts && (opts->exclusive || opts->registered);
   if (!t->exclusive &&
       ((r = tun_set_nonblock(client_fd)) < 0 || (r = tun_set_nonblock(upstream_fd)) < 0))
     goto fail;
-  for (int e = 0; e < 2; e++) {
-    struct epoll_event ev = {.events = EV_BASE, .data.u64 = (uintptr_t)t | (unsigned)e};
-    if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, t->fd[e], &ev) < 0) {
-      r = -errno;
-      if (e == 1) (void)epoll_ctl(h->epfd, EPOLL_CTL_DEL, t->fd[0], NULL);
-      goto fail;
+  if (opts && opts->registered) {
+    /* Already in the set for both events: the tunnel takes their events over,
+     * and what the sockets' last owner knew of their readiness. */
+    for (int e = 0; e < 2; e++) {
+      sy_evset_retarget(h->ev, t->fd[e], tun_on_event, t, (unsigned)e);
+      t->out_armed[e] = 1;
+      t->readable[e] = opts->readable[e];
+      t->rdhup[e] = opts->rdhup[e];
+    }
+  } else {
+    for (int e = 0; e < 2; e++) {
+      r = sy_evset_add(h->ev, t->fd[e], EV_BASE, tun_on_event, t, (unsigned)e);
+      if (r < 0) {
+        if (e == 1) sy_evset_forget(h->ev, t->fd[0], 1);
+        goto fail;
+      }
     }
   }
   /* Sockets with bytes already queued are reported by the ADD itself; the
@@ -940,11 +789,8 @@ sy_tunnel *sy_tunnel_start(sy_tunnel_hub *h, int client_fd, int upstream_fd,
    * caller sees a callback from inside this function). */
   t->writable[0] = t->writable[1] = 1;
   t->start_ms = t->last_active_ms = uv_now(h->loop);
-  if (h->count++ == 0) {
-    uv_ref((uv_handle_t *)&h->poll);
-    hub_watch_update(h);
-    hub_progress_start(h);
-  }
+  sy_evset_hold(h->ev, 1);
+  if (h->count++ == 0) hub_progress_start(h);
   tun_schedule(t);
   queue_ready(t);
   return t;

@@ -36,8 +36,7 @@ static void unlink_from_pool(sy_link *l) {
   sy_limits_fds_give(1);
 }
 
-static void on_handle_closed(uv_handle_t *h) {
-  sy_link *l = h->data;
+static void link_part_closed(sy_link *l) {
   if (--l->handles > 0) return;
   void *c = l->c;
   void (*cb)(void *) = l->on_closed;
@@ -48,12 +47,19 @@ static void on_handle_closed(uv_handle_t *h) {
   if (p && --p->closing == 0) free(p);
 }
 
-sy_link *sy_link_new(uv_loop_t *loop, const sy_server_cfg *s) {
+static void on_handle_closed(uv_handle_t *h) {
+  link_part_closed(h->data);
+}
+
+static void on_sock_closed(sy_sock *s) {
+  link_part_closed(s->data);
+}
+
+sy_link *sy_link_new(sy_evset *ev, const sy_server_cfg *s) {
   sy_link *l = calloc(1, sizeof(*l));
   if (!l) return NULL;
-  uv_tcp_init(loop, &l->tcp);
-  l->tcp.data = l;
-  l->creq.data = l;
+  sy_sock_init(&l->sock, ev);
+  l->sock.data = l;
   l->server = s;
   l->handles = 1;
   return l;
@@ -61,9 +67,13 @@ sy_link *sy_link_new(uv_loop_t *loop, const sy_server_cfg *s) {
 
 void sy_link_close(sy_link *l) {
   unlink_from_pool(l);
-  if (!uv_is_closing((uv_handle_t *)&l->tcp)) uv_close((uv_handle_t *)&l->tcp, on_handle_closed);
+  if (!sy_sock_is_closing(&l->sock)) sy_sock_close(&l->sock, on_sock_closed);
   if (l->idle.loop && !uv_is_closing((uv_handle_t *)&l->idle))
     uv_close((uv_handle_t *)&l->idle, on_handle_closed);
+}
+
+int sy_link_release_fd(sy_link *l) {
+  return sy_sock_release(&l->sock, on_sock_closed);
 }
 
 static void on_idle_expired(uv_timer_t *t) {
@@ -81,7 +91,7 @@ int sy_upool_put(sy_upool *p, sy_link *l, unsigned max_idle_per_server, uint64_t
     l->idle.data = l;
     l->handles++;
   }
-  if (!uv_is_active((uv_handle_t *)&l->tcp))
+  if (!sy_sock_is_reading(&l->sock))
     return -1; /* the owner must keep it reading to notice a close */
   /* An idle connection belongs to no client's share of the budget. */
   if (sy_limits_fds_take(1) < 0) return -1;

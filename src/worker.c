@@ -296,7 +296,8 @@ int sy_worker_init(sy_worker *w, unsigned id, sy_config *cfg) {
   w->env.metrics = sy_metrics_new(sy_metrics_capacity(cfg));
   w->env.upool = sy_upool_new(&w->loop, 4096);
   if (!w->pipes || !w->env.metrics || !w->env.upool) return UV_ENOMEM;
-  if (!(w->env.tunnels = sy_tunnel_hub_new(&w->loop, w->pipes, sy_conn_tunnel_done)))
+  if (!(w->env.ev = sy_evset_new(&w->loop)) ||
+      !(w->env.tunnels = sy_tunnel_hub_new(w->env.ev, w->pipes, sy_conn_tunnel_done)))
     return UV_ENOMEM;
   sy_tunnel_hub_set_progress(w->env.tunnels, sy_conn_tunnel_progress, 1000);
   uv_timer_init(&w->loop, &w->drain_timer);
@@ -402,7 +403,7 @@ static void *worker_main(void *arg) {
     int rc = pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
     if (rc) sy_log_warn("worker %u: cannot pin to CPU %d: %s", w->id, w->cpu, strerror(rc));
   }
-  sy_tunnel_hub_run(w->env.tunnels);
+  sy_evset_run(w->env.ev);
   return NULL;
 }
 
@@ -450,6 +451,8 @@ void sy_worker_destroy(sy_worker *w) {
   }
   sy_tunnel_hub_free(w->env.tunnels); /* its handles close on the run below */
   w->env.tunnels = NULL;
+  sy_evset_free(w->env.ev);
+  w->env.ev = NULL;
   if (!w->started) {
     close_listeners(w);
     uv_walk(&w->loop, close_walk, NULL);

@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include "switchyard/config.h"
+#include "switchyard/evset.h"
 #include "switchyard/flow.h"
 #include "switchyard/metrics.h"
 #include "switchyard/tunnel.h"
@@ -23,6 +24,7 @@ typedef struct sy_conn_env sy_conn_env;
 struct sy_conn_env {
   /* Written by the worker, read by its connections. */
   uv_loop_t *loop;
+  sy_evset *ev;   /* the worker's epoll set: every socket of a connection is in it */
   sy_config *cfg; /* the snapshot new connections take a reference of */
   sy_metrics *metrics;
   sy_upool *upool; /* idle upstream keep-alive connections; NULL once stopping */
@@ -36,7 +38,8 @@ struct sy_conn_env {
 
   /* Owned by the connection code; the worker only tests `conns` for NULL. */
   sy_conn *conns;     /* intrusive list, for reload and shutdown */
-  sy_flow_pool flows; /* buffer caches and writes done at once */
+  sy_flow_pool flows; /* buffer caches */
+  uv_tcp_t catcher;   /* takes an accepted socket from libuv (uvfd.h) */
   sy_buf labels;      /* metric labels being built: capacity kept */
   struct {            /* series counted per connection (sy_metrics_add_cell) */
     int64_t *accepted, *open, *to_upstream, *to_client, *spliced, *copied;

@@ -6,8 +6,8 @@
  * memory at one buffer per direction whatever the body size.
  *
  * A flow never sees the connection that owns it: the owner hears of a parsed
- * response head through on_head, of a finished write through the libuv write
- * callback it passes, and reads the flow's fields for the rest. The fuzz
+ * response head through on_head, of a finished write through the socket's
+ * write callback it passes, and reads the flow's fields for the rest. The fuzz
  * targets drive this very code. */
 #ifndef SWITCHYARD_FLOW_H
 #define SWITCHYARD_FLOW_H
@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #include "switchyard/http.h"
+#include "switchyard/sock.h"
 #include "switchyard/tls.h"
 
 /* The usual read buffer; a request flow may need more (max_header_bytes). */
@@ -36,8 +37,7 @@
 
 typedef struct sy_flow sy_flow;
 
-/* Per-worker (per-loop) state shared by the flows: buffer caches, and the
- * queue of writes that went out at once and whose callbacks are due. */
+/* Per-worker (per-loop) state shared by the flows: buffer caches. */
 typedef struct sy_flow_pool {
   char *buf_cache[SY_FLOW_BUF_CACHE];
   unsigned nbuf;
@@ -48,14 +48,9 @@ typedef struct sy_flow_pool {
     size_t cap;
   } cipher_cache[SY_FLOW_CIPHER_CACHE];
   unsigned ncipher;
-  sy_flow *written, **written_tail;
-  uv_check_t written_check; /* runs them after the poll phase */
-  uv_idle_t written_idle;   /* ...and before the next poll, for writes made by timers */
 } sy_flow_pool;
 
-void sy_flow_pool_init(sy_flow_pool *p, uv_loop_t *loop);
-/* Closes the two handles (the loop is ending). */
-void sy_flow_pool_close(sy_flow_pool *p);
+void sy_flow_pool_init(sy_flow_pool *p);
 /* Frees the cached buffers (the worker has no connection left). */
 void sy_flow_pool_trim(sy_flow_pool *p);
 
@@ -86,14 +81,12 @@ struct sy_flow {
   sy_buf scratch;
   uv_buf_t *iov;
   uint32_t iovcap;
-  uv_write_t wreq;
-  uv_write_cb done_cb; /* a write that went out at once: its callback, deferred */
-  sy_flow *dnext;      /* the pool's list of those */
-  sy_buf cipher;       /* the batch once encrypted, while its write is in flight */
+  sy_sock_wreq wreq;
+  sy_buf cipher; /* the batch once encrypted, while its write is in flight */
   unsigned writing : 1, msg_done : 1, chunked_out : 1, head_done : 1, discard : 1, eof : 1;
   unsigned interim : 1;         /* the head being read is a 1xx: a message of its own */
   unsigned check_chunk_end : 1; /* a chunked message just ended: verify its CRLFs */
-  unsigned deferred : 1;        /* written at once, callback queued */
+  unsigned deferred : 1;        /* written at once, callback due (the owner clears it) */
   uint64_t bytes;               /* read from this flow's source for the current exchange */
 };
 
@@ -141,6 +134,6 @@ sy_flow_step sy_flow_parse(sy_flow *f, llhttp_errno_t *err);
 /* Writes the queued batch to dst (through tls when set); `cb` runs when it
  * is done, never from in here. 0: the batch is in flight (f->writing);
  * negative: a libuv error, nothing in flight. */
-int sy_flow_write(sy_flow *f, sy_flow_pool *p, uv_stream_t *dst, sy_tls_conn *tls, uv_write_cb cb);
+int sy_flow_write(sy_flow *f, sy_flow_pool *p, sy_sock *dst, sy_tls_conn *tls, sy_sock_write_cb cb);
 
 #endif

@@ -8,11 +8,12 @@
  * At most one pipe's worth (256 KiB) per direction is ever in flight: when the
  * destination is full the source stops being read (backpressure).
  *
- * Tunnels live in a hub, one per loop: the hub owns an edge-triggered epoll set
- * (watched by one libuv poll handle), a timer wheel for the idle and FIN
- * timeouts and the pipe pool. So a tunnel is one small allocation and two epoll
- * entries, with no libuv handle of its own; an idle tunnel costs its sockets and
- * a few hundred bytes, and moving bytes needs no epoll_ctl.
+ * Tunnels live in a hub, one per loop: the hub has a timer wheel for the idle
+ * and FIN timeouts and the pipe pool, and its tunnels' sockets are in the
+ * worker's edge-triggered epoll set (evset.h). So a tunnel is one small
+ * allocation and two epoll entries, with no libuv handle of its own; an idle
+ * tunnel costs its sockets and a few hundred bytes, and moving bytes needs no
+ * epoll_ctl.
  *
  * Requirements on the process: SIGPIPE must be ignored (splice(2) into a socket
  * whose peer is gone raises it, and unlike send() it has no MSG_NOSIGNAL).
@@ -25,6 +26,7 @@
 
 #include <uv.h>
 
+#include "switchyard/evset.h"
 #include "switchyard/pipepool.h"
 
 typedef struct sy_tunnel sy_tunnel;
@@ -44,6 +46,12 @@ typedef struct sy_tunnel_opts {
    * start, and at the end close() alone takes them out of the hub's epoll set.
    * Four syscalls fewer per tunnel; what a handshake costs is mostly syscalls. */
   int exclusive;
+  /* Both fds are already in the hub's epoll set for reading and writing (a
+   * connection's sockets, sy_sock): the tunnel takes their events over with
+   * no system call. Implies exclusive. readable/rdhup: what their last owner
+   * knew (an edge already reported is not reported again). */
+  int registered;
+  uint8_t readable[2], rdhup[2];
 } sy_tunnel_opts;
 
 /* Payload bytes: each way, and of their sum how they moved. */
@@ -80,10 +88,9 @@ typedef void (*sy_tunnel_done_cb)(sy_tunnel *t, const sy_tunnel_stats *st, void 
  * add up to its totals exactly. */
 typedef void (*sy_tunnel_progress_cb)(sy_tunnel *t, const sy_tunnel_bytes *delta, void *arg);
 
-/* NULL on failure (allocation, epoll_create1, libuv). The hub keeps the loop
- * alive only while it holds tunnels. */
-sy_tunnel_hub *sy_tunnel_hub_new(uv_loop_t *loop, sy_pipe_pool *pool, sy_tunnel_done_cb cb);
-
+/* NULL on failure (allocation). The tunnels' sockets go into `ev`, the
+ * worker's epoll set; each tunnel holds it (keeps the loop alive). */
+sy_tunnel_hub *sy_tunnel_hub_new(sy_evset *ev, sy_pipe_pool *pool, sy_tunnel_done_cb cb);
 /* Turns progress reports on (cb NULL: off). interval_ms 0 means 1000. The
  * cost on the byte path is a flag test per move; the hub's timer runs only
  * while it holds tunnels. */
@@ -98,29 +105,6 @@ void sy_tunnel_hub_close_all(sy_tunnel_hub *h, const char *reason);
 /* Closes the hub's handles; the hub is freed once libuv has closed them (run
  * the loop). The count must be 0. */
 void sy_tunnel_hub_free(sy_tunnel_hub *h);
-
-/* Where a turn of the loop blocks. LOOP: in libuv, with the hub's epoll set
- * watched as one fd, so a tunnel's wakeup costs two epoll_wait calls (libuv's,
- * then the hub's). OWN: in the hub's epoll set, with libuv's backend fd inside
- * it, so a tunnel's wakeup costs one and a libuv wakeup two. AUTO (the default)
- * picks whichever most recent wakeups were cheaper under, and LOOP while the hub
- * holds no tunnel. Tests force one. */
-enum sy_hub_mode { SY_HUB_AUTO = 0, SY_HUB_LOOP, SY_HUB_OWN };
-void sy_tunnel_hub_set_mode(sy_tunnel_hub *h, enum sy_hub_mode mode);
-
-/* Whether the last turn blocked in the hub's own epoll set (OWN). */
-int sy_tunnel_hub_owns_loop(const sy_tunnel_hub *h);
-
-/* The fd the next turn blocks on: readable when the turn would find work. */
-int sy_tunnel_hub_backend_fd(const sy_tunnel_hub *h);
-
-/* One turn of the hub's loop, blocking at most timeout_ms (-1: until there is
- * work). Nonzero while the loop has anything left (handles or tunnels). Use it,
- * or sy_tunnel_hub_run, instead of uv_run on a loop with a hub. */
-int sy_tunnel_hub_turn(sy_tunnel_hub *h, int timeout_ms);
-
-/* Turns until nothing is left: uv_run(loop, UV_RUN_DEFAULT) for a loop with a hub. */
-void sy_tunnel_hub_run(sy_tunnel_hub *h);
 
 /* Takes ownership of both fds (already dup'd by the caller, no other watcher on
  * them; they are made non-blocking here unless opts->exclusive says they are).

@@ -1,24 +1,23 @@
-/* Taking a socket away from a libuv TCP handle without a dup.
+/* Taking an accepted socket from a libuv listener without a libuv handle for
+ * it.
  *
- * libuv has no call that lets go of a stream's descriptor: closing the handle
- * closes the socket. The tunnel hub wants the socket itself (a dup and a close
- * per socket cost two system calls and, while both exist, a descriptor). These
- * two steps lean on what libuv's public struct shows: a stream that is neither
- * reading nor writing is out of the loop's watcher table, and a handle whose
- * descriptor field is -1 closes nothing. tests/unit/test_uvfd.c checks that
- * the libuv we build against still behaves so. */
+ * libuv's listener accepts a connection itself (accept4) and holds it for
+ * uv_accept, which can only put it into a uv_tcp_t; the connection code
+ * drives its sockets itself (sock.h). So the socket goes into a "catcher"
+ * handle that never reads or writes (so it never enters the loop's watcher
+ * table or epoll set) and is taken out of it at once by setting the handle's
+ * descriptor field back to -1. This leans on what libuv's public struct
+ * shows; tests/unit/test_uvfd.c checks that the libuv we build against still
+ * behaves so. */
 #ifndef SY_UVFD_H
 #define SY_UVFD_H
 
 #include <uv.h>
 
-/* Stops reading and takes the socket out of the loop's epoll set; the handle
- * still owns it (closing the handle closes it). -1: the handle is still
- * writing or has no socket, nothing changed but the read stop. */
-int sy_uvfd_take(uv_tcp_t *h);
-
-/* After sy_uvfd_take: the handle forgets its socket, so uv_close leaves it
- * open; the caller owns it from here. */
-void sy_uvfd_forget(uv_tcp_t *h);
+/* The socket waiting on `server` (non-blocking, close-on-exec), owned by the
+ * caller; the listener goes on accepting. `catcher`: an initialised TCP
+ * handle of the same loop, reused for every accept, closed with the loop.
+ * A negative libuv error when there is none or uv_accept fails. */
+int sy_uvfd_accept(uv_stream_t *server, uv_tcp_t *catcher);
 
 #endif

@@ -1,6 +1,10 @@
 /* The upstream connection of an exchange: choosing a server, connecting (or
  * taking one from the keep-alive pool), TLS towards it, one retry of a stale
  * pooled connection, and giving the connection back or closing it. */
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include "internal.h"
 #include "switchyard/log.h"
 #include "switchyard/proxyproto.h"
@@ -52,7 +56,7 @@ void upstream_link_release(sy_conn *c) {
   /* A pooled link is read by the upstream side's callbacks, which close it
    * on any byte or EOF while it has no connection (l->c == NULL). */
   l->c = NULL;
-  if (!uv_is_active((uv_handle_t *)&l->tcp)) conn_link_read(l);
+  if (!sy_sock_is_reading(&l->sock)) conn_link_read(l);
   if (sy_upool_put(c->env->upool, l, up->keepalive_max_idle, up->keepalive_idle) < 0)
     sy_link_close(l);
   /* The link's reference on the connection ends here either way. */
@@ -69,20 +73,20 @@ static void take_link(sy_conn *c, sy_link *l) {
 }
 
 /* upstreams.NAME.send_proxy: the client's addresses go first on the new
- * connection, before TLS and before the request (libuv keeps a stream's
- * writes in order; a write tried at once waits behind a queued one). */
+ * connection, before TLS and before the request (a socket keeps its writes
+ * in order; a write tried at once waits behind a queued one). */
 static int send_proxy_header(sy_conn *c, const sy_upstream_cfg *up) {
   sy_buf b = {0};
   const struct sockaddr *src = (const struct sockaddr *)&c->peer;
   const struct sockaddr *dst = (const struct sockaddr *)conn_local(c);
   int rc = up->send_proxy == SY_PP_V2 ? sy_pp_build_v2(&b, src, dst) : sy_pp_build_v1(&b, src, dst);
-  if (rc == 0) rc = conn_raw_write(c, (uv_stream_t *)&c->link->tcp, &b);
+  if (rc == 0) rc = conn_raw_write(c, &c->link->sock, &b);
   sy_buf_free(&b);
   return rc;
 }
 
-static void on_connect(uv_connect_t *req, int status) {
-  sy_link *l = req->data;
+static void on_connect(sy_sock *st, int status) {
+  sy_link *l = st->data;
   sy_conn *c = l->c;
   if (!c || conn_closed(c) || c->link != l) {
     if (c) conn_unref(c);
@@ -94,7 +98,8 @@ static void on_connect(uv_connect_t *req, int status) {
     upstream_failed(c, status == UV_ETIMEDOUT);
     return;
   }
-  uv_tcp_nodelay(&l->tcp, 1);
+  int one = 1;
+  setsockopt(sy_sock_fd(&l->sock), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   const sy_upstream_cfg *up = c->x.route->upstream;
   if (up->send_proxy && send_proxy_header(c, up) < 0) {
     c->x.term = SY_TERM_INTERNAL;
@@ -203,7 +208,7 @@ void upstream_connect(sy_conn *c) {
       return;
     }
   }
-  sy_link *l = sy_link_new(c->env->loop, s);
+  sy_link *l = sy_link_new(c->env->ev, s);
   if (!l) {
     c->x.term = SY_TERM_INTERNAL;
     local_response(c, 500, 1);
@@ -211,7 +216,7 @@ void upstream_connect(sy_conn *c) {
   }
   take_link(c, l);
   c->x.t_connect = uv_hrtime();
-  int rc = uv_tcp_connect(&l->creq, &l->tcp, (const struct sockaddr *)&s->addr.sa, on_connect);
+  int rc = sy_sock_connect(&l->sock, (const struct sockaddr *)&s->addr.sa, on_connect);
   if (rc == UV_EMFILE || rc == UV_ENFILE || rc == UV_ENOBUFS || rc == UV_ENOMEM) {
     /* Our own shortage, not the server's fault: no passive ejection. */
     sy_log_every_second(SY_LOG_ERROR,
@@ -228,10 +233,8 @@ void upstream_connect(sy_conn *c) {
     return;
   }
   c->refs++; /* the connect request */
-  /* Armed now, the read costs nothing extra: libuv adds the socket for both
-   * events and drops POLLOUT after the connect. Started after it, libuv's
-   * ADD fails with EEXIST and is retried as a MOD. libuv delivers no read
-   * before the connect callback, which decides whether reading stays on. */
+  /* The socket delivers no read before the connect callback, which decides
+   * whether reading stays on. */
   conn_link_read(l);
   conn_timer_arm(c, conn_route_timeout(c->x.route->timeouts.connect, c->cfg->timeouts.connect));
 }

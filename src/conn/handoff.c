@@ -8,7 +8,6 @@
 #include "switchyard/limits.h"
 #include "switchyard/log.h"
 #include "switchyard/upstream.h"
-#include "switchyard/uvfd.h"
 
 void sy_conn_tunnel_progress(sy_tunnel *t, const sy_tunnel_bytes *d, void *arg) {
   report_tunnel_bytes(sy_tunnel_extra(t), d);
@@ -38,9 +37,8 @@ static const char *note_str(char **at, const char *s) {
 }
 
 void handoff_start(sy_conn *c) {
-  int dc = sy_uvfd_take(&c->client);
-  int du = c->link ? sy_uvfd_take(&c->link->tcp) : -1;
-  if (dc < 0 || du < 0) {
+  sy_sock *cs = &c->client, *us = c->link ? &c->link->sock : NULL;
+  if (!us || cs->wq || us->wq || cs->connecting || us->connecting) {
     /* Both sides are idle when a 101 is handed over; only a bug gets here. */
     sy_log_error("BUG: tunnel hand-off of a socket still in use");
     conn_close(c);
@@ -55,22 +53,27 @@ void handoff_start(sy_conn *c) {
       .idle_timeout_ms = conn_route_timeout(rt->timeouts.tunnel_idle, c->cfg->timeouts.tunnel_idle),
       .fin_timeout_ms = conn_route_timeout(rt->timeouts.tunnel_fin, c->cfg->timeouts.tunnel_fin),
       .force_copy = 0,
-      /* libuv's sockets are non-blocking, and no one else holds them. */
-      .exclusive = 1,
+      /* Already in the worker's set, non-blocking, held by no one else: the
+       * tunnel takes their events over with what the sockets knew of them. */
+      .registered = 1,
+      .readable = {cs->readable, us->readable},
+      .rdhup = {cs->rdhup, us->rdhup},
   };
   size_t extra = sizeof(conn_note) + strlen(c->x.proto) + strlen(c->client_ip) + 2 +
                  (c->x.path ? strlen(c->x.path) + 1 : 0) +
                  (c->x.request_id[0] ? strlen(c->x.request_id) + 1 : 0);
   conn_set_state(c, CS_TUNNEL);
-  sy_tunnel *t = sy_tunnel_start(c->env->tunnels, dc, du, q->buf ? q->buf + q->pos : NULL,
-                                 q->buf ? q->len - q->pos : 0, r->buf ? r->buf + r->pos : NULL,
-                                 r->buf ? r->len - r->pos : 0, &o, extra, NULL);
+  sy_tunnel *t = sy_tunnel_start(c->env->tunnels, sy_sock_fd(cs), sy_sock_fd(us),
+                                 q->buf ? q->buf + q->pos : NULL, q->buf ? q->len - q->pos : 0,
+                                 r->buf ? r->buf + r->pos : NULL, r->buf ? r->len - r->pos : 0, &o,
+                                 extra, NULL);
   if (!t) {
-    /* The handles still own their sockets: conn_close closes them. */
+    /* The connection still owns its sockets: conn_close closes them. */
     sy_log_every_second(SY_LOG_ERROR, "tunnel: cannot hand over: %s", strerror(errno));
   } else {
-    sy_uvfd_forget(&c->client); /* the tunnel's now, not a dup (uvfd.h) */
-    sy_uvfd_forget(&c->link->tcp);
+    /* The tunnel's now: the sockets let go of them without a system call. */
+    conn_client_release(c);
+    sy_link_release_fd(c->link);
     conn_note *n = sy_tunnel_extra(t);
     char *at = (char *)(n + 1);
     *n = report_note_of(c);
@@ -88,7 +91,7 @@ void handoff_start(sy_conn *c) {
     c->handed_off = 1;
     c->server_counted = 0;
   }
-  /* The tunnel owns the sockets; the connection, its libuv handles and its
-   * buffers go now. */
+  /* The tunnel owns the sockets; the connection, its timer and its buffers
+   * go now. */
   conn_close(c);
 }

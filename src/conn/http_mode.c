@@ -50,7 +50,7 @@ static void http_eof(sy_conn *c, conn_side s, ssize_t n);
 
 static void http_read_update(sy_conn *c, conn_side s) {
   sy_flow *f = &c->fl[s];
-  uv_stream_t *st = conn_stream(c, s);
+  sy_sock *st = conn_stream(c, s);
   if (!st || conn_closed(c) || c->state == CS_LINGER || c->state == CS_TUNNEL) return;
   if (f->eof && !f->writing && f->pos == f->len) {
     /* An end read ahead of the parser counts once the bytes before it did. */
@@ -59,7 +59,7 @@ static void http_read_update(sy_conn *c, conn_side s) {
     return;
   }
   if (f->eof) {
-    uv_read_stop(st);
+    sy_sock_read_stop(st);
     return;
   }
   conn_read_arm(c, s, http_wants(c, s));
@@ -197,15 +197,15 @@ static void http_input(sy_conn *c, conn_side s, size_t n) {
 
 static void http_eof(sy_conn *c, conn_side s, ssize_t n) {
   sy_flow *f = &c->fl[s];
-  uv_stream_t *st = conn_stream(c, s);
+  sy_sock *st = conn_stream(c, s);
   if (s == SIDE_UPSTREAM && f->msg_done && f->writing) {
     /* The response is whole and being written: its end only means the
      * connection cannot carry another request. */
     f->eof = 1;
-    if (st) uv_read_stop(st);
+    if (st) sy_sock_read_stop(st);
     return;
   }
-  if (st) uv_read_stop(st);
+  if (st) sy_sock_read_stop(st);
   if (s == SIDE_CLIENT && c->state == CS_READ_HEAD && f->len == f->pos) {
     conn_close(c); /* a clean end between requests */
     return;
@@ -287,7 +287,7 @@ void http_flush(sy_conn *c, conn_side s) {
   }
 }
 
-static void http_written(sy_conn *c, conn_side s, uv_write_t *req, int status) {
+static void http_written(sy_conn *c, conn_side s, sy_sock_wreq *req, int status) {
   sy_flow *f = &c->fl[s];
   if (req->handle != conn_stream(c, 1 - s)) {
     /* The write was for an upstream connection already given up (a local

@@ -36,6 +36,7 @@
 #include "switchyard/tls.h"
 #include "switchyard/log.h"
 #include "switchyard/reqid.h"
+#include "switchyard/sock.h"
 #include "switchyard/termination.h"
 #include "switchyard/upool.h"
 #include "switchyard/upstream.h"
@@ -126,9 +127,8 @@ struct sy_conn {
   const struct conn_io *io;
   conn_state state; /* set_state only */
   int refs;         /* open handles + requests in flight; freed at 0 once CLOSED */
-  uv_tcp_t client;
+  sy_sock client;
   uv_timer_t timer;
-  uv_shutdown_t sreq;
   sy_link *link;       /* the upstream connection, NULL when none */
   sy_flow fl[2];       /* fl[s] reads side s, writes side 1 - s */
   sy_tls_conn *tls[2]; /* per side; NULL = cleartext */
@@ -159,7 +159,7 @@ typedef struct conn_io {
   void (*read_update)(sy_conn *c, conn_side s);         /* start or stop reading s */
   void (*input)(sy_conn *c, conn_side s, size_t n);     /* n bytes landed in fl[s] */
   void (*eof)(sy_conn *c, conn_side s, ssize_t status); /* side s ended (EOF or error) */
-  void (*written)(sy_conn *c, conn_side s, uv_write_t *req, int status); /* fl[s]'s batch */
+  void (*written)(sy_conn *c, conn_side s, sy_sock_wreq *req, int status); /* fl[s]'s batch */
 } conn_io;
 
 extern const conn_io conn_http_io;
@@ -170,10 +170,13 @@ static inline int conn_closed(const sy_conn *c) {
   return c->state == CS_CLOSED;
 }
 
-/* conn.c: lifetime, state, timers */
+/* lifetime.c: lifetime, state, timers */
 void conn_set_state(sy_conn *c, conn_state to);
 const char *conn_state_name(conn_state s);
 void conn_close(sy_conn *c);
+/* The client socket's descriptor, given away still in the worker's set; the
+ * socket's close callback still comes (the connection's reference). */
+int conn_client_release(sy_conn *c);
 void conn_linger(sy_conn *c);
 void conn_unref(sy_conn *c);
 void conn_timer_arm(sy_conn *c, sy_msec_t ms);
@@ -188,22 +191,22 @@ const struct sockaddr_storage *conn_local(sy_conn *c);
 /* proxy_in.c: the PROXY protocol header of listeners[].proxy_protocol */
 void conn_pp_failed(sy_conn *c, const char *reason);
 
-/* io.c: one side's socket plumbing, written once */
-uv_stream_t *conn_stream(sy_conn *c, conn_side s);
+/* sides.c: one side's socket plumbing, written once */
+sy_sock *conn_stream(sy_conn *c, conn_side s);
 const char *conn_side_name(conn_side s);
 const char *conn_peer(const sy_conn *c, conn_side s); /* for log lines */
 void conn_read_arm(sy_conn *c, conn_side s, int want);
 int conn_flush(sy_conn *c, conn_side s); /* 1 in flight, 0 nothing to write, <0 failed */
-int conn_raw_write(sy_conn *c, uv_stream_t *st, sy_buf *b);
+int conn_raw_write(sy_conn *c, sy_sock *st, sy_buf *b);
 uint32_t conn_buf_cap(const sy_conn *c, conn_side s);
 void conn_link_read(sy_link *l); /* read a link with the upstream side's callbacks */
 
-/* tls.c: TLS on either side, RFC 2817 */
+/* tls_side.c: TLS on either side, RFC 2817 */
 void conn_tls_pump(sy_conn *c, conn_side s);
 int conn_tls_flush(sy_conn *c, conn_side s);
 void conn_tls_upgrade_start(sy_conn *c);
 
-/* http.c: the HTTP mode */
+/* http_mode.c: the HTTP mode */
 void http_feed(sy_conn *c, conn_side s);
 void http_flush(sy_conn *c, conn_side s);
 void http_exchange_end(sy_conn *c);

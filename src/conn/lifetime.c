@@ -4,10 +4,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "switchyard/limits.h"
 #include "switchyard/log.h"
+#include "switchyard/uvfd.h"
 
 /* ---- the state ---------------------------------------------------------------- */
 
@@ -182,35 +187,42 @@ static void on_handle_closed(uv_handle_t *h) {
   conn_unref(h->data);
 }
 
+static void on_client_closed(sy_sock *s) {
+  conn_unref(s->data);
+}
+
+int conn_client_release(sy_conn *c) {
+  return sy_sock_release(&c->client, on_client_closed);
+}
+
 void conn_close(sy_conn *c) {
   if (c->state == CS_CLOSED) return;
   if (c->state == CS_RELAY && !c->relay.reported) relay_report(c, "error");
   conn_set_state(c, CS_CLOSED);
   upstream_link_close(c);
-  if (!uv_is_closing((uv_handle_t *)&c->client))
-    uv_close((uv_handle_t *)&c->client, on_handle_closed);
+  if (!sy_sock_is_closing(&c->client)) sy_sock_close(&c->client, on_client_closed);
   uv_close((uv_handle_t *)&c->timer, on_handle_closed);
 }
 
 /* Close without losing the response: shut our side, then drain what the client
  * still sends until it closes or a short deadline, so the kernel does not
  * answer unread bytes with an RST that would destroy the response in flight. */
-static void on_linger_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+static void on_linger_read(sy_sock *s, ssize_t n, const uv_buf_t *buf) {
   sy_conn *c = s->data;
-  free(buf->base);
   if (n < 0) conn_close(c);
 }
 
-static void linger_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
-  buf->base = malloc(4096);
-  buf->len = buf->base ? 4096 : 0;
+static void linger_alloc(sy_sock *s, uv_buf_t *buf) {
+  static __thread char sink[4096]; /* drained, never kept */
+  buf->base = sink;
+  buf->len = sizeof(sink);
 }
 
-static void on_shutdown(uv_shutdown_t *req, int status) {
-  sy_conn *c = req->data;
+static void on_shutdown(sy_sock *s, int status) {
+  sy_conn *c = s->data;
   if (status < 0 || c->state == CS_CLOSED) {
     conn_close(c);
-  } else if (uv_read_start((uv_stream_t *)&c->client, linger_alloc, on_linger_read) < 0) {
+  } else if (sy_sock_read_start(&c->client, linger_alloc, on_linger_read) < 0) {
     conn_close(c);
   }
   conn_unref(c);
@@ -220,9 +232,9 @@ void conn_linger(sy_conn *c) {
   if (c->state == CS_CLOSED || c->state == CS_LINGER) return;
   conn_set_state(c, CS_LINGER);
   upstream_link_close(c);
-  uv_read_stop((uv_stream_t *)&c->client);
-  /* A flow with a write in flight keeps its memory: libuv still holds the
-   * request (its queue links live in the flow) and the bytes. conn_free
+  sy_sock_read_stop(&c->client);
+  /* A flow with a write in flight keeps its memory: the socket still holds
+   * the request (its queue links live in the flow) and the bytes. conn_free
    * takes what is left. */
   for (int s = 0; s < 2; s++)
     if (!c->fl[s].writing) sy_flow_free(&c->fl[s], &c->env->flows);
@@ -231,8 +243,7 @@ void conn_linger(sy_conn *c) {
     sy_tls_shutdown(c->tls[SIDE_CLIENT]);
     conn_tls_flush(c, SIDE_CLIENT);
   }
-  c->sreq.data = c;
-  if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->client, on_shutdown) == 0)
+  if (sy_sock_shutdown(&c->client, on_shutdown) == 0)
     c->refs++;
   else
     conn_close(c);
@@ -252,13 +263,6 @@ static void ip4_text(const struct sockaddr_in *a, char out[16]) {
     *o++ = (char)('0' + v % 10);
     *o++ = i < 3 ? '.' : '\0';
   }
-}
-
-static void free_unaccepted(uv_handle_t *h) {
-  sy_conn *c = h->data;
-  sy_conn_env *env = c->env;
-  free(c);
-  env->conn_gone(env);
 }
 
 const char *conn_client_text(const sy_conn *c, char out[80]) {
@@ -296,37 +300,38 @@ void conn_set_client(sy_conn *c, const struct sockaddr_storage *peer,
  * (conn_local): one system call fewer per connection. */
 static void peer_text(sy_conn *c) {
   struct sockaddr_storage peer = {0};
-  int len = sizeof(peer);
-  uv_tcp_getpeername(&c->client, (struct sockaddr *)&peer, &len);
+  socklen_t len = sizeof(peer);
+  getpeername(sy_sock_fd(&c->client), (struct sockaddr *)&peer, &len);
   conn_set_client(c, &peer, NULL);
 }
 
 const struct sockaddr_storage *conn_local(sy_conn *c) {
   if (c->local.ss_family == 0) {
-    int len = sizeof(c->local);
-    uv_tcp_getsockname(&c->client, (struct sockaddr *)&c->local, &len);
+    socklen_t len = sizeof(c->local);
+    getsockname(sy_sock_fd(&c->client), (struct sockaddr *)&c->local, &len);
   }
   return &c->local;
 }
 
 void sy_conn_accept(sy_conn_env *env, uv_stream_t *server, const sy_listener_cfg *lcfg) {
-  sy_conn *c = calloc(1, sizeof(*c));
-  if (!c) {
+  int fd = sy_uvfd_accept(server, &env->catcher);
+  sy_conn *c = fd >= 0 ? calloc(1, sizeof(*c)) : NULL;
+  if (c) {
+    sy_sock_init(&c->client, env->ev);
+    c->client.data = c;
+  }
+  int rc = fd < 0 ? fd : !c ? UV_ENOMEM : sy_sock_open(&c->client, fd);
+  if (rc < 0) {
+    sy_log_every_second(SY_LOG_ERROR, "accept: %s", uv_strerror(rc));
+    if (fd >= 0) close(fd);
+    free(c);
     env->conn_gone(env); /* counted (and its descriptors taken) by the caller */
     return;
   }
   c->env = env;
-  uv_tcp_init(env->loop, &c->client);
-  c->client.data = c;
   c->refs = 1;
-  int rc = uv_accept(server, (uv_stream_t *)&c->client);
-  if (rc < 0) {
-    sy_log_every_second(SY_LOG_ERROR, "accept: %s", uv_strerror(rc));
-    c->state = CS_CLOSED;
-    uv_close((uv_handle_t *)&c->client, free_unaccepted);
-    return;
-  }
-  uv_tcp_nodelay(&c->client, 1);
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   uv_timer_init(env->loop, &c->timer);
   c->timer.data = c;
   c->refs++;
@@ -402,11 +407,12 @@ void conn_start(sy_conn *c) {
 /* ---- the worker's operations --------------------------------------------------- */
 
 void sy_conn_env_init(sy_conn_env *env) {
-  sy_flow_pool_init(&env->flows, env->loop);
+  sy_flow_pool_init(&env->flows);
+  uv_tcp_init(env->loop, &env->catcher);
 }
 
 void sy_conn_env_close(sy_conn_env *env) {
-  sy_flow_pool_close(&env->flows);
+  if (!uv_is_closing((uv_handle_t *)&env->catcher)) uv_close((uv_handle_t *)&env->catcher, NULL);
 }
 
 void sy_conn_env_trim(sy_conn_env *env) {

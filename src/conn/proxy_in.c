@@ -56,7 +56,7 @@ static void pp_eof(sy_conn *c, conn_side s, ssize_t status) {
   conn_pp_failed(c, status == UV_EOF ? "eof" : "bad");
 }
 
-static void pp_written(sy_conn *c, conn_side s, uv_write_t *req, int status) {
+static void pp_written(sy_conn *c, conn_side s, sy_sock_wreq *req, int status) {
   /* Nothing is written before the header: no write completes in this mode. */
 }
 

@@ -86,27 +86,24 @@ static void relay_input(sy_conn *c, conn_side s, size_t n) {
   relay_read_update(c, s);
 }
 
-static void on_shutdown(uv_shutdown_t *req, int status) {
-  sy_conn *c = req->data;
-  free(req);
-  conn_unref(c);
+static void on_client_shut(sy_sock *st, int status) {
+  conn_unref(st->data);
+}
+
+static void on_upstream_shut(sy_sock *st, int status) {
+  sy_link *l = st->data;
+  conn_unref(l->c);
 }
 
 /* FIN (or close_notify then FIN) towards side `to`, once everything for it went. */
 static void shutdown_side(sy_conn *c, conn_side to) {
-  uv_stream_t *st = conn_stream(c, to);
+  sy_sock *st = conn_stream(c, to);
   if (!st) return;
   if (c->tls[to]) {
     sy_tls_shutdown(c->tls[to]);
     conn_tls_flush(c, to);
   }
-  uv_shutdown_t *req = malloc(sizeof(*req));
-  if (!req) return;
-  req->data = c;
-  if (uv_shutdown(req, st, on_shutdown) == 0)
-    c->refs++;
-  else
-    free(req);
+  if (sy_sock_shutdown(st, to == SIDE_CLIENT ? on_client_shut : on_upstream_shut) == 0) c->refs++;
 }
 
 static void maybe_done(sy_conn *c, conn_side s) {
@@ -116,7 +113,7 @@ static void maybe_done(sy_conn *c, conn_side s) {
   if (c->fl[0].eof && c->fl[1].eof && !c->fl[0].writing && !c->fl[1].writing) relay_end(c, "eof");
 }
 
-static void relay_written(sy_conn *c, conn_side s, uv_write_t *req, int status) {
+static void relay_written(sy_conn *c, conn_side s, sy_sock_wreq *req, int status) {
   if (status < 0) {
     /* The write towards side 1 - s failed: that side is gone. */
     c->io->eof(c, 1 - s, status);

@@ -1,14 +1,14 @@
 /* One side's socket plumbing, written once for both sides: buffers lent to
- * libuv, reads, the start and stop of reading, batches written, and bytes
- * the proxy itself owes a socket. What the bytes mean is the mode's business
+ * the socket (sock.h), reads, the start and stop of reading, batches written,
+ * and bytes the proxy itself owes a socket. What the bytes mean is the mode's business
  * (c->io: HTTP or relay). */
 #include <stdlib.h>
 
 #include "internal.h"
 
-uv_stream_t *conn_stream(sy_conn *c, conn_side s) {
-  if (s == SIDE_CLIENT) return (uv_stream_t *)&c->client;
-  return c->link ? (uv_stream_t *)&c->link->tcp : NULL;
+sy_sock *conn_stream(sy_conn *c, conn_side s) {
+  if (s == SIDE_CLIENT) return &c->client;
+  return c->link ? &c->link->sock : NULL;
 }
 
 const char *conn_side_name(conn_side s) {
@@ -68,17 +68,17 @@ static void side_read(sy_conn *c, conn_side s, ssize_t n, const uv_buf_t *buf) {
   c->io->eof(c, s, n);
 }
 
-static void on_client_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
-  side_alloc(h->data, SIDE_CLIENT, buf);
+static void on_client_alloc(sy_sock *st, uv_buf_t *buf) {
+  side_alloc(st->data, SIDE_CLIENT, buf);
 }
 
-static void on_client_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
+static void on_client_read(sy_sock *st, ssize_t n, const uv_buf_t *buf) {
   side_read(st->data, SIDE_CLIENT, n, buf);
 }
 
-static void on_upstream_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
+static void on_upstream_alloc(sy_sock *st, uv_buf_t *buf) {
   static __thread char sink[64];
-  sy_link *l = h->data;
+  sy_link *l = st->data;
   if (!l->c) { /* pooled: anything that arrives condemns the link */
     buf->base = sink;
     buf->len = sizeof(sink);
@@ -87,7 +87,7 @@ static void on_upstream_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
   side_alloc(l->c, SIDE_UPSTREAM, buf);
 }
 
-static void on_upstream_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
+static void on_upstream_read(sy_sock *st, ssize_t n, const uv_buf_t *buf) {
   sy_link *l = st->data;
   if (!l->c) {
     /* An idle pooled connection: stray bytes, EOF or an error all mean it
@@ -99,7 +99,7 @@ static void on_upstream_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
 }
 
 void conn_link_read(sy_link *l) {
-  uv_read_start((uv_stream_t *)&l->tcp, on_upstream_alloc, on_upstream_read);
+  sy_sock_read_start(&l->sock, on_upstream_alloc, on_upstream_read);
 }
 
 void conn_read_arm(sy_conn *c, conn_side s, int want) {
@@ -108,37 +108,38 @@ void conn_read_arm(sy_conn *c, conn_side s, int want) {
   if (t && !sy_tls_handshake_done(t))
     want = 1; /* the handshake needs the socket whatever HTTP wants */
   else if (t && want && sy_tls_has_pending(t))
-    conn_tls_pump(c, s);               /* plaintext OpenSSL already holds comes first */
-  uv_stream_t *st = conn_stream(c, s); /* the pump may have closed the link */
+    conn_tls_pump(c, s);           /* plaintext OpenSSL already holds comes first */
+  sy_sock *st = conn_stream(c, s); /* the pump may have closed the link */
   if (!st || conn_closed(c) || c->state == CS_LINGER) return;
   if (!want)
-    uv_read_stop(st);
+    sy_sock_read_stop(st);
   else if (s == SIDE_CLIENT)
-    uv_read_start(st, on_client_alloc, on_client_read);
+    sy_sock_read_start(st, on_client_alloc, on_client_read);
   else
-    uv_read_start(st, on_upstream_alloc, on_upstream_read);
+    sy_sock_read_start(st, on_upstream_alloc, on_upstream_read);
 }
 
 /* ---- writing ------------------------------------------------------------------- */
 
-static void flow_written(uv_write_t *req, int status, conn_side s) {
+static void flow_written(sy_sock_wreq *req, int status, conn_side s) {
   sy_conn *c = req->data;
   c->fl[s].writing = 0;
+  c->fl[s].deferred = 0;
   if (!conn_closed(c) && c->state != CS_LINGER) c->io->written(c, s, req, status);
   conn_unref(c);
 }
 
-static void on_request_written(uv_write_t *req, int status) {
+static void on_request_written(sy_sock_wreq *req, int status) {
   flow_written(req, status, SIDE_CLIENT);
 }
 
-static void on_response_written(uv_write_t *req, int status) {
+static void on_response_written(sy_sock_wreq *req, int status) {
   flow_written(req, status, SIDE_UPSTREAM);
 }
 
 int conn_flush(sy_conn *c, conn_side s) {
   sy_flow *f = &c->fl[s];
-  uv_stream_t *dst = conn_stream(c, 1 - s);
+  sy_sock *dst = conn_stream(c, 1 - s);
   if (f->writing || conn_closed(c) || !dst) return 1;
   if (!f->nsegs) return 0;
   f->wreq.data = c;
@@ -150,12 +151,12 @@ int conn_flush(sy_conn *c, conn_side s) {
 }
 
 typedef struct raw_write {
-  uv_write_t req;
+  sy_sock_wreq req;
   sy_conn *c;
   sy_buf buf;
 } raw_write;
 
-static void on_raw_written(uv_write_t *req, int status) {
+static void on_raw_written(sy_sock_wreq *req, int status) {
   raw_write *w = (raw_write *)req;
   sy_conn *c = w->c;
   sy_buf_free(&w->buf);
@@ -165,16 +166,16 @@ static void on_raw_written(uv_write_t *req, int status) {
 }
 
 /* Bytes the proxy itself owes a socket (TLS handshake records, alerts, the 101
- * of an RFC 2817 upgrade), outside the flows' batches; libuv keeps a stream's
+ * of an RFC 2817 upgrade), outside the flows' batches; a socket keeps its
  * writes in order. Takes the buffer. */
-int conn_raw_write(sy_conn *c, uv_stream_t *st, sy_buf *b) {
+int conn_raw_write(sy_conn *c, sy_sock *st, sy_buf *b) {
   raw_write *w = calloc(1, sizeof(*w));
   if (!w) return -1;
   w->c = c;
   w->buf = *b;
   *b = (sy_buf){0};
   uv_buf_t ub = uv_buf_init(w->buf.p, (unsigned)w->buf.len);
-  if (uv_write(&w->req, st, &ub, 1, on_raw_written) < 0) {
+  if (sy_sock_write(&w->req, st, &ub, 1, on_raw_written) < 0) {
     sy_buf_free(&w->buf);
     free(w);
     return -1;

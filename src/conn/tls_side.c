@@ -6,7 +6,7 @@
 
 int conn_tls_flush(sy_conn *c, conn_side s) {
   sy_tls_conn *t = c->tls[s];
-  uv_stream_t *st = conn_stream(c, s);
+  sy_sock *st = conn_stream(c, s);
   if (!t || !st) return 0;
   sy_buf b = {0};
   int rc = sy_tls_take_output(t, &b);
@@ -94,7 +94,7 @@ void conn_tls_upgrade_start(sy_conn *c) {
   sy_buf b = {0};
   sy_buf_appendf(&b, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: TLS/1.0, HTTP/1.1\r\n"
                      "Connection: Upgrade\r\n\r\n");
-  if (conn_raw_write(c, (uv_stream_t *)&c->client, &b) < 0) {
+  if (conn_raw_write(c, &c->client, &b) < 0) {
     sy_buf_free(&b);
     conn_close(c);
     return;

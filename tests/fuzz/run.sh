@@ -9,7 +9,7 @@
 #   CC_FUZZ        compiler (default clang; needs libclang-rt-14-dev on Debian 12)
 #   FUZZ_JOBS      parallel compile jobs (default 2)
 #
-# Steps: compile src/{base,http,router,config,config_values,upstream,tls,log,termination,flow,uri}.c and llhttp with
+# Steps: compile src/{base,http,router,config,config_values,upstream,tls,log,termination,flow,uri,sock,evset}.c and llhttp with
 # -fsanitize=fuzzer-no-link,address,undefined; link one binary per target;
 # replay every file under tests/fuzz/regressions/<target>/ (a fixed bug must stay
 # fixed); then fuzz from tests/fuzz/corpus/<target>/ into BUILD_DIR/corpus/<target>/
@@ -59,7 +59,7 @@ job() { # run a compile in the background, at most $JOBS at once
 for f in llhttp api http; do
   job "$LLHTTP_SRC/$f.c" "$OUT/obj/llhttp_$f.o" "-w"
 done
-for f in base http router config config_values upstream tls log termination flow uri; do
+for f in base http router config config_values upstream tls log termination flow uri sock evset; do
   job "$SRC/src/$f.c" "$OUT/obj/sy_$f.o" "-Wall -Wextra -Wno-unused-parameter"
 done
 for t in request response config path; do
@@ -67,7 +67,7 @@ for t in request response config path; do
 done
 wait
 if [ -e "$OUT/obj/FAILED" ]; then echo "run.sh: build failed" >&2; exit 2; fi
-LIBOBJ="$OUT/obj/llhttp_llhttp.o $OUT/obj/llhttp_api.o $OUT/obj/llhttp_http.o $OUT/obj/sy_base.o $OUT/obj/sy_http.o $OUT/obj/sy_router.o $OUT/obj/sy_config.o $OUT/obj/sy_config_values.o $OUT/obj/sy_upstream.o $OUT/obj/sy_tls.o $OUT/obj/sy_log.o $OUT/obj/sy_termination.o $OUT/obj/sy_flow.o $OUT/obj/sy_uri.o"
+LIBOBJ="$OUT/obj/llhttp_llhttp.o $OUT/obj/llhttp_api.o $OUT/obj/llhttp_http.o $OUT/obj/sy_base.o $OUT/obj/sy_http.o $OUT/obj/sy_router.o $OUT/obj/sy_config.o $OUT/obj/sy_config_values.o $OUT/obj/sy_upstream.o $OUT/obj/sy_tls.o $OUT/obj/sy_log.o $OUT/obj/sy_termination.o $OUT/obj/sy_flow.o $OUT/obj/sy_uri.o $OUT/obj/sy_sock.o $OUT/obj/sy_evset.o"
 for t in request response config path; do
   # shellcheck disable=SC2086
   $CC -fsanitize=fuzzer $SAN "$OUT/obj/fuzz_$t.o" $LIBOBJ $PKG_LIBS -ldl -lpthread -lm -o "$OUT/bin/fuzz_$t"

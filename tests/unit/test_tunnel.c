@@ -95,16 +95,17 @@ static int fd_is_open(int fd) {
 /* ---- fixture ---- */
 
 /* Where the loop blocks (tunnel.h): main runs every test in each mode. */
-static enum sy_hub_mode g_mode = SY_HUB_LOOP;
+static enum sy_ev_mode g_mode = SY_EV_LOOP;
 
 typedef struct fx {
   uv_loop_t loop;
   sy_pipe_pool *pool;
+  sy_evset *ev;
   sy_tunnel_hub *hub;
   int client_peer, upstream_peer; /* the test's ends */
   int client_fd, upstream_fd;     /* the tunnel's ends */
   sy_tunnel *t;
-  enum sy_hub_mode mode;
+  enum sy_ev_mode mode;
   int done_calls;
   int fds_closed_at_done;
   int close_from_cb; /* call sy_tunnel_close inside done_cb: must be a no-op */
@@ -142,10 +143,12 @@ static void fx_init(fx *f) {
   ck_assert_int_eq(uv_loop_init(&f->loop), 0);
   f->pool = sy_pipe_pool_new(16);
   ck_assert_ptr_nonnull(f->pool);
-  f->hub = sy_tunnel_hub_new(&f->loop, f->pool, fx_on_done);
+  f->ev = sy_evset_new(&f->loop);
+  ck_assert_ptr_nonnull(f->ev);
+  f->hub = sy_tunnel_hub_new(f->ev, f->pool, fx_on_done);
   ck_assert_ptr_nonnull(f->hub);
   f->mode = g_mode;
-  sy_tunnel_hub_set_mode(f->hub, f->mode);
+  sy_evset_set_mode(f->ev, f->mode);
   tcp_pair(&f->client_peer, &f->client_fd);
   tcp_pair(&f->upstream_fd, &f->upstream_peer);
 }
@@ -155,7 +158,7 @@ static void fx_start(fx *f, const sy_tunnel_opts *o, const void *to_up, size_t t
   /* The OWN pass also hands the fds over as the proxy does (opts.exclusive:
    * already non-blocking, no other descriptor), the LOOP pass as plain fds. */
   sy_tunnel_opts x = o ? *o : (sy_tunnel_opts){0};
-  if (f->mode == SY_HUB_OWN) {
+  if (f->mode == SY_EV_OWN) {
     x.exclusive = 1;
     ck_assert_int_eq(fcntl(f->client_fd, F_SETFL, fcntl(f->client_fd, F_GETFL) | O_NONBLOCK), 0);
     ck_assert_int_eq(fcntl(f->upstream_fd, F_SETFL, fcntl(f->upstream_fd, F_GETFL) | O_NONBLOCK),
@@ -178,9 +181,9 @@ static int fx_wait(fx *f, int (*cond)(fx *, void *), void *arg, uint64_t timeout
   for (;;) {
     if (cond(f, arg)) return 1;
     if (now_ms() >= deadline) return 0;
-    sy_tunnel_hub_turn(f->hub, 10);
-    if (f->mode == SY_HUB_OWN) /* forced, and honoured while the hub has tunnels */
-      ck_assert_int_eq(sy_tunnel_hub_owns_loop(f->hub), sy_tunnel_hub_count(f->hub) > 0);
+    sy_evset_turn(f->ev, 10);
+    if (f->mode == SY_EV_OWN) /* forced, and honoured while the hub has tunnels */
+      ck_assert_int_eq(sy_evset_owns_loop(f->ev), sy_tunnel_hub_count(f->hub) > 0);
   }
 }
 
@@ -204,9 +207,9 @@ static sy_pipe_pool_stats fx_pool(fx *f) {
 static void assert_quiet(fx *f) {
   uint64_t w = fx_stats(f).wakeups;
   for (int i = 0; i < 5; i++)
-    sy_tunnel_hub_turn(f->hub, 0);
+    sy_evset_turn(f->ev, 0);
   ck_assert_uint_eq(fx_stats(f).wakeups, w);
-  struct pollfd p = {.fd = sy_tunnel_hub_backend_fd(f->hub), .events = POLLIN};
+  struct pollfd p = {.fd = sy_evset_backend_fd(f->ev), .events = POLLIN};
   ck_assert_int_eq(poll(&p, 1, 0), 0);
 }
 
@@ -227,6 +230,7 @@ static void fx_teardown(fx *f) {
   if (f->upstream_peer >= 0) close(f->upstream_peer);
   ck_assert_uint_eq(sy_tunnel_hub_count(f->hub), 0);
   sy_tunnel_hub_free(f->hub);
+  sy_evset_free(f->ev);
   uv_run(&f->loop, UV_RUN_DEFAULT);
   ck_assert_int_eq(uv_loop_close(&f->loop), 0);
   ck_assert_uint_eq(fx_pool(f).in_use, 0);
@@ -1077,8 +1081,8 @@ static void on_poke(uv_poll_t *p, int status, int events) {
 START_TEST(test_hub_mode_follows_wakeups) {
   fx f;
   sy_tunnel_opts o = {.idle_timeout_ms = 20000};
-  enum sy_hub_mode saved = g_mode;
-  g_mode = _i ? SY_HUB_LOOP : SY_HUB_AUTO;
+  enum sy_ev_mode saved = g_mode;
+  g_mode = _i ? SY_EV_LOOP : SY_EV_AUTO;
   fx_setup(&f, &o);
   g_mode = saved;
   int one = 1;
@@ -1096,7 +1100,7 @@ START_TEST(test_hub_mode_follows_wakeups) {
     rd q = {.fd = to, .buf = got, .len = len};
     ck_assert(fx_wait(&f, cond_rd, &q, WAIT_MS));
     ck_assert(memcmp(got, pat, len) == 0);
-    if (sy_tunnel_hub_owns_loop(f.hub)) owned_at = m;
+    if (sy_evset_owns_loop(f.ev)) owned_at = m;
   }
   if (_i) {
     ck_assert_int_eq(owned_at, -1);
@@ -1116,8 +1120,8 @@ START_TEST(test_hub_mode_follows_wakeups) {
     int want = k.seen + 1;
     ck_assert_int_eq(send(k.fd[0], "p", 1, MSG_NOSIGNAL), 1);
     while (k.seen < want && now_ms() < deadline)
-      sy_tunnel_hub_turn(f.hub, 10);
-    if (!sy_tunnel_hub_owns_loop(f.hub)) back_at = i;
+      sy_evset_turn(f.ev, 10);
+    if (!sy_evset_owns_loop(f.ev)) back_at = i;
   }
   ck_assert_int_ge(back_at, 0);
   ck_assert_uint_eq(sy_tunnel_hub_count(f.hub), 1);
@@ -1130,7 +1134,7 @@ START_TEST(test_hub_mode_follows_wakeups) {
   close(k.fd[1]);
   sy_tunnel_close(f.t, "test");
   ck_assert(fx_wait(&f, cond_done, NULL, WAIT_MS));
-  ck_assert_int_eq(sy_tunnel_hub_owns_loop(f.hub), 0);
+  ck_assert_int_eq(sy_evset_owns_loop(f.ev), 0);
   fx_teardown(&f);
 }
 END_TEST
@@ -1157,7 +1161,7 @@ static Suite *tunnel_suite(void) {
   tcase_add_test(tc, test_splice_refused_falls_back_to_copy);
   tcase_add_test(tc, test_start_rejects_bad_arguments);
   tcase_add_loop_test(tc, test_progress_reports_live_bytes, 0, 3);
-  if (g_mode == SY_HUB_LOOP) /* it sets its own modes: once is enough */
+  if (g_mode == SY_EV_LOOP) /* it sets its own modes: once is enough */
     tcase_add_loop_test(tc, test_hub_mode_follows_wakeups, 0, 2);
   suite_add_tcase(s, tc);
   return s;
@@ -1167,10 +1171,10 @@ int main(void) {
   /* splice(2) into a reset socket raises SIGPIPE; the proxy ignores it, so do we */
   signal(SIGPIPE, SIG_IGN);
   int failed = 0;
-  enum sy_hub_mode modes[] = {SY_HUB_LOOP, SY_HUB_OWN};
+  enum sy_ev_mode modes[] = {SY_EV_LOOP, SY_EV_OWN};
   for (size_t m = 0; m < sizeof(modes) / sizeof(modes[0]); m++) {
     g_mode = modes[m];
-    printf("hub mode: %s\n", g_mode == SY_HUB_OWN ? "own" : "loop");
+    printf("hub mode: %s\n", g_mode == SY_EV_OWN ? "own" : "loop");
     SRunner *sr = srunner_create(tunnel_suite());
     srunner_run_all(sr, CK_NORMAL);
     failed += srunner_ntests_failed(sr);

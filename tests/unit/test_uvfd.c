@@ -1,6 +1,7 @@
-/* sy_uvfd: the socket taken from a libuv handle stays open and leaves the
- * loop alone; a handle still writing keeps its socket. This is the contract
- * the tunnel hand-off relies on, checked against the libuv we link. */
+/* sy_uvfd_accept: the socket taken from a libuv listener is open,
+ * non-blocking and outside the loop's epoll set; closing the catcher leaves
+ * it open; the listener goes on accepting. This is the contract the
+ * connection code relies on, checked against the libuv we link. */
 #include <arpa/inet.h>
 #include <check.h>
 #include <errno.h>
@@ -13,38 +14,24 @@
 
 #include "switchyard/uvfd.h"
 
-static int reads, closed;
+typedef struct fx {
+  uv_tcp_t listener, catcher;
+  int fds[4];
+  int n, closed;
+} fx;
 
-/* A connected loopback pair: *a for libuv, *b the test's blocking end. */
-static void tcp_pair(int *a, int *b) {
-  int l = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t len = sizeof(sa);
-  ck_assert_int_eq(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
-  ck_assert_int_eq(listen(l, 1), 0);
-  ck_assert_int_eq(getsockname(l, (struct sockaddr *)&sa, &len), 0);
-  *b = socket(AF_INET, SOCK_STREAM, 0);
-  ck_assert_int_eq(connect(*b, (struct sockaddr *)&sa, sizeof(sa)), 0);
-  *a = accept(l, NULL, NULL);
-  ck_assert_int_ge(*a, 0);
-  close(l);
-}
-
-static void on_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
-  static char mem[256];
-  buf->base = mem;
-  buf->len = sizeof(mem);
-}
-
-static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
-  if (n > 0) reads++;
+static void on_conn(uv_stream_t *s, int status) {
+  fx *f = s->data;
+  ck_assert_int_eq(status, 0);
+  int fd = sy_uvfd_accept(s, &f->catcher);
+  ck_assert_int_ge(fd, 0);
+  if (f->n < 4) f->fds[f->n++] = fd;
 }
 
 static void on_close(uv_handle_t *h) {
-  closed++;
+  fx *f = h->data;
+  f->closed++;
 }
-
-static void on_write(uv_write_t *w, int status) {}
 
 /* Runs the loop without blocking until cond holds (bounded). */
 #define RUN_UNTIL(loop, cond)                                                                      \
@@ -53,70 +40,62 @@ static void on_write(uv_write_t *w, int status) {}
     usleep(1000);                                                                                  \
   }
 
-START_TEST(test_taken_socket_outlives_the_handle) {
-  uv_loop_t loop;
-  uv_loop_init(&loop);
-  int a, b;
-  tcp_pair(&a, &b);
-  uv_tcp_t h;
-  uv_tcp_init(&loop, &h);
-  ck_assert_int_eq(uv_tcp_open(&h, a), 0);
-  reads = closed = 0;
-  ck_assert_int_eq(uv_read_start((uv_stream_t *)&h, on_alloc, on_read), 0);
-  ck_assert_int_eq(write(b, "x", 1), 1);
-  RUN_UNTIL(&loop, reads == 1);
-  ck_assert_int_eq(reads, 1); /* registered in the loop's epoll set */
-
-  ck_assert_int_eq(sy_uvfd_take(&h), a);
-  sy_uvfd_forget(&h);
-  uv_close((uv_handle_t *)&h, on_close);
-  RUN_UNTIL(&loop, closed == 1);
-  ck_assert_int_eq(closed, 1);
-  ck_assert_int_ne(fcntl(a, F_GETFD), -1); /* still open */
-  /* Out of the loop's epoll set: already removed, so this finds nothing. */
-  ck_assert_int_eq(epoll_ctl(uv_backend_fd(&loop), EPOLL_CTL_DEL, a, NULL), -1);
-  ck_assert_int_eq(errno, ENOENT);
-
-  /* Bytes that arrive now are the new owner's, and wake no one in libuv. */
-  ck_assert_int_eq(write(b, "yz", 2), 2);
-  for (int i = 0; i < 20; i++)
-    uv_run(&loop, UV_RUN_NOWAIT);
-  ck_assert_int_eq(reads, 1);
-  char got[4];
-  ck_assert_int_eq(recv(a, got, sizeof(got), 0), 2);
-  ck_assert(memcmp(got, "yz", 2) == 0);
-  close(a);
-  close(b);
-  ck_assert_int_eq(uv_loop_close(&loop), 0);
+static int connect_to(const struct sockaddr_in *sa) {
+  int c = socket(AF_INET, SOCK_STREAM, 0);
+  ck_assert_int_eq(connect(c, (const struct sockaddr *)sa, sizeof(*sa)), 0);
+  return c;
 }
-END_TEST
 
-START_TEST(test_writing_handle_keeps_its_socket) {
+START_TEST(test_accepted_sockets_are_the_callers) {
   uv_loop_t loop;
   uv_loop_init(&loop);
-  int a, b;
-  tcp_pair(&a, &b);
-  int small = 4096;
-  setsockopt(a, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
-  uv_tcp_t h;
-  uv_tcp_init(&loop, &h);
-  ck_assert_int_eq(uv_tcp_open(&h, a), 0);
-  /* The peer does not read: fill the send path until a write must queue. */
-  static char chunk[65536];
-  uv_buf_t buf = uv_buf_init(chunk, sizeof(chunk));
-  for (int i = 0; i < 1000 && uv_try_write((uv_stream_t *)&h, &buf, 1) > 0; i++) {
+  fx f = {.n = 0};
+  ck_assert_int_eq(uv_tcp_init(&loop, &f.listener), 0);
+  ck_assert_int_eq(uv_tcp_init(&loop, &f.catcher), 0);
+  f.listener.data = f.catcher.data = &f;
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  ck_assert_int_eq(uv_tcp_bind(&f.listener, (const struct sockaddr *)&sa, 0), 0);
+  int len = sizeof(sa);
+  ck_assert_int_eq(uv_tcp_getsockname(&f.listener, (struct sockaddr *)&sa, &len), 0);
+  ck_assert_int_eq(uv_listen((uv_stream_t *)&f.listener, 8, on_conn), 0);
+
+  /* Three connections, one catcher: each accept gives a socket of its own. */
+  int peers[3];
+  for (int i = 0; i < 3; i++)
+    peers[i] = connect_to(&sa);
+  RUN_UNTIL(&loop, f.n == 3);
+  ck_assert_int_eq(f.n, 3);
+  ck_assert_int_ne(f.fds[0], f.fds[1]);
+  ck_assert_int_ne(f.fds[1], f.fds[2]);
+  for (int i = 0; i < 3; i++) {
+    ck_assert_int_ne(fcntl(f.fds[i], F_GETFL) & O_NONBLOCK, 0);
+    ck_assert_int_ne(fcntl(f.fds[i], F_GETFD) & FD_CLOEXEC, 0);
+    /* Never in the loop's epoll set: libuv does not watch it. */
+    ck_assert_int_eq(epoll_ctl(uv_backend_fd(&loop), EPOLL_CTL_DEL, f.fds[i], NULL), -1);
+    ck_assert_int_eq(errno, ENOENT);
   }
-  uv_write_t w;
-  ck_assert_int_eq(uv_write(&w, (uv_stream_t *)&h, &buf, 1, on_write), 0);
-  ck_assert_uint_gt(uv_stream_get_write_queue_size((uv_stream_t *)&h), 0);
-  ck_assert_int_eq(sy_uvfd_take(&h), -1);
-  /* Still the handle's: closing it closes the socket. */
-  closed = 0;
-  uv_close((uv_handle_t *)&h, on_close);
-  RUN_UNTIL(&loop, closed == 1);
-  ck_assert_int_eq(closed, 1);
-  ck_assert_int_eq(fcntl(a, F_GETFD), -1);
-  close(b);
+
+  /* Closing the catcher closes none of them: bytes still flow both ways. */
+  uv_close((uv_handle_t *)&f.catcher, on_close);
+  RUN_UNTIL(&loop, f.closed == 1);
+  ck_assert_int_eq(f.closed, 1);
+  for (int i = 0; i < 3; i++) {
+    ck_assert_int_eq(write(peers[i], "x", 1), 1);
+    char b = 0;
+    struct timeval tv = {.tv_sec = 5};
+    ck_assert_int_eq(fcntl(f.fds[i], F_SETFL, 0), 0);
+    ck_assert_int_eq(setsockopt(f.fds[i], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+    ck_assert_int_eq(read(f.fds[i], &b, 1), 1);
+    ck_assert_int_eq(b, 'x');
+    ck_assert_int_eq(write(f.fds[i], "y", 1), 1);
+    ck_assert_int_eq(read(peers[i], &b, 1), 1);
+    ck_assert_int_eq(b, 'y');
+    close(f.fds[i]);
+    close(peers[i]);
+  }
+  uv_close((uv_handle_t *)&f.listener, on_close);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(f.closed, 2);
   ck_assert_int_eq(uv_loop_close(&loop), 0);
 }
 END_TEST
@@ -124,8 +103,7 @@ END_TEST
 int main(void) {
   Suite *s = suite_create("uvfd");
   TCase *tc = tcase_create("core");
-  tcase_add_test(tc, test_taken_socket_outlives_the_handle);
-  tcase_add_test(tc, test_writing_handle_keeps_its_socket);
+  tcase_add_test(tc, test_accepted_sockets_are_the_callers);
   suite_add_tcase(s, tc);
   SRunner *r = srunner_create(s);
   srunner_run_all(r, CK_NORMAL);
