@@ -143,7 +143,6 @@ static void write_finish(sy_sock *s, int status) {
   if (!s->wq) s->wq_tail = &s->wq;
   w->next = NULL;
   w->status = status;
-  w->later.fn = write_on_done;
   sy_evset_later(s->ev, &w->later);
 }
 
@@ -203,6 +202,7 @@ static void sock_write_queued(sy_sock *s) {
 
 static int sock_queue(sy_sock_wreq *w, sy_sock *s, uv_buf_t *bufs, unsigned n,
                       sy_sock_write_cb cb) {
+  w->later = (sy_later){.fn = write_on_done}; /* the request may be reused or uninitialised */
   w->handle = s;
   w->cb = cb;
   w->next = NULL;

@@ -35,8 +35,7 @@ uint64_t sy_worker_total_conns(void) {
   return __atomic_load_n(&conns_total, __ATOMIC_RELAXED);
 }
 
-int sy_listen_reuseport(uv_loop_t *loop, uv_tcp_t *tcp, const struct sockaddr *sa, int backlog,
-                        int incoming_cpu) {
+int sy_listen_reuseport(const struct sockaddr *sa, int backlog, int incoming_cpu) {
   int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return -errno;
   int one = 1;
@@ -52,13 +51,7 @@ int sy_listen_reuseport(uv_loop_t *loop, uv_tcp_t *tcp, const struct sockaddr *s
   socklen_t len =
       sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
   if (bind(fd, sa, len) < 0 || listen(fd, backlog) < 0) goto fail;
-  int rc = uv_tcp_init(loop, tcp);
-  if (rc == 0) rc = uv_tcp_open(tcp, fd);
-  if (rc < 0) {
-    close(fd);
-    return rc;
-  }
-  return 0;
+  return fd;
 fail:;
   int err = -errno;
   close(fd);
@@ -98,43 +91,63 @@ static int can_accept(sy_worker *w, int *by_budget) {
   return 0;
 }
 
-static void accept_one(sy_worker *w, sy_listener *l) {
-  __atomic_add_fetch(&conns_total, 1, __ATOMIC_RELAXED);
-  w->nconns++;
-  w->accepted++;
-  sy_conn_accept(&w->env, (uv_stream_t *)&l->tcp, l->cfg);
+/* Accepts per readiness at most; the (level-triggered) poll calls again for
+ * the rest, after the loop's other work. */
+#define ACCEPTS_PER_TURN 64
+
+static void on_listen_ready(uv_poll_t *p, int status, int events);
+
+static void pause_listener(sy_worker *w, sy_listener *l, int by_budget) {
+  if (l->paused) return;
+  /* The connections wait in the kernel's queue until the listener polls again. */
+  l->paused = 1;
+  uv_poll_stop(&l->poll);
+  if (!__atomic_load_n(&w->paused_any, __ATOMIC_RELAXED))
+    __atomic_add_fetch(&paused_workers, 1, __ATOMIC_ACQ_REL);
+  __atomic_store_n(&w->paused_any, 1, __ATOMIC_RELEASE);
+  sy_metrics_add(w->env.metrics, "switchyard_listener_pauses_total", NULL, 1);
+  if (by_budget)
+    sy_log_every_second(SY_LOG_WARN, "descriptor budget (%llu) in use: not accepting on %s for now",
+                        (unsigned long long)sy_limits_fds_budget(), l->cfg->addr.text);
+  else
+    sy_log_every_second(SY_LOG_WARN, "max_connections (%llu) reached: not accepting on %s",
+                        (unsigned long long)sy_worker_max_conns(w->env.cfg), l->cfg->addr.text);
 }
 
-static void on_accept(uv_stream_t *s, int status) {
-  sy_listener *l = s->data;
+/* Our own accept4 rather than libuv's: it returns the peer's address, which
+ * libuv's drops (a getpeername per connection), and the socket goes straight
+ * to the connection code's epoll set without a libuv handle. */
+static void on_listen_ready(uv_poll_t *p, int status, int events) {
+  sy_listener *l = p->data;
   sy_worker *w = l->w;
   if (status < 0) {
-    /* EMFILE and friends: libuv retries on the next readiness, so this can
-     * repeat at poll rate; keep serving, log once a second. */
     sy_log_every_second(SY_LOG_ERROR, "accept on %s: %s", l->cfg->addr.text, uv_strerror(status));
     return;
   }
-  int by_budget;
-  if (!can_accept(w, &by_budget)) {
-    /* Not calling uv_accept leaves the connection in the kernel's queue and
-     * makes libuv stop polling this socket until we do: the listener pauses. */
-    if (!l->paused) {
-      l->paused = 1;
-      if (!__atomic_load_n(&w->paused_any, __ATOMIC_RELAXED))
-        __atomic_add_fetch(&paused_workers, 1, __ATOMIC_ACQ_REL);
-      __atomic_store_n(&w->paused_any, 1, __ATOMIC_RELEASE);
-      sy_metrics_add(w->env.metrics, "switchyard_listener_pauses_total", NULL, 1);
-      if (by_budget)
-        sy_log_every_second(SY_LOG_WARN,
-                            "descriptor budget (%llu) in use: not accepting on %s for now",
-                            (unsigned long long)sy_limits_fds_budget(), l->cfg->addr.text);
-      else
-        sy_log_every_second(SY_LOG_WARN, "max_connections (%llu) reached: not accepting on %s",
-                            (unsigned long long)sy_worker_max_conns(w->env.cfg), l->cfg->addr.text);
+  for (int i = 0; i < ACCEPTS_PER_TURN; i++) {
+    int by_budget;
+    if (!can_accept(w, &by_budget)) {
+      pause_listener(w, l, by_budget);
+      return;
     }
-    return;
+    struct sockaddr_storage peer;
+    socklen_t len = sizeof(peer);
+    int fd = accept4(l->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      int err = errno;
+      sy_limits_fds_give(2); /* taken by can_accept for a connection that did not come */
+      if (err == EINTR || err == ECONNABORTED) continue;
+      /* EMFILE and friends: the poll reports the socket again, so this can
+       * repeat at poll rate; keep serving, log once a second. */
+      if (err != EAGAIN && err != EWOULDBLOCK)
+        sy_log_every_second(SY_LOG_ERROR, "accept on %s: %s", l->cfg->addr.text, strerror(err));
+      return;
+    }
+    __atomic_add_fetch(&conns_total, 1, __ATOMIC_RELAXED);
+    w->nconns++;
+    w->accepted++;
+    sy_conn_accept(&w->env, fd, &peer, l->cfg);
   }
-  accept_one(w, l);
 }
 
 static void resume_paused(sy_worker *w) {
@@ -146,8 +159,9 @@ static void resume_paused(sy_worker *w) {
       still = 1;
       continue;
     }
+    sy_limits_fds_give(2); /* the poll's callback takes them per connection */
     l->paused = 0;
-    accept_one(w, l); /* takes the connection libuv held back and resumes polling */
+    uv_poll_start(&l->poll, UV_READABLE, on_listen_ready);
   }
   if (!still && __atomic_load_n(&w->paused_any, __ATOMIC_RELAXED))
     __atomic_sub_fetch(&paused_workers, 1, __ATOMIC_ACQ_REL);
@@ -159,25 +173,27 @@ static void on_budget_retry(uv_timer_t *t) {
   if (!w->env.stopping) resume_paused(w);
 }
 
+static void on_listener_closed(uv_handle_t *h) {
+  sy_listener *l = h->data;
+  close(l->fd);
+  free(l);
+}
+
 static int bind_listener(sy_worker *w, const sy_listener_cfg *lc) {
   sy_listener *l = calloc(1, sizeof(*l));
   if (!l) return UV_ENOMEM;
   l->w = w;
   l->cfg = lc;
-  int rc =
-      sy_listen_reuseport(&w->loop, &l->tcp, (const struct sockaddr *)&lc->addr.sa, 511, w->cpu);
+  l->fd = sy_listen_reuseport((const struct sockaddr *)&lc->addr.sa, 511, w->cpu);
+  int rc = l->fd < 0 ? l->fd : uv_poll_init(&w->loop, &l->poll, l->fd);
   if (rc < 0) {
     sy_log_error("listen on %s: %s", lc->addr.text, uv_strerror(rc));
+    if (l->fd >= 0) close(l->fd);
     free(l);
     return rc;
   }
-  l->tcp.data = l;
-  rc = uv_listen((uv_stream_t *)&l->tcp, 511, on_accept);
-  if (rc < 0) {
-    sy_log_error("listen on %s: %s", lc->addr.text, uv_strerror(rc));
-    uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
-    return rc;
-  }
+  l->poll.data = l;
+  uv_poll_start(&l->poll, UV_READABLE, on_listen_ready);
   l->next = w->listeners;
   w->listeners = l;
   return 0;
@@ -188,7 +204,7 @@ static void close_listeners(sy_worker *w) {
   w->listeners = NULL;
   while (l) {
     sy_listener *next = l->next;
-    uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free); /* tcp is the first member */
+    uv_close((uv_handle_t *)&l->poll, on_listener_closed);
     l = next;
   }
 }

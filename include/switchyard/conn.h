@@ -39,7 +39,6 @@ struct sy_conn_env {
   /* Owned by the connection code; the worker only tests `conns` for NULL. */
   sy_conn *conns;     /* intrusive list, for reload and shutdown */
   sy_flow_pool flows; /* buffer caches */
-  uv_tcp_t catcher;   /* takes an accepted socket from libuv (uvfd.h) */
   sy_buf labels;      /* metric labels being built: capacity kept */
   struct {            /* series counted per connection (sy_metrics_add_cell) */
     int64_t *accepted, *open, *to_upstream, *to_client, *spliced, *copied;
@@ -53,8 +52,10 @@ void sy_conn_env_close(sy_conn_env *env);
 /* Gives cached memory back (the worker has no connection left). */
 void sy_conn_env_trim(sy_conn_env *env);
 
-/* Takes the connection waiting on `server` (a listening stream of `lcfg`). */
-void sy_conn_accept(sy_conn_env *env, uv_stream_t *server, const sy_listener_cfg *lcfg);
+/* A connection accepted on a listener of `lcfg`: fd (non-blocking) and the
+ * peer's address from accept4. Takes the descriptor. */
+void sy_conn_accept(sy_conn_env *env, int fd, const struct sockaddr_storage *peer,
+                    const sy_listener_cfg *lcfg);
 /* Closes every connection at once (shutdown). */
 void sy_conn_close_all(sy_conn_env *env);
 /* Graceful stop: idle connections close now, requests in flight end after

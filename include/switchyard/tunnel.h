@@ -75,10 +75,11 @@ typedef struct sy_tunnel_stats {
   sy_tunnel_bytes unreported;
 } sy_tunnel_stats;
 
-/* Called exactly once per tunnel, always from a libuv callback (never from
- * inside sy_tunnel_start or sy_tunnel_close), after both fds are closed. st and
- * its strings are valid only during the call; the tunnel (and its extra area)
- * is freed when the callback returns. The hub no longer counts it. */
+/* Called exactly once per tunnel, from the set's work at the end of a turn
+ * (never from inside sy_tunnel_start or sy_tunnel_close), after both fds are
+ * closed. st and its strings are valid only during the call; the tunnel (and
+ * its extra area) is freed when the callback returns. The hub no longer
+ * counts it. */
 typedef void (*sy_tunnel_done_cb)(sy_tunnel *t, const sy_tunnel_stats *st, void *arg);
 
 /* Live byte counts: about every interval, for each tunnel that moved bytes

@@ -17,7 +17,8 @@
 typedef struct sy_worker sy_worker;
 
 typedef struct sy_listener {
-  uv_tcp_t tcp;
+  uv_poll_t poll; /* readable: connections wait; stopped while paused */
+  int fd;
   sy_worker *w;
   const sy_listener_cfg *cfg; /* in the worker's current snapshot */
   struct sy_listener *next;
@@ -69,11 +70,10 @@ void sy_worker_set_fd_budget(uint64_t n);
 uint64_t sy_worker_max_conns(const sy_config *cfg);
 /* Connections open in the whole process (all workers), for max_connections. */
 uint64_t sy_worker_total_conns(void);
-/* Binds a listening TCP socket with SO_REUSEPORT (libuv 1.44 has no flag for
- * it): socket, setsockopt, bind, listen, uv_tcp_open. incoming_cpu >= 0: the
- * kernel (6.2+) hands this socket the connections whose SYN that CPU handled
- * (SO_INCOMING_CPU); -1: its share of the reuseport hash. */
-int sy_listen_reuseport(uv_loop_t *loop, uv_tcp_t *tcp, const struct sockaddr *sa, int backlog,
-                        int incoming_cpu);
+/* Binds a listening TCP socket with SO_REUSEPORT: socket, setsockopt, bind,
+ * listen. incoming_cpu >= 0: the kernel (6.2+) hands this socket the
+ * connections whose SYN that CPU handled (SO_INCOMING_CPU); -1: its share of
+ * the reuseport hash. The non-blocking socket, or -errno. */
+int sy_listen_reuseport(const struct sockaddr *sa, int backlog, int incoming_cpu);
 
 #endif

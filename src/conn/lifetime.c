@@ -12,7 +12,6 @@
 #include "internal.h"
 #include "switchyard/limits.h"
 #include "switchyard/log.h"
-#include "switchyard/uvfd.h"
 
 /* ---- the state ---------------------------------------------------------------- */
 
@@ -298,13 +297,6 @@ void conn_set_client(sy_conn *c, const struct sockaddr_storage *peer,
 
 /* The local address is only read when a PROXY header is sent upstream
  * (conn_local): one system call fewer per connection. */
-static void peer_text(sy_conn *c) {
-  struct sockaddr_storage peer = {0};
-  socklen_t len = sizeof(peer);
-  getpeername(sy_sock_fd(&c->client), (struct sockaddr *)&peer, &len);
-  conn_set_client(c, &peer, NULL);
-}
-
 const struct sockaddr_storage *conn_local(sy_conn *c) {
   if (c->local.ss_family == 0) {
     socklen_t len = sizeof(c->local);
@@ -313,17 +305,17 @@ const struct sockaddr_storage *conn_local(sy_conn *c) {
   return &c->local;
 }
 
-void sy_conn_accept(sy_conn_env *env, uv_stream_t *server, const sy_listener_cfg *lcfg) {
-  int fd = sy_uvfd_accept(server, &env->catcher);
-  sy_conn *c = fd >= 0 ? calloc(1, sizeof(*c)) : NULL;
+void sy_conn_accept(sy_conn_env *env, int fd, const struct sockaddr_storage *peer,
+                    const sy_listener_cfg *lcfg) {
+  sy_conn *c = calloc(1, sizeof(*c));
   if (c) {
     sy_sock_init(&c->client, env->ev);
     c->client.data = c;
   }
-  int rc = fd < 0 ? fd : !c ? UV_ENOMEM : sy_sock_open(&c->client, fd);
+  int rc = !c ? UV_ENOMEM : sy_sock_open(&c->client, fd);
   if (rc < 0) {
     sy_log_every_second(SY_LOG_ERROR, "accept: %s", uv_strerror(rc));
-    if (fd >= 0) close(fd);
+    close(fd);
     free(c);
     env->conn_gone(env); /* counted (and its descriptors taken) by the caller */
     return;
@@ -342,7 +334,7 @@ void sy_conn_accept(sy_conn_env *env, uv_stream_t *server, const sy_listener_cfg
   if (env->conns) env->conns->prev = c;
   env->conns = c;
   report_accept(env);
-  peer_text(c);
+  conn_set_client(c, peer, NULL);
   sy_flow_init(&c->fl[SIDE_CLIENT], 0, NULL, c, c->cfg->limits.max_headers);
   sy_flow_init(&c->fl[SIDE_UPSTREAM], 1, response_on_head, c, c->cfg->limits.max_headers);
   c->state = CS_READ_HEAD;
@@ -408,11 +400,10 @@ void conn_start(sy_conn *c) {
 
 void sy_conn_env_init(sy_conn_env *env) {
   sy_flow_pool_init(&env->flows);
-  uv_tcp_init(env->loop, &env->catcher);
 }
 
 void sy_conn_env_close(sy_conn_env *env) {
-  if (!uv_is_closing((uv_handle_t *)&env->catcher)) uv_close((uv_handle_t *)&env->catcher, NULL);
+  (void)env; /* nothing of the connection code's is a libuv handle */
 }
 
 void sy_conn_env_trim(sy_conn_env *env) {
