@@ -13,14 +13,18 @@
  * (which then does not block), so no socket starves the others. */
 #define EV_LATER_MAX 4096
 
-/* The owner and its tag in one word: owners are at least 8-byte aligned and
- * tags are small (a side), so a slot is two words. */
-typedef struct ev_slot {
-  sy_ev_fn fn;
-  uintptr_t obj_tag;
-} ev_slot;
+/* A slot is one word per descriptor: the owner (at least 8-byte aligned), its
+ * kind (which handler, an index into the set's few) in bits 1-2 and its tag
+ * in bit 0; 0 is no owner. Idle tunnels pay for the table (two descriptors
+ * each), so it stays small, and the part past the highest descriptor in use
+ * is never touched (no zeroing when it grows): a slot is only read for a
+ * descriptor that was added, whose slot was written then. */
+typedef uintptr_t ev_slot;
 
-#define EV_TAG_MASK ((uintptr_t)7)
+#define EV_KINDS 4
+#define EV_TAG_MASK ((uintptr_t)1)
+#define EV_KIND_SHIFT 1
+#define EV_LOW_MASK ((uintptr_t)7)
 
 struct sy_evset {
   uv_loop_t *loop;
@@ -40,6 +44,7 @@ struct sy_evset {
   uint32_t turns, set_turns, loop_turns;
   ev_slot *slots; /* by descriptor */
   size_t nslots;
+  sy_ev_fn kinds[EV_KINDS]; /* the handlers of the owners so far */
   sy_later *later, **later_tail;
 };
 
@@ -58,20 +63,31 @@ static int ev_slot_make(sy_evset *e, int fd) {
     n *= 2;
   ev_slot *s = realloc(e->slots, n * sizeof(*s));
   if (!s) return -ENOMEM;
-  for (size_t i = e->nslots; i < n; i++)
-    s[i] = (ev_slot){0};
   e->slots = s;
   e->nslots = n;
   return 0;
 }
 
+/* The slot word for an owner; 0 when the set has no room for another kind
+ * of handler (a bug: the kinds are the few modules that own sockets). */
+static ev_slot ev_slot_of(sy_evset *e, sy_ev_fn fn, void *obj, unsigned tag) {
+  uintptr_t k = 0;
+  while (k < EV_KINDS && e->kinds[k] && e->kinds[k] != fn)
+    k++;
+  if (k == EV_KINDS || ((uintptr_t)obj & EV_LOW_MASK) || tag > 1) return 0;
+  e->kinds[k] = fn;
+  return (uintptr_t)obj | k << EV_KIND_SHIFT | tag;
+}
+
 int sy_evset_add(sy_evset *e, int fd, uint32_t events, sy_ev_fn fn, void *obj, unsigned tag) {
   if (fd < 0) return -EBADF;
+  ev_slot v = ev_slot_of(e, fn, obj, tag);
+  if (!v) return -EINVAL;
   int r = ev_slot_make(e, fd);
   if (r < 0) return r;
   struct epoll_event ev = {.events = events | EPOLLET, .data.u64 = (uint64_t)fd + 1};
   if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) return -errno;
-  e->slots[fd] = (ev_slot){fn, (uintptr_t)obj | tag};
+  e->slots[fd] = v;
   return 0;
 }
 
@@ -81,12 +97,12 @@ int sy_evset_mod(sy_evset *e, int fd, uint32_t events) {
 }
 
 void sy_evset_retarget(sy_evset *e, int fd, sy_ev_fn fn, void *obj, unsigned tag) {
-  if (fd >= 0 && (size_t)fd < e->nslots) e->slots[fd] = (ev_slot){fn, (uintptr_t)obj | tag};
+  if (fd >= 0 && (size_t)fd < e->nslots) e->slots[fd] = ev_slot_of(e, fn, obj, tag);
 }
 
 void sy_evset_forget(sy_evset *e, int fd, int del) {
   if (fd < 0 || (size_t)fd >= e->nslots) return;
-  e->slots[fd] = (ev_slot){0};
+  e->slots[fd] = 0;
   if (del) (void)epoll_ctl(e->epfd, EPOLL_CTL_DEL, fd, NULL);
 }
 
@@ -144,9 +160,10 @@ static int ev_dispatch(sy_evset *e, const struct epoll_event *ev, int n) {
       continue;
     }
     size_t fd = (size_t)(ev[i].data.u64 - 1);
-    if (fd >= e->nslots || !e->slots[fd].fn) continue; /* forgotten within this batch */
-    const ev_slot *s = &e->slots[fd];
-    s->fn((void *)(s->obj_tag & ~EV_TAG_MASK), (unsigned)(s->obj_tag & EV_TAG_MASK), ev[i].events);
+    ev_slot v = fd < e->nslots ? e->slots[fd] : 0;
+    if (!v) continue; /* forgotten within this batch */
+    e->kinds[(v >> EV_KIND_SHIFT) & (EV_KINDS - 1)]((void *)(v & ~EV_LOW_MASK),
+                                                    (unsigned)(v & EV_TAG_MASK), ev[i].events);
   }
   if (e->later) ev_run_later(e);
   e->dispatching = 0;

@@ -26,7 +26,7 @@
 
 typedef struct sy_evset sy_evset;
 
-/* The events of fd for its owner: `tag` (0-7) is what the owner registered with
+/* The events of fd for its owner: `tag` (0 or 1) is what the owner registered with
  * (a side, say); events are EPOLL* bits. Spurious events are possible (a
  * descriptor closed and reused within one batch): a handler treats an event
  * as a hint and learns the truth from the next read or write. */
@@ -48,6 +48,7 @@ void sy_evset_free(sy_evset *e);
 uv_loop_t *sy_evset_loop(const sy_evset *e);
 
 /* fd joins the set (EPOLL_CTL_ADD with events | EPOLLET); its events go to fn.
+ * obj is at least 8-byte aligned; a set knows at most 4 different handlers.
  * -errno on failure. */
 int sy_evset_add(sy_evset *e, int fd, uint32_t events, sy_ev_fn fn, void *obj, unsigned tag);
 /* New interest for a registered fd (EPOLL_CTL_MOD). */

@@ -54,9 +54,12 @@ void upstream_link_release(sy_conn *c) {
   c->link = NULL;
   server_counted(c, 0);
   /* A pooled link is read by the upstream side's callbacks, which close it
-   * on any byte or EOF while it has no connection (l->c == NULL). */
+   * on any byte or EOF while it has no connection (l->c == NULL). Started
+   * even when it reads already: an EOF that came while the response was
+   * being written found no buffer, and edge-triggered it is not reported
+   * again; the start acts on it. */
   l->c = NULL;
-  if (!sy_sock_is_reading(&l->sock)) conn_link_read(l);
+  conn_link_read(l);
   if (sy_upool_put(c->env->upool, l, up->keepalive_max_idle, up->keepalive_idle) < 0)
     sy_link_close(l);
   /* The link's reference on the connection ends here either way. */
