@@ -132,9 +132,15 @@ const sy_field *sy_head_find(const sy_head *h, const char *base, const char *nam
   return NULL;
 }
 
-static const char *const fixed_hop[] = {
-    "connection",        "keep-alive", "proxy-connection",   "te", "trailer",
-    "transfer-encoding", "upgrade",    "proxy-authenticate", NULL};
+/* With their lengths: the length rejects most names before any byte is compared
+ * (every field of both heads is looked up here). */
+#define HOP(s)                                                                                     \
+  { s, sizeof(s) - 1 }
+static const sy_str fixed_hop[] = {HOP("connection"),       HOP("keep-alive"),
+                                   HOP("proxy-connection"), HOP("te"),
+                                   HOP("trailer"),          HOP("transfer-encoding"),
+                                   HOP("upgrade"),          HOP("proxy-authenticate")};
+#undef HOP
 
 struct named_arg {
   sy_str name;
@@ -145,8 +151,8 @@ static int tok_names(sy_str tok, void *arg) {
 }
 
 int sy_head_is_hop(const sy_head *h, const char *base, sy_str name) {
-  for (const char *const *p = fixed_hop; *p; p++)
-    if (sy_str_ieq(name, *p)) return 1;
+  for (size_t i = 0; i < sizeof(fixed_hop) / sizeof(fixed_hop[0]); i++)
+    if (sy_str_ieq2(name, fixed_hop[i])) return 1;
   /* Framing and routing fields stay whatever Connection names: dropping
    * Content-Length would unframe a body the upstream then reads as the next
    * request, and dropping Host would route there differently than here. */
@@ -160,10 +166,21 @@ int sy_head_is_hop(const sy_head *h, const char *base, sy_str name) {
   return 0;
 }
 
+/* RFC 9110 §5.6.2 tchar, by table: every byte of every field name is looked up. */
+#define T1(c) [c] = 1
+static const unsigned char tchar[256] = {
+    T1('!'), T1('#'), T1('$'), T1('%'), T1('&'), T1('\''), T1('*'), T1('+'), T1('-'), T1('.'),
+    T1('^'), T1('_'), T1('`'), T1('|'), T1('~'), T1('0'),  T1('1'), T1('2'), T1('3'), T1('4'),
+    T1('5'), T1('6'), T1('7'), T1('8'), T1('9'), T1('a'),  T1('b'), T1('c'), T1('d'), T1('e'),
+    T1('f'), T1('g'), T1('h'), T1('i'), T1('j'), T1('k'),  T1('l'), T1('m'), T1('n'), T1('o'),
+    T1('p'), T1('q'), T1('r'), T1('s'), T1('t'), T1('u'),  T1('v'), T1('w'), T1('x'), T1('y'),
+    T1('z'), T1('A'), T1('B'), T1('C'), T1('D'), T1('E'),  T1('F'), T1('G'), T1('H'), T1('I'),
+    T1('J'), T1('K'), T1('L'), T1('M'), T1('N'), T1('O'),  T1('P'), T1('Q'), T1('R'), T1('S'),
+    T1('T'), T1('U'), T1('V'), T1('W'), T1('X'), T1('Y'),  T1('Z')};
+#undef T1
+
 static int is_tchar(unsigned char c) {
-  static const char extra[] = "!#$%&'*+.^_`|~";
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' || (c >= '0' && c <= '9') ||
-         (c && strchr(extra, c) != NULL);
+  return tchar[c];
 }
 
 /* field-value = VCHAR / obs-text / SP / HTAB: no CR, LF, NUL or other CTL,

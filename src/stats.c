@@ -20,6 +20,9 @@ enum {
   TAG_TUNNEL_HIST,
   TAG_SPLICED,
   TAG_COPIED,
+  TAG_UPGRADES,
+  TAG_TUNNELS_OPEN,
+  TAG_TUNNELS_TOTAL,
 };
 
 static const char *const classes[] = {"1xx", "2xx", "3xx", "4xx", "5xx", "other"};
@@ -44,16 +47,33 @@ const char *sy_stats_route_name(const sy_route_cfg *route, char idx[32]) {
   return idx;
 }
 
-const char *sy_stats_protocol(const sy_route_cfg *route, const char *token, size_t len) {
+/* The protocol label and, for cache keys, its number within the route: 0
+ * "other", 1 + i for the route's allow_upgrades[i], 0x800 + j for known[j]
+ * (a route allowing "*"); past 0xFFF the series is looked up by its text. */
+static const char *protocol_of(const sy_route_cfg *route, const char *token, size_t len,
+                               unsigned *ix) {
   static const char *const known[] = {"websocket", "h2c",     "TLS/1.0",     "TLS/1.1",
                                       "TLS/1.2",   "TLS/1.3", "connect-udp", "connect-ip"};
+  *ix = 0;
   if (!route || !token || !len) return "other";
   const char *e = sy_route_upgrade_entry(route, (sy_str){token, len});
   if (!e) return "other";
-  if (strcmp(e, "*") != 0) return e;
+  if (strcmp(e, "*") != 0) {
+    for (size_t i = 0; i < route->nallow_upgrades; i++)
+      if (route->allow_upgrades[i] == e) *ix = i + 1 < 0x800 ? (unsigned)i + 1 : 0x1000;
+    return e;
+  }
   for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
-    if (strlen(known[i]) == len && strncasecmp(known[i], token, len) == 0) return known[i];
+    if (strlen(known[i]) == len && strncasecmp(known[i], token, len) == 0) {
+      *ix = 0x800 + (unsigned)i;
+      return known[i];
+    }
   return "other";
+}
+
+const char *sy_stats_protocol(const sy_route_cfg *route, const char *token, size_t len) {
+  unsigned ix;
+  return protocol_of(route, token, len, &ix);
 }
 
 /* ---- labels, built only on a cache miss ---- */
@@ -156,14 +176,44 @@ void sy_stats_response(sy_metrics *m, sy_buf *lb, const sy_config *cfg, const sy
        1);
 }
 
-void sy_stats_upgrade(sy_metrics *m, sy_buf *lb, const sy_route_cfg *route, const char *token,
-                      size_t len, const char *outcome) {
-  /* Rare next to requests, and its labels are few: no cache needed. */
-  const char *p = sy_stats_protocol(route, token, len);
+/* A series labelled by protocol (and one more label), by key. */
+static int64_t *by_protocol(sy_metrics *m, uint64_t key, const char *name, sy_buf *lb,
+                            const sy_route_cfg *route, const char *proto, const char *label,
+                            const char *value) {
+  int64_t *cell = key ? sy_metrics_cache_get(m, key) : NULL;
+  if (cell) return cell;
   lb->len = 0;
-  sy_metrics_label(lb, "protocol", p, strlen(p));
-  sy_metrics_label(lb, "outcome", outcome, strlen(outcome));
-  sy_metrics_add(m, "switchyard_upgrades_total", end_labels(lb), 1);
+  if (route) route_label(lb, route);
+  sy_metrics_label(lb, "protocol", proto, strlen(proto));
+  if (label) sy_metrics_label(lb, label, value, strlen(value));
+  sy_metrics_add_cell(m, &cell, name, end_labels(lb), 0);
+  if (key) sy_metrics_cache_put(m, key, cell);
+  return cell;
+}
+
+void sy_stats_upgrade(sy_metrics *m, sy_buf *lb, const sy_config *cfg, const sy_route_cfg *route,
+                      const char *token, size_t len, const char *outcome) {
+  static const char *const outcomes[] = {"switched", "refused", "rejected"};
+  unsigned pi, oi = 0;
+  const char *p = protocol_of(route, token, len, &pi);
+  while (oi < 3 && strcmp(outcomes[oi], outcome) != 0)
+    oi++;
+  /* The protocol's text depends on the route: the key names both. */
+  uint64_t k = oi < 3 ? sy_metrics_key(cfg->serial, TAG_UPGRADES, route_ix(route), pi, oi) : 0;
+  bump(by_protocol(m, k, "switchyard_upgrades_total", lb, NULL, p, "outcome", outcome), 1);
+}
+
+void sy_stats_tunnel_count(sy_metrics *m, sy_buf *lb, const sy_config *cfg,
+                           const sy_route_cfg *route, const char *proto, int delta) {
+  unsigned pi;
+  const char *p = protocol_of(route, proto, strlen(proto), &pi);
+  unsigned r = route_ix(route);
+  uint64_t k = sy_metrics_key(cfg->serial, TAG_TUNNELS_OPEN, r, pi, 0);
+  bump(by_protocol(m, k, "switchyard_tunnels_open", lb, route, p, NULL, NULL), delta);
+  if (delta > 0) {
+    k = sy_metrics_key(cfg->serial, TAG_TUNNELS_TOTAL, r, pi, 0);
+    bump(by_protocol(m, k, "switchyard_tunnels_total", lb, route, p, NULL, NULL), 1);
+  }
 }
 
 void sy_stats_connect(sy_metrics *m, sy_buf *lb, const sy_config *cfg, const sy_route_cfg *route,

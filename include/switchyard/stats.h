@@ -41,8 +41,12 @@ void sy_stats_response(sy_metrics *m, sy_buf *lb, const sy_config *cfg, const sy
 
 /* An upgrade request answered: upgrades_total{protocol,outcome}, protocol per
  * sy_stats_protocol (token: the one switched to, else the first offered). */
-void sy_stats_upgrade(sy_metrics *m, sy_buf *lb, const sy_route_cfg *route, const char *token,
-                      size_t len, const char *outcome);
+void sy_stats_upgrade(sy_metrics *m, sy_buf *lb, const sy_config *cfg, const sy_route_cfg *route,
+                      const char *token, size_t len, const char *outcome);
+/* A tunnel opened (delta 1) or closed (-1): tunnels_open{route,protocol}, and
+ * on open tunnels_total; protocol per sy_stats_protocol. */
+void sy_stats_tunnel_count(sy_metrics *m, sy_buf *lb, const sy_config *cfg,
+                           const sy_route_cfg *route, const char *proto, int delta);
 
 /* A connect to a server of the route's upstream succeeded after ns
  * (upstream_connect_seconds{upstream}); the first response byte came ns after

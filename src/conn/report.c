@@ -52,7 +52,7 @@ static void count_request(sy_conn *c, uint64_t ns) {
                         : x->resp_from_upstream         ? "refused"
                                                         : "rejected";
   const char *tok = x->switching ? x->proto : x->offered0;
-  sy_stats_upgrade(env->metrics, labels(env), x->route, tok, strlen(tok), outcome);
+  sy_stats_upgrade(env->metrics, labels(env), c->cfg, x->route, tok, strlen(tok), outcome);
 }
 
 static void log_request(sy_conn *c, uint64_t ns) {
@@ -111,16 +111,7 @@ void report_cut(sy_conn *c, enum sy_term why) {
 }
 
 static void count_tunnel(const conn_note *n, int delta) {
-  sy_conn_env *env = n->env;
-  sy_buf *b = labels(env);
-  char route[32];
-  const char *rn = sy_stats_route_name(n->route, route);
-  const char *proto = sy_stats_protocol(n->route, n->proto, strlen(n->proto));
-  sy_metrics_label(b, "route", rn, strlen(rn));
-  sy_metrics_label(b, "protocol", proto, strlen(proto));
-  sy_buf_append(b, "", 1);
-  sy_metrics_add(env->metrics, "switchyard_tunnels_open", b->p, delta);
-  if (delta > 0) sy_metrics_add(env->metrics, "switchyard_tunnels_total", b->p, 1);
+  sy_stats_tunnel_count(n->env->metrics, labels(n->env), n->cfg, n->route, n->proto, delta);
 }
 
 void report_tunnel_open(const conn_note *n) {

@@ -70,12 +70,12 @@ START_TEST(test_made_up_tokens_add_no_series) {
   sy_config *cfg = load(yaml);
   sy_metrics *m = sy_metrics_new(sy_metrics_capacity(cfg));
   sy_buf lb = {0};
-  sy_stats_upgrade(m, &lb, &cfg->routes[2], "websocket", 9, "switched");
+  sy_stats_upgrade(m, &lb, cfg, &cfg->routes[2], "websocket", 9, "switched");
   size_t before = nseries(m);
   char tok[64];
   for (int i = 0; i < 5000; i++) {
     int n = snprintf(tok, sizeof(tok), "tok-%d\xff\"\n", i);
-    sy_stats_upgrade(m, &lb, &cfg->routes[i % 3], tok, (size_t)n, "rejected");
+    sy_stats_upgrade(m, &lb, cfg, &cfg->routes[i % 3], tok, (size_t)n, "rejected");
   }
   ck_assert_uint_eq(nseries(m), before + 1);
   ck_assert_int_eq(get(m, "switchyard_upgrades_total", "protocol=\"other\",outcome=\"rejected\""),
@@ -83,6 +83,33 @@ START_TEST(test_made_up_tokens_add_no_series) {
   ck_assert_int_eq(
       get(m, "switchyard_upgrades_total", "protocol=\"websocket\",outcome=\"switched\""), 1);
   ck_assert_int_eq(sy_metrics_dropped(&m, 1), 0);
+  sy_buf_free(&lb);
+  sy_metrics_free(m);
+  sy_config_unref(cfg);
+}
+END_TEST
+
+/* Tunnels open and total by route and protocol, through the key cache: the
+ * same series each time, the gauge back to what it was after the closes. */
+START_TEST(test_tunnel_counts) {
+  sy_config *cfg = load(yaml);
+  sy_metrics *m = sy_metrics_new(sy_metrics_capacity(cfg));
+  sy_buf lb = {0};
+  const sy_route_cfg *any = &cfg->routes[2];
+  for (int i = 0; i < 3; i++)
+    sy_stats_tunnel_count(m, &lb, cfg, any, "WebSocket", 1);
+  sy_stats_tunnel_count(m, &lb, cfg, any, "WebSocket", -1);
+  sy_stats_tunnel_count(m, &lb, cfg, any, "made-up", 1);
+  sy_stats_upgrade(m, &lb, cfg, any, "websocket", 9, "switched");
+  sy_stats_upgrade(m, &lb, cfg, any, "websocket", 9, "switched");
+  sy_stats_upgrade(m, &lb, cfg, any, "websocket", 9, "refused");
+  ck_assert_int_eq(get(m, "switchyard_tunnels_open", "route=\"#2\",protocol=\"websocket\""), 2);
+  ck_assert_int_eq(get(m, "switchyard_tunnels_total", "route=\"#2\",protocol=\"websocket\""), 3);
+  ck_assert_int_eq(get(m, "switchyard_tunnels_open", "route=\"#2\",protocol=\"other\""), 1);
+  ck_assert_int_eq(
+      get(m, "switchyard_upgrades_total", "protocol=\"websocket\",outcome=\"switched\""), 2);
+  ck_assert_int_eq(
+      get(m, "switchyard_upgrades_total", "protocol=\"websocket\",outcome=\"refused\""), 1);
   sy_buf_free(&lb);
   sy_metrics_free(m);
   sy_config_unref(cfg);
@@ -223,6 +250,7 @@ static Suite *stats_suite(void) {
   TCase *tc = tcase_create("core");
   tcase_add_test(tc, test_protocol_label_comes_from_the_config);
   tcase_add_test(tc, test_made_up_tokens_add_no_series);
+  tcase_add_test(tc, test_tunnel_counts);
   tcase_add_test(tc, test_response_counts_route_class_server_and_latency);
   tcase_add_test(tc, test_server_events_connect_and_first_byte);
   tcase_add_test(tc, test_tunnel_bytes_and_lifetime);
