@@ -9,9 +9,6 @@
 #define EV_BATCH 128
 /* AUTO mode looks at this many turns before it reconsiders where to block. */
 #define EV_WINDOW 256
-/* Deferred items run per turn at most; the rest wait for the next turn
- * (which then does not block), so no socket starves the others. */
-#define EV_LATER_MAX 4096
 
 /* A slot is one word per descriptor: the owner (at least 8-byte aligned), its
  * kind (which handler, an index into the set's few) in bits 1-2 and its tag
@@ -44,8 +41,9 @@ struct sy_evset {
   uint32_t turns, set_turns, loop_turns;
   ev_slot *slots; /* by descriptor */
   size_t nslots;
-  sy_ev_fn kinds[EV_KINDS]; /* the handlers of the owners so far */
-  sy_later *later, **later_tail;
+  sy_ev_fn kinds[EV_KINDS];      /* the handlers of the owners so far */
+  sy_later *later, **later_tail; /* this turn's, run until none is left */
+  sy_later *next, **next_tail;   /* the next turn's */
 };
 
 static void ev_watch_update(sy_evset *e);
@@ -121,7 +119,7 @@ void sy_evset_hold(sy_evset *e, int delta) {
 /* ---- deferred work ------------------------------------------------------------ */
 
 static void ev_run_later(sy_evset *e) {
-  for (int n = 0; e->later && n < EV_LATER_MAX; n++) {
+  while (e->later) {
     sy_later *l = e->later;
     e->later = l->next;
     if (!e->later) e->later_tail = &e->later;
@@ -131,21 +129,44 @@ static void ev_run_later(sy_evset *e) {
   }
 }
 
-static void ev_on_idle(uv_idle_t *idle) {
-  sy_evset *e = idle->data;
-  ev_run_later(e);
-  if (!e->later) uv_idle_stop(&e->idle);
+/* The next turn's items become this turn's. */
+static void ev_take_next(sy_evset *e) {
+  if (!e->next) return;
+  *e->later_tail = e->next;
+  e->later_tail = e->next_tail;
+  e->next = NULL;
+  e->next_tail = &e->next;
 }
 
-void sy_evset_later(sy_evset *e, sy_later *l) {
+static void ev_on_idle(uv_idle_t *idle) {
+  sy_evset *e = idle->data;
+  ev_take_next(e);
+  ev_run_later(e);
+  if (!e->later && !e->next) uv_idle_stop(&e->idle);
+}
+
+static void ev_queue(sy_evset *e, sy_later *l, int next) {
   if (l->queued) return;
   l->queued = 1;
   l->next = NULL;
-  *e->later_tail = l;
-  e->later_tail = &l->next;
-  /* A dispatch and an OWN turn run the list before they return; only work
-   * queued from libuv's own callbacks in LOOP mode needs the idle handle. */
-  if (!e->own && !e->dispatching) uv_idle_start(&e->idle, ev_on_idle);
+  if (next) {
+    *e->next_tail = l;
+    e->next_tail = &l->next;
+  } else {
+    *e->later_tail = l;
+    e->later_tail = &l->next;
+  }
+  /* A dispatch and an OWN turn run the lists themselves; LOOP mode needs the
+   * idle handle for work queued from libuv's callbacks and for the next turn. */
+  if (!e->own && (next || !e->dispatching)) uv_idle_start(&e->idle, ev_on_idle);
+}
+
+void sy_evset_later(sy_evset *e, sy_later *l) {
+  ev_queue(e, l, 0);
+}
+
+void sy_evset_next(sy_evset *e, sy_later *l) {
+  ev_queue(e, l, 1);
 }
 
 /* ---- events ------------------------------------------------------------------- */
@@ -167,7 +188,6 @@ static int ev_dispatch(sy_evset *e, const struct epoll_event *ev, int n) {
   }
   if (e->later) ev_run_later(e);
   e->dispatching = 0;
-  if (e->later && !e->own) uv_idle_start(&e->idle, ev_on_idle);
   return loop_ready;
 }
 
@@ -200,7 +220,7 @@ static void ev_switch(sy_evset *e, int own) {
   } else {
     (void)epoll_ctl(e->epfd, EPOLL_CTL_DEL, uv_backend_fd(e->loop), NULL);
     uv_poll_start(&e->poll, UV_READABLE, ev_on_poll);
-    if (e->later) uv_idle_start(&e->idle, ev_on_idle);
+    if (e->later || e->next) uv_idle_start(&e->idle, ev_on_idle);
   }
   e->own = e->want = (uint8_t)own;
   e->turns = e->set_turns = e->loop_turns = 0;
@@ -252,7 +272,7 @@ int sy_evset_backend_fd(const sy_evset *e) {
 }
 
 static int ev_alive(sy_evset *e) {
-  return uv_loop_alive(e->loop) || e->held > 0 || e->later;
+  return uv_loop_alive(e->loop) || e->held > 0 || e->later || e->next;
 }
 
 static int ev_turn_own(sy_evset *e, int timeout_ms) {
@@ -262,6 +282,7 @@ static int ev_turn_own(sy_evset *e, int timeout_ms) {
   int lt = uv_loop_alive(loop) ? uv_backend_timeout(loop) : -1;
   int to = lt;
   if (timeout_ms >= 0 && (to < 0 || to > timeout_ms)) to = timeout_ms;
+  ev_take_next(e);
   if (e->later) to = 0;
   struct epoll_event ev[EV_BATCH];
   int n = epoll_wait(e->epfd, ev, EV_BATCH, to);
@@ -325,6 +346,7 @@ sy_evset *sy_evset_new(uv_loop_t *loop) {
   if (!e) return NULL;
   e->loop = loop;
   e->later_tail = &e->later;
+  e->next_tail = &e->next;
   e->epfd = epoll_create1(EPOLL_CLOEXEC);
   if (e->epfd < 0 || uv_poll_init(loop, &e->poll, e->epfd) < 0) {
     if (e->epfd >= 0) close(e->epfd);

@@ -629,9 +629,10 @@ static void hub_on_kick(sy_later *l) {
   if (h->ready || h->zombies) hub_kick(h);
 }
 
-/* Work for the end of this turn (the loop does not block before it runs). */
+/* Work for the next turn, after its events (which then does not block): a
+ * tunnel that moved its share waits for the other sockets. */
 static void hub_kick(sy_tunnel_hub *h) {
-  sy_evset_later(h->ev, &h->kick);
+  sy_evset_next(h->ev, &h->kick);
 }
 
 static void tun_on_event(void *obj, unsigned e, uint32_t x) {

@@ -64,8 +64,13 @@ void sy_evset_forget(sy_evset *e, int fd, int del);
 void sy_evset_hold(sy_evset *e, int delta);
 
 /* Runs l->fn once, at the end of this turn (or the next, if the turn is
- * over); queueing a queued item again does nothing. */
+ * over); what it queues runs in the same pass. Queueing a queued item again
+ * does nothing. */
 void sy_evset_later(sy_evset *e, sy_later *l);
+/* Runs l->fn at the end of the next turn, after its events (which then does
+ * not block): for work that yields to the other sockets, as a tunnel that
+ * moved its share does. */
+void sy_evset_next(sy_evset *e, sy_later *l);
 
 void sy_evset_set_mode(sy_evset *e, enum sy_ev_mode mode);
 /* Whether the last turn blocked in this set (OWN). */

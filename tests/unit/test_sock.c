@@ -5,7 +5,8 @@
  * reading is acted on when reading starts again (edge-triggered: no second
  * edge comes); a write of more buffers than IOV_MAX completes; a refused
  * connect reports UV_ECONNREFUSED; a released descriptor stays in the set
- * for its next owner. */
+ * for its next owner; the set's deferred work runs in this turn or, when it
+ * yields, once per turn. */
 #include <arpa/inet.h>
 #include <check.h>
 #include <errno.h>
@@ -313,6 +314,52 @@ START_TEST(test_release_keeps_the_descriptor_in_the_set) {
 }
 END_TEST
 
+/* The set's deferred work: sy_evset_later runs what it queues in the same
+ * pass; sy_evset_next runs once per turn (a tunnel that moved its share
+ * yields to the other sockets), and the turn after it does not block. */
+typedef struct rq {
+  sy_later l;
+  sy_evset *ev;
+  int runs, next;
+} rq;
+
+static void rq_fn(sy_later *l) {
+  rq *r = (rq *)l;
+  if (++r->runs < 50) {
+    if (r->next)
+      sy_evset_next(r->ev, &r->l);
+    else
+      sy_evset_later(r->ev, &r->l);
+  }
+}
+
+START_TEST(test_later_and_next_turn) {
+  for (int next = 0; next < 2; next++) {
+    fx f;
+    fx_init(&f, 0);
+    rq r = {.l = {.fn = rq_fn}, .ev = f.ev, .next = next};
+    sy_evset_later(f.ev, &r.l);
+    uint64_t t0 = now_ms();
+    sy_evset_turn(f.ev, 1000);
+    if (!next) {
+      ck_assert_int_eq(r.runs, 50); /* all in one pass */
+    } else {
+      ck_assert_int_eq(r.runs, 1); /* the rest wait for their turns */
+      for (int i = 0; i < 10; i++)
+        sy_evset_turn(f.ev, 1000);
+      ck_assert_int_eq(r.runs, 11);
+      while (r.runs < 50 && now_ms() - t0 < WAIT_MS)
+        sy_evset_turn(f.ev, 1000);
+      ck_assert_int_eq(r.runs, 50);
+    }
+    ck_assert_uint_lt(now_ms() - t0, 900); /* no turn blocked while work was queued */
+    sy_evset_free(f.ev);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    ck_assert_int_eq(uv_loop_close(&f.loop), 0);
+  }
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("sock");
   TCase *tc = tcase_create("core");
@@ -322,6 +369,7 @@ int main(void) {
   tcase_add_test(tc, test_readiness_kept_while_not_reading);
   tcase_add_test(tc, test_connect_refused_and_accepted);
   tcase_add_test(tc, test_release_keeps_the_descriptor_in_the_set);
+  tcase_add_test(tc, test_later_and_next_turn);
   suite_add_tcase(s, tc);
   SRunner *r = srunner_create(s);
   srunner_run_all(r, CK_NORMAL);
