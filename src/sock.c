@@ -111,7 +111,8 @@ static void sock_read(sy_sock *s) {
     s->read_cb(s, n, &buf);
     if (drained) return;
   }
-  if (s->reading && s->readable && !s->closing) sock_due(s); /* fair: the rest next */
+  /* Its share read: the rest on the next turn, after the other sockets. */
+  if (s->reading && s->readable && !s->closing) sy_evset_next(s->ev, &s->later);
 }
 
 int sy_sock_read_start(sy_sock *s, sy_sock_alloc_cb alloc, sy_sock_read_cb cb) {

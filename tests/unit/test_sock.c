@@ -231,6 +231,32 @@ START_TEST(test_readiness_kept_while_not_reading) {
 }
 END_TEST
 
+static void on_alloc_small(sy_sock *s, uv_buf_t *buf) {
+  fx *f = s->data;
+  buf->base = f->rbuf + f->got;
+  buf->len = 16;
+}
+
+/* A socket with more than its share to read (32 reads) yields: the rest comes
+ * on later turns, so a busy socket cannot keep the others waiting. */
+START_TEST(test_busy_socket_yields) {
+  fx f;
+  fx_init(&f, 1);
+  static char data[4096];
+  memset(data, 'z', sizeof(data));
+  ck_assert_int_eq(write(f.peer, data, sizeof(data)), (ssize_t)sizeof(data));
+  ck_assert_int_eq(sy_sock_read_start(&f.s, on_alloc_small, on_read), 0);
+  uint64_t dl = now_ms() + WAIT_MS;
+  while (f.reads == 0 && now_ms() < dl)
+    sy_evset_turn(f.ev, 10);
+  ck_assert_int_le(f.reads, 32); /* one turn: one share */
+  ck_assert_int_gt(f.reads, 0);
+  TURN_UNTIL(&f, f.got == sizeof(data));
+  ck_assert_uint_eq(f.got, sizeof(data));
+  fx_done(&f);
+}
+END_TEST
+
 static void on_connect(sy_sock *s, int status) {
   fx *f = s->data;
   f->connected++;
@@ -370,6 +396,7 @@ int main(void) {
   tcase_add_test(tc, test_connect_refused_and_accepted);
   tcase_add_test(tc, test_release_keeps_the_descriptor_in_the_set);
   tcase_add_test(tc, test_later_and_next_turn);
+  tcase_add_test(tc, test_busy_socket_yields);
   suite_add_tcase(s, tc);
   SRunner *r = srunner_create(s);
   srunner_run_all(r, CK_NORMAL);
