@@ -119,8 +119,11 @@ int sy_sock_read_start(sy_sock *s, sy_sock_alloc_cb alloc, sy_sock_read_cb cb) {
   if (s->closing || s->fd < 0) return UV_EINVAL;
   s->alloc_cb = alloc;
   s->read_cb = cb;
-  /* A readiness learnt while not reading gets no second edge: act on it. */
-  if (s->readable && !s->connecting) sock_due(s);
+  /* A readiness learnt while not reading gets no second edge: act on it, on
+   * the next turn - a read restarted by a write's callback would otherwise
+   * chain read, write, callback within one turn and starve the other sockets
+   * (a TLS relay did). */
+  if (s->readable && !s->connecting) sy_evset_next(s->ev, &s->later);
   s->reading = 1;
   return 0;
 }
