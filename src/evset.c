@@ -147,7 +147,7 @@ static void ev_on_idle(uv_idle_t *idle) {
 
 static void ev_queue(sy_evset *e, sy_later *l, int next) {
   if (l->queued) return;
-  l->queued = 1;
+  l->queued = next ? 2 : 1;
   l->next = NULL;
   if (next) {
     *e->next_tail = l;

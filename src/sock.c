@@ -349,9 +349,13 @@ static void sock_end(sy_sock *s, sy_sock_close_cb cb) {
   s->close_cb = cb;
   while (s->wq)
     write_finish(s, UV_ECANCELED);
-  /* Queued behind the cancelled writes, so their callbacks come first; the
-   * sock's other item, if queued, finds it closing and does nothing. */
-  sy_evset_later(s->ev, &s->closed);
+  /* Queued behind the cancelled writes, so their callbacks come first, and
+   * behind the sock's other item if that waits for the next turn (it finds
+   * the sock closing and does nothing; the close callback may free both). */
+  if (s->later.queued == 2)
+    sy_evset_next(s->ev, &s->closed);
+  else
+    sy_evset_later(s->ev, &s->closed);
 }
 
 void sy_sock_close(sy_sock *s, sy_sock_close_cb cb) {

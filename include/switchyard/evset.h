@@ -36,7 +36,7 @@ typedef void (*sy_ev_fn)(void *obj, unsigned tag, uint32_t events);
 typedef struct sy_later {
   struct sy_later *next;
   void (*fn)(struct sy_later *l);
-  int queued;
+  int queued; /* 0 no, 1 for this turn (sy_evset_later), 2 for the next (sy_evset_next) */
 } sy_later;
 
 enum sy_ev_mode { SY_EV_AUTO = 0, SY_EV_LOOP, SY_EV_OWN };
