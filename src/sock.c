@@ -303,7 +303,8 @@ static void sock_work(sy_sock *s) {
     sock_connected(s, -err);
     if (s->closing || err) return;
   }
-  if (s->wq && s->writable) sock_write_queued(s);
+  /* Also a shutdown asked for while connecting with nothing queued. */
+  if (s->writable && (s->wq || s->shut_wanted)) sock_write_queued(s);
   if (s->closing) return;
   if (s->reading && s->readable) sock_read(s);
 }
@@ -314,8 +315,7 @@ static void sock_on_later(sy_later *l) {
   if (s->connected_due) {
     sock_connected(s, s->conn_status);
     if (s->closing) return;
-    if (s->wq) sock_write_queued(s);
-    if (!s->wq && s->shut_wanted) sock_do_shutdown(s);
+    sock_write_queued(s); /* what waited for the connect: writes, then the shutdown */
   }
   if (s->shut_due) {
     s->shut_due = 0;

@@ -342,7 +342,6 @@ static void finish_if_drained(sy_worker *w) {
       uv_close((uv_handle_t *)&w->budget_timer, NULL);
     if (!uv_is_closing((uv_handle_t *)&w->trim_timer))
       uv_close((uv_handle_t *)&w->trim_timer, NULL);
-    sy_conn_env_close(&w->env);
     if (!uv_is_closing((uv_handle_t *)&w->wakeup)) uv_close((uv_handle_t *)&w->wakeup, NULL);
   }
 }

@@ -47,8 +47,6 @@ struct sy_conn_env {
 
 /* Sets up the parts the connection code owns (after loop is set). */
 void sy_conn_env_init(sy_conn_env *env);
-/* Closes its handles (the worker's loop is ending). */
-void sy_conn_env_close(sy_conn_env *env);
 /* Gives cached memory back (the worker has no connection left). */
 void sy_conn_env_trim(sy_conn_env *env);
 

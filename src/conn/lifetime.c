@@ -402,10 +402,6 @@ void sy_conn_env_init(sy_conn_env *env) {
   sy_flow_pool_init(&env->flows);
 }
 
-void sy_conn_env_close(sy_conn_env *env) {
-  (void)env; /* nothing of the connection code's is a libuv handle */
-}
-
 void sy_conn_env_trim(sy_conn_env *env) {
   sy_flow_pool_trim(&env->flows);
   sy_buf_free(&env->labels);

@@ -307,6 +307,40 @@ START_TEST(test_connect_refused_and_accepted) {
 }
 END_TEST
 
+static void on_shut(sy_sock *s, int status) {
+  fx *f = s->data;
+  f->write_status[7] = status;
+  f->writes_done++;
+}
+
+/* A shutdown asked for while the connect runs, nothing queued: it happens once
+ * connected (the peer reads EOF) and its callback comes. */
+START_TEST(test_shutdown_while_connecting) {
+  fx f;
+  fx_init(&f, 0);
+  int l = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof(sa);
+  ck_assert_int_eq(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
+  ck_assert_int_eq(getsockname(l, (struct sockaddr *)&sa, &len), 0);
+  ck_assert_int_eq(listen(l, 1), 0);
+  ck_assert_int_eq(sy_sock_connect(&f.s, (struct sockaddr *)&sa, on_connect), 0);
+  ck_assert_int_eq(sy_sock_shutdown(&f.s, on_shut), 0);
+  TURN_UNTIL(&f, f.connected == 1 && f.writes_done == 1);
+  ck_assert_int_eq(f.conn_status, 0);
+  ck_assert_int_eq(f.writes_done, 1);
+  ck_assert_int_eq(f.write_status[7], 0);
+  f.peer = accept(l, NULL, NULL);
+  ck_assert_int_ge(f.peer, 0);
+  close(l);
+  struct timeval tv = {.tv_sec = 5};
+  ck_assert_int_eq(setsockopt(f.peer, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+  char c;
+  ck_assert_int_eq(read(f.peer, &c, 1), 0); /* the FIN */
+  fx_done(&f);
+}
+END_TEST
+
 static int retargeted;
 static void on_other_owner(void *obj, unsigned tag, uint32_t events) {
   if (events & EPOLLIN) retargeted++;
@@ -397,6 +431,7 @@ int main(void) {
   tcase_add_test(tc, test_release_keeps_the_descriptor_in_the_set);
   tcase_add_test(tc, test_later_and_next_turn);
   tcase_add_test(tc, test_busy_socket_yields);
+  tcase_add_test(tc, test_shutdown_while_connecting);
   suite_add_tcase(s, tc);
   SRunner *r = srunner_create(s);
   srunner_run_all(r, CK_NORMAL);
