@@ -37,7 +37,7 @@ TARGET_DESC = {
     "haproxy": "nbthread 1, mode http",
     "haproxy-splice": "same + option splice-request/-response, maxpipes",
     "switchyard-tls": "workers: 1, listener with `tls: {certificates: [...]}` (OpenSSL through "
-                      "memory BIOs), plaintext to the backend (tls-* scenarios only)",
+                      "a BIO of its own), plaintext to the backend (tls-* scenarios only)",
     "nginx-tls": "1 worker, `listen … ssl`, same WebSocket proxy config (tls-* scenarios only)",
     "haproxy-tls": "nbthread 1, mode http, `bind … ssl crt` (tls-* scenarios only)",
     "switchyard-2w": "workers: 2 (two event-loop threads in one process, one SO_REUSEPORT "
@@ -209,7 +209,7 @@ def tls_section(out, rows, targets, meta):
     if notes:
         w("**CPU cost per GB, TLS vs splice (switchyard):** " + "; ".join(notes) + ". A spliced "
           "tunnel never copies the payload into user space; a TLS tunnel reads every byte into "
-          "user space, runs it through the cipher and OpenSSL's memory BIOs and writes it back "
+          "user space, runs it through the cipher and writes it back "
           "to the kernel (where the time goes: see the TLS profile notes at the end). "
           "Put the other way, one proxy core at 100% would carry about "
           + ", ".join(f"{fmt(1 / cost[(s, 'switchyard')][1], 2)} GB/s ({s})" for s, _ in scen

@@ -353,12 +353,11 @@ int sy_flow_write(sy_flow *f, sy_flow_pool *p, sy_sock *dst, sy_tls_conn *tls,
   }
   int rc;
   if (tls) {
-    /* The memory BIO takes the whole batch; what goes out is one buffer of
-     * records, released when the write completes. */
+    /* The whole batch is encrypted into one buffer of records, released when
+     * the write completes. */
     cipher_get(p, &f->cipher);
     f->cipher.len = 0;
-    if (sy_tls_write(tls, f->iov, f->nsegs) < 0 || sy_tls_take_output(tls, &f->cipher) < 0)
-      return UV_EPROTO;
+    if (sy_tls_write(tls, f->iov, f->nsegs, &f->cipher) < 0) return UV_EPROTO;
     uv_buf_t b = uv_buf_init(f->cipher.p, (unsigned)f->cipher.len);
     rc = sy_sock_write(&f->wreq, dst, &b, 1, cb);
   } else {

@@ -5,6 +5,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <limits.h>
@@ -24,9 +25,21 @@ struct sy_tls_ctx {
   SSL_CTX *client; /* client side */
 };
 
+/* Ciphertext moves through one BIO of our own instead of OpenSSL's memory BIOs,
+ * which cost a copy each way: records are read straight out of the bytes the
+ * socket read (lent for the call, sy_tls_lend) and written straight into the
+ * buffer the socket will write (sy_tls_write's `out`). Only what OpenSSL left
+ * unread when the lender takes its bytes back is copied (`in`), and records made
+ * outside a write (handshake, alerts, close_notify) wait in `pend`. */
 struct sy_tls_conn {
   SSL *ssl;
-  BIO *rbio, *wbio; /* owned by ssl */
+  BIO *bio; /* owned by ssl, both directions */
+  const char *lent;
+  size_t lent_len;
+  sy_buf in; /* in.p[in_pos..in.len) is read before the lent bytes */
+  size_t in_pos;
+  sy_buf *out; /* set during sy_tls_write */
+  sy_buf pend;
   char err[160];
 };
 
@@ -244,22 +257,23 @@ void sy_tls_ctx_free(sy_tls_ctx *t) {
   free(t);
 }
 
+static BIO_METHOD *bio_method(void);
+
 sy_tls_conn *sy_tls_conn_new(sy_tls_ctx *ctx, int server, const char *sni, int verify) {
   sy_tls_conn *t = calloc(1, sizeof(*t));
   if (!t) return NULL;
+  BIO_METHOD *m = bio_method();
   t->ssl = SSL_new(server ? ctx->certs[0].ctx : ctx->client);
-  t->rbio = BIO_new(BIO_s_mem());
-  t->wbio = BIO_new(BIO_s_mem());
-  if (!t->ssl || !t->rbio || !t->wbio) {
+  t->bio = m ? BIO_new(m) : NULL;
+  if (!t->ssl || !t->bio) {
     SSL_free(t->ssl);
-    BIO_free(t->rbio);
-    BIO_free(t->wbio);
+    BIO_free(t->bio);
     free(t);
     return NULL;
   }
-  /* An empty read BIO means "no more for now", not end of file. */
-  BIO_set_mem_eof_return(t->rbio, -1);
-  SSL_set_bio(t->ssl, t->rbio, t->wbio);
+  BIO_set_data(t->bio, t);
+  BIO_set_init(t->bio, 1);
+  SSL_set_bio(t->ssl, t->bio, t->bio); /* one reference, taken by ssl */
   if (server) {
     SSL_set_accept_state(t->ssl);
   } else {
@@ -283,11 +297,105 @@ sy_tls_conn *sy_tls_conn_new(sy_tls_ctx *ctx, int server, const char *sni, int v
 void sy_tls_conn_free(sy_tls_conn *t) {
   if (!t) return;
   SSL_free(t->ssl);
+  sy_buf_free(&t->in);
+  sy_buf_free(&t->pend);
   free(t);
 }
 
+/* What was read already is dropped from the front before `in` grows, so it
+ * holds no more than the unread bytes plus one feed. */
+static int keep(sy_tls_conn *t, const char *data, size_t n) {
+  if (t->in_pos == t->in.len) {
+    t->in.len = t->in_pos = 0;
+  } else if (t->in_pos > 0 && t->in.len + n > t->in.cap) {
+    memmove(t->in.p, t->in.p + t->in_pos, t->in.len - t->in_pos);
+    t->in.len -= t->in_pos;
+    t->in_pos = 0;
+  }
+  return sy_buf_append(&t->in, data, n);
+}
+
 int sy_tls_feed(sy_tls_conn *t, const char *data, size_t n) {
-  return BIO_write(t->rbio, data, (int)n) == (int)n ? 0 : -1;
+  return keep(t, data, n);
+}
+
+void sy_tls_lend(sy_tls_conn *t, const char *data, size_t n) {
+  t->lent = data;
+  t->lent_len = n;
+}
+
+int sy_tls_unlend(sy_tls_conn *t) {
+  int rc = t->lent_len ? keep(t, t->lent, t->lent_len) : 0;
+  t->lent = NULL;
+  t->lent_len = 0;
+  return rc;
+}
+
+static int bio_read(BIO *b, char *dst, size_t cap, size_t *got) {
+  sy_tls_conn *t = BIO_get_data(b);
+  size_t n = 0;
+  BIO_clear_retry_flags(b);
+  if (t->in_pos < t->in.len) {
+    n = t->in.len - t->in_pos < cap ? t->in.len - t->in_pos : cap;
+    memcpy(dst, t->in.p + t->in_pos, n);
+    t->in_pos += n;
+    if (t->in_pos == t->in.len) { /* an idle connection keeps no buffer */
+      sy_buf_free(&t->in);
+      t->in_pos = 0;
+    }
+  }
+  if (n < cap && t->lent_len) {
+    size_t k = t->lent_len < cap - n ? t->lent_len : cap - n;
+    memcpy(dst + n, t->lent, k);
+    t->lent += k;
+    t->lent_len -= k;
+    n += k;
+  }
+  *got = n;
+  if (n) return 1;
+  BIO_set_retry_read(b); /* nothing yet is "later", never end of file */
+  return 0;
+}
+
+static int bio_write(BIO *b, const char *src, size_t n, size_t *put) {
+  sy_tls_conn *t = BIO_get_data(b);
+  BIO_clear_retry_flags(b);
+  if (sy_buf_append(t->out ? t->out : &t->pend, src, n) < 0) return 0;
+  *put = n;
+  return 1;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr) {
+  (void)num, (void)ptr;
+  sy_tls_conn *t = BIO_get_data(b);
+  switch (cmd) {
+  case BIO_CTRL_FLUSH:
+    return 1;
+  case BIO_CTRL_PENDING:
+    return (long)(t->in.len - t->in_pos + t->lent_len);
+  case BIO_CTRL_WPENDING:
+    return (long)t->pend.len;
+  default:
+    return 0;
+  }
+}
+
+static BIO_METHOD *the_method;
+
+static void make_method(void) {
+  BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "switchyard");
+  if (!m || !BIO_meth_set_read_ex(m, bio_read) || !BIO_meth_set_write_ex(m, bio_write) ||
+      !BIO_meth_set_ctrl(m, bio_ctrl)) {
+    BIO_meth_free(m);
+    return;
+  }
+  the_method = m;
+}
+
+static BIO_METHOD *bio_method(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, make_method);
+  return the_method;
 }
 
 static int fail_with(sy_tls_conn *t, int rc) {
@@ -317,19 +425,25 @@ int sy_tls_read(sy_tls_conn *t, char *out, size_t cap) {
   return fail_with(t, rc);
 }
 
-int sy_tls_write(sy_tls_conn *t, const uv_buf_t *bufs, unsigned nbufs) {
-  for (unsigned i = 0; i < nbufs; i++) {
+int sy_tls_write(sy_tls_conn *t, const uv_buf_t *bufs, unsigned nbufs, sy_buf *out) {
+  /* Records made earlier (a ticket after the handshake) go out first. */
+  if (sy_tls_take_output(t, out) < 0) return -1;
+  t->out = out;
+  int rc = 0;
+  for (unsigned i = 0; i < nbufs && rc == 0; i++) {
     size_t off = 0;
     while (off < bufs[i].len) {
-      int rc = SSL_write(t->ssl, bufs[i].base + off, (int)(bufs[i].len - off));
-      if (rc <= 0) {
-        fail_with(t, rc);
-        return -1;
+      int n = SSL_write(t->ssl, bufs[i].base + off, (int)(bufs[i].len - off));
+      if (n <= 0) {
+        fail_with(t, n);
+        rc = -1;
+        break;
       }
-      off += (size_t)rc;
+      off += (size_t)n;
     }
   }
-  return 0;
+  t->out = NULL;
+  return rc;
 }
 
 void sy_tls_shutdown(sy_tls_conn *t) {
@@ -338,19 +452,19 @@ void sy_tls_shutdown(sy_tls_conn *t) {
 }
 
 int sy_tls_take_output(sy_tls_conn *t, sy_buf *out) {
-  /* BIO_read, not BIO_get_mem_data + BIO_reset: a reset clears the memory
-   * BIO's whole buffer with memset, once per batch. */
-  size_t n = BIO_ctrl_pending(t->wbio);
-  if (n == 0) return 0;
-  if (n > INT_MAX || sy_buf_reserve(out, n) < 0) return -1;
-  int got = BIO_read(t->wbio, out->p + out->len, (int)n);
-  if (got != (int)n) return -1;
-  out->len += n;
-  return 0;
+  if (t->pend.len == 0) return 0;
+  if (!out->p) { /* handed over whole: no copy */
+    *out = t->pend;
+    t->pend = (sy_buf){0};
+    return 0;
+  }
+  int rc = sy_buf_append(out, t->pend.p, t->pend.len);
+  sy_buf_free(&t->pend);
+  return rc;
 }
 
 int sy_tls_has_pending(sy_tls_conn *t) {
-  return SSL_pending(t->ssl) > 0 || BIO_ctrl_pending(t->rbio) > 0;
+  return SSL_pending(t->ssl) > 0 || t->in_pos < t->in.len || t->lent_len > 0;
 }
 
 const char *sy_tls_error(sy_tls_conn *t) {

@@ -1,7 +1,8 @@
 /* TLS with OpenSSL 3: server contexts (certificates chosen by SNI, ALPN
  * http/1.1), client contexts for upstreams (verification, SNI, mTLS), and a
- * memory-BIO bridge so a libuv stream can carry TLS without OpenSSL touching
- * the socket. */
+ * bridge of our own BIO so a socket of ours can carry TLS without OpenSSL
+ * touching it: ciphertext is read out of the caller's bytes and written into the
+ * caller's buffer. */
 #ifndef SWITCHYARD_TLS_H
 #define SWITCHYARD_TLS_H
 
@@ -46,8 +47,13 @@ void sy_tls_ctx_free(sy_tls_ctx *ctx);
 sy_tls_conn *sy_tls_conn_new(sy_tls_ctx *ctx, int server, const char *sni, int verify);
 void sy_tls_conn_free(sy_tls_conn *t);
 
-/* Ciphertext in from the socket. 0 or -1 (allocation). */
+/* Ciphertext in from the socket, copied. 0 or -1 (allocation). */
 int sy_tls_feed(sy_tls_conn *t, const char *data, size_t n);
+/* Ciphertext in without a copy: OpenSSL reads `data` until sy_tls_unlend,
+ * which copies what it left unread (0 or -1, allocation). Nothing else may be
+ * lent in between; a conn freed while lending just forgets the bytes. */
+void sy_tls_lend(sy_tls_conn *t, const char *data, size_t n);
+int sy_tls_unlend(sy_tls_conn *t);
 
 enum { SY_TLS_AGAIN = 0, SY_TLS_ERROR = -1, SY_TLS_CLOSED = -2 };
 /* Plaintext out: >0 bytes, SY_TLS_AGAIN (needs more ciphertext, or handshake
@@ -56,11 +62,13 @@ enum { SY_TLS_AGAIN = 0, SY_TLS_ERROR = -1, SY_TLS_CLOSED = -2 };
 int sy_tls_read(sy_tls_conn *t, char *out, size_t cap);
 /* Runs the handshake as far as the bytes fed so far allow: 1 done, 0 again, -1 error. */
 int sy_tls_handshake(sy_tls_conn *t);
-/* Plaintext in (all of it is accepted; the output BIO grows). 0 or -1. */
-int sy_tls_write(sy_tls_conn *t, const uv_buf_t *bufs, unsigned nbufs);
+/* Plaintext in, all of it; its records, after any waiting ones, are appended
+ * to `out`. 0 or -1. */
+int sy_tls_write(sy_tls_conn *t, const uv_buf_t *bufs, unsigned nbufs, sy_buf *out);
 /* Queue a close_notify. */
 void sy_tls_shutdown(sy_tls_conn *t);
-/* Ciphertext waiting to go to the socket, appended to `out`. */
+/* Ciphertext made outside sy_tls_write (handshake, alerts, close_notify),
+ * appended to `out` (an empty `out` takes the buffer itself). */
 int sy_tls_take_output(sy_tls_conn *t, sy_buf *out);
 /* Plaintext already decrypted and buffered inside OpenSSL, or ciphertext fed
  * but not yet processed: the caller should call sy_tls_read again. */

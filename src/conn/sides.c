@@ -51,12 +51,17 @@ static void side_alloc(sy_conn *c, conn_side s, uv_buf_t *buf) {
 }
 
 static void side_read(sy_conn *c, conn_side s, ssize_t n, const uv_buf_t *buf) {
-  sy_tls_conn *t = c->tls[s];
-  if (t) {
-    if (n > 0 && sy_tls_feed(t, buf->base, (size_t)n) < 0) n = UV_ENOMEM;
+  if (c->tls[s]) {
+    if (n > 0) {
+      /* OpenSSL reads the records out of the block; what the pump leaves
+       * unread is copied before the block goes back. The pump may have freed
+       * the TLS state (the upstream closed): then the bytes go with it. */
+      sy_tls_lend(c->tls[s], buf->base, (size_t)n);
+      conn_tls_pump(c, s);
+      if (c->tls[s] && sy_tls_unlend(c->tls[s]) < 0) n = UV_ENOMEM;
+    }
     sy_flow_block_put(&c->env->flows, buf->base);
     if (n > 0) {
-      conn_tls_pump(c, s);
       c->io->read_update(c, s);
       return;
     }

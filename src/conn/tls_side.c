@@ -1,5 +1,5 @@
 /* TLS on either side of a connection (a TLS listener, a TLS upstream, or a
- * client that upgraded in place with RFC 2817): the memory-BIO bridge driven
+ * client that upgraded in place with RFC 2817): the tls.c bridge driven
  * between the socket and the side's flow. */
 #include "internal.h"
 #include "switchyard/log.h"
