@@ -54,6 +54,7 @@ static void sock_on_event(void *obj, unsigned tag, uint32_t x) {
   if (x & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) s->readable = 1;
   if (x & (EPOLLRDHUP | EPOLLHUP)) s->rdhup = 1;
   if (x & (EPOLLOUT | EPOLLHUP | EPOLLERR)) s->writable = 1;
+  if (x & (EPOLLHUP | EPOLLERR)) s->failed = 1;
   sock_work(s);
 }
 
@@ -297,9 +298,12 @@ static void sock_connected(sy_sock *s, int status) {
 static void sock_work(sy_sock *s) {
   if (s->connecting) {
     if (s->connected_due || !s->writable) return;
+    /* A socket still connecting reports no EPOLLOUT: writable without an
+     * error or hang-up is connected, and only a failure needs the system call
+     * that says why. */
     int err = 0;
     socklen_t len = sizeof(err);
-    if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+    if (s->failed && getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
     sock_connected(s, -err);
     if (s->closing || err) return;
   }

@@ -63,7 +63,7 @@ struct sy_sock {
   int shut_status;
   /* Edge-triggered readiness as last learnt: set by events, cleared by
    * EAGAIN or by a short read (which proves the socket empty). */
-  unsigned readable : 1, writable : 1, rdhup : 1;
+  unsigned readable : 1, writable : 1, rdhup : 1, failed : 1; /* failed: EPOLLERR|EPOLLHUP seen */
   unsigned reading : 1, connecting : 1, connected_due : 1, shut_wanted : 1, shut_due : 1;
   unsigned closing : 1, held : 1;
 };

@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -322,8 +321,7 @@ void sy_conn_accept(sy_conn_env *env, int fd, const struct sockaddr_storage *pee
   }
   c->env = env;
   c->refs = 1;
-  int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  /* TCP_NODELAY came with the socket from its listener (sy_listen_reuseport). */
   uv_timer_init(env->loop, &c->timer);
   c->timer.data = c;
   c->refs++;

@@ -273,14 +273,24 @@ START_TEST(test_connect_refused_and_accepted) {
   ck_assert_int_eq(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
   ck_assert_int_eq(getsockname(l, (struct sockaddr *)&sa, &len), 0);
   close(l);
-  ck_assert_int_eq(sy_sock_connect(&f.s, (struct sockaddr *)&sa, on_connect), 0);
-  ck_assert_int_eq(f.connected, 0);
-  TURN_UNTIL(&f, f.connected);
-  ck_assert_int_eq(f.connected, 1);
-  ck_assert_int_eq(f.conn_status, UV_ECONNREFUSED);
-  sy_sock_close(&f.s, on_closed);
-  TURN_UNTIL(&f, f.closed);
-  ck_assert_int_eq(f.closed, 1);
+  /* Loopback refuses at once or by an event (EPOLLERR, the only case where
+   * the socket's error is asked for): whichever, the same status. */
+  int by_event = 0;
+  for (int i = 0; i < 20; i++) {
+    f.connected = f.closed = 0;
+    sy_sock_init(&f.s, f.ev);
+    f.s.data = &f;
+    ck_assert_int_eq(sy_sock_connect(&f.s, (struct sockaddr *)&sa, on_connect), 0);
+    by_event += !f.s.connected_due;
+    ck_assert_int_eq(f.connected, 0);
+    TURN_UNTIL(&f, f.connected);
+    ck_assert_int_eq(f.connected, 1);
+    ck_assert_int_eq(f.conn_status, UV_ECONNREFUSED);
+    sy_sock_close(&f.s, on_closed);
+    TURN_UNTIL(&f, f.closed);
+    ck_assert_int_eq(f.closed, 1);
+  }
+  fprintf(stderr, "refused by event: %d of 20\n", by_event);
 
   /* And one that is accepted: a write queued before the connect completes
    * goes out after it. */
@@ -288,6 +298,7 @@ START_TEST(test_connect_refused_and_accepted) {
   ck_assert_int_eq(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
   ck_assert_int_eq(listen(l, 1), 0);
   f.closed = 0;
+  f.connected = 1;
   sy_sock_init(&f.s, f.ev);
   f.s.data = &f;
   ck_assert_int_eq(sy_sock_connect(&f.s, (struct sockaddr *)&sa, on_connect), 0);
