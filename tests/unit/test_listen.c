@@ -20,17 +20,23 @@ static int accepted_from(int l, struct sockaddr_in *sa) {
   return a;
 }
 
+/* A listener on a free loopback port (sa->sin_port 0) or on sa's port. */
+static int listener(struct sockaddr_in *sa) {
+  int l = sy_listen_reuseport((struct sockaddr *)sa, 16, -1);
+  ck_assert_int_ge(l, 0);
+  socklen_t len = sizeof(*sa);
+  ck_assert_int_eq(getsockname(l, (struct sockaddr *)sa, &len), 0);
+  return l;
+}
+
 START_TEST(test_accepted_sockets_have_nodelay) {
   struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  int l = sy_listen_reuseport((struct sockaddr *)&sa, 16, -1);
-  ck_assert_int_ge(l, 0);
-  socklen_t len = sizeof(sa);
-  ck_assert_int_eq(getsockname(l, (struct sockaddr *)&sa, &len), 0);
+  int l = listener(&sa);
   for (int i = 0; i < 3; i++) {
     int a = accepted_from(l, &sa);
     ck_assert_int_ge(a, 0);
     int on = 0;
-    len = sizeof(on);
+    socklen_t len = sizeof(on);
     ck_assert_int_eq(getsockopt(a, IPPROTO_TCP, TCP_NODELAY, &on, &len), 0);
     ck_assert_int_eq(on, 1);
     close(a);
@@ -41,12 +47,9 @@ END_TEST
 
 START_TEST(test_two_listeners_share_a_port) {
   struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  int l1 = sy_listen_reuseport((struct sockaddr *)&sa, 16, -1);
-  ck_assert_int_ge(l1, 0);
-  socklen_t len = sizeof(sa);
-  ck_assert_int_eq(getsockname(l1, (struct sockaddr *)&sa, &len), 0);
-  int l2 = sy_listen_reuseport((struct sockaddr *)&sa, 16, -1);
-  ck_assert_int_ge(l2, 0);
+  int l1 = listener(&sa);
+  int l2 = listener(&sa); /* the same port again */
+  ck_assert_int_ne(l2, l1);
   close(l1);
   close(l2);
 }
