@@ -68,7 +68,7 @@ int sy_tls_write(sy_tls_conn *t, const uv_buf_t *bufs, unsigned nbufs, sy_buf *o
 /* Queue a close_notify. */
 void sy_tls_shutdown(sy_tls_conn *t);
 /* Ciphertext made outside sy_tls_write (handshake, alerts, close_notify),
- * appended to `out` (an empty `out` takes the buffer itself). */
+ * appended to `out`; an `out` with no buffer yet takes the waiting one whole. */
 int sy_tls_take_output(sy_tls_conn *t, sy_buf *out);
 /* Plaintext already decrypted and buffered inside OpenSSL, or ciphertext fed
  * but not yet processed: the caller should call sy_tls_read again. */
