@@ -298,7 +298,7 @@ START_TEST(test_connect_refused_and_accepted) {
   ck_assert_int_eq(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
   ck_assert_int_eq(listen(l, 1), 0);
   f.closed = 0;
-  f.connected = 1;
+  f.connected = 1; /* as before the loop: this connect's callback makes it 2 */
   sy_sock_init(&f.s, f.ev);
   f.s.data = &f;
   ck_assert_int_eq(sy_sock_connect(&f.s, (struct sockaddr *)&sa, on_connect), 0);
