@@ -333,7 +333,9 @@ int sy_worker_init(sy_worker *w, unsigned id, sy_config *cfg) {
   w->trim_timer.data = w;
   uv_timer_start(&w->trim_timer, on_trim, TRIM_PERIOD_MS, TRIM_PERIOD_MS);
   uv_unref((uv_handle_t *)&w->trim_timer); /* never what keeps a worker running */
-  for (size_t i = 0; i < cfg->nlisteners; i++)
+  /* Scripts and health checks probe the first listener: it listens last, so
+   * once it accepts, every listener does. */
+  for (size_t i = cfg->nlisteners; i-- > 0;)
     if ((rc = bind_listener(w, &cfg->listeners[i])) < 0) return rc;
   return 0;
 }
