@@ -41,13 +41,20 @@ typedef struct fx {
   int conn_status, connected;
 } fx;
 
-static void tcp_pair(int *a, int *b) {
+/* A socket bound to a free loopback port (sa->sin_port 0) or to sa's port. */
+static int bound(struct sockaddr_in *sa) {
   int l = socket(AF_INET, SOCK_STREAM, 0);
+  ck_assert_int_ge(l, 0);
+  socklen_t len = sizeof(*sa);
+  ck_assert_int_eq(bind(l, (struct sockaddr *)sa, sizeof(*sa)), 0);
+  ck_assert_int_eq(getsockname(l, (struct sockaddr *)sa, &len), 0);
+  return l;
+}
+
+static void tcp_pair(int *a, int *b) {
   struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t len = sizeof(sa);
-  ck_assert_int_eq(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
+  int l = bound(&sa);
   ck_assert_int_eq(listen(l, 1), 0);
-  ck_assert_int_eq(getsockname(l, (struct sockaddr *)&sa, &len), 0);
   *b = socket(AF_INET, SOCK_STREAM, 0);
   ck_assert_int_eq(connect(*b, (struct sockaddr *)&sa, sizeof(sa)), 0);
   *a = accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -267,12 +274,8 @@ START_TEST(test_connect_refused_and_accepted) {
   fx f;
   fx_init(&f, 0);
   /* A port nobody listens on: bind one, then close it. */
-  int l = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t len = sizeof(sa);
-  ck_assert_int_eq(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
-  ck_assert_int_eq(getsockname(l, (struct sockaddr *)&sa, &len), 0);
-  close(l);
+  close(bound(&sa));
   /* Loopback refuses at once or by an event (EPOLLERR, the only case where
    * the socket's error is asked for): whichever, the same status. */
   int by_event = 0;
@@ -294,18 +297,16 @@ START_TEST(test_connect_refused_and_accepted) {
 
   /* And one that is accepted: a write queued before the connect completes
    * goes out after it. */
-  l = socket(AF_INET, SOCK_STREAM, 0);
-  ck_assert_int_eq(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
+  int l = bound(&sa);
   ck_assert_int_eq(listen(l, 1), 0);
-  f.closed = 0;
-  f.connected = 1; /* as before the loop: this connect's callback makes it 2 */
+  f.closed = f.connected = 0;
   sy_sock_init(&f.s, f.ev);
   f.s.data = &f;
   ck_assert_int_eq(sy_sock_connect(&f.s, (struct sockaddr *)&sa, on_connect), 0);
   sy_sock_wreq w = {.data = 0};
   uv_buf_t b = uv_buf_init("early", 5);
   ck_assert_int_eq(sy_sock_write(&w, &f.s, &b, 1, on_write), 0);
-  TURN_UNTIL(&f, f.connected == 2 && f.writes_done == 1);
+  TURN_UNTIL(&f, f.connected == 1 && f.writes_done == 1);
   ck_assert_int_eq(f.conn_status, 0);
   ck_assert_int_eq(f.write_status[0], 0);
   f.peer = accept(l, NULL, NULL);
@@ -329,11 +330,8 @@ static void on_shut(sy_sock *s, int status) {
 START_TEST(test_shutdown_while_connecting) {
   fx f;
   fx_init(&f, 0);
-  int l = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t len = sizeof(sa);
-  ck_assert_int_eq(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
-  ck_assert_int_eq(getsockname(l, (struct sockaddr *)&sa, &len), 0);
+  int l = bound(&sa);
   ck_assert_int_eq(listen(l, 1), 0);
   ck_assert_int_eq(sy_sock_connect(&f.s, (struct sockaddr *)&sa, on_connect), 0);
   ck_assert_int_eq(sy_sock_shutdown(&f.s, on_shut), 0);
