@@ -39,6 +39,7 @@ struct sy_tls_conn {
   size_t in_pos;
   sy_buf *out; /* set during sy_tls_write */
   sy_buf pend;
+  int ended; /* SY_TLS_CLOSED or SY_TLS_ERROR once a read met it; 0 before */
   char err[160];
 };
 
@@ -419,9 +420,12 @@ int sy_tls_handshake(sy_tls_conn *t) {
 }
 
 int sy_tls_read(sy_tls_conn *t, char *out, size_t cap) {
+  if (t->ended) return t->ended;
   int rc = SSL_read(t->ssl, out, (int)(cap > 1 << 30 ? 1 << 30 : cap));
   if (rc > 0) return rc;
-  return fail_with(t, rc);
+  rc = fail_with(t, rc);
+  if (rc != SY_TLS_AGAIN) t->ended = rc;
+  return rc;
 }
 
 int sy_tls_write(sy_tls_conn *t, const uv_buf_t *bufs, unsigned nbufs, sy_buf *out) {
@@ -463,7 +467,7 @@ int sy_tls_take_output(sy_tls_conn *t, sy_buf *out) {
 }
 
 int sy_tls_has_pending(sy_tls_conn *t) {
-  return SSL_pending(t->ssl) > 0 || t->in_pos < t->in.len || t->lent_len > 0;
+  return SSL_pending(t->ssl) > 0 || t->in_pos < t->in.len || t->lent_len > 0 || t->ended;
 }
 
 const char *sy_tls_error(sy_tls_conn *t) {

@@ -22,8 +22,9 @@
 
 /* The usual read buffer; a request flow may need more (max_header_bytes). */
 #define SY_FLOW_BUF (64 * 1024)
-/* One ciphertext read: a whole TLS record plus its overhead. */
-#define SY_CIPHER_BLOCK (16 * 1024 + 512)
+/* One ciphertext read: four whole TLS records with their overhead, so that
+ * their plaintext fills a flow buffer and goes on in one write. */
+#define SY_CIPHER_BLOCK (4 * (16 * 1024 + 512))
 
 /* Flow buffers kept for reuse per worker (64 KiB each, 8 MiB at most; dropped
  * when the worker has no connection). Enough for 64 requests in flight: with

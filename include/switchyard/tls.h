@@ -58,7 +58,7 @@ int sy_tls_unlend(sy_tls_conn *t);
 enum { SY_TLS_AGAIN = 0, SY_TLS_ERROR = -1, SY_TLS_CLOSED = -2 };
 /* Plaintext out: >0 bytes, SY_TLS_AGAIN (needs more ciphertext, or handshake
  * in progress), SY_TLS_CLOSED (close_notify), SY_TLS_ERROR. Drives the
- * handshake too. */
+ * handshake too. CLOSED and ERROR are final: every later read says the same. */
 int sy_tls_read(sy_tls_conn *t, char *out, size_t cap);
 /* Runs the handshake as far as the bytes fed so far allow: 1 done, 0 again, -1 error. */
 int sy_tls_handshake(sy_tls_conn *t);
@@ -70,8 +70,9 @@ void sy_tls_shutdown(sy_tls_conn *t);
 /* Ciphertext made outside sy_tls_write (handshake, alerts, close_notify),
  * appended to `out`; an `out` with no buffer yet takes the waiting one whole. */
 int sy_tls_take_output(sy_tls_conn *t, sy_buf *out);
-/* Plaintext already decrypted and buffered inside OpenSSL, or ciphertext fed
- * but not yet processed: the caller should call sy_tls_read again. */
+/* Plaintext already decrypted and buffered inside OpenSSL, ciphertext fed but
+ * not yet processed, or an end already read: the caller should call
+ * sy_tls_read again. */
 int sy_tls_has_pending(sy_tls_conn *t);
 /* Last error, for logs ("certificate verify failed: ...", "handshake: ..."). */
 const char *sy_tls_error(sy_tls_conn *t);

@@ -196,6 +196,33 @@ START_TEST(test_close_notify_waits_for_take_output) {
 }
 END_TEST
 
+/* The pump reads every record at hand before the mode hears of the bytes, so
+ * a close_notify behind data is read before the mode asked for it: the end
+ * must stay there for the read after the bytes. */
+START_TEST(test_the_end_behind_data_is_final) {
+  pair p;
+  connect_pair(&p, 1 << 20);
+  char data[500];
+  fill(data, sizeof data, 5);
+  sy_buf out = {0};
+  uv_buf_t u = uv_buf_init(data, sizeof data);
+  ck_assert_int_eq(sy_tls_write(p.c, &u, 1, &out), 0);
+  sy_tls_shutdown(p.c);
+  ck_assert_int_eq(sy_tls_take_output(p.c, &out), 0);
+  sy_tls_lend(p.s, out.p, out.len);
+  char tmp[600];
+  ck_assert_int_eq(sy_tls_read(p.s, tmp, sizeof tmp), (int)sizeof data);
+  ck_assert_int_eq(memcmp(tmp, data, sizeof data), 0);
+  ck_assert_int_eq(sy_tls_read(p.s, tmp, sizeof tmp), SY_TLS_CLOSED);
+  ck_assert_int_eq(sy_tls_unlend(p.s), 0);
+  ck_assert(sy_tls_has_pending(p.s)); /* nothing lent, yet a read has news */
+  for (int i = 0; i < 3; i++)
+    ck_assert_int_eq(sy_tls_read(p.s, tmp, sizeof tmp), SY_TLS_CLOSED);
+  sy_buf_free(&out);
+  close_pair(&p);
+}
+END_TEST
+
 START_TEST(test_a_conn_freed_while_lending_forgets_the_bytes) {
   pair p;
   connect_pair(&p, 1 << 20);
@@ -219,6 +246,7 @@ int main(void) {
   tcase_add_loop_test(tc, test_handshake_and_data_in_any_pieces, 0, 6);
   tcase_add_test(tc, test_unread_records_survive_the_lenders_buffer);
   tcase_add_test(tc, test_close_notify_waits_for_take_output);
+  tcase_add_test(tc, test_the_end_behind_data_is_final);
   tcase_add_test(tc, test_a_conn_freed_while_lending_forgets_the_bytes);
   suite_add_tcase(su, tc);
   SRunner *r = srunner_create(su);
