@@ -5,7 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CIPHER_KEEP (256 * 1024) /* larger batch buffers are not kept */
+/* Larger batch buffers are not kept (a relay's batch of 256 KiB grows its
+ * buffer to 512 KiB). */
+#define CIPHER_KEEP (512 * 1024)
 
 static inline sy_flow *parser_flow(llhttp_t *p) {
   return (sy_flow *)((char *)p - offsetof(sy_flow, parser));
@@ -20,6 +22,8 @@ void sy_flow_pool_init(sy_flow_pool *p) {
 void sy_flow_pool_trim(sy_flow_pool *p) {
   while (p->nbuf > 0)
     free(p->buf_cache[--p->nbuf]);
+  while (p->nrelay > 0)
+    free(p->relay_cache[--p->nrelay]);
   while (p->nblk > 0)
     free(p->blk_cache[--p->nblk]);
   while (p->ncipher > 0)
@@ -32,12 +36,15 @@ void sy_flow_pool_trim(sy_flow_pool *p) {
  * faults) on every other request. */
 static char *buf_get(sy_flow_pool *p, uint32_t cap) {
   if (cap == SY_FLOW_BUF && p->nbuf > 0) return p->buf_cache[--p->nbuf];
+  if (cap == SY_RELAY_BUF && p->nrelay > 0) return p->relay_cache[--p->nrelay];
   return malloc(cap);
 }
 
 static void buf_put(sy_flow_pool *p, char *b, uint32_t cap) {
   if (b && cap == SY_FLOW_BUF && p->nbuf < SY_FLOW_BUF_CACHE)
     p->buf_cache[p->nbuf++] = b;
+  else if (b && cap == SY_RELAY_BUF && p->nrelay < SY_FLOW_RELAY_CACHE)
+    p->relay_cache[p->nrelay++] = b;
   else
     free(b);
 }

@@ -21,6 +21,7 @@ const char *conn_peer(const sy_conn *c, conn_side s) {
 }
 
 uint32_t conn_buf_cap(const sy_conn *c, conn_side s) {
+  if (c->state == CS_RELAY) return SY_RELAY_BUF;
   uint32_t cap = SY_FLOW_BUF;
   /* A request head must fit whole in the client's buffer. */
   if (s == SIDE_CLIENT && c->cfg->limits.max_header_bytes + 1 > cap)
