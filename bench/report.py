@@ -452,8 +452,13 @@ def main():
           f"than in the one-worker rows, about the same per worker: http "
           f"`wrk -t{meta.get('w2_http_threads', 2)} -c{meta.get('w2_http_conns', 100)}`; "
           f"handshake {meta.get('w2_handshake_conns', 100)} concurrent; sink/echo "
-          f"{meta.get('w2_tunnels', 16)} tunnels of 64 KiB writes (`sy_load` and the backend "
-          f"are one thread each). Proxy CPU sums every thread of the process (switchyard, "
+          f"{meta.get('w2_tunnels', 16)} tunnels of 64 KiB writes; "
+          + (f"`sy_load` runs as {meta['w2_load_procs']} processes sharing those connections "
+             f"(`--procs`), as wrk runs {meta.get('w2_http_threads', 2)} threads, so that "
+             f"connections are made on both CPUs; the backend is one thread. "
+             if meta.get('w2_load_procs', 1) > 1 else
+             "`sy_load` and the backend are one thread each. ")
+          + f"Proxy CPU sums every thread of the process (switchyard, "
           f"HAProxy: `/proc/PID/stat` of a process counts all its threads) or both worker "
           f"processes (nginx). They run in the same rounds as the other targets of a "
           f"scenario, interleaved and rotated with them.")

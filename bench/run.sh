@@ -25,7 +25,8 @@
 # HAProxy nbthread 2) run the http, handshake, sink and echo scenarios only, as
 # users run a proxy on a small machine: proxy, load generator and a backend of
 # their own all allowed on CPUs 0 and 1 (nothing pinned to one of them), with more
-# load (wrk -t2 -c100; 100 concurrent handshakes; 16 tunnels). Their CPU figures
+# load (wrk -t2 -c100; 100 concurrent handshakes; 16 tunnels; sy_load in two
+# processes as wrk runs two threads, so connections come from both CPUs). Their CPU figures
 # sum every thread of the proxy (nginx: both worker processes).
 # Exit status: non-zero when a scenario produced no result for some target.
 set -euo pipefail
@@ -51,6 +52,7 @@ SCENARIOS_2W="http handshake sink echo"
 W2_HTTP_THREADS=2
 W2_HTTP_CONNS=100
 W2_HS_CONNS=100
+W2_LOAD_PROCS=2  # sy_load --procs: connections made on both CPUs, as wrk -t2 makes them
 W2_TUNNELS=16
 OUT=""
 REPORT=""
@@ -427,9 +429,10 @@ run_one() {
   # The load: one worker's rows on the load's CPU; two workers' rows on both CPUs
   # and more of it, about what one worker gets per worker.
   local pin=$PIN_LOAD wthreads=1 wconns=50 hsconns=50 tunnels=8
+  local -a procs=()
   if is_2w "$t"; then
     pin=$PIN_2W wthreads=$W2_HTTP_THREADS wconns=$W2_HTTP_CONNS
-    hsconns=$W2_HS_CONNS tunnels=$W2_TUNNELS
+    hsconns=$W2_HS_CONNS tunnels=$W2_TUNNELS procs=(--procs "$W2_LOAD_PROCS")
   fi
   local pids=${pid// /,}  # sy_load --pid takes a comma-separated list
   local err=$OUT/run.err
@@ -464,13 +467,13 @@ run_one() {
     handshake|tls-handshake)
       local -a tls=()
       [[ $s == tls-* ]] && tls=("${TLS_ARGS[@]}")
-      line=$(timeout 60 $pin "$LOAD" --mode handshake --port "$port" --conns "$hsconns" "${tls[@]}" \
+      line=$(timeout 60 $pin "$LOAD" --mode handshake --port "$port" --conns "$hsconns" "${tls[@]}" "${procs[@]}" \
                --duration "$DURATION" --warmup "$WARMUP" ${pids:+--pid $pids} 2>"$err") || rc=$? ;;
     sink|source|echo|tls-sink|tls-source|tls-echo)
       local -a tls=()
       [[ $s == tls-* ]] && tls=("${TLS_ARGS[@]}")
       line=$(timeout 60 $pin "$LOAD" --mode "${s#tls-}" --port "$port" --conns "$tunnels" --size 65536 \
-               "${tls[@]}" --duration "$DURATION" --warmup "$WARMUP" ${pids:+--pid $pids} 2>"$err") || rc=$? ;;
+               "${tls[@]}" "${procs[@]}" --duration "$DURATION" --warmup "$WARMUP" ${pids:+--pid $pids} 2>"$err") || rc=$? ;;
     rtt)
       # Latency is measured with everything on one core (the issue's method):
       # the proxy joins the load generator and the backend for this run, so
@@ -535,7 +538,7 @@ log "runs done in $(($(date +%s) - T0)) s"
   printf '"loadavg_end":"%s",' "$(cut -d' ' -f1-3 /proc/loadavg)"
   printf '"w2_scenarios":"%s","w2_cpus":"%s","w2_http_threads":%s,"w2_http_conns":%s,' \
     "$SCENARIOS_2W" "$CPUS_2W" "$W2_HTTP_THREADS" "$W2_HTTP_CONNS"
-  printf '"w2_handshake_conns":%s,"w2_tunnels":%s,' "$W2_HS_CONNS" "$W2_TUNNELS"
+  printf '"w2_handshake_conns":%s,"w2_tunnels":%s,"w2_load_procs":%s,' "$W2_HS_CONNS" "$W2_TUNNELS" "$W2_LOAD_PROCS"
   printf '"targets":"%s","scenarios":"%s"}\n' "$TARGETS" "$SCENARIOS"
 } >"$OUT/meta.json"
 cp "$OUT/conf/switchyard.yaml" "$OUT/conf/nginx/nginx.conf" "$OUT/conf/haproxy-splice.cfg" "$OUT/" 2>/dev/null || true

@@ -27,6 +27,11 @@
  * list served before the next epoll_wait, so no byte waits in OpenSSL's buffer
  * for an epoll event that will not come.
  *
+ * --procs K (handshake, sink, source, echo): K processes share the N
+ * connections, as wrk -t K does, so that a many-CPU proxy sees connections
+ * made on more than one CPU; their counts and latencies are summed into the
+ * one JSON line, the proxy's CPU read by the first over its window.
+ *
  * Measurement: --warmup seconds are run first and not counted; then --duration
  * seconds. With --pid, utime+stime of that process (/proc/PID/stat, all its
  * threads) is read at both ends of the measured window; --pid A,B,... sums the
@@ -54,7 +59,9 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -98,6 +105,7 @@ static int pid = 0; /* the first of pids[] */
 static int pids[16], npids;
 static int spread = 0;        /* source addresses 127.0.0.2 .. 127.0.0.(1+spread); 0: none */
 static int max_pending = 256; /* handshakes in flight at most (idle) */
+static int nprocs = 1;
 static int use_tls = 0;
 static const char *tls_ca = NULL, *tls_sni = NULL;
 static SSL_CTX *tls_ctx;
@@ -725,11 +733,106 @@ static double pct(double p) {
   return (double)lat[i] / 1000.0;
 }
 
+/* --procs: what each process found, in memory shared with the first. */
+#define PROC_LAT_MAX (1u << 21)
+typedef struct proc_result {
+  uint64_t ops, bytes, errors, bad, connect_fail, stuck, stalled, min_tunnel, max_tunnel;
+  int produced, done;
+  char first_error[320];
+  size_t nlat;
+  uint64_t lat[PROC_LAT_MAX];
+} proc_result;
+
+static proc_result *proc_results; /* nprocs slots; NULL with one process */
+static int proc_index;            /* 0: the first process, which prints */
+static int conns_asked;           /* --conns, over all the processes */
+
+/* Splits the connections among nprocs processes; returns in each its index. */
+static void fork_procs(void) {
+  proc_results = mmap(NULL, (size_t)nprocs * sizeof *proc_results, PROT_READ | PROT_WRITE,
+                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (proc_results == MAP_FAILED) {
+    perror("mmap");
+    exit(2);
+  }
+  int total = nconns;
+  conns_asked = total;
+  for (int i = 1; i < nprocs; i++) {
+    pid_t child = fork();
+    if (child < 0) {
+      perror("fork");
+      exit(2);
+    }
+    if (child == 0) {
+      proc_index = i;
+      break;
+    }
+  }
+  nconns = total / nprocs + (proc_index < total % nprocs);
+}
+
+static void proc_store(uint64_t ops, uint64_t bytes, uint64_t stuck, uint64_t stalled,
+                       uint64_t min_tunnel, uint64_t max_tunnel, int produced) {
+  proc_result *r = &proc_results[proc_index];
+  *r = (proc_result){.ops = ops,
+                     .bytes = bytes,
+                     .errors = c_errors,
+                     .bad = c_bad,
+                     .connect_fail = c_connect_fail,
+                     .stuck = stuck,
+                     .stalled = stalled,
+                     .min_tunnel = min_tunnel,
+                     .max_tunnel = max_tunnel,
+                     .produced = produced};
+  if (first_error) snprintf(r->first_error, sizeof r->first_error, "%s", first_error);
+  r->nlat = nlat < PROC_LAT_MAX ? nlat : PROC_LAT_MAX;
+  memcpy(r->lat, lat, r->nlat * sizeof *lat);
+  r->done = 1;
+}
+
+/* The first process: waits for the others and adds what they found to its own. */
+static void proc_gather(uint64_t *ops, uint64_t *bytes, uint64_t *stuck, uint64_t *stalled,
+                        uint64_t *min_tunnel, uint64_t *max_tunnel, int *produced) {
+  for (int i = 1; i < nprocs; i++) {
+    int st;
+    while (wait(&st) < 0 && errno == EINTR)
+      ;
+  }
+  for (int i = 1; i < nprocs; i++) {
+    proc_result *r = &proc_results[i];
+    if (!r->done) {
+      *produced = 0;
+      if (!first_error) note_error("a load process ended without a result", 0);
+      continue;
+    }
+    *ops += r->ops;
+    *bytes += r->bytes;
+    *stuck += r->stuck;
+    *stalled += r->stalled;
+    if (r->min_tunnel < *min_tunnel) *min_tunnel = r->min_tunnel;
+    if (r->max_tunnel > *max_tunnel) *max_tunnel = r->max_tunnel;
+    *produced = *produced && r->produced;
+    c_errors += r->errors;
+    c_bad += r->bad;
+    c_connect_fail += r->connect_fail;
+    if (!first_error && r->first_error[0]) {
+      snprintf(first_error_buf, sizeof first_error_buf, "%s", r->first_error);
+      first_error = first_error_buf;
+    }
+    if (r->nlat && nlat + r->nlat > caplat) {
+      caplat = nlat + r->nlat;
+      lat = realloc(lat, caplat * sizeof *lat);
+    }
+    memcpy(lat + nlat, r->lat, r->nlat * sizeof *lat);
+    nlat += r->nlat;
+  }
+}
+
 static void usage(void) {
   fprintf(stderr,
           "usage: sy_load --mode handshake|sink|source|echo|rtt|idle --port PORT [--host IP]\n"
           "               [--conns N] [--duration S] [--warmup S] [--hold S] [--size BYTES]\n"
-          "               [--pid PID[,PID...]] [--spread K] [--max-pending N]\n"
+          "               [--pid PID[,PID...]] [--spread K] [--max-pending N] [--procs K]\n"
           "               [--tls [--tls-ca FILE] [--tls-sni NAME]]\n");
   exit(2);
 }
@@ -783,7 +886,8 @@ int main(int argc, char **argv) {
       {"conns", 1, 0, 'c'},  {"duration", 1, 0, 'd'},    {"warmup", 1, 0, 'w'},
       {"hold", 1, 0, 'h'},   {"size", 1, 0, 's'},        {"pid", 1, 0, 'P'},
       {"spread", 1, 0, 'S'}, {"max-pending", 1, 0, 'M'}, {"tls", 0, 0, 'T'},
-      {"tls-ca", 1, 0, 'C'}, {"tls-sni", 1, 0, 'N'},     {0, 0, 0, 0}};
+      {"tls-ca", 1, 0, 'C'}, {"tls-sni", 1, 0, 'N'},     {"procs", 1, 0, 'K'},
+      {0, 0, 0, 0}};
   int o, size_set = 0;
   while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     switch (o) {
@@ -837,6 +941,9 @@ int main(int argc, char **argv) {
     case 'M':
       max_pending = atoi(optarg);
       break;
+    case 'K':
+      nprocs = atoi(optarg);
+      break;
     case 'T':
       use_tls = 1;
       break;
@@ -860,6 +967,9 @@ int main(int argc, char **argv) {
   if (spread < 0 || spread > 250) usage();
   if (mode == MODE_IDLE && !spread) spread = 250;
   if (mode == MODE_HANDSHAKE && !spread) spread = 250; /* TIME_WAIT spreads too */
+  if (nprocs < 1 || nprocs > 16 || nprocs > nconns ||
+      (nprocs > 1 && (mode == MODE_RTT || mode == MODE_IDLE)))
+    usage();
 
   signal(SIGPIPE, SIG_IGN);
   signal(SIGINT, on_sig);
@@ -883,6 +993,7 @@ int main(int argc, char **argv) {
                                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                                  "Sec-WebSocket-Version: 13\r\n\r\n",
                                  path, host, port);
+  if (nprocs > 1) fork_procs();
   if (use_tls) {
     tls_ctx = SSL_CTX_new(TLS_client_method());
     if (!tls_ctx) {
@@ -985,12 +1096,24 @@ int main(int argc, char **argv) {
   uint64_t stuck = 0, tnow = now_ns();
   for (int i = 0; i < nconns; i++)
     if (conns[i] && conns[i]->st != CS_TUNNEL && tnow - conns[i]->t_open > 1000000000ull) stuck++;
+  if (proc_results) {
+    uint64_t bytes = c_bytes - b0;
+    if (proc_index > 0) {
+      proc_store(c_ops, bytes, stuck, stalled, min_tunnel, max_tunnel, produced);
+      for (int i = 0; i < nconns; i++)
+        if (conns[i]) conn_close(conns[i]);
+      return 0;
+    }
+    proc_gather(&c_ops, &bytes, &stuck, &stalled, &min_tunnel, &max_tunnel, &produced);
+    c_bytes = b0 + bytes;
+  }
 
   if (nlat) qsort(lat, nlat, sizeof *lat, cmp_u64);
   double gb = (double)(c_bytes - b0) / 1e9;
   double cpu = (cpu0 >= 0 && cpu1 >= 0) ? cpu1 - cpu0 : -1;
   printf("{\"mode\":\"%s\",\"conns\":%d,\"size\":%zu,\"window_s\":%.3f,\"ok\":%s", mode_names[mode],
-         nconns, wsize, window, produced ? "true" : "false");
+         proc_results ? conns_asked : nconns, wsize, window, produced ? "true" : "false");
+  if (nprocs > 1) printf(",\"procs\":%d", nprocs);
   if (use_tls)
     printf(",\"tls\":true,\"tls_version\":\"%s\",\"tls_cipher\":\"%s\",\"tls_group\":\"%s\"",
            tls_version, tls_cipher, tls_group);
