@@ -34,13 +34,19 @@ void sy_flow_pool_trim(sy_flow_pool *p) {
  * keep-alive request takes and returns two of them, and going through malloc
  * each time made glibc consolidate and trim its heap (madvise, then page
  * faults) on every other request. */
-static char *buf_get(sy_flow_pool *p, uint32_t cap) {
-  if (cap == SY_FLOW_BUF && p->nbuf > 0) return p->buf_cache[--p->nbuf];
-  if (cap == SY_RELAY_BUF && p->nrelay > 0) return p->relay_cache[--p->nrelay];
-  return malloc(cap);
+static char *buf_get(sy_flow_pool *p, uint32_t *cap) {
+  if (*cap == SY_RELAY_BUF && p->relay_out >= SY_FLOW_RELAY_MAX) *cap = SY_FLOW_BUF;
+  if (*cap == SY_RELAY_BUF) {
+    char *b = p->nrelay > 0 ? p->relay_cache[--p->nrelay] : malloc(SY_RELAY_BUF);
+    if (b) p->relay_out++;
+    return b;
+  }
+  if (*cap == SY_FLOW_BUF && p->nbuf > 0) return p->buf_cache[--p->nbuf];
+  return malloc(*cap);
 }
 
 static void buf_put(sy_flow_pool *p, char *b, uint32_t cap) {
+  if (b && cap == SY_RELAY_BUF) p->relay_out--;
   if (b && cap == SY_FLOW_BUF && p->nbuf < SY_FLOW_BUF_CACHE)
     p->buf_cache[p->nbuf++] = b;
   else if (b && cap == SY_RELAY_BUF && p->nrelay < SY_FLOW_RELAY_CACHE)
@@ -228,7 +234,7 @@ void sy_flow_free(sy_flow *f, sy_flow_pool *p) {
 
 int sy_flow_alloc(sy_flow *f, sy_flow_pool *p, uint32_t cap) {
   if (f->buf) return 0;
-  f->buf = buf_get(p, cap);
+  f->buf = buf_get(p, &cap);
   if (!f->buf) return -1;
   f->cap = cap;
   return 0;

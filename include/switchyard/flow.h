@@ -26,6 +26,11 @@
  * wakes the reader, so it moves as much per write as a plain tunnel's pipe
  * holds (256 KiB); with 64 KiB a TLS relay spent 15-25% more CPU per GB. */
 #define SY_RELAY_BUF (256 * 1024)
+/* Relay buffers out at once per worker, at most; past it a relay gets the
+ * usual 64 KiB (as the kernel gives smaller pipes past pipe-user-pages-soft).
+ * Readers that stall pin a buffer and its encrypted batch per direction: this
+ * keeps what the large ones can pin near 32 MiB a worker. */
+#define SY_FLOW_RELAY_MAX 64
 /* One ciphertext read: as many whole TLS records, with their overhead, as
  * fill a relay buffer once decrypted, so that they go on in one write. */
 #define SY_CIPHER_BLOCK (16 * (16 * 1024 + 512))
@@ -50,6 +55,7 @@ typedef struct sy_flow_pool {
   unsigned nbuf;
   char *relay_cache[SY_FLOW_RELAY_CACHE];
   unsigned nrelay;
+  unsigned relay_out; /* relay buffers held by flows now */
   char *blk_cache[SY_FLOW_BLK_CACHE];
   unsigned nblk;
   struct {
@@ -109,7 +115,9 @@ void sy_flow_restart(sy_flow *f);
 void sy_flow_new_parser(sy_flow *f);
 void sy_flow_free(sy_flow *f, sy_flow_pool *p);
 
-/* The read buffer: taken from the pool when the flow has none. -1 when out. */
+/* The read buffer: taken from the pool when the flow has none. -1 when out.
+ * `cap` is what the flow asks for; f->cap says what it got (a relay past
+ * SY_FLOW_RELAY_MAX gets SY_FLOW_BUF). */
 int sy_flow_alloc(sy_flow *f, sy_flow_pool *p, uint32_t cap);
 /* An idle flow (everything parsed and written) gives its buffers back. */
 void sy_flow_release_if_idle(sy_flow *f, sy_flow_pool *p);
