@@ -508,7 +508,8 @@ static const char page[] =
     "base=document.createElementNS(SVG,'line');base.setAttribute('x1',0);base.setAttribute('x2',W);"
     "base.setAttribute('y1',H-1);base.setAttribute('y2',H-1);base.setAttribute('stroke','#e1e5eb');"
     "g.appendChild(base);\n"
-    " if(n<2)return;\n"
+    /* a single sample (the first second) still shows, as a short level line */
+    " if(n<1)return;if(n<2){vals=[vals[0],vals[0]];n=2;}\n"
     " var pts=[];for(var i=0;i<n;i++){var x=(W*(i+300-Math.max(n,2)+1)/300).toFixed(1);var "
     "y=(H-2-(max?(H-6)*vals[i]/max:0)).toFixed(1);pts.push(x+','+y);}\n"
     " var "
