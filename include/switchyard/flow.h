@@ -24,7 +24,8 @@
 #define SY_FLOW_BUF (64 * 1024)
 /* A TLS relay's buffer: its bytes are copied, not spliced, and every write
  * wakes the reader, so it moves as much per write as a plain tunnel's pipe
- * holds (256 KiB); with 64 KiB a TLS relay spent 15-25% more CPU per GB. */
+ * holds (256 KiB); with 64 KiB a TLS relay spent 15-25% more CPU per GB on
+ * a VM where waking the other CPU was dear (bench/PROFILE.md). */
 #define SY_RELAY_BUF (256 * 1024)
 /* Relay buffers out at once per worker, at most; past it a relay gets the
  * usual 64 KiB (as the kernel gives smaller pipes past pipe-user-pages-soft).
