@@ -62,7 +62,7 @@ static void http_read_update(sy_conn *c, conn_side s) {
     sy_sock_read_stop(st);
     return;
   }
-  conn_read_arm(c, s, http_wants(c, s));
+  conn_read_arm(c, s);
 }
 
 /* ---- parsing ------------------------------------------------------------------- */

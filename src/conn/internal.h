@@ -195,7 +195,9 @@ void conn_pp_failed(sy_conn *c, const char *reason);
 sy_sock *conn_stream(sy_conn *c, conn_side s);
 const char *conn_side_name(conn_side s);
 const char *conn_peer(const sy_conn *c, conn_side s); /* for log lines */
-void conn_read_arm(sy_conn *c, conn_side s, int want);
+/* Starts or stops reading side s as the mode wants it now (c->io->wants),
+ * after the plaintext OpenSSL already holds. */
+void conn_read_arm(sy_conn *c, conn_side s);
 int conn_flush(sy_conn *c, conn_side s); /* 1 in flight, 0 nothing to write, <0 failed */
 int conn_raw_write(sy_conn *c, sy_sock *st, sy_buf *b);
 uint32_t conn_buf_cap(const sy_conn *c, conn_side s);

@@ -26,10 +26,6 @@ static int pp_wants(sy_conn *c, conn_side s) {
   return s == SIDE_CLIENT;
 }
 
-static void pp_read_update(sy_conn *c, conn_side s) {
-  conn_read_arm(c, s, pp_wants(c, s));
-}
-
 static void pp_input(sy_conn *c, conn_side s, size_t n) {
   sy_flow *f = &c->fl[SIDE_CLIENT];
   f->len += (uint32_t)n;
@@ -62,7 +58,7 @@ static void pp_written(sy_conn *c, conn_side s, sy_sock_wreq *req, int status) {
 
 const conn_io conn_pp_io = {
     .wants = pp_wants,
-    .read_update = pp_read_update,
+    .read_update = conn_read_arm,
     .input = pp_input,
     .eof = pp_eof,
     .written = pp_written,

@@ -62,10 +62,6 @@ static int relay_wants(sy_conn *c, conn_side s) {
   return !f->writing && !f->eof && (!f->buf || f->len < f->cap);
 }
 
-static void relay_read_update(sy_conn *c, conn_side s) {
-  conn_read_arm(c, s, relay_wants(c, s));
-}
-
 static void relay_input(sy_conn *c, conn_side s, size_t n) {
   sy_flow *f = &c->fl[s];
   f->len += (uint32_t)n;
@@ -83,7 +79,7 @@ static void relay_input(sy_conn *c, conn_side s, size_t n) {
     conn_close(c);
     return;
   }
-  relay_read_update(c, s);
+  conn_read_arm(c, s);
 }
 
 static void on_client_shut(sy_sock *st, int status) {
@@ -126,7 +122,7 @@ static void relay_written(sy_conn *c, conn_side s, sy_sock_wreq *req, int status
   if (f->pos < f->len)
     relay_input(c, s, 0);
   else
-    relay_read_update(c, s);
+    conn_read_arm(c, s);
   maybe_done(c, s);
 }
 
@@ -149,7 +145,7 @@ static void relay_eof(sy_conn *c, conn_side s, ssize_t status) {
 
 const conn_io conn_relay_io = {
     .wants = relay_wants,
-    .read_update = relay_read_update,
+    .read_update = conn_read_arm,
     .input = relay_input,
     .eof = relay_eof,
     .written = relay_written,

@@ -108,21 +108,25 @@ void conn_link_read(sy_link *l) {
   sy_sock_read_start(&l->sock, on_upstream_alloc, on_upstream_read);
 }
 
-void conn_read_arm(sy_conn *c, conn_side s, int want) {
+void conn_read_arm(sy_conn *c, conn_side s) {
   if (!conn_stream(c, s) || conn_closed(c)) return;
   sy_tls_conn *t = c->tls[s];
-  int pumped = 0;
-  if (t && !sy_tls_handshake_done(t))
+  int want;
+  if (t && !sy_tls_handshake_done(t)) {
     want = 1; /* the handshake needs the socket whatever HTTP wants */
-  else if (t && want && sy_tls_has_pending(t)) {
-    conn_tls_pump(c, s); /* plaintext OpenSSL already holds comes first */
-    pumped = 1;
+  } else {
+    want = c->io->wants(c, s);
+    if (want && t && sy_tls_has_pending(t)) {
+      conn_tls_pump(c, s); /* plaintext OpenSSL already holds comes first */
+      if (conn_closed(c) || c->state == CS_LINGER) return;
+      /* It may have filled the flow or started a write: a read started on
+       * the answer from before it would put another block of ciphertext
+       * aside. */
+      want = c->io->wants(c, s);
+    }
   }
   sy_sock *st = conn_stream(c, s); /* the pump may have closed the link */
   if (!st || conn_closed(c) || c->state == CS_LINGER) return;
-  /* The pump may have filled the flow or started a write: a read started on
-   * the answer from before it would put another block of ciphertext aside. */
-  if (pumped) want = c->io->wants(c, s);
   if (!want)
     sy_sock_read_stop(st);
   else if (s == SIDE_CLIENT)
