@@ -142,7 +142,8 @@ def tls_section(out, rows, targets, meta):
     w = out.append
     scen = [("sink", "client → backend (sink)"), ("source", "backend → client (source)"),
             ("echo", "both ways (echo)")]
-    if not any(Table(rows, "tls-" + s, targets).rows for s, _ in scen + [("handshake", "")]):
+    if not any(Table(rows, "tls-" + s, targets).rows or Table(rows, f"tls-{s}-paced", targets).rows
+               for s, _ in scen + [("handshake", "")]):
         return
     tl = [r for r in rows if str(r.get("scenario", "")).startswith("tls-") and r.get("ok")]
     vers = sorted({" ".join(x for x in (r.get("tls_version"), r.get("tls_cipher"),
@@ -239,6 +240,7 @@ def tls_section(out, rows, targets, meta):
                                 ("proxy CPU-s per GB", "cpu_s_per_gb", 1, 3),
                                 ("proxy CPU use", "cpu_util", 100, 0)], ("gbytes_per_s", 1),
                       ref=None, me="switchyard-tls")
+    paced_section(out, rows, targets, meta, scen)
     tb = Table(rows, "tls-handshake", targets)
     if tb.rows:
         w("### TLS + upgrade handshakes (50 concurrent)")
@@ -251,6 +253,41 @@ def tls_section(out, rows, targets, meta):
                                 ("p99 µs", "p99_us", 1, 0),
                                 ("proxy CPU µs/handshake", "cpu_us_per_op", 1, 1)],
                       ("ops_per_s", 1), ref=None, me="switchyard-tls")
+
+
+def paced_section(out, rows, targets, meta, scen):
+    """The tls-*-paced rows: every proxy at the same offered rate, below saturation."""
+    w = out.append
+    tabs = [(s, title, Table(rows, f"tls-{s}-paced", targets)) for s, title in scen]
+    if not any(tb.rows for _, _, tb in tabs):
+        return
+    pace = meta.get("pace_mb") or {}
+    w("### TLS tunnels at a fixed offered rate")
+    w("")
+    w("The saturated tables above compare proxies each pushed as far as the client lets it, "
+      "which is not the same amount of work: a proxy below 100% of its core batches "
+      "differently from one at 100%. Here `sy_load --rate` offers the same rate to every "
+      "proxy (" + ", ".join(f"{s} {pace.get(s, '?')} MB/s" for s, _ in scen) + ", about half "
+      "of the slowest anchor's saturated TLS rate; echo counts the bytes that came back), "
+      "so CPU per GB is the cost of equal work. A rate reached below 97% of the offered "
+      "one is marked: that proxy was saturated and its row is not comparable.")
+    w("")
+    for s, title, tb in tabs:
+        if not tb.rows:
+            continue
+        offered = pace.get(s)
+        w(f"#### {title} at {offered if offered is not None else '?'} MB/s")
+        w("")
+        section_table(out, tb, [("GB/s reached", "gbytes_per_s", 1, 3),
+                                ("proxy CPU-s per GB", "cpu_s_per_gb", 1, 3),
+                                ("proxy CPU use", "cpu_util", 100, 0)], ("cpu_s_per_gb", 1),
+                      ref=None, me="switchyard-tls")
+        if offered:
+            short = [t for t in tb.targets
+                     if (tb.m(t, "gbytes_per_s") or 0) < 0.97 * offered / 1000]
+            if short:
+                w("Offered rate not reached by: " + ", ".join(short) + ".")
+                w("")
 
 
 def two_workers_section(out, rows, targets, meta):
@@ -499,7 +536,8 @@ def main():
     w("TLS only (the `tls-*` scenarios run against the `*-tls` targets):")
     w("")
     w("```sh")
-    w("bash bench/run.sh --scenarios 'tls-sink tls-source tls-echo tls-handshake' "
+    w("bash bench/run.sh --scenarios 'tls-sink tls-source tls-echo tls-handshake "
+      "tls-sink-paced tls-source-paced tls-echo-paced' "
       "--targets 'switchyard-tls nginx-tls haproxy-tls'")
     w("```")
     w("")

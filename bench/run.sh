@@ -19,7 +19,10 @@
 # TLS: the tls-* scenarios (tls-sink tls-source tls-echo tls-handshake) run against the
 # *-tls targets only (client TLS -> proxy -> plaintext backend, i.e. wss -> ws; the
 # certificate, ECDSA P-256, is made with openssl at run time), the other scenarios
-# against the other targets only.
+# against the other targets only. The tls-*-paced scenarios run the same tunnels at a fixed
+# offered rate (sy_load --rate: PACE_SINK_MB, PACE_SOURCE_MB, PACE_ECHO_MB), about half
+# of the slowest anchor's saturated TLS rate, so every proxy carries the same load
+# below its saturation and CPU per GB compares the cost of equal work.
 #
 # Two workers: the *-2w targets (switchyard workers: 2, nginx worker_processes 2,
 # HAProxy nbthread 2) run the http, handshake, sink and echo scenarios only, as
@@ -46,6 +49,13 @@ PAUSE=0.3   # between runs
 TARGETS="direct switchyard nginx nginx-buf64k haproxy haproxy-splice switchyard-tls nginx-tls haproxy-tls"
 TARGETS+=" switchyard-2w switchyard-pin-2w nginx-2w haproxy-2w"
 SCENARIOS="http handshake sink source echo rtt idle tls-sink tls-source tls-echo tls-handshake"
+SCENARIOS+=" tls-sink-paced tls-source-paced tls-echo-paced"
+# The paced TLS rows' offered rates (MB/s over the 8 tunnels): about half of what
+# nginx-tls, the slowest anchor, carried saturated in the full run of 14ff16b (0.84 /
+# 0.53 / 0.28 GB/s); echo counts the bytes that came back.
+PACE_SINK_MB=400
+PACE_SOURCE_MB=250
+PACE_ECHO_MB=125
 # The two-worker rows: their scenarios, and the load that keeps two workers busy
 # (per worker about what one worker gets in its own rows).
 SCENARIOS_2W="http handshake sink echo"
@@ -404,6 +414,9 @@ cpu_ticks() {  # pids... -> their utime+stime ticks, summed
   echo "$n"
 }
 CLK_TCK=$(getconf CLK_TCK)
+pace_mb() {  # sink|source|echo -> the paced rows' offered MB/s
+  case $1 in sink) echo "$PACE_SINK_MB" ;; source) echo "$PACE_SOURCE_MB" ;; echo) echo "$PACE_ECHO_MB" ;; esac
+}
 
 # Runs one scenario against one target; appends one JSON line to RESULTS.
 run_one() {
@@ -469,11 +482,17 @@ run_one() {
       [[ $s == tls-* ]] && tls=("${TLS_ARGS[@]}")
       line=$(timeout 60 $pin "$LOAD" --mode handshake --port "$port" --conns "$hsconns" "${tls[@]}" "${procs[@]}" \
                --duration "$DURATION" --warmup "$WARMUP" ${pids:+--pid $pids} 2>"$err") || rc=$? ;;
-    sink|source|echo|tls-sink|tls-source|tls-echo)
-      local -a tls=()
+    sink|source|echo|tls-sink|tls-source|tls-echo|tls-*-paced)
+      local -a tls=() pace=()
+      local m=${s#tls-}
+      m=${m%-paced}
       [[ $s == tls-* ]] && tls=("${TLS_ARGS[@]}")
-      line=$(timeout 60 $pin "$LOAD" --mode "${s#tls-}" --port "$port" --conns "$tunnels" --size 65536 \
-               "${tls[@]}" "${procs[@]}" --duration "$DURATION" --warmup "$WARMUP" ${pids:+--pid $pids} 2>"$err") || rc=$? ;;
+      case $s in
+        *-paced) pace=(--rate "$(pace_mb "$m")") ;;
+      esac
+      line=$(timeout 60 $pin "$LOAD" --mode "$m" --port "$port" --conns "$tunnels" --size 65536 \
+               "${tls[@]}" "${pace[@]}" "${procs[@]}" --duration "$DURATION" --warmup "$WARMUP" \
+               ${pids:+--pid $pids} 2>"$err") || rc=$? ;;
     rtt)
       # Latency is measured with everything on one core (the issue's method):
       # the proxy joins the load generator and the backend for this run, so
@@ -539,6 +558,7 @@ log "runs done in $(($(date +%s) - T0)) s"
   printf '"w2_scenarios":"%s","w2_cpus":"%s","w2_http_threads":%s,"w2_http_conns":%s,' \
     "$SCENARIOS_2W" "$CPUS_2W" "$W2_HTTP_THREADS" "$W2_HTTP_CONNS"
   printf '"w2_handshake_conns":%s,"w2_tunnels":%s,"w2_load_procs":%s,' "$W2_HS_CONNS" "$W2_TUNNELS" "$W2_LOAD_PROCS"
+  printf '"pace_mb":{"sink":%s,"source":%s,"echo":%s},' "$PACE_SINK_MB" "$PACE_SOURCE_MB" "$PACE_ECHO_MB"
   printf '"targets":"%s","scenarios":"%s"}\n' "$TARGETS" "$SCENARIOS"
 } >"$OUT/meta.json"
 cp "$OUT/conf/switchyard.yaml" "$OUT/conf/nginx/nginx.conf" "$OUT/conf/haproxy-splice.cfg" "$OUT/" 2>/dev/null || true

@@ -32,6 +32,13 @@
  * made on more than one CPU; their counts and latencies are summed into the
  * one JSON line, the proxy's CPU read by the first over its window.
  *
+ * --rate MB (sink, source, echo): the tunnels together move at most MB
+ * megabytes per second (sink and echo: sent, source: read; a token bucket
+ * refilled every millisecond), so that proxies are compared at the same
+ * offered load below their saturation, where CPU per GB is the cost of the
+ * traffic and not of how far each one was pushed. The result says the rate
+ * asked (rate_gbytes_per_s) next to the rate reached (gbytes_per_s).
+ *
  * Measurement: --warmup seconds are run first and not counted; then --duration
  * seconds. With --pid, utime+stime of that process (/proc/PID/stat, all its
  * threads) is read at both ends of the measured window; --pid A,B,... sums the
@@ -90,7 +97,8 @@ typedef struct lconn {
   uint64_t sent, rcvd; /* tunnel bytes */
   uint64_t ping_t;     /* rtt: when the outstanding ping went out (0: none) */
   size_t ping_got;
-  int pinged; /* idle: final ping done */
+  int pinged;        /* idle: final ping done */
+  uint8_t throttled; /* --rate: waits for the bucket to refill, no events armed */
 } lconn;
 
 /* ---- options and state ----------------------------------------------------------- */
@@ -111,6 +119,14 @@ static const char *tls_ca = NULL, *tls_sni = NULL;
 static SSL_CTX *tls_ctx;
 static int npend_tls; /* connections with pending set */
 static char tls_version[32], tls_cipher[64], tls_group[32];
+/* --rate: one token bucket for the process's tunnels. Sink and echo spend it on
+ * the bytes sent, source on the bytes read (the backend is held back by TCP's
+ * flow control through the proxy). It may go into debt by one read or write, and
+ * holds at most 4 ms' worth, so the rate is kept over every few ms. */
+static double rate_bps; /* bytes/s; 0: as fast as possible */
+static double tokens;
+static uint64_t tokens_t;
+static int nthrottled;
 
 static char pattern[CHUNK + PERIOD];
 static char rbuf[RBUF];
@@ -250,6 +266,7 @@ static void conn_close(lconn *c) {
   if (c->st == CS_CONNECTING || c->st == CS_TLS || c->st == CS_HEAD) npending--;
   if (c->st == CS_TUNNEL) established--;
   if (c->pending) npend_tls--;
+  if (c->throttled) nthrottled--;
   if (c->ssl) {
     if (c->st == CS_TUNNEL || c->st == CS_DONE)
       SSL_shutdown(c->ssl); /* close_notify, best effort */
@@ -558,7 +575,46 @@ static void tunnel_start(lconn *c) {
   }
 }
 
+/* The events a tunnel of this mode waits for while it runs. */
+static uint32_t tunnel_events(void) {
+  return mode == MODE_SINK ? EPOLLOUT : mode == MODE_SOURCE ? EPOLLIN : EPOLLIN | EPOLLOUT;
+}
+
+/* --rate: with the bucket empty the tunnel stops moving its paced direction (echo
+ * still reads what comes back) until pace_refill gives it tokens again. */
+static int paced_out(lconn *c) {
+  if (!rate_bps || tokens > 0) return 0;
+  if (!c->throttled) {
+    c->throttled = 1;
+    nthrottled++;
+  }
+  set_events(c, mode == MODE_ECHO ? EPOLLIN : 0);
+  return 1;
+}
+
+static void on_event(lconn *c, uint32_t ev);
+
+static void pace_refill(void) {
+  if (!rate_bps) return;
+  uint64_t t = now_ns();
+  tokens += rate_bps * (double)(t - tokens_t) / 1e9;
+  tokens_t = t;
+  if (tokens > rate_bps / 250) tokens = rate_bps / 250; /* a late wakeup loses nothing */
+  /* Round robin: the tunnel after the last one served goes first. */
+  static int next;
+  for (int k = 0; k < nconns && nthrottled && tokens > 0; k++) {
+    lconn *c = conns[(next + k) % nconns];
+    if (!c || !c->throttled) continue;
+    c->throttled = 0;
+    nthrottled--;
+    next = (c->idx + 1) % nconns;
+    set_events(c, tunnel_events());
+    on_event(c, tunnel_events()); /* TLS: OpenSSL may hold bytes no event announces */
+  }
+}
+
 static int tun_send(lconn *c, size_t max) {
+  if (paced_out(c)) return 0;
   size_t ph = (size_t)(c->sent % PERIOD);
   ssize_t n = io_send(c, pattern + ph, max);
   if (n == IO_AGAIN) return 0;
@@ -567,6 +623,7 @@ static int tun_send(lconn *c, size_t max) {
     return -1;
   }
   c->sent += (uint64_t)n;
+  if (rate_bps) tokens -= (double)n;
   return (int)(n > 0);
 }
 
@@ -574,6 +631,7 @@ static int tun_recv(lconn *c) {
   /* TLS: a record (16 KiB) per SSL_read; read until WANT_READ, or go pending. */
   int rounds = c->ssl ? 64 : 8;
   for (int i = 0; i < rounds; i++) {
+    if (mode == MODE_SOURCE && paced_out(c)) return 0;
     ssize_t n = io_recv(c, rbuf, sizeof rbuf);
     if (n == IO_AGAIN) return 0;
     if (n == IO_ERR) {
@@ -584,6 +642,7 @@ static int tun_recv(lconn *c) {
       note_error("EOF in the tunnel", 0);
       return -1;
     }
+    if (mode == MODE_SOURCE && rate_bps) tokens -= (double)n;
     if (mode == MODE_SINK) continue;
     verify(rbuf, (size_t)n, c->rcvd);
     c->rcvd += (uint64_t)n;
@@ -620,7 +679,7 @@ static int on_tunnel(lconn *c, uint32_t ev) {
         if (r == 0) break;
       }
     }
-    set_events(c, c->sent - c->rcvd < ECHO_WINDOW ? EPOLLIN | EPOLLOUT : EPOLLIN);
+    set_events(c, !c->throttled && c->sent - c->rcvd < ECHO_WINDOW ? EPOLLIN | EPOLLOUT : EPOLLIN);
     if (ev & (EPOLLERR | EPOLLHUP)) {
       note_error("tunnel closed", 0);
       return -1;
@@ -833,7 +892,7 @@ static void usage(void) {
           "usage: sy_load --mode handshake|sink|source|echo|rtt|idle --port PORT [--host IP]\n"
           "               [--conns N] [--duration S] [--warmup S] [--hold S] [--size BYTES]\n"
           "               [--pid PID[,PID...]] [--spread K] [--max-pending N] [--procs K]\n"
-          "               [--tls [--tls-ca FILE] [--tls-sni NAME]]\n");
+          "               [--tls [--tls-ca FILE] [--tls-sni NAME]] [--rate MB/s]\n");
   exit(2);
 }
 
@@ -847,7 +906,7 @@ static void on_sig(int s) {
 static void loop_until(uint64_t deadline, int (*done)(void)) {
   struct epoll_event evs[512];
   while (!interrupted && now_ns() < deadline && !(done && done())) {
-    int n = epoll_wait(epfd, evs, 512, npend_tls ? 0 : 5);
+    int n = epoll_wait(epfd, evs, 512, npend_tls ? 0 : nthrottled ? 1 : 5);
     if (n < 0) {
       if (errno == EINTR) continue;
       perror("epoll_wait");
@@ -856,6 +915,7 @@ static void loop_until(uint64_t deadline, int (*done)(void)) {
     for (int i = 0; i < n; i++)
       on_event(evs[i].data.ptr, evs[i].events);
     serve_pending();
+    pace_refill();
     if (mode == MODE_HANDSHAKE) /* keep N handshakes going */
       for (int i = 0; i < nconns; i++)
         if (!conns[i]) conn_open(i);
@@ -881,13 +941,23 @@ static int idle_pings_done(void) {
 }
 
 int main(int argc, char **argv) {
-  static struct option opts[] = {
-      {"mode", 1, 0, 'm'},   {"host", 1, 0, 'H'},        {"port", 1, 0, 'p'},
-      {"conns", 1, 0, 'c'},  {"duration", 1, 0, 'd'},    {"warmup", 1, 0, 'w'},
-      {"hold", 1, 0, 'h'},   {"size", 1, 0, 's'},        {"pid", 1, 0, 'P'},
-      {"spread", 1, 0, 'S'}, {"max-pending", 1, 0, 'M'}, {"tls", 0, 0, 'T'},
-      {"tls-ca", 1, 0, 'C'}, {"tls-sni", 1, 0, 'N'},     {"procs", 1, 0, 'K'},
-      {0, 0, 0, 0}};
+  static struct option opts[] = {{"mode", 1, 0, 'm'},
+                                 {"host", 1, 0, 'H'},
+                                 {"port", 1, 0, 'p'},
+                                 {"conns", 1, 0, 'c'},
+                                 {"duration", 1, 0, 'd'},
+                                 {"warmup", 1, 0, 'w'},
+                                 {"hold", 1, 0, 'h'},
+                                 {"size", 1, 0, 's'},
+                                 {"pid", 1, 0, 'P'},
+                                 {"spread", 1, 0, 'S'},
+                                 {"max-pending", 1, 0, 'M'},
+                                 {"tls", 0, 0, 'T'},
+                                 {"tls-ca", 1, 0, 'C'},
+                                 {"tls-sni", 1, 0, 'N'},
+                                 {"procs", 1, 0, 'K'},
+                                 {"rate", 1, 0, 'R'},
+                                 {0, 0, 0, 0}};
   int o, size_set = 0;
   while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     switch (o) {
@@ -944,6 +1014,10 @@ int main(int argc, char **argv) {
     case 'K':
       nprocs = atoi(optarg);
       break;
+    case 'R':
+      rate_bps = atof(optarg) * 1e6;
+      if (rate_bps <= 0) usage();
+      break;
     case 'T':
       use_tls = 1;
       break;
@@ -967,6 +1041,8 @@ int main(int argc, char **argv) {
   if (spread < 0 || spread > 250) usage();
   if (mode == MODE_IDLE && !spread) spread = 250;
   if (mode == MODE_HANDSHAKE && !spread) spread = 250; /* TIME_WAIT spreads too */
+  if (rate_bps && mode != MODE_SINK && mode != MODE_SOURCE && mode != MODE_ECHO) usage();
+  rate_bps /= nprocs; /* each process paces its share of the tunnels */
   if (nprocs < 1 || nprocs > 16 || nprocs > nconns ||
       (nprocs > 1 && (mode == MODE_RTT || mode == MODE_IDLE)))
     usage();
@@ -1138,6 +1214,7 @@ int main(int argc, char **argv) {
            window > 0 ? gb * 8 / window : 0, (unsigned long long)stalled,
            (unsigned long long)min_tunnel, (unsigned long long)max_tunnel);
     if (cpu >= 0 && gb > 0) printf(",\"cpu_s_per_gb\":%.4f", cpu / gb);
+    if (rate_bps) printf(",\"rate_gbytes_per_s\":%.4f", rate_bps * nprocs / 1e9);
   }
   if (cpu >= 0) printf(",\"cpu_s\":%.3f,\"cpu_util\":%.3f", cpu, window > 0 ? cpu / window : 0);
   printf(",\"errors\":%llu,\"connect_failures\":%llu,\"bad_bytes_events\":%llu,\"stuck\":%llu",
