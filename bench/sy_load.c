@@ -34,10 +34,10 @@
  *
  * --rate MB (sink, source, echo): the tunnels together move at most MB
  * megabytes per second (sink and echo: sent, source: read; a token bucket
- * refilled every millisecond), so that proxies are compared at the same
- * offered load below their saturation, where CPU per GB is the cost of the
- * traffic and not of how far each one was pushed. The result says the rate
- * asked (rate_gbytes_per_s) next to the rate reached (gbytes_per_s).
+ * per tunnel, each an equal share, refilled every millisecond), so that proxies are compared at the
+ * same offered load below their saturation, where CPU per GB is the cost of the traffic and not of
+ * how far each one was pushed. The result says the rate asked (rate_gbytes_per_s) next to the rate
+ * reached (gbytes_per_s).
  *
  * Measurement: --warmup seconds are run first and not counted; then --duration
  * seconds. With --pid, utime+stime of that process (/proc/PID/stat, all its
@@ -99,6 +99,8 @@ typedef struct lconn {
   size_t ping_got;
   int pinged;        /* idle: final ping done */
   uint8_t throttled; /* --rate: waits for the bucket to refill, no events armed */
+  double tokens;     /* --rate: bytes this tunnel may still move now */
+  uint64_t tokens_t; /* when tokens was last refilled (0: not yet) */
 } lconn;
 
 /* ---- options and state ----------------------------------------------------------- */
@@ -119,13 +121,13 @@ static const char *tls_ca = NULL, *tls_sni = NULL;
 static SSL_CTX *tls_ctx;
 static int npend_tls; /* connections with pending set */
 static char tls_version[32], tls_cipher[64], tls_group[32];
-/* --rate: one token bucket for the process's tunnels. Sink and echo spend it on
- * the bytes sent, source on the bytes read (the backend is held back by TCP's
- * flow control through the proxy). It may go into debt by one read or write, and
- * holds at most 4 ms' worth, so the rate is kept over every few ms. */
-static double rate_bps; /* bytes/s; 0: as fast as possible */
-static double tokens;
-static uint64_t tokens_t;
+/* --rate: a token bucket per tunnel, each the rate's equal share (one bucket for
+ * all let a few tunnels take every refill, and the others stalled in short runs).
+ * Sink and echo spend it on the bytes sent, source on the bytes read (the backend
+ * is held back by TCP's flow control through the proxy). It may go into debt by
+ * one read or write, and holds at most 4 ms' worth, so the rate is kept over every
+ * few ms. */
+static double rate_bps; /* bytes/s of this process's tunnels; 0: as fast as possible */
 static int nthrottled;
 
 static char pattern[CHUNK + PERIOD];
@@ -583,7 +585,7 @@ static uint32_t tunnel_events(void) {
 /* --rate: with the bucket empty the tunnel stops moving its paced direction (echo
  * still reads what comes back) until pace_refill gives it tokens again. */
 static int paced_out(lconn *c) {
-  if (!rate_bps || tokens > 0) return 0;
+  if (!rate_bps || c->tokens > 0) return 0;
   if (!c->throttled) {
     c->throttled = 1;
     nthrottled++;
@@ -597,17 +599,16 @@ static void on_event(lconn *c, uint32_t ev);
 static void pace_refill(void) {
   if (!rate_bps) return;
   uint64_t t = now_ns();
-  tokens += rate_bps * (double)(t - tokens_t) / 1e9;
-  tokens_t = t;
-  if (tokens > rate_bps / 250) tokens = rate_bps / 250; /* a late wakeup loses nothing */
-  /* Round robin: the tunnel after the last one served goes first. */
-  static int next;
-  for (int k = 0; k < nconns && nthrottled && tokens > 0; k++) {
-    lconn *c = conns[(next + k) % nconns];
-    if (!c || !c->throttled) continue;
+  double share = rate_bps / nconns;
+  for (int i = 0; i < nconns; i++) {
+    lconn *c = conns[i];
+    if (!c || c->st != CS_TUNNEL) continue;
+    if (c->tokens_t) c->tokens += share * (double)(t - c->tokens_t) / 1e9;
+    c->tokens_t = t;
+    if (c->tokens > share / 250) c->tokens = share / 250; /* a late wakeup loses nothing */
+    if (!c->throttled || c->tokens <= 0) continue;
     c->throttled = 0;
     nthrottled--;
-    next = (c->idx + 1) % nconns;
     set_events(c, tunnel_events());
     on_event(c, tunnel_events()); /* TLS: OpenSSL may hold bytes no event announces */
   }
@@ -623,7 +624,7 @@ static int tun_send(lconn *c, size_t max) {
     return -1;
   }
   c->sent += (uint64_t)n;
-  if (rate_bps) tokens -= (double)n;
+  if (rate_bps) c->tokens -= (double)n;
   return (int)(n > 0);
 }
 
@@ -642,7 +643,7 @@ static int tun_recv(lconn *c) {
       note_error("EOF in the tunnel", 0);
       return -1;
     }
-    if (mode == MODE_SOURCE && rate_bps) tokens -= (double)n;
+    if (mode == MODE_SOURCE && rate_bps) c->tokens -= (double)n;
     if (mode == MODE_SINK) continue;
     verify(rbuf, (size_t)n, c->rcvd);
     c->rcvd += (uint64_t)n;
