@@ -233,11 +233,22 @@ class RefusingAddress:
         self.sock.close()
 
 
+_handed_out = set()
+
+
 def free_port():
-    """A loopback port that was free a moment ago (bind to 0, close)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
+    """A loopback port that was free a moment ago (bind to 0, close), and not one
+    this process handed out before: the kernel may give a closed port again at
+    once, and a test that asked for two (a listener and the admin address) got
+    the same one twice."""
+    for _ in range(100):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        finally:
+            s.close()
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no loopback port left that was not handed out before")
