@@ -470,6 +470,10 @@ int sy_tls_has_pending(sy_tls_conn *t) {
   return SSL_pending(t->ssl) > 0 || t->in_pos < t->in.len || t->lent_len > 0 || t->ended;
 }
 
+size_t sy_tls_unread(const sy_tls_conn *t) {
+  return t->in.len - t->in_pos;
+}
+
 const char *sy_tls_error(sy_tls_conn *t) {
   return t->err[0] ? t->err : "TLS error";
 }

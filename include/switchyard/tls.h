@@ -74,6 +74,11 @@ int sy_tls_take_output(sy_tls_conn *t, sy_buf *out);
  * not yet processed, or an end already read: the caller should call
  * sy_tls_read again. */
 int sy_tls_has_pending(sy_tls_conn *t);
+/* The longest record on the wire, header included: TLS 1.2 allows 2^14 + 2048
+ * bytes of ciphertext (RFC 5246 §6.2.3), TLS 1.3 less. */
+#define SY_TLS_RECORD_MAX (5 + 16384 + 2048)
+/* Ciphertext fed or copied at unlend that OpenSSL has not read yet. */
+size_t sy_tls_unread(const sy_tls_conn *t);
 /* Last error, for logs ("certificate verify failed: ...", "handshake: ..."). */
 const char *sy_tls_error(sy_tls_conn *t);
 int sy_tls_handshake_done(sy_tls_conn *t);

@@ -2,6 +2,7 @@
  * the socket (sock.h), reads, the start and stop of reading, batches written,
  * and bytes the proxy itself owes a socket. What the bytes mean is the mode's business
  * (c->io: HTTP or relay). */
+#include <assert.h>
 #include <stdlib.h>
 
 #include "internal.h"
@@ -33,22 +34,27 @@ uint32_t conn_buf_cap(const sy_conn *c, conn_side s) {
 
 static void side_alloc(sy_conn *c, conn_side s, uv_buf_t *buf) {
   sy_flow *f = &c->fl[s];
+  /* A whole response whose write is in flight keeps the upstream read armed
+   * (see http_mode.c's wants) but gets no buffer until the write is done. */
+  if (s == SIDE_UPSTREAM && f->msg_done && f->writing) goto none;
   if (c->tls[s]) {
+    /* The bound DESIGN.md gives (one block's unread ciphertext per
+     * direction) holds because a block is lent only after the pump took
+     * every whole record OpenSSL held and the mode still wanted more: at
+     * most one partial record waits. */
+    assert(sy_tls_unread(c->tls[s]) < SY_TLS_RECORD_MAX);
     /* Records are decrypted straight out of this into the flow's buffer. */
     buf->base = sy_flow_block_get(&c->env->flows);
     buf->len = buf->base ? SY_CIPHER_BLOCK : 0;
     return;
   }
-  /* A whole response whose write is in flight keeps the upstream read armed
-   * (see http.c's wants) but gets no buffer until the write is done. */
-  if ((s == SIDE_UPSTREAM && f->msg_done && f->writing) ||
-      sy_flow_alloc(f, &c->env->flows, conn_buf_cap(c, s)) < 0 || f->len == f->cap) {
-    buf->base = NULL;
-    buf->len = 0;
-    return;
-  }
+  if (sy_flow_alloc(f, &c->env->flows, conn_buf_cap(c, s)) < 0 || f->len == f->cap) goto none;
   buf->base = f->buf + f->len;
   buf->len = f->cap - f->len;
+  return;
+none:
+  buf->base = NULL;
+  buf->len = 0;
 }
 
 static void side_read(sy_conn *c, conn_side s, ssize_t n, const uv_buf_t *buf) {
