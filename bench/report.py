@@ -269,8 +269,12 @@ def paced_section(out, rows, targets, meta, scen):
       "differently from one at 100%. Here `sy_load --rate` offers the same rate to every "
       "proxy (" + ", ".join(f"{s} {pace.get(s, '?')} MB/s" for s, _ in scen) + ", about half "
       "of the slowest anchor's saturated TLS rate; echo counts the bytes that came back), "
-      "so CPU per GB is the cost of equal work. A rate reached below 97% of the offered "
-      "one is marked: that proxy was saturated and its row is not comparable.")
+      "so CPU per GB is the cost of equal work. Each tunnel is paced by a token bucket of "
+      "its own (an equal share of the rate), so the proxy sees small bursts on every "
+      "tunnel; CPU per GB at a fixed rate depends on that pattern (how many bytes a wakeup "
+      "finds), so compare rows of one table, not these figures with the saturated ones. "
+      "A rate reached below 97% of the offered one is marked: that proxy was saturated "
+      "and its row is not comparable.")
     w("")
     for s, title, tb in tabs:
         if not tb.rows:
