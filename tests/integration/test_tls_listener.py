@@ -387,8 +387,8 @@ def test_local_errors_over_tls(pki, tls_proxy, refusing):
 
 
 def test_upload_to_slow_backend(pki, tls_proxy, backend):
-    """A TLS client POSTs 32 MiB to a backend that reads slowly, so the body
-    keeps backing up in the proxy: the backend gets every byte. OpenSSL holds
+    """A TLS client POSTs 32 MiB to a backend that pauses as it reads, so the
+    body backs up in the proxy: the backend gets every byte. OpenSSL holds
     up to a socket block of ciphertext the 64 KiB flow cannot take yet; the
     debug build asserts before every socket read that no more than a partial
     record is left of it (src/conn/sides.c) - a read started while the flow
@@ -405,7 +405,7 @@ def test_upload_to_slow_backend(pki, tls_proxy, backend):
                 h.update(piece)
                 pieces[0] += 1
                 if pieces[0] % 16 == 0:
-                    time.sleep(0.01)  # a slow reader, on purpose: the body backs up
+                    time.sleep(0.01)  # pauses, on purpose: the body backs up
             req = req_conn.read_request(timeout=60, sink=sink)
             if req is None:
                 return
