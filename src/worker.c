@@ -267,6 +267,19 @@ static void drop_caches(sy_worker *w) {
   sy_conn_env_trim(&w->env);
 }
 
+/* Under AddressSanitizer malloc is the sanitizer's and glibc's arenas hold
+ * nothing; mallinfo2 would set them up on first use, which is not
+ * thread-safe: two workers' first trims raced in it (SEGV in int_mallinfo).
+ * Outside it the first malloc, on the main thread, has set them up. */
+#if defined(__SANITIZE_ADDRESS__)
+static void give_back_free_pages(void) {}
+#else
+static void give_back_free_pages(void) {
+  struct mallinfo2 mi = mallinfo2();
+  if (mi.fordblks > TRIM_MIN_FREE && mi.fordblks > mi.uordblks / 4) malloc_trim(0);
+}
+#endif
+
 static void on_trim(uv_timer_t *t);
 
 static void arm_burst(sy_worker *w) {
@@ -293,8 +306,7 @@ static void on_trim(uv_timer_t *t) {
     sy_metrics_add(w->env.metrics, "switchyard_idle_memory_releases_total", NULL, 1);
   }
   if (quiet) drop_caches(w);
-  struct mallinfo2 mi = mallinfo2();
-  if (mi.fordblks > TRIM_MIN_FREE && mi.fordblks > mi.uordblks / 4) malloc_trim(0);
+  give_back_free_pages();
 }
 
 static void on_conns_idle(sy_conn_env *env) {

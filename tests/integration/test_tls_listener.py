@@ -311,34 +311,43 @@ def test_silent_client_times_out_in_handshake(pki, tls_proxy, plain_backend):
         s.close()
 
 
-def test_body_then_immediate_close_notify_and_fin(pki, tls_proxy, backend):
-    """A client that sends a 4 MiB POST and ends its side at once (close_notify
-    + FIN) still gets the answer to the whole request."""
+def post_and_check_digest(t, body, piece, timeout, end=False):
+    """POSTs body over the TLS connection t from a thread, in sendall()s of
+    `piece` bytes (one TLS record per 16 KiB or less), then with end a
+    close_notify and a FIN; the answer must be 200 with the body's SHA-256."""
     import hashlib
     import threading
-    be = backend(handler=serve_canned(
-        lambda req: response_bytes(200, body=hashlib.sha256(req.body).hexdigest().encode())))
-    px = tls_proxy([{"tls": {"certificates": [pki.a.entry()]}}], upstreams={"web": [be.address]})
-    body = bytes(range(251)) * (4 * 1024 * 1024 // 251)
-    t = tls_connect(px.port, client_ctx(pki.ca), server_hostname="a.example.test")
     errors = []
 
     def send():
         try:
             t.sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body))
-            for i in range(0, len(body), 128 * 1024):
-                t.sendall(body[i:i + 128 * 1024])
-            t.close_notify()
-            t.fin()
+            for i in range(0, len(body), piece):
+                t.sendall(body[i:i + piece])
+            if end:
+                t.close_notify()
+                t.fin()
         except OSError as e:
             errors.append(repr(e))
     th = threading.Thread(target=send, daemon=True)
+    th.start()
+    r = read_response_over(t, timeout=timeout)
+    th.join(10)
+    assert not errors, errors
+    assert r.status == 200 and r.body == hashlib.sha256(body).hexdigest().encode(), r
+
+
+def test_body_then_immediate_close_notify_and_fin(pki, tls_proxy, backend):
+    """A client that sends a 4 MiB POST and ends its side at once (close_notify
+    + FIN) still gets the answer to the whole request."""
+    import hashlib
+    be = backend(handler=serve_canned(
+        lambda req: response_bytes(200, body=hashlib.sha256(req.body).hexdigest().encode())))
+    px = tls_proxy([{"tls": {"certificates": [pki.a.entry()]}}], upstreams={"web": [be.address]})
+    body = bytes(range(251)) * (4 * 1024 * 1024 // 251)
+    t = tls_connect(px.port, client_ctx(pki.ca), server_hostname="a.example.test")
     try:
-        th.start()
-        r = read_response_over(t, timeout=30)
-        th.join(10)
-        assert not errors, errors
-        assert r.status == 200 and r.body == hashlib.sha256(body).hexdigest().encode(), r
+        post_and_check_digest(t, body, 128 * 1024, 30, end=True)
     finally:
         t.close()
 
@@ -394,7 +403,6 @@ def test_upload_to_slow_backend(pki, tls_proxy, backend):
     record is left of it (src/conn/sides.c) - a read started while the flow
     is full would set a second block aside."""
     import hashlib
-    import threading
 
     def slow_sha(req_conn):
         for _ in range(100):
@@ -416,22 +424,8 @@ def test_upload_to_slow_backend(pki, tls_proxy, backend):
                    workers=1)
     body = bytes(range(251)) * (32 * 1024 * 1024 // 251)
     t = tls_connect(px.port, client_ctx(pki.ca), server_hostname="a.example.test")
-    errors = []
-
-    def send():
-        try:
-            t.sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body))
-            for i in range(0, len(body), 10000):  # records that do not fill a flow evenly
-                t.sendall(body[i:i + 10000])
-        except OSError as e:
-            errors.append(repr(e))
-    th = threading.Thread(target=send, daemon=True)
     try:
-        th.start()
-        r = read_response_over(t, timeout=60)
-        th.join(10)
-        assert not errors, errors
-        assert r.status == 200 and r.body == hashlib.sha256(body).hexdigest().encode(), r
+        post_and_check_digest(t, body, 10000, 60)  # records that do not fill a flow evenly
     finally:
         t.close()
     assert not px.crashed(), px.stderr()[-3000:]
