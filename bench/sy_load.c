@@ -34,10 +34,11 @@
  *
  * --rate MB (sink, source, echo): the tunnels together move at most MB
  * megabytes per second (sink and echo: sent, source: read; a token bucket
- * per tunnel, each an equal share, refilled every millisecond), so that proxies are compared at the
- * same offered load below their saturation, where CPU per GB is the cost of the traffic and not of
- * how far each one was pushed. The result says the rate asked (rate_gbytes_per_s) next to the rate
- * reached (gbytes_per_s).
+ * per tunnel, each an equal share, refilled every millisecond), so that
+ * proxies are compared at the same offered load below their saturation,
+ * where CPU per GB is the cost of the traffic and not of how far each one
+ * was pushed. The result says the rate asked (rate_gbytes_per_s) next to the
+ * rate reached (gbytes_per_s).
  *
  * Measurement: --warmup seconds are run first and not counted; then --duration
  * seconds. With --pid, utime+stime of that process (/proc/PID/stat, all its

@@ -372,7 +372,7 @@ static long bio_ctrl(BIO *b, int cmd, long num, void *ptr) {
   case BIO_CTRL_FLUSH:
     return 1;
   case BIO_CTRL_PENDING:
-    return (long)(t->in.len - t->in_pos + t->lent_len);
+    return (long)(sy_tls_unread(t) + t->lent_len);
   case BIO_CTRL_WPENDING:
     return (long)t->pend.len;
   default:
@@ -467,7 +467,7 @@ int sy_tls_take_output(sy_tls_conn *t, sy_buf *out) {
 }
 
 int sy_tls_has_pending(sy_tls_conn *t) {
-  return SSL_pending(t->ssl) > 0 || t->in_pos < t->in.len || t->lent_len > 0 || t->ended;
+  return SSL_pending(t->ssl) > 0 || sy_tls_unread(t) > 0 || t->lent_len > 0 || t->ended;
 }
 
 size_t sy_tls_unread(const sy_tls_conn *t) {
