@@ -9,6 +9,7 @@
 #include <strings.h>
 #include <sys/resource.h>
 
+#include "switchyard/flow.h"
 #include "switchyard/http.h"
 #include "switchyard/resolver.h"
 #include "switchyard/limits.h"
@@ -57,6 +58,16 @@ static void pipes(sy_admin_state *st, sy_pipe_pool_stats *sum) {
     sum->idle += p.idle;
     sum->created += p.created;
     sum->closed += p.closed;
+  }
+}
+
+static void buffers(sy_admin_state *st, uint64_t *in_use, uint64_t *idle) {
+  *in_use = *idle = 0;
+  for (unsigned i = 0; i < st->nworkers; i++) {
+    uint64_t u, d;
+    sy_flow_pool_bytes(&st->workers[i].env.flows, &u, &d);
+    *in_use += u;
+    *idle += d;
   }
 }
 
@@ -115,6 +126,13 @@ static void render_metrics(sy_admin_state *st, sy_buf *b) {
                  "switchyard_pipes{state=\"idle\"} %llu\n",
                  (unsigned long long)p.in_use, (unsigned long long)p.idle);
   single(b, "switchyard_pipes_created_total", (long long)p.created);
+  uint64_t used, idle;
+  buffers(st, &used, &idle);
+  sy_metrics_header(b, "switchyard_buffer_bytes");
+  sy_buf_appendf(b,
+                 "switchyard_buffer_bytes{state=\"in_use\"} %llu\n"
+                 "switchyard_buffer_bytes{state=\"idle\"} %llu\n",
+                 (unsigned long long)used, (unsigned long long)idle);
   sy_metrics_header(b, "switchyard_reloads_total");
   sy_buf_appendf(b,
                  "switchyard_reloads_total{result=\"ok\"} %llu\n"

@@ -19,6 +19,22 @@ void sy_flow_pool_init(sy_flow_pool *p) {
   memset(p, 0, sizeof(*p));
 }
 
+/* Only the worker writes the counts; the admin thread reads them. Each move
+ * changes one count: what the pool allocated and has not freed (held), and of
+ * it what sits in the caches (idle); a request's buffers come from and go back
+ * to the cache, one count each. */
+static void count(uint64_t *v, uint64_t add, uint64_t sub) {
+  __atomic_store_n(v, *v + add - sub, __ATOMIC_RELAXED);
+}
+
+void sy_flow_pool_bytes(const sy_flow_pool *p, uint64_t *in_use, uint64_t *idle) {
+  /* Read while the worker moves buffers, the two counts may be a few moves
+   * apart: a gauge may be off by those for one scrape, and never negative. */
+  *idle = __atomic_load_n(&p->bytes_idle, __ATOMIC_RELAXED);
+  uint64_t held = __atomic_load_n(&p->bytes_held, __ATOMIC_RELAXED);
+  *in_use = held > *idle ? held - *idle : 0;
+}
+
 void sy_flow_pool_trim(sy_flow_pool *p) {
   while (p->nbuf > 0)
     free(p->buf_cache[--p->nbuf]);
@@ -28,6 +44,8 @@ void sy_flow_pool_trim(sy_flow_pool *p) {
     free(p->blk_cache[--p->nblk]);
   while (p->ncipher > 0)
     free(p->cipher_cache[--p->ncipher].p);
+  count(&p->bytes_held, 0, p->bytes_idle);
+  count(&p->bytes_idle, 0, p->bytes_idle);
 }
 
 /* Flow buffers of the usual size are recycled through a small stack: a
@@ -36,23 +54,34 @@ void sy_flow_pool_trim(sy_flow_pool *p) {
  * faults) on every other request. */
 static char *buf_get(sy_flow_pool *p, uint32_t *cap) {
   if (*cap == SY_RELAY_BUF && p->relay_out >= SY_FLOW_RELAY_MAX) *cap = SY_FLOW_BUF;
-  if (*cap == SY_RELAY_BUF) {
-    char *b = p->nrelay > 0 ? p->relay_cache[--p->nrelay] : malloc(SY_RELAY_BUF);
-    if (b) p->relay_out++;
-    return b;
-  }
-  if (*cap == SY_FLOW_BUF && p->nbuf > 0) return p->buf_cache[--p->nbuf];
-  return malloc(*cap);
+  char *b = NULL;
+  if (*cap == SY_RELAY_BUF && p->nrelay > 0)
+    b = p->relay_cache[--p->nrelay];
+  else if (*cap == SY_FLOW_BUF && p->nbuf > 0)
+    b = p->buf_cache[--p->nbuf];
+  if (b)
+    count(&p->bytes_idle, 0, *cap);
+  else if ((b = malloc(*cap)))
+    count(&p->bytes_held, *cap, 0);
+  else
+    return NULL;
+  if (*cap == SY_RELAY_BUF) p->relay_out++;
+  return b;
 }
 
 static void buf_put(sy_flow_pool *p, char *b, uint32_t cap) {
-  if (b && cap == SY_RELAY_BUF) p->relay_out--;
-  if (b && cap == SY_FLOW_BUF && p->nbuf < SY_FLOW_BUF_CACHE)
+  if (!b) return;
+  if (cap == SY_RELAY_BUF) p->relay_out--;
+  if (cap == SY_FLOW_BUF && p->nbuf < SY_FLOW_BUF_CACHE)
     p->buf_cache[p->nbuf++] = b;
-  else if (b && cap == SY_RELAY_BUF && p->nrelay < SY_FLOW_RELAY_CACHE)
+  else if (cap == SY_RELAY_BUF && p->nrelay < SY_FLOW_RELAY_CACHE)
     p->relay_cache[p->nrelay++] = b;
-  else
+  else {
     free(b);
+    count(&p->bytes_held, 0, cap);
+    return;
+  }
+  count(&p->bytes_idle, cap, 0);
 }
 
 /* TLS moves every byte through two more buffers: the ciphertext read block
@@ -60,14 +89,23 @@ static void buf_put(sy_flow_pool *p, char *b, uint32_t cap) {
  * batches (an idle relay holds none) made glibc trim its heap and re-fault
  * the pages on every batch. */
 char *sy_flow_block_get(sy_flow_pool *p) {
-  return p->nblk ? p->blk_cache[--p->nblk] : malloc(SY_CIPHER_BLOCK);
+  char *b = p->nblk ? p->blk_cache[--p->nblk] : NULL;
+  if (b)
+    count(&p->bytes_idle, 0, SY_CIPHER_BLOCK);
+  else if ((b = malloc(SY_CIPHER_BLOCK)))
+    count(&p->bytes_held, SY_CIPHER_BLOCK, 0);
+  return b;
 }
 
 void sy_flow_block_put(sy_flow_pool *p, char *blk) {
-  if (blk && p->nblk < SY_FLOW_BLK_CACHE)
+  if (!blk) return;
+  if (p->nblk < SY_FLOW_BLK_CACHE) {
     p->blk_cache[p->nblk++] = blk;
-  else
+    count(&p->bytes_idle, SY_CIPHER_BLOCK, 0);
+  } else {
     free(blk);
+    count(&p->bytes_held, 0, SY_CIPHER_BLOCK);
+  }
 }
 
 static void cipher_get(sy_flow_pool *p, sy_buf *b) {
@@ -76,16 +114,21 @@ static void cipher_get(sy_flow_pool *p, sy_buf *b) {
   b->p = p->cipher_cache[p->ncipher].p;
   b->cap = p->cipher_cache[p->ncipher].cap;
   b->len = 0;
+  count(&p->bytes_idle, 0, b->cap);
 }
 
 static void cipher_put(sy_flow_pool *p, sy_buf *b) {
-  if (b->p && b->cap <= CIPHER_KEEP && p->ncipher < SY_FLOW_CIPHER_CACHE) {
+  if (!b->p) return;
+  if (b->cap <= CIPHER_KEEP && p->ncipher < SY_FLOW_CIPHER_CACHE) {
     p->cipher_cache[p->ncipher].p = b->p;
     p->cipher_cache[p->ncipher].cap = b->cap;
     p->ncipher++;
+    count(&p->bytes_idle, b->cap, 0);
     b->p = NULL;
     b->len = b->cap = 0;
+    return;
   }
+  count(&p->bytes_held, 0, b->cap);
   sy_buf_free(b);
 }
 
@@ -370,7 +413,10 @@ int sy_flow_write(sy_flow *f, sy_flow_pool *p, sy_sock *dst, sy_tls_conn *tls,
      * the write completes. */
     cipher_get(p, &f->cipher);
     f->cipher.len = 0;
-    if (sy_tls_write(tls, f->iov, f->nsegs, &f->cipher) < 0) return UV_EPROTO;
+    size_t had = f->cipher.cap;
+    rc = sy_tls_write(tls, f->iov, f->nsegs, &f->cipher);
+    count(&p->bytes_held, f->cipher.cap, had); /* the batch may have grown it */
+    if (rc < 0) return UV_EPROTO;
     uv_buf_t b = uv_buf_init(f->cipher.p, (unsigned)f->cipher.len);
     rc = sy_sock_write(&f->wreq, dst, &b, 1, cb);
   } else {

@@ -37,6 +37,10 @@ static const sy_metric_buckets tunnel_buckets = {
 static const sy_metric_family families[] = {
     {"switchyard_access_log_dropped_total", C, "",
      "Access-log lines dropped because the log queue was full.", NULL},
+    {"switchyard_buffer_bytes", G, "state",
+     "Bytes of the buffers HTTP exchanges and TLS tunnels read into, in use or idle in the "
+     "workers' caches.",
+     NULL},
     {"switchyard_build_info", G, "version", "Always 1; the version of the running binary.", NULL},
     {"switchyard_config_generation", G, "", "0 at start, +1 per successful reload.", NULL},
     {"switchyard_config_last_reload_success_timestamp_seconds", G, "",

@@ -64,11 +64,17 @@ typedef struct sy_flow_pool {
     size_t cap;
   } cipher_cache[SY_FLOW_CIPHER_CACHE];
   unsigned ncipher;
+  /* Bytes of buffers the pool allocated and has not freed, and of them those
+   * in the caches: written by the worker, read by the admin thread
+   * (switchyard_buffer_bytes; in use = held - idle). */
+  uint64_t bytes_held, bytes_idle;
 } sy_flow_pool;
 
 void sy_flow_pool_init(sy_flow_pool *p);
 /* Frees the cached buffers (the worker has no connection left). */
 void sy_flow_pool_trim(sy_flow_pool *p);
+/* From any thread. */
+void sy_flow_pool_bytes(const sy_flow_pool *p, uint64_t *in_use, uint64_t *idle);
 
 /* A ciphertext read block from the pool's stack (or malloc); NULL when out. */
 char *sy_flow_block_get(sy_flow_pool *p);
