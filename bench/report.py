@@ -138,12 +138,37 @@ def section_table(out, tb, cols, primary, higher_better=True, ref="direct", me="
     out.append("")
 
 
+def idle_table(out, idle, me):
+    """RSS per idle tunnel, after one ping each, kernel slab: one row per target."""
+    w = out.append
+    hdr = ["target", "runs ok", "RSS bytes/tunnel (idle)", "RSS bytes/tunnel after 1 ping each",
+           "open time s", "kernel slab Δ per tunnel (all 4 sockets)", "pings answered",
+           f"{me} ÷ this"]
+    w("| " + " | ".join(hdr) + " |")
+    w("|" + "---|" * len(hdr))
+    sy = idle.m(me, "rss_bytes_per_tunnel")
+    for t in idle.targets:
+        okr = idle.ok(t)
+        after = med([(r["rss_kb_after_ping"] - r["rss_kb_before"]) * 1024 / r["tunnels"]
+                     for r in okr if r.get("tunnels")])
+        slab = med([r["slab_kb_delta"] * 1024 / r["tunnels"] for r in okr if r.get("tunnels")])
+        pings = med([r.get("pings_ok") for r in okr])
+        v = idle.m(t, "rss_bytes_per_tunnel")
+        sp = idle.spread(t, "rss_bytes_per_tunnel", 1, 0)
+        w("| " + " | ".join([
+            f"**{t}**" if t == me else t, f"{len(okr)}/{len(idle.runs(t))}",
+            fmt(v, 0) + (f" ({sp})" if sp else ""), fmt(after, 0),
+            fmt(idle.m(t, "open_s"), 2), fmt(slab, 0), fmt(pings, 0),
+            "—" if t == me else ratio(sy, v)]) + " |")
+    w("")
+
+
 def tls_section(out, rows, targets, meta):
     w = out.append
     scen = [("sink", "client → backend (sink)"), ("source", "backend → client (source)"),
             ("echo", "both ways (echo)")]
     if not any(Table(rows, "tls-" + s, targets).rows or Table(rows, f"tls-{s}-paced", targets).rows
-               for s, _ in scen + [("handshake", "")]):
+               for s, _ in scen + [("handshake", ""), ("idle", "")]):
         return
     tl = [r for r in rows if str(r.get("scenario", "")).startswith("tls-") and r.get("ok")]
     vers = sorted({" ".join(x for x in (r.get("tls_version"), r.get("tls_cipher"),
@@ -253,6 +278,17 @@ def tls_section(out, rows, targets, meta):
                                 ("p99 µs", "p99_us", 1, 0),
                                 ("proxy CPU µs/handshake", "cpu_us_per_op", 1, 1)],
                       ("ops_per_s", 1), ref=None, me="switchyard-tls")
+    tb = Table(rows, "tls-idle", targets)
+    if tb.rows:
+        n = meta.get("idle_tunnels")
+        w(f"### Idle TLS tunnels: memory per tunnel ({n:,} tunnels)")
+        w("")
+        w("As the plaintext idle table below, over TLS: each tunnel is a TLS handshake and "
+          "an upgrade, then it idles; one 32-byte ping each, then RSS again. A TLS tunnel "
+          "cannot be spliced: each proxy keeps its TLS state per connection, and switchyard "
+          "the connection itself (a relay), where a plain tunnel is a spliced tunnel's slot.")
+        w("")
+        idle_table(out, tb, "switchyard-tls")
 
 
 def paced_section(out, rows, targets, meta, scen):
@@ -540,7 +576,7 @@ def main():
     w("TLS only (the `tls-*` scenarios run against the `*-tls` targets):")
     w("")
     w("```sh")
-    w("bash bench/run.sh --scenarios 'tls-sink tls-source tls-echo tls-handshake "
+    w("bash bench/run.sh --scenarios 'tls-sink tls-source tls-echo tls-handshake tls-idle "
       "tls-sink-paced tls-source-paced tls-echo-paced' "
       "--targets 'switchyard-tls nginx-tls haproxy-tls'")
     w("```")
@@ -635,26 +671,7 @@ def main():
           "connection). Then one 32-byte ping is echoed on every tunnel to prove they all "
           "still work, and RSS is read again. Each tunnel is 2 fds in the proxy.")
         w("")
-        hdr = ["target", "runs ok", "RSS bytes/tunnel (idle)", "RSS bytes/tunnel after 1 ping each",
-               "open time s", "kernel slab Δ per tunnel (all 4 sockets)", "pings answered",
-               "switchyard ÷ this"]
-        w("| " + " | ".join(hdr) + " |")
-        w("|" + "---|" * len(hdr))
-        sy = idle.m("switchyard", "rss_bytes_per_tunnel")
-        for t in idle.targets:
-            okr = idle.ok(t)
-            after = med([(r["rss_kb_after_ping"] - r["rss_kb_before"]) * 1024 / r["tunnels"]
-                         for r in okr if r.get("tunnels")])
-            slab = med([r["slab_kb_delta"] * 1024 / r["tunnels"] for r in okr if r.get("tunnels")])
-            pings = med([r.get("pings_ok") for r in okr])
-            v = idle.m(t, "rss_bytes_per_tunnel")
-            sp = idle.spread(t, "rss_bytes_per_tunnel", 1, 0)
-            w("| " + " | ".join([
-                f"**{t}**" if t == "switchyard" else t, f"{len(okr)}/{len(idle.runs(t))}",
-                fmt(v, 0) + (f" ({sp})" if sp else ""), fmt(after, 0),
-                fmt(idle.m(t, "open_s"), 2), fmt(slab, 0), fmt(pings, 0),
-                "—" if t == "switchyard" else ratio(sy, v)]) + " |")
-        w("")
+        idle_table(out, idle, "switchyard")
 
     # ---- the million ---------------------------------------------------------------
     slab = read_slab(a.slab)

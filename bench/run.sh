@@ -16,7 +16,7 @@
 # CPU 0, then runs every scenario against every target, the targets interleaved and
 # rotated each round (A B C D, B C D A, ...). Each result is one JSON line in OUT/results.jsonl;
 # bench/report.py turns them into the report (medians, ratios, CPU per unit of work).
-# TLS: the tls-* scenarios (tls-sink tls-source tls-echo tls-handshake) run against the
+# TLS: the tls-* scenarios (tls-sink tls-source tls-echo tls-handshake tls-idle) run against the
 # *-tls targets only (client TLS -> proxy -> plaintext backend, i.e. wss -> ws; the
 # certificate, ECDSA P-256, is made with openssl at run time), the other scenarios
 # against the other targets only. The tls-*-paced scenarios run the same tunnels at a fixed
@@ -48,7 +48,7 @@ HOLD=1      # idle: seconds between the last tunnel opened and the RSS reading
 PAUSE=0.3   # between runs
 TARGETS="direct switchyard nginx nginx-buf64k haproxy haproxy-splice switchyard-tls nginx-tls haproxy-tls"
 TARGETS+=" switchyard-2w switchyard-pin-2w nginx-2w haproxy-2w"
-SCENARIOS="http handshake sink source echo rtt idle tls-sink tls-source tls-echo tls-handshake"
+SCENARIOS="http handshake sink source echo rtt idle tls-sink tls-source tls-echo tls-handshake tls-idle"
 SCENARIOS+=" tls-sink-paced tls-source-paced tls-echo-paced"
 # The paced TLS rows' offered rates (MB/s over the 8 tunnels): about half of what
 # nginx-tls, the slowest anchor, carried saturated in the full run of 14ff16b (0.84 /
@@ -426,7 +426,7 @@ run_one() {
     log "$t is not running: $note"
     stop_target "$t"; start_target "$t" || true; pid=${WPID[$t]:-}
   fi
-  if [[ $s == idle && $t != direct ]]; then  # memory is measured on a fresh process
+  if [[ $s == *idle && $t != direct ]]; then  # memory is measured on a fresh process
     stop_target "$t"; start_target "$t" || true; pid=${WPID[$t]:-}
   fi
   [[ $t == direct ]] && pid=""
@@ -504,9 +504,11 @@ run_one() {
       line=$(timeout 60 $PIN_LOAD "$LOAD" --mode rtt --port "$port" --conns 1 --size 32 \
                --duration "$DURATION" --warmup "$WARMUP" ${pid:+--pid $pid} 2>"$err") || rc=$?
       for p in $moved; do taskset -a -p -c "$PROXY_CPU" "$p" >/dev/null || true; done ;;
-    idle)
+    idle|tls-idle)
       if [[ $t == direct ]]; then return 0; fi
-      line=$(timeout 120 $PIN_LOAD "$LOAD" --mode idle --port "$port" --conns "$IDLE_TUNNELS" \
+      local -a tls=()
+      [[ $s == tls-* ]] && tls=("${TLS_ARGS[@]}")
+      line=$(timeout 120 $PIN_LOAD "$LOAD" --mode idle --port "$port" --conns "$IDLE_TUNNELS" "${tls[@]}" \
                --hold "$HOLD" --duration 20 ${pid:+--pid $pid} 2>"$err") || rc=$? ;;
   esac
   [[ $line == \{* ]] || line="{\"mode\":\"$s\",\"ok\":false,\"first_error\":\"no output (exit $rc): $(tail -1 "$err" 2>/dev/null | tr -d '"\\')\"}"
