@@ -602,6 +602,24 @@ def test_idle_relays_hold_no_buffers(tls_proxy, upgrader, pki):
         # what came back is kept for the next ones, within the caches' bounds
         assert 0 < m.get("switchyard_buffer_bytes", state="idle") <= 16 * MiB, m.text
         assert m.get("switchyard_tunnels_open") == n, m.text
+
+        # half a record: the relay waits for the rest without a buffer. A round
+        # trip on another tunnel after it goes through the same worker's loop,
+        # which has read the half record by the time the echo is back.
+        cl, be = tunnels[0]
+        with cl.tls.lock:
+            cl.tls.obj.write(f_up)
+            record = cl.tls.outgoing.read()
+        cl.tls.raw.sendall(record[:len(record) // 2])
+        cl1, be1 = tunnels[1]
+        cl1.send(f_up)
+        be1.expect(f_up)
+        be1.send(f_down)
+        cl1.expect(f_down)
+        adm.wait_metric(lambda m: in_use(m) == 0, 10,
+                        "no buffer held by a relay waiting for the rest of a record")
+        cl.tls.raw.sendall(record[len(record) // 2:])
+        be.expect(f_up)
     finally:
         for cl, be in tunnels:
             cl.close()
