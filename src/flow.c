@@ -1,5 +1,6 @@
 #include "switchyard/flow.h"
 
+#include <assert.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,13 @@ static void count(uint64_t *v, uint64_t add, uint64_t sub) {
   __atomic_store_n(v, *v + add - sub, __ATOMIC_RELAXED);
 }
 
+/* Debug builds: a move the counts missed (a batch buffer grown unseen) would
+ * show as more bytes idle than held once buffers come back. */
+static void counts_check(const sy_flow_pool *p) {
+  assert(p->bytes_idle <= p->bytes_held);
+  (void)p;
+}
+
 void sy_flow_pool_bytes(const sy_flow_pool *p, uint64_t *in_use, uint64_t *idle) {
   /* Read while the worker moves buffers, the two counts may be a few moves
    * apart: a gauge may be off by those for one scrape, and never negative. */
@@ -44,6 +52,7 @@ void sy_flow_pool_trim(sy_flow_pool *p) {
     free(p->blk_cache[--p->nblk]);
   while (p->ncipher > 0)
     free(p->cipher_cache[--p->ncipher].p);
+  counts_check(p);
   count(&p->bytes_held, 0, p->bytes_idle);
   count(&p->bytes_idle, 0, p->bytes_idle);
 }
@@ -82,6 +91,7 @@ static void buf_put(sy_flow_pool *p, char *b, uint32_t cap) {
     return;
   }
   count(&p->bytes_idle, cap, 0);
+  counts_check(p);
 }
 
 /* TLS moves every byte through two more buffers: the ciphertext read block
@@ -102,6 +112,7 @@ void sy_flow_block_put(sy_flow_pool *p, char *blk) {
   if (p->nblk < SY_FLOW_BLK_CACHE) {
     p->blk_cache[p->nblk++] = blk;
     count(&p->bytes_idle, SY_CIPHER_BLOCK, 0);
+    counts_check(p);
   } else {
     free(blk);
     count(&p->bytes_held, 0, SY_CIPHER_BLOCK);
@@ -124,6 +135,7 @@ static void cipher_put(sy_flow_pool *p, sy_buf *b) {
     p->cipher_cache[p->ncipher].cap = b->cap;
     p->ncipher++;
     count(&p->bytes_idle, b->cap, 0);
+    counts_check(p);
     b->p = NULL;
     b->len = b->cap = 0;
     return;
