@@ -20,13 +20,10 @@ void sy_flow_pool_init(sy_flow_pool *p) {
   memset(p, 0, sizeof(*p));
 }
 
-/* Only the worker writes the counts; the admin thread reads them. Each move
- * changes one count: what the pool allocated and has not freed (held), and of
- * it what sits in the caches (idle); a request's buffers come from and go back
- * to the cache, one count each. */
-static void count(uint64_t *v, uint64_t add, uint64_t sub) {
-  __atomic_store_n(v, *v + add - sub, __ATOMIC_RELAXED);
-}
+/* Only the worker writes the counts (sy_bump); the admin thread reads them.
+ * Each move changes one count: what the pool allocated and has not freed
+ * (held), and of it what sits in the caches (idle); a request's buffers come
+ * from and go back to the cache, one count each. */
 
 /* Debug builds: a move the counts missed (a batch buffer grown unseen) would
  * show as more bytes idle than held once buffers come back. */
@@ -53,8 +50,8 @@ void sy_flow_pool_trim(sy_flow_pool *p) {
   while (p->ncipher > 0)
     free(p->cipher_cache[--p->ncipher].p);
   counts_check(p);
-  count(&p->bytes_held, 0, p->bytes_idle);
-  count(&p->bytes_idle, 0, p->bytes_idle);
+  sy_bump(&p->bytes_held, -(int64_t)p->bytes_idle);
+  sy_bump(&p->bytes_idle, -(int64_t)p->bytes_idle);
 }
 
 /* Flow buffers of the usual size are recycled through a small stack: a
@@ -69,9 +66,9 @@ static char *buf_get(sy_flow_pool *p, uint32_t *cap) {
   else if (*cap == SY_FLOW_BUF && p->nbuf > 0)
     b = p->buf_cache[--p->nbuf];
   if (b)
-    count(&p->bytes_idle, 0, *cap);
+    sy_bump(&p->bytes_idle, -(int64_t)*cap);
   else if ((b = malloc(*cap)))
-    count(&p->bytes_held, *cap, 0);
+    sy_bump(&p->bytes_held, *cap);
   else
     return NULL;
   if (*cap == SY_RELAY_BUF) p->relay_out++;
@@ -87,10 +84,10 @@ static void buf_put(sy_flow_pool *p, char *b, uint32_t cap) {
     p->relay_cache[p->nrelay++] = b;
   else {
     free(b);
-    count(&p->bytes_held, 0, cap);
+    sy_bump(&p->bytes_held, -(int64_t)cap);
     return;
   }
-  count(&p->bytes_idle, cap, 0);
+  sy_bump(&p->bytes_idle, cap);
   counts_check(p);
 }
 
@@ -101,9 +98,9 @@ static void buf_put(sy_flow_pool *p, char *b, uint32_t cap) {
 char *sy_flow_block_get(sy_flow_pool *p) {
   char *b = p->nblk ? p->blk_cache[--p->nblk] : NULL;
   if (b)
-    count(&p->bytes_idle, 0, SY_CIPHER_BLOCK);
+    sy_bump(&p->bytes_idle, -(int64_t)SY_CIPHER_BLOCK);
   else if ((b = malloc(SY_CIPHER_BLOCK)))
-    count(&p->bytes_held, SY_CIPHER_BLOCK, 0);
+    sy_bump(&p->bytes_held, SY_CIPHER_BLOCK);
   return b;
 }
 
@@ -111,11 +108,11 @@ void sy_flow_block_put(sy_flow_pool *p, char *blk) {
   if (!blk) return;
   if (p->nblk < SY_FLOW_BLK_CACHE) {
     p->blk_cache[p->nblk++] = blk;
-    count(&p->bytes_idle, SY_CIPHER_BLOCK, 0);
+    sy_bump(&p->bytes_idle, SY_CIPHER_BLOCK);
     counts_check(p);
   } else {
     free(blk);
-    count(&p->bytes_held, 0, SY_CIPHER_BLOCK);
+    sy_bump(&p->bytes_held, -(int64_t)SY_CIPHER_BLOCK);
   }
 }
 
@@ -125,7 +122,7 @@ static void cipher_get(sy_flow_pool *p, sy_buf *b) {
   b->p = p->cipher_cache[p->ncipher].p;
   b->cap = p->cipher_cache[p->ncipher].cap;
   b->len = 0;
-  count(&p->bytes_idle, 0, b->cap);
+  sy_bump(&p->bytes_idle, -(int64_t)b->cap);
 }
 
 static void cipher_put(sy_flow_pool *p, sy_buf *b) {
@@ -134,13 +131,13 @@ static void cipher_put(sy_flow_pool *p, sy_buf *b) {
     p->cipher_cache[p->ncipher].p = b->p;
     p->cipher_cache[p->ncipher].cap = b->cap;
     p->ncipher++;
-    count(&p->bytes_idle, b->cap, 0);
+    sy_bump(&p->bytes_idle, b->cap);
     counts_check(p);
     b->p = NULL;
     b->len = b->cap = 0;
     return;
   }
-  count(&p->bytes_held, 0, b->cap);
+  sy_bump(&p->bytes_held, -(int64_t)b->cap);
   sy_buf_free(b);
 }
 
@@ -427,7 +424,7 @@ int sy_flow_write(sy_flow *f, sy_flow_pool *p, sy_sock *dst, sy_tls_conn *tls,
     f->cipher.len = 0;
     size_t had = f->cipher.cap;
     rc = sy_tls_write(tls, f->iov, f->nsegs, &f->cipher);
-    count(&p->bytes_held, f->cipher.cap, had); /* the batch may have grown it */
+    sy_bump(&p->bytes_held, (int64_t)(f->cipher.cap - had)); /* the batch may have grown it */
     if (rc < 0) return UV_EPROTO;
     uv_buf_t b = uv_buf_init(f->cipher.p, (unsigned)f->cipher.len);
     rc = sy_sock_write(&f->wreq, dst, &b, 1, cb);

@@ -359,18 +359,13 @@ sy_hist *sy_metrics_hist(sy_metrics *m, const char *name, const char *labels) {
   return s->hist;
 }
 
-/* Only the table's thread writes: a plain load and store, no locked add. */
-static void bump(uint64_t *p, uint64_t d) {
-  __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + d, __ATOMIC_RELAXED);
-}
-
 void sy_metrics_observe(sy_hist *h, uint64_t ns) {
   if (!h) return;
   size_t i = 0;
   while (i < h->b->n && ns > h->b->ns[i])
     i++;
-  bump(&h->counts[i], 1);
-  bump(&h->sum_us, ns / 1000);
+  sy_bump(&h->counts[i], 1); /* only the table's thread writes */
+  sy_bump(&h->sum_us, (int64_t)(ns / 1000));
 }
 
 void sy_metrics_observe_cell(sy_metrics *m, sy_hist **cell, const char *name, const char *labels,

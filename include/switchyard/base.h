@@ -1,10 +1,12 @@
 /* The types every module shares, so that none has to include another module's
- * header for them: a borrowed byte string and a growable output buffer. Depends
- * on nothing of the project; pure functions, no I/O. */
+ * header for them: a borrowed byte string, a growable output buffer and a
+ * counter one thread writes. Depends on nothing of the project; pure
+ * functions, no I/O. */
 #ifndef SWITCHYARD_BASE_H
 #define SWITCHYARD_BASE_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 #include <strings.h>
 
@@ -44,5 +46,12 @@ static inline int sy_buf_append(sy_buf *b, const void *p, size_t n) {
 }
 int sy_buf_appendf(sy_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sy_buf_free(sy_buf *b);
+
+/* Adds d to a counter only its owner's thread writes and other threads read
+ * (a worker's metrics, its buffer pool): a plain load and store, no locked
+ * add; relaxed, so a reader sees a whole value. */
+static inline void sy_bump(uint64_t *p, int64_t d) {
+  __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + (uint64_t)d, __ATOMIC_RELAXED);
+}
 
 #endif
