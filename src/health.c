@@ -29,7 +29,7 @@ struct sy_check {
   uv_tcp_t *tcp;       /* the probe in flight, or NULL */
   uv_connect_t creq;
   uv_write_t wreq;
-  char req[512];
+  char req[SY_HEALTH_PATH_MAX + 512]; /* a name is at most 253 bytes */
   char resp[64];
   size_t resp_len;
   unsigned ok_run, fail_run;
@@ -195,10 +195,15 @@ sy_health *sy_health_start(uv_loop_t *loop, sy_config *cfg, sy_metrics *m) {
       k->h = h;
       k->up = up;
       k->s = &h->sets[u]->servers[i];
+      /* Host as written: for a server found by DNS, its name, not the
+       * address it resolved to. */
+      const char *host = k->s->addr.host;
+      int v6 = strchr(host, ':') != NULL;
       snprintf(k->req, sizeof(k->req),
-               "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: switchyard-health\r\n"
+               "GET %s HTTP/1.1\r\nHost: %s%s%s:%u\r\nUser-Agent: switchyard-health\r\n"
                "Connection: close\r\n\r\n",
-               up->health.path ? up->health.path : "/", k->s->addr.text);
+               up->health.path ? up->health.path : "/", v6 ? "[" : "", host, v6 ? "]" : "",
+               (unsigned)k->s->addr.port);
       uv_timer_init(loop, &k->interval);
       uv_timer_init(loop, &k->deadline);
       k->interval.data = k->deadline.data = k;

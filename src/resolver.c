@@ -368,7 +368,10 @@ static size_t rebuild(sy_resolver *r, sy_upstream_cfg *up, const sy_server_set *
         dropped++;
         continue;
       }
-      add_server(out, &k, text, ip, &sa, salen, e->addr.port, e->weight, rt_from(prev, text));
+      /* The host stays the name as written: it is the SNI and the name the
+       * certificate is verified against, as for a server given by address. */
+      add_server(out, &k, text, e->addr.host, &sa, salen, e->addr.port, e->weight,
+                 rt_from(prev, text));
     }
   }
   sy_server_set *set = sy_server_set_new(out, k, 1, up->balance == SY_BALANCE_HASH);

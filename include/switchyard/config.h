@@ -78,6 +78,9 @@ typedef struct sy_upstream_tls {
   char *ca, *sni, *cert, *key;
 } sy_upstream_tls;
 
+/* The probe's path is written into its request line as it is. */
+#define SY_HEALTH_PATH_MAX 256
+
 typedef struct sy_health_cfg {
   int enabled;
   char *path;

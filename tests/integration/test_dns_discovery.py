@@ -18,6 +18,7 @@ from support.backend import Backend, free_port
 from support.dns import Dnsmasq, dnsmasq_bin, DOMAIN
 from support.http import response_bytes, get, wait_until
 from support.ops import AdminPort, reload
+from support.tls import TLSBackend, pki, server_ctx  # noqa: F401
 from support.tunnel import Upgrader, switching, upgrade_request, open_tunnel
 
 NAME = "chat." + DOMAIN
@@ -187,6 +188,27 @@ def test_health_checks_follow_the_records(proxy, dns, named_backends):
                     FOLLOW + 3, "the new, dead server checked and down")
     for _ in range(6):
         assert ask(px) == (200, b"127.0.0.2")
+    # The probe names the server as written, not the address it resolved to.
+    probes = [q for q in a.requests if q.values("User-Agent") == ["switchyard-health"]]
+    assert probes and all(q.values("Host") == ["%s:%d" % (NAME, a.port)] for q in probes), \
+        [q.head for q in probes[:2]]
+
+
+def test_tls_server_found_by_name_gets_the_name_as_sni(proxy, dns, backend, pki):
+    """A TLS upstream given by a DNS name: every address found is verified
+    against the name and sent it as SNI (the pod's certificate names the
+    Service, never its changing IP)."""
+    named = pki.leaf("chat-name", NAME, dns=[NAME])  # no IP SAN
+    be = TLSBackend(lambda **kw: backend(host="127.0.0.2", **kw),
+                    server_ctx(named, alpn=["http/1.1"]))
+    px = proxy(upstreams={"chat": {"servers": [{"address": "%s:%d" % (NAME, be.port)}],
+                                   "tls": {"ca": pki.ca}}},
+               resolver={"nameservers": [dns.nameserver], "min_ttl": "1s"}, workers=1)
+    dns.set_hosts({NAME: ["127.0.0.2"]})
+    wait_until(lambda: ask(px)[0] == 200, FOLLOW + 3, "a 200 from the server found by name", 0.05)
+    hs = be.wait_handshakes(1)
+    assert all("error" not in h and h["sni"] == NAME for h in hs), hs
+    assert "TLS handshake failed" not in px.stderr(), px.stderr()
 
 
 def test_ip_and_name_in_one_upstream(proxy, dns, named_backends, backend):

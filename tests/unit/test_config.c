@@ -14,6 +14,8 @@
 
 #define L "listeners:\n  - address: 127.0.0.1:8080\n" /* lines 1-2 of most cases */
 #define U "upstreams:\n  web:\n    servers: [{address: 127.0.0.1:9000}]\n"
+#define PATH30 "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+#define PATH300 PATH30 PATH30 PATH30 PATH30 PATH30 PATH30 PATH30 PATH30 PATH30 PATH30
 
 static sy_config *load(const char *yaml, sy_config_error *err) {
   return sy_config_load_string("t.yaml", yaml, strlen(yaml), err);
@@ -141,6 +143,11 @@ static const err_case errors[] = {
     {L U "    tls: {cert: c.pem}\n", "t.yaml:6:10: ", "upstreams.web.tls: cert and key"},
     {L U "    health: {path: healthz}\n",
      "t.yaml:6:20: ", "upstreams.web.health.path: must start with"},
+    {L U "    health: {path: \"/a b\"}\n", "t.yaml:6:20: ",
+     "upstreams.web.health.path: only visible ASCII characters, no spaces (byte 2"},
+    {L U "    health: {path: \"/h\\r\\nX: y\"}\n", "t.yaml:6:20: ", "(byte 2 is 0x0d)"},
+    {L U "    health: {path: /" PATH300 "}\n",
+     "t.yaml:6:20: ", "upstreams.web.health.path: at most 256 bytes, got 301"},
     {L U "    health: {interval: 5 s}\n",
      "t.yaml:6:24: ", "upstreams.web.health.interval: invalid duration \"5 s\""},
     {L U "    health: {interval: 0s}\n", "t.yaml:6:24: ", "must be greater than zero"},
