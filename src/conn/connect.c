@@ -98,7 +98,7 @@ static void on_connect(sy_sock *st, int status) {
   conn_unref(c);
   if (status < 0) {
     upstream_link_close(c);
-    upstream_failed(c, status == UV_ETIMEDOUT);
+    upstream_failed(c, status == UV_ETIMEDOUT ? SY_TERM_CONNECT_TIMEOUT : SY_TERM_CONNECT_FAILED);
     return;
   }
   int one = 1;
@@ -109,7 +109,6 @@ static void on_connect(sy_sock *st, int status) {
     local_response(c, 500, 1);
     return;
   }
-  sy_upstream_report(up, c->x.server, 1, uv_now(c->env->loop));
   if (up->tls_ctx) {
     const char *sni = up->tls.sni ? up->tls.sni : c->x.server->addr.host;
     c->tls[SIDE_UPSTREAM] = sy_tls_conn_new(up->tls_ctx, 0, sni, up->tls.verify);
@@ -130,6 +129,7 @@ void upstream_ready(sy_conn *c) {
   sy_flow *rq = &c->fl[SIDE_CLIENT];
   uint64_t now = uv_hrtime();
   if (c->x.t_connect) { /* a fresh connection (TLS handshake included) */
+    sy_upstream_report(c->x.route->upstream, c->x.server, 1, uv_now(c->env->loop));
     c->x.connect_ns = (int64_t)(now - c->x.t_connect);
     c->x.t_connect = 0;
     c->env->labels.len = 0;
@@ -188,10 +188,9 @@ void upstream_connect(sy_conn *c) {
   if (i < 0) {
     if (i == SY_PICK_ALL_DOWN)
       sy_log_every_second(SY_LOG_ERROR, "upstream %s: no server is up", up->name);
-    c->x.term = i == SY_PICK_ALL_DOWN   ? SY_TERM_NO_SERVER
-                : c->x.last_err_timeout ? SY_TERM_CONNECT_TIMEOUT
-                                        : SY_TERM_CONNECT_FAILED;
-    local_response(c, i == SY_PICK_ALL_DOWN ? 503 : c->x.last_err_timeout ? 504 : 502, 0);
+    enum sy_term last = c->x.last_err ? (enum sy_term)c->x.last_err : SY_TERM_CONNECT_FAILED;
+    c->x.term = i == SY_PICK_ALL_DOWN ? SY_TERM_NO_SERVER : last;
+    local_response(c, i == SY_PICK_ALL_DOWN ? 503 : last == SY_TERM_CONNECT_TIMEOUT ? 504 : 502, 0);
     return;
   }
   if (c->x.retry_from) { /* the last server failed: this pick is a retry */
@@ -232,7 +231,7 @@ void upstream_connect(sy_conn *c) {
   }
   if (rc < 0) {
     upstream_link_close(c);
-    upstream_failed(c, 0);
+    upstream_failed(c, SY_TERM_CONNECT_FAILED);
     return;
   }
   c->refs++; /* the connect request */
@@ -242,11 +241,15 @@ void upstream_connect(sy_conn *c) {
   conn_timer_arm(c, conn_route_timeout(c->x.route->timeouts.connect, c->cfg->timeouts.connect));
 }
 
-void upstream_failed(sy_conn *c, int timeout) {
-  c->x.last_err_timeout = timeout;
+/* A server that took no byte of the request: counted against it, then the
+ * next one. A failed TLS handshake is one too, as in nginx and HAProxy; its
+ * caller logged the reason. */
+void upstream_failed(sy_conn *c, enum sy_term why) {
+  c->x.last_err = why;
   c->x.t_connect = 0;
-  sy_log_every_second(SY_LOG_ERROR, "upstream %s: %s", conn_peer(c, SIDE_UPSTREAM),
-                      timeout ? "connect timed out" : "connect failed");
+  if (why != SY_TERM_UPSTREAM_TLS)
+    sy_log_every_second(SY_LOG_ERROR, "upstream %s: %s", conn_peer(c, SIDE_UPSTREAM),
+                        why == SY_TERM_CONNECT_TIMEOUT ? "connect timed out" : "connect failed");
   if (c->x.server) {
     sy_upstream_report(c->x.route->upstream, c->x.server, 0, uv_now(c->env->loop));
     server_event(c, c->x.server, SY_STATS_CONNECT_FAILURE);

@@ -101,8 +101,9 @@ typedef struct conn_xchg {
   char proto[32];                  /* the protocol the 101 switched to */
 
   /* The upstream connection. */
-  unsigned last_err_timeout : 1; /* the last connect failed by timeout (504) */
-  unsigned link_used : 1;        /* a connection was taken for this request */
+  unsigned last_err : 5;  /* how the last connect failed: SY_TERM_CONNECT_FAILED, _TIMEOUT or
+                           * SY_TERM_UPSTREAM_TLS; 0 when none did */
+  unsigned link_used : 1; /* a connection was taken for this request */
   unsigned retried : 1, fresh_only : 1;
   const sy_server_cfg *retry_from; /* failed, the next pick is a retry (metrics) */
   sy_buf retry_head;               /* the head sent on a reused connection, for one retry;
@@ -223,7 +224,7 @@ int response_on_head(sy_flow *f);
 void upstream_connect(sy_conn *c);
 int upstream_retry_stale(sy_conn *c);
 void upstream_ready(sy_conn *c);
-void upstream_failed(sy_conn *c, int timeout);
+void upstream_failed(sy_conn *c, enum sy_term why);
 void upstream_link_close(sy_conn *c);
 void upstream_link_release(sy_conn *c);
 

@@ -116,7 +116,7 @@ static void on_timeout(uv_timer_t *t) {
     break;
   case CS_CONNECT:
     upstream_link_close(c);
-    upstream_failed(c, 1);
+    upstream_failed(c, SY_TERM_CONNECT_TIMEOUT); /* the TLS handshake included */
     break;
   case CS_SEND_BODY:
     if (!rq->msg_done && !rq->writing && !c->x.resp_head_sent) {

@@ -24,8 +24,8 @@ static void handshake_failed(sy_conn *c, conn_side s) {
   } else {
     sy_log_every_second(SY_LOG_ERROR, "upstream %s: TLS handshake failed: %s", conn_peer(c, s),
                         sy_tls_error(c->tls[s]));
-    c->x.term = SY_TERM_UPSTREAM_TLS;
-    local_response(c, 502, 1);
+    upstream_link_close(c);
+    upstream_failed(c, SY_TERM_UPSTREAM_TLS);
   }
 }
 

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from support.http import read_request, deadline_in, response_bytes, get
+from support.ops import AdminPort
 from support.tls import (pki, tls_backend, server_ctx, ws_frame,  # noqa: F401
                          read_ws_frame, ws_client_request)
 from support.tunnel import ws_accept
@@ -241,6 +242,29 @@ def test_upstream_closes_during_handshake(proxy, backend, pki):
     expect_502(px)
     lines = wait_stderr(px, "TLS handshake failed")
     assert any(be.address in ln for ln in lines), lines
+
+
+def test_failed_handshake_is_a_failed_connect(proxy, tls_backend, pki):
+    """As a refused connect: counted against the server, the request goes to
+    the next one (nothing of it was sent), and after `unhealthy` failures
+    in a row the server is ejected."""
+    bad = tls_backend(server_ctx(pki.backend_other_ca))
+    good = tls_backend(server_ctx(pki.backend_ip))
+    adm = AdminPort()
+    px = proxy(upstreams={"sec": {"servers": [{"address": bad.address}, {"address": good.address}],
+                                  "tls": {"ca": pki.ca}}},
+               admin=adm.config, workers=1)
+    for i in range(8):
+        with px.connect() as c:
+            assert describe_body(c.request(get("/r/%d" % i)))["target"] == "/r/%d" % i
+    m = adm.metrics()
+    fails = m.one("switchyard_upstream_connect_failures_total", upstream="sec", server=bad.address)
+    assert fails == 3, m.text  # round robin met it every other request, until ejected
+    assert m.one("switchyard_upstream_retries_total", upstream="sec", server=bad.address) == 3
+    assert m.one("switchyard_upstream_ejections_total", upstream="sec", server=bad.address) == 1
+    assert not m.has("switchyard_upstream_connect_failures_total", server=good.address), m.text
+    assert bad.requests == [] and len(good.requests) == 8
+    assert any("certificate verify failed" in ln for ln in wait_stderr(px, "TLS handshake failed"))
 
 
 def test_tls_upstream_and_plain_upstream_side_by_side(proxy, tls_backend, backend, pki):
