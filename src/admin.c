@@ -17,6 +17,7 @@
 #include "switchyard/metrics.h"
 #include "switchyard/status.h"
 #include "switchyard/upstream.h"
+#include "switchyard/worker.h"
 
 #define SY_ADMIN_MAX_REQ 8192
 

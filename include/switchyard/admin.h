@@ -10,23 +10,7 @@
 #include <uv.h>
 
 #include "switchyard/config.h"
-#include "switchyard/worker.h"
-
-typedef struct sy_admin_state {
-  sy_worker *workers;
-  unsigned nworkers;
-  sy_config *cfg; /* current snapshot (main thread) */
-  uint64_t reloads_ok, reloads_failed, generation;
-  time_t started, last_reload_time; /* last_reload_time 0: no reload yet */
-  int last_reload_ok;
-  char last_reload_error[512]; /* the refused file's message */
-  int draining;
-  const char *version;
-  int64_t start_time, last_reload_success; /* Unix seconds; the last good load's */
-  int main_metrics_ready;
-  sy_metrics *main;             /* series the main thread counts (health checks) */
-  struct sy_resolver *resolver; /* /readyz waits for its first answers; NULL: none */
-} sy_admin_state;
+#include "switchyard/status.h"
 
 typedef struct sy_admin sy_admin;
 

@@ -5,7 +5,7 @@ top-level `apiVersion:` and `kind:` is a Kubernetes manifest: it must parse,
 and the Switchyard files its ConfigMaps carry must load),
 config/examples.yaml names every key the loader knows, every metric name
 the code can emit is in docs/OPERATIONS.md, and no doc names a metric the code
-does not have."""
+does not have, and DESIGN.md's module table is the include order."""
 import re
 import shutil
 import subprocess
@@ -151,3 +151,34 @@ def test_docs_name_only_metrics_that_exist():
             if name not in names and re.sub(r"_(bucket|sum|count)$", "", name) not in names:
                 unknown.append("%s: %s" % (doc.relative_to(SOURCE_DIR), name))
     assert not unknown, "metrics the code never emits:\n" + "\n".join(unknown)
+
+
+def module_includes():
+    """{module: modules it includes}, from include/switchyard/*.h and src/:
+    a module is a header's name; config_values.c is config's, src/conn/ is conn."""
+    deps = {}
+    files = [(f.stem, f) for f in (SOURCE_DIR / "include" / "switchyard").glob("*.h")]
+    files += [("config" if f.stem == "config_values" else f.stem, f)
+              for f in (SOURCE_DIR / "src").glob("*.c")]
+    files += [("conn", f) for f in (SOURCE_DIR / "src" / "conn").iterdir()]
+    for mod, f in files:
+        for m in re.findall(r'#include "switchyard/([a-z_]+)\.h"', f.read_text()):
+            if m != mod:
+                deps.setdefault(mod, set()).add(m)
+    return deps
+
+
+def test_design_module_table_is_the_include_order():
+    """docs/DESIGN.md lists every module bottom-up and says a module includes
+    only modules above it: no circle, and a newcomer can read upwards."""
+    design = (SOURCE_DIR / "docs" / "DESIGN.md").read_text()
+    table = design.split("## Modules", 1)[1].split("\n## ", 1)[0]
+    order = re.findall(r"^\| `([a-z_]+)`(?: \(`src/conn/`\))? \|", table, re.M)
+    assert len(order) > 20 and len(set(order)) == len(order), order
+    deps = module_includes()
+    modules = set(deps) | {m for ds in deps.values() for m in ds}
+    assert not modules - set(order), "modules missing from DESIGN.md's table: %s" % \
+        sorted(modules - set(order))
+    below = sorted("%s includes %s" % (m, d) for m, ds in deps.items() for d in ds
+                   if m in order and order.index(d) > order.index(m))
+    assert not below, "modules that include one listed below them in DESIGN.md: %s" % below
