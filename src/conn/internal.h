@@ -13,11 +13,12 @@
  *              +----------------- keep-alive ------------------+
  *              v                                                |
  *   READ_HEAD --> CONNECT --> SEND_BODY --> READ_RESP --> SEND_RESP --> LINGER --> CLOSED
- *      |             ^  |         |   ^        |   |          ^
- *      |             +--+         |   |        |   +--101--> TUNNEL (hand-off) --> CLOSED
- *      |       next server,       +---|--------+-------101--> RELAY (TLS side)  --> CLOSED
- *      |       stale retry            +-- the body is out
+ *      |           |  ^          |              |
+ *      |           +--+          +-----101------+--> TUNNEL (hand-off) --> CLOSED
+ *      |       next server                      +--> RELAY (TLS side)  --> CLOSED
  *      +-- local answer (400, 404, 408, 426, 431, 503...) from any HTTP state --> SEND_RESP
+ *   CONNECT --> READ_RESP: the whole request was in before the connection was ready
+ *   SEND_BODY, READ_RESP --> CONNECT: a stale pooled connection, retried once
  *   any state --> CLOSED
  *
  * The handlers of the current mode are in `io`: HTTP (http_mode.c) until a switch,
