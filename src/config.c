@@ -521,14 +521,6 @@ static int h_route_path(ctx *c, yaml_node_t *v, const char *path, void *obj, siz
   const char *s = NULL;
   if (cv_want_string(c, v, path, &s) < 0) return -1;
   if (*s != '/') return cv_fail(c, v, "%s: must start with \"/\", got \"%s\"", path, s);
-  /* It goes into the probe's request line as it is (health.c). */
-  size_t n = strlen(s);
-  for (size_t i = 0; i < n; i++)
-    if (s[i] <= ' ' || s[i] >= 0x7f)
-      return cv_fail(c, v, "%s: only visible ASCII characters, no spaces (byte %zu is 0x%02x)",
-                     path, i, (unsigned char)s[i]);
-  if (n > SY_HEALTH_PATH_MAX)
-    return cv_fail(c, v, "%s: at most %d bytes, got %zu", path, SY_HEALTH_PATH_MAX, n);
   return cv_dup_text(c, v, s, FIELD(obj, off, char *));
 }
 

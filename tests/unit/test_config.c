@@ -508,6 +508,18 @@ START_TEST(test_route_defaults) {
 }
 END_TEST
 
+/* Route paths match what clients send: long ones and UTF-8 load (only the
+ * health probe's path, written into a request line, is held to 256 bytes of
+ * visible ASCII). */
+START_TEST(test_route_paths_are_not_health_paths) {
+  sy_config *cfg = load_ok(L U "routes:\n  - upstream: web\n    match: {path_prefix: /" PATH300
+                               "}\n  - upstream: web\n    match: {path: \"/caf\u00e9 menu\"}\n");
+  ck_assert_uint_eq(strlen(cfg->routes[0].path_prefix), 301);
+  ck_assert_str_eq(cfg->routes[1].path, "/caf\xc3\xa9 menu");
+  sy_config_unref(cfg);
+}
+END_TEST
+
 START_TEST(test_addresses) {
   sy_config *cfg = load_ok("listeners:\n  - address: :8080\n  - address: \"[::]:8080\"\n"
                            "  - address: 127.0.0.1:65535\n  - address: 127.0.0.2:8080\n");
@@ -769,6 +781,7 @@ static Suite *config_suite(void) {
   tcase_add_test(tc, test_defaults);
   tcase_add_test(tc, test_full);
   tcase_add_test(tc, test_route_defaults);
+  tcase_add_test(tc, test_route_paths_are_not_health_paths);
   tcase_add_test(tc, test_addresses);
   tcase_add_test(tc, test_misc_values);
   tcase_add_test(tc, test_paths);
