@@ -212,10 +212,10 @@ static void http_eof(sy_conn *c, conn_side s, ssize_t n) {
   }
   if (s == SIDE_UPSTREAM && upstream_retry_stale(c)) return;
   if (s == SIDE_UPSTREAM && c->state == CS_CONNECT && c->tls[s]) {
-    sy_log_every_second(SY_LOG_ERROR, "upstream %s: TLS handshake failed: connection closed",
-                        conn_peer(c, s));
-    c->x.term = SY_TERM_UPSTREAM_TLS;
-    local_response(c, 502, 1);
+    sy_log_every_second(SY_LOG_ERROR, "upstream %s: TLS handshake failed: connection %s",
+                        conn_peer(c, s), n == UV_EOF ? "closed" : uv_strerror((int)n));
+    upstream_link_close(c);
+    upstream_failed(c, SY_TERM_UPSTREAM_TLS);
     return;
   }
   if (n == UV_EOF && (f->writing || f->pos < f->len)) {

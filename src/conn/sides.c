@@ -181,9 +181,13 @@ typedef struct raw_write {
 static void on_raw_written(sy_sock_wreq *req, int status) {
   raw_write *w = (raw_write *)req;
   sy_conn *c = w->c;
+  /* An alert to an upstream already given up for the next server fails
+   * with it; only a socket the connection still uses ends it. */
+  int ours =
+      req->handle == conn_stream(c, SIDE_CLIENT) || req->handle == conn_stream(c, SIDE_UPSTREAM);
   sy_buf_free(&w->buf);
   free(w);
-  if (status < 0 && !conn_closed(c)) conn_close(c);
+  if (status < 0 && ours && !conn_closed(c)) conn_close(c);
   conn_unref(c);
 }
 

@@ -267,6 +267,29 @@ def test_failed_handshake_is_a_failed_connect(proxy, tls_backend, pki):
     assert any("certificate verify failed" in ln for ln in wait_stderr(px, "TLS handshake failed"))
 
 
+def test_server_closing_during_handshake_is_a_failed_connect(proxy, tls_backend, backend, pki):
+    """A server that takes the ClientHello and closes (a sidecar not ready, a
+    pod going away) is skipped for the next one like a refused connect."""
+    def handler(conn):
+        conn.reader._fill(deadline_in(10))  # the ClientHello, then close
+    closing = backend(handler=handler)
+    good = tls_backend(server_ctx(pki.backend_ip))
+    adm = AdminPort()
+    px = proxy(upstreams={"sec": {"servers": [{"address": closing.address},
+                                              {"address": good.address}],
+                                  "tls": {"ca": pki.ca}}},
+               admin=adm.config, workers=1)
+    for i in range(6):
+        with px.connect() as c:
+            assert describe_body(c.request(get("/c/%d" % i)))["target"] == "/c/%d" % i
+    m = adm.metrics()
+    assert m.one("switchyard_upstream_connect_failures_total", upstream="sec",
+                 server=closing.address) == 3, m.text
+    assert m.one("switchyard_upstream_ejections_total", upstream="sec", server=closing.address) == 1
+    lines = wait_stderr(px, "TLS handshake failed: connection")
+    assert any(closing.address in ln for ln in lines), lines
+
+
 def test_tls_upstream_and_plain_upstream_side_by_side(proxy, tls_backend, backend, pki):
     tb = tls_backend(server_ctx(pki.backend_ip))
     pb = backend()
