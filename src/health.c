@@ -32,7 +32,6 @@ struct sy_check {
   char req[SY_HEALTH_PATH_MAX + 512]; /* a name is at most 253 bytes */
   char resp[64];
   size_t resp_len;
-  unsigned ok_run, fail_run;
 };
 
 static void health_free(sy_health *h) {
@@ -73,17 +72,18 @@ static void record(sy_check *k, int ok, const char *why) {
   sy_buf_append(&labels, "", 1);
   sy_metrics_add(h->metrics, "switchyard_health_checks_total", labels.p, 1);
   sy_buf_free(&labels);
+  sy_server_rt *rt = k->s->rt;
   if (ok) {
-    k->fail_run = 0;
-    if (++k->ok_run >= k->up->health.healthy &&
-        __atomic_load_n(&k->s->rt->down, __ATOMIC_RELAXED)) {
-      __atomic_store_n(&k->s->rt->fails, 0, __ATOMIC_RELAXED);
-      __atomic_store_n(&k->s->rt->down, 0, __ATOMIC_RELAXED);
+    rt->probe_fail_run = 0;
+    if (++rt->probe_ok_run >= k->up->health.healthy &&
+        __atomic_load_n(&rt->down, __ATOMIC_RELAXED)) {
+      __atomic_store_n(&rt->fails, 0, __ATOMIC_RELAXED);
+      __atomic_store_n(&rt->down, 0, __ATOMIC_RELAXED);
       sy_log_info("upstream %s: server %s is healthy again", k->up->name, k->s->addr.text);
     }
   } else {
-    k->ok_run = 0;
-    if (++k->fail_run >= k->up->health.unhealthy && sy_server_eject(k->s->rt))
+    rt->probe_ok_run = 0;
+    if (++rt->probe_fail_run >= k->up->health.unhealthy && sy_server_eject(rt))
       sy_log_error("upstream %s: server %s is down (health check: %s)", k->up->name,
                    k->s->addr.text, why);
   }
@@ -195,6 +195,7 @@ sy_health *sy_health_start(uv_loop_t *loop, sy_config *cfg, sy_metrics *m) {
       k->h = h;
       k->up = up;
       k->s = &h->sets[u]->servers[i];
+      __atomic_store_n(&k->s->rt->probed, 1, __ATOMIC_RELAXED);
       /* Host as written: for a server found by DNS, its name, not the
        * address it resolved to. */
       const char *host = k->s->addr.host;
@@ -224,6 +225,7 @@ void sy_health_stop(sy_health *h) {
   h->stopped = 1;
   for (size_t i = 0; i < h->nchecks; i++) {
     sy_check *k = &h->checks[i];
+    __atomic_store_n(&k->s->rt->probed, 0, __ATOMIC_RELAXED);
     probe_close(k);
     k->interval.data = k->deadline.data = h;
     uv_close((uv_handle_t *)&k->interval, on_handle_closed);

@@ -191,10 +191,10 @@ void sy_upstream_free_set(sy_upstream_cfg *up) {
 
 static int usable(const sy_server_cfg *s, uint64_t now_ms) {
   if (!__atomic_load_n(&s->rt->down, __ATOMIC_RELAXED)) return 1;
-  /* A passively ejected server (no active check to revive it) gets a new
-   * chance once its rest is over. */
-  uint64_t until = __atomic_load_n(&s->rt->down_until_ms, __ATOMIC_RELAXED);
-  return until && now_ms >= until;
+  /* A server no probe watches (any more: a reload may have removed the
+   * checks that ejected it) gets a new chance once its rest is over. */
+  if (__atomic_load_n(&s->rt->probed, __ATOMIC_RELAXED)) return 0;
+  return now_ms >= __atomic_load_n(&s->rt->down_until_ms, __ATOMIC_RELAXED);
 }
 
 static int open_to(const sy_server_set *set, size_t i, uint64_t tried, uint64_t now_ms) {
@@ -291,27 +291,21 @@ int sy_server_eject(sy_server_rt *rt) {
   return 1;
 }
 
-/* Health probes are cleartext and skipped for TLS upstreams (see health.c):
- * those keep passive ejection's timed rest, or an ejected server would wait
- * for a check that never runs. */
-static int active_checks(const sy_upstream_cfg *up) {
-  return up->health.enabled && !up->tls.enabled;
-}
-
 void sy_upstream_report(const sy_upstream_cfg *up, const sy_server_cfg *s, int ok,
                         uint64_t now_ms) {
   if (ok) {
     __atomic_store_n(&s->rt->fails, 0, __ATOMIC_RELAXED);
     /* Back from a passive rest: up again (active checks decide on their own). */
-    if (!active_checks(up) && __atomic_exchange_n(&s->rt->down, 0, __ATOMIC_RELAXED))
+    if (!__atomic_load_n(&s->rt->probed, __ATOMIC_RELAXED) &&
+        __atomic_exchange_n(&s->rt->down, 0, __ATOMIC_RELAXED))
       sy_log_info("upstream %s: server %s is back", up->name, s->addr.text);
     return;
   }
   unsigned limit = up->health.unhealthy ? up->health.unhealthy : 3;
   int f = __atomic_add_fetch(&s->rt->fails, 1, __ATOMIC_RELAXED);
   if ((unsigned)f >= limit) {
-    __atomic_store_n(&s->rt->down_until_ms, active_checks(up) ? 0 : now_ms + SY_PASSIVE_REST_MS,
-                     __ATOMIC_RELAXED);
+    /* Read by usable() only while no probe watches the server. */
+    __atomic_store_n(&s->rt->down_until_ms, now_ms + SY_PASSIVE_REST_MS, __ATOMIC_RELAXED);
     if (sy_server_eject(s->rt))
       sy_log_error("upstream %s: server %s ejected after %d failed connects", up->name,
                    s->addr.text, f);

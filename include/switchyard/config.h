@@ -55,8 +55,13 @@ typedef struct sy_server_rt {
   int active;             /* connections open to it, tunnels included */
   int down;               /* 1 = ejected (active check or passive failures) */
   int fails;              /* consecutive connect failures */
-  uint64_t down_until_ms; /* passive ejection without active checks: retry after */
+  uint64_t down_until_ms; /* passive ejection, not probed: retry after (0: at once) */
   uint64_t ejections;     /* times `down` went 0 -> 1 (rendered by the admin listener) */
+  /* Written by the health checks (main thread): whether a probe watches the
+   * server now, so only a probe brings it back, and the probes' runs, kept
+   * across the checks' restarts (reloads, DNS changes). */
+  int probed;
+  unsigned probe_ok_run, probe_fail_run;
 } sy_server_rt;
 
 typedef struct sy_server_cfg {

@@ -71,6 +71,54 @@ def test_health_check_ejects_and_restores(proxy):
         b.stop()
 
 
+def test_reload_without_checks_releases_what_they_ejected(proxy):
+    """A server the probes took out (its /healthz sick, the rest fine) comes
+    back when a reload removes `health`: no probe would ever bring it back."""
+    a, b = NamedServer("a"), NamedServer("b")
+    b.sick = True
+    adm = AdminPort()
+    try:
+        px = proxy(upstreams={"web": servers(a.address, b.address, health=HEALTH)},
+                   admin=adm.config, workers=1)
+        adm.wait_metric(lambda m: m.has("switchyard_upstream_server_up", server=b.address) and
+                        m.get("switchyard_upstream_server_up", server=b.address) == 0, 5,
+                        "b to be marked down by its probe")
+        assert [body_of(px, "/x%d" % i)[1] for i in range(4)] == [b"a"] * 4
+        cfg = copy.deepcopy(px.config)
+        del cfg["upstreams"]["web"]["health"]
+        assert "reloaded" in reload(px, cfg)
+        got = sorted(body_of(px, "/y%d" % i)[1] for i in range(4))
+        assert got == [b"a", b"a", b"b", b"b"], got
+        adm.wait_metric(lambda m: m.get("switchyard_upstream_server_up", server=b.address) == 1, 5,
+                        "b up again")
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_probe_runs_survive_a_restart_of_the_checks(proxy):
+    """The checks restart at every reload and DNS change (each server probed
+    at once); a failing server's run of failures goes on across them, or pods
+    churning faster than `unhealthy` intervals would keep a sick one in."""
+    a, b = NamedServer("a"), NamedServer("b")
+    b.sick = True
+    adm = AdminPort()
+    slow = dict(HEALTH, interval="1m", timeout="2s", unhealthy=3)
+    try:
+        px = proxy(upstreams={"web": servers(a.address, b.address, health=slow)},
+                   admin=adm.config, workers=1)
+        for n in (1, 2, 3):  # the probe at start, then one per reload
+            if n > 1:
+                assert "reloaded" in reload(px)
+            m = adm.wait_metric(lambda m: m.get("switchyard_health_checks_total", server=b.address,
+                                                result="failed") >= n, 5, "failed probe %d" % n)
+        assert m.one("switchyard_upstream_server_up", upstream="web", server=b.address) == 0, m.text
+        assert m.one("switchyard_upstream_server_up", upstream="web", server=a.address) == 1, m.text
+    finally:
+        a.stop()
+        b.stop()
+
+
 def test_health_check_timeout_marks_down(proxy, blackhole_backend):
     """A server that accepts but never answers the check is down after the
     check timeout; traffic goes to the other one."""

@@ -112,7 +112,8 @@ START_TEST(test_down_server_keys_go_to_others) {
   const char *before[NKEYS];
   for (int k = 0; k < NKEYS; k++)
     before[k] = owner(set, k, 0);
-  f.s[3].rt->down = 1;
+  f.s[3].rt->down = 1; /* ejected, resting for a long time */
+  f.s[3].rt->down_until_ms = UINT64_MAX;
   int moved = 0;
   int per_server[10] = {0};
   for (int k = 0; k < NKEYS; k++) {

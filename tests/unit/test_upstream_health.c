@@ -1,6 +1,7 @@
 /* Passive ejection and its rest: a server ejected after failed connects
- * comes back after SY_PASSIVE_REST_MS unless active checks are there to
- * revive it — and TLS upstreams have none (probes are cleartext). */
+ * comes back after SY_PASSIVE_REST_MS unless a probe watches it (the rt's
+ * `probed`, which the health checks set and clear) to revive it — and TLS
+ * upstreams have none (probes are cleartext). */
 #include <check.h>
 #include <string.h>
 
@@ -23,6 +24,7 @@ static void make(one *o, int health, int tls) {
   o->up.health.enabled = health;
   o->up.health.unhealthy = 2;
   o->up.tls.enabled = tls;
+  o->rt.probed = health && !tls; /* as sy_health_start marks what it probes */
   ck_assert_int_eq(sy_upstream_init_set(&o->up), 0);
 }
 
@@ -74,6 +76,34 @@ START_TEST(tls_upstream_with_health_keeps_the_rest) {
   sy_upstream_report(&o.up, &o.s, 1, 1000 + SY_PASSIVE_REST_MS);
   ck_assert_int_eq(o.rt.down, 0);
   ck_assert_int_eq(o.rt.fails, 0);
+  unmake(&o);
+}
+END_TEST
+
+/* A reload that removes the checks (or adds tls:) must not leave a server
+ * they ejected down for good: nothing would ever probe it again. */
+START_TEST(checks_gone_release_their_ejection) {
+  one o;
+  make(&o, 1, 0);
+  ck_assert_int_eq(sy_server_eject(&o.rt), 1); /* a probe's verdict */
+  ck_assert_int_eq(sy_upstream_pick(&o.up, 0, 0, 5000), SY_PICK_ALL_DOWN);
+  o.rt.probed = 0; /* sy_health_stop, and the new file has no health: */
+  ck_assert_int_eq(sy_upstream_pick(&o.up, 0, 0, 5000), 0);
+  unmake(&o);
+}
+END_TEST
+
+/* A passive rest that ended leaves its time behind; a probe's ejection after
+ * checks were turned on must not be read as a rest that is over. */
+START_TEST(probe_ejection_after_a_passive_recovery) {
+  one o;
+  make(&o, 0, 0);
+  eject(&o, 1000);
+  sy_upstream_report(&o.up, &o.s, 1, 1000 + SY_PASSIVE_REST_MS);
+  ck_assert_int_eq(o.rt.down, 0);
+  o.rt.probed = 1; /* a reload turned checks on */
+  ck_assert_int_eq(sy_server_eject(&o.rt), 1);
+  ck_assert_int_eq(sy_upstream_pick(&o.up, 0, 0, 1000 + 2 * SY_PASSIVE_REST_MS), SY_PICK_ALL_DOWN);
   unmake(&o);
 }
 END_TEST
@@ -134,6 +164,8 @@ int main(void) {
   tcase_add_test(tc, passive_rest_without_health);
   tcase_add_test(tc, active_checks_revive_cleartext);
   tcase_add_test(tc, tls_upstream_with_health_keeps_the_rest);
+  tcase_add_test(tc, checks_gone_release_their_ejection);
+  tcase_add_test(tc, probe_ejection_after_a_passive_recovery);
   tcase_add_test(tc, balance_key);
   tcase_add_test(tc, active_count);
   suite_add_tcase(s, tc);
