@@ -20,23 +20,35 @@
 #include "switchyard/worker.h"
 
 #define SY_ADMIN_MAX_REQ 8192
+/* Connections open at once; past it a new one is closed at accept. Probes
+ * and scrapes take milliseconds, so this many are only ever held open by
+ * clients that stall, each for limits.header_timeout at most. */
+#define SY_ADMIN_MAX_CONNS 64
+
+typedef struct sy_admin_conn sy_admin_conn;
 
 struct sy_admin {
   uv_tcp_t tcp;
   uv_timer_t tick;
-  int open_handles; /* freed when both are closed */
+  int open_handles; /* the listener, the tick and every connection's two */
+  int stopping;     /* freed when the last handle is closed */
+  sy_admin_conn *conns;
+  unsigned nconns;
   sy_admin_state *st;
   sy_status_history history;
 };
 
-typedef struct sy_admin_conn {
+struct sy_admin_conn {
   uv_tcp_t tcp;
+  uv_timer_t deadline; /* for the head, then again for the answer */
   sy_admin *a;
+  sy_admin_conn *prev, *next;
+  int closing, open_handles; /* freed when both handles are closed */
   char buf[SY_ADMIN_MAX_REQ];
   size_t len;
   uv_write_t wreq;
   sy_buf out;
-} sy_admin_conn;
+};
 
 static sy_metrics **tables(sy_admin_state *st, size_t *n) {
   sy_metrics **ms = calloc(st->nworkers + 1, sizeof(*ms));
@@ -309,15 +321,45 @@ static void route(sy_admin_conn *ac, const char *method, const char *path) {
   sy_buf_free(&body);
 }
 
-static void on_conn_closed(uv_handle_t *h) {
-  sy_admin_conn *ac = (sy_admin_conn *)h;
-  sy_buf_free(&ac->out);
-  free(ac);
+static void admin_handle_closed(sy_admin *a) {
+  if (--a->open_handles == 0 && a->stopping) free(a);
+}
+
+static void on_conn_handle_closed(uv_handle_t *h) {
+  sy_admin_conn *ac = h->data;
+  sy_admin *a = ac->a;
+  if (--ac->open_handles == 0) {
+    sy_buf_free(&ac->out);
+    free(ac);
+  }
+  admin_handle_closed(a);
+}
+
+static void conn_close(sy_admin_conn *ac) {
+  if (ac->closing) return;
+  ac->closing = 1;
+  sy_admin *a = ac->a;
+  if (ac->prev)
+    ac->prev->next = ac->next;
+  else
+    a->conns = ac->next;
+  if (ac->next) ac->next->prev = ac->prev;
+  a->nconns--;
+  uv_close((uv_handle_t *)&ac->tcp, on_conn_handle_closed);
+  uv_close((uv_handle_t *)&ac->deadline, on_conn_handle_closed);
+}
+
+static void on_deadline(uv_timer_t *t) {
+  conn_close(t->data);
+}
+
+/* limits.header_timeout of the snapshot in force, as for traffic. */
+static void deadline_arm(sy_admin_conn *ac) {
+  uv_timer_start(&ac->deadline, on_deadline, ac->a->st->cfg->timeouts.header, 0);
 }
 
 static void on_written(uv_write_t *req, int status) {
-  sy_admin_conn *ac = req->data;
-  uv_close((uv_handle_t *)&ac->tcp, on_conn_closed);
+  conn_close(req->data);
 }
 
 static void conn_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
@@ -327,18 +369,19 @@ static void conn_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
 }
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
-  sy_admin_conn *ac = (sy_admin_conn *)s;
+  sy_admin_conn *ac = s->data;
   if (n < 0 || (n == 0 && ac->len == sizeof(ac->buf) - 1)) {
-    uv_close((uv_handle_t *)s, on_conn_closed);
+    conn_close(ac);
     return;
   }
   ac->len += (size_t)n;
   ac->buf[ac->len] = 0;
   if (!strstr(ac->buf, "\r\n\r\n")) {
-    if (ac->len >= sizeof(ac->buf) - 1) uv_close((uv_handle_t *)s, on_conn_closed);
+    if (ac->len >= sizeof(ac->buf) - 1) conn_close(ac);
     return;
   }
   uv_read_stop(s);
+  deadline_arm(ac); /* a client that does not read its answer holds it no longer */
   char method[16] = "", path[1024] = "";
   if (sscanf(ac->buf, "%15s %1023s", method, path) != 2) {
     sy_buf body = {0};
@@ -352,7 +395,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   }
   uv_buf_t b = uv_buf_init(ac->out.p, (unsigned)ac->out.len);
   ac->wreq.data = ac;
-  if (uv_write(&ac->wreq, s, &b, 1, on_written) < 0) uv_close((uv_handle_t *)s, on_conn_closed);
+  if (uv_write(&ac->wreq, s, &b, 1, on_written) < 0) conn_close(ac);
 }
 
 static void on_connection(uv_stream_t *server, int status) {
@@ -366,17 +409,39 @@ static void on_connection(uv_stream_t *server, int status) {
   if (!ac) return;
   ac->a = a;
   uv_tcp_init(server->loop, &ac->tcp);
-  if (uv_accept(server, (uv_stream_t *)&ac->tcp) < 0 ||
-      uv_read_start((uv_stream_t *)&ac->tcp, conn_alloc, on_read) < 0)
-    uv_close((uv_handle_t *)&ac->tcp, on_conn_closed);
+  uv_timer_init(server->loop, &ac->deadline);
+  ac->tcp.data = ac->deadline.data = ac;
+  ac->open_handles = 2;
+  a->open_handles += 2;
+  ac->next = a->conns;
+  if (a->conns) a->conns->prev = ac;
+  a->conns = ac;
+  a->nconns++;
+  if (uv_accept(server, (uv_stream_t *)&ac->tcp) < 0) {
+    conn_close(ac);
+    return;
+  }
+  if (a->nconns > SY_ADMIN_MAX_CONNS) {
+    sy_log_every_second(SY_LOG_WARN, "admin listener: %d connections open, closing a new one",
+                        SY_ADMIN_MAX_CONNS);
+    conn_close(ac);
+    return;
+  }
+  deadline_arm(ac);
+  if (uv_read_start((uv_stream_t *)&ac->tcp, conn_alloc, on_read) < 0) conn_close(ac);
 }
 
 static void admin_closed(uv_handle_t *h) {
-  sy_admin *a = h->data;
-  if (--a->open_handles == 0) free(a);
+  admin_handle_closed(h->data);
 }
 
+/* The listener, the tick and every open connection: the loop then has
+ * nothing of ours left, and a client in the middle of a request cannot
+ * reach the freed state. */
 static void admin_close(sy_admin *a) {
+  a->stopping = 1;
+  while (a->conns)
+    conn_close(a->conns);
   uv_close((uv_handle_t *)&a->tcp, admin_closed);
   uv_close((uv_handle_t *)&a->tick, admin_closed);
 }
