@@ -88,8 +88,11 @@ void conn_tls_pump(sy_conn *c, conn_side s) {
       continue;
     }
     if (n == SY_TLS_CLOSED || n == SY_TLS_ERROR) {
-      if (n == SY_TLS_ERROR)
-        sy_log_error("%s %s: %s", conn_side_name(s), conn_peer(c, s), sy_tls_error(t));
+      /* A client can cause one per connection: limited, as handshake failures are. */
+      if (n == SY_TLS_ERROR && s == SIDE_CLIENT)
+        sy_log_every_second(SY_LOG_INFO, "client %s: %s", conn_peer(c, s), sy_tls_error(t));
+      else if (n == SY_TLS_ERROR)
+        sy_log_every_second(SY_LOG_ERROR, "upstream %s: %s", conn_peer(c, s), sy_tls_error(t));
       c->io->eof(c, s, n == SY_TLS_CLOSED ? UV_EOF : UV_EPROTO);
     }
     break;

@@ -429,3 +429,31 @@ def test_upload_to_slow_backend(pki, tls_proxy, backend):
     finally:
         t.close()
     assert not px.crashed(), px.stderr()[-3000:]
+
+
+def test_garbled_records_are_logged_at_most_once_a_second(multi, pki):
+    """A client that completes the handshake and then sends a record that
+    does not decrypt ends its connection; a flood of them must not flood
+    the log (one line a second, the rest counted as suppressed)."""
+    n = 12
+    t0 = time.monotonic()
+    for _ in range(n):
+        t = tls_connect(multi.port, client_ctx(pki.ca), server_hostname="a.example.test")
+        try:
+            # application data, TLS 1.2 framing, 64 bytes of noise
+            t.raw.sendall(b"\x17\x03\x03\x00\x40" + b"\x5a" * 64)
+            t.raw.settimeout(5)
+            try:
+                while t.raw.recv(4096):
+                    pass
+            except (ConnectionResetError, socket.timeout):
+                pass
+        finally:
+            t.raw.close()
+    elapsed = time.monotonic() - t0
+    wait_until_logged = time.monotonic() + 5
+    while "client 127.0.0.1" not in multi.stderr() and time.monotonic() < wait_until_logged:
+        time.sleep(0.02)  # poll interval of a bounded condition wait
+    lines = [ln for ln in multi.stderr().splitlines()
+             if "client 127.0.0.1" in ln and "handshake" not in ln]
+    assert 1 <= len(lines) <= int(elapsed) + 2, (elapsed, lines)
