@@ -331,6 +331,13 @@ static int h_servers(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t
     if (cv_parse_map(c, item, child, server_keys, NKEYS(server_keys), &u->servers[i], &seen) < 0 ||
         cv_require_keys(c, item, child, server_keys, seen, 1u << SK_ADDRESS) < 0)
       return -1;
+    /* Its series (by address text) and its state would exist twice. */
+    for (size_t j = 0; j < i; j++)
+      if (strcmp(u->servers[j].addr.text, u->servers[i].addr.text) == 0)
+        return cv_fail(c, cv_map_get(c, item, "address"),
+                       "%s.address: \"%s\" is listed already (servers[%zu]); give one entry a "
+                       "weight instead",
+                       child, u->servers[i].addr.text, j);
     u->dynamic |= u->servers[i].dns;
   }
   return 0;

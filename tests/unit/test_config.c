@@ -141,6 +141,10 @@ static const err_case errors[] = {
     {L U "    tls: {verify: yes}\n",
      "t.yaml:6:19: ", "upstreams.web.tls.verify: expected true or false, got \"yes\""},
     {L U "    tls: {cert: c.pem}\n", "t.yaml:6:10: ", "upstreams.web.tls: cert and key"},
+    {L "upstreams:\n  web:\n    servers:\n      - address: 127.0.0.1:9000\n"
+       "      - {address: \"127.0.0.1:9000\", weight: 2}\n",
+     "t.yaml:7:19: ",
+     "upstreams.web.servers[1].address: \"127.0.0.1:9000\" is listed already (servers[0])"},
     {L U "    health: {path: healthz}\n",
      "t.yaml:6:20: ", "upstreams.web.health.path: must start with"},
     {L U "    health: {path: \"/a b\"}\n", "t.yaml:6:20: ",
