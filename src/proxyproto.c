@@ -128,18 +128,25 @@ static sy_pp_status parse_v2(const unsigned char *b, size_t len, sy_pp_header *o
   if (cmd > 1) return bad(out, "v2 bad command");
   if (plen > SY_PP_V2_MAX_PAYLOAD) return bad(out, "v2 header too long");
   size_t alen;
-  if (cmd == 0)
-    alen = 0; /* LOCAL: the address block, whatever its family, is ignored */
-  else if (fam == 0x11)
+  /* The families the spec defines: UNSPEC, then TCP/UDP over IPv4, IPv6 and
+   * AF_UNIX. Of a PROXY command only TCP's addresses are taken; for the
+   * others (HAProxy in front of a unix socket, say) the connection's own
+   * endpoints are used, as for LOCAL, rather than the connection refused. */
+  if (cmd == 0 || fam == 0x00)
+    alen = 0; /* the address block, whatever its family, is ignored */
+  else if (fam == 0x11 || fam == 0x12)
     alen = 12;
-  else if (fam == 0x21)
+  else if (fam == 0x21 || fam == 0x22)
     alen = 36;
+  else if (fam == 0x31 || fam == 0x32)
+    alen = 216;
   else
-    return bad(out, "v2 unsupported family");
+    return bad(out, "v2 unknown family");
   if (plen < alen) return bad(out, "v2 length too short for addresses");
   if (len < 16 + plen) return SY_PP_MORE;
   if (cmd == 1) {
-    /* TLVs are skipped, but must tile the rest exactly. */
+    /* TLVs are skipped, but must tile the rest exactly (after whatever
+     * address block the family has). */
     size_t off = alen;
     while (off < plen) {
       if (plen - off < 3) return bad(out, "v2 truncated TLV");
@@ -150,7 +157,7 @@ static sy_pp_status parse_v2(const unsigned char *b, size_t len, sy_pp_header *o
   }
   out->version = 2;
   out->len = 16 + plen;
-  if (cmd == 0) {
+  if (cmd == 0 || (fam != 0x11 && fam != 0x21)) {
     out->local = 1;
     return SY_PP_OK;
   }

@@ -184,6 +184,32 @@ START_TEST(v2_valid) {
 }
 END_TEST
 
+/* A PROXY command for a family other than TCP: the header is read whole (its
+ * TLVs still checked) and the connection's own endpoints used, as for LOCAL. */
+START_TEST(v2_other_families_are_local) {
+  unsigned char b[16 + 216 + 5];
+  memset(b, 0, sizeof b);
+  memcpy(b, V2_TCP4_TLV, 16);
+  struct {
+    unsigned char fam;
+    size_t alen;
+  } cases[] = {{0x00, 0}, {0x12, 12}, {0x22, 36}, {0x31, 216}, {0x32, 216}};
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    size_t plen = cases[i].alen + 5; /* the addresses, then one TLV of 2 bytes */
+    b[12] = 0x21, b[13] = cases[i].fam, b[14] = 0, b[15] = (unsigned char)plen;
+    unsigned char *tlv = b + 16 + cases[i].alen;
+    tlv[0] = 0x04, tlv[1] = 0, tlv[2] = 2, tlv[3] = 'o', tlv[4] = 'k';
+    sy_pp_header h;
+    ck_assert_msg(parse(b, 16 + plen, SY_PP_V2, &h) == SY_PP_OK, "family 0x%02x", cases[i].fam);
+    ck_assert_int_eq(h.local, 1);
+    ck_assert_uint_eq(h.len, 16 + plen);
+    ck_assert_int_eq(parse(b, 16 + plen - 1, SY_PP_V2, &h), SY_PP_MORE);
+    tlv[2] = 3; /* now the TLV overruns the header */
+    ck_assert_int_eq(parse(b, 16 + plen, SY_PP_V2, &h), SY_PP_BAD);
+  }
+}
+END_TEST
+
 START_TEST(v2_refused) {
   unsigned char b[16 + 600];
   memset(b, 0, sizeof b);
@@ -193,9 +219,9 @@ START_TEST(v2_refused) {
   } cases[] = {
       {0x11, 0x11, 0, 12},      /* version 1 in the binary form */
       {0x22, 0x11, 0, 12},      /* command 2 */
-      {0x21, 0x31, 0, 216},     /* AF_UNIX */
-      {0x21, 0x12, 0, 12},      /* DGRAM */
-      {0x21, 0x00, 0, 0},       /* PROXY + UNSPEC */
+      {0x21, 0x41, 0, 12},      /* a family the spec does not define */
+      {0x21, 0x13, 0, 12},      /* a transport it does not define */
+      {0x21, 0x31, 0, 215},     /* too short for AF_UNIX addresses */
       {0x21, 0x11, 0, 11},      /* too short for the addresses */
       {0x21, 0x21, 0, 12},      /* too short for v6 addresses */
       {0x21, 0x11, 0xFF, 0xFF}, /* huge length */
@@ -336,6 +362,7 @@ int main(void) {
   tcase_add_test(tc, v1_refused);
   tcase_add_test(tc, v2_valid);
   tcase_add_test(tc, v2_refused);
+  tcase_add_test(tc, v2_other_families_are_local);
   tcase_add_test(tc, mutations);
   tcase_add_test(tc, round_trips);
   suite_add_tcase(s, tc);
