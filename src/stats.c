@@ -109,8 +109,12 @@ static unsigned upstream_ix(const sy_config *cfg, const sy_route_cfg *route) {
   return (unsigned)(route->upstream - cfg->upstreams);
 }
 
-static unsigned server_ix(const sy_route_cfg *route, const sy_server_cfg *s) {
-  return (unsigned)(s - route->upstream->servers);
+/* A server's series are keyed by its set's serial and its place in the set:
+ * a set found by DNS is an array of its own, and a later one may reuse its
+ * address, so neither the server's pointer nor its offset from the
+ * configuration's entries names it. */
+static uint64_t server_key(const sy_server_cfg *s, unsigned tag, unsigned up, unsigned c) {
+  return sy_metrics_key(s->set_serial, tag, up, s->set_index, c);
 }
 
 enum shape { BY_ROUTE, UNLABELLED, BY_SERVER };
@@ -169,8 +173,7 @@ void sy_stats_response(sy_metrics *m, sy_buf *lb, const sy_config *cfg, const sy
   bump(counter(m, k, "switchyard_requests_total", lb, route, NULL, BY_ROUTE, "class", classes[c]),
        1);
   if (!server || !route || !route->upstream) return;
-  k = sy_metrics_key(cfg->serial, TAG_UPSTREAM_REQUESTS, upstream_ix(cfg, route),
-                     server_ix(route, server), c);
+  k = server_key(server, TAG_UPSTREAM_REQUESTS, upstream_ix(cfg, route), c);
   bump(counter(m, k, "switchyard_upstream_requests_total", lb, route, server, BY_SERVER, "class",
                classes[c]),
        1);
@@ -234,8 +237,8 @@ void sy_stats_server(sy_metrics *m, sy_buf *lb, const sy_config *cfg, const sy_r
                      const sy_server_cfg *server, enum sy_stats_server_event ev) {
   if (!route || !route->upstream || !server) return;
   int fail = ev == SY_STATS_CONNECT_FAILURE;
-  uint64_t k = sy_metrics_key(cfg->serial, fail ? TAG_CONNECT_FAILURES : TAG_RETRIES,
-                              upstream_ix(cfg, route), server_ix(route, server), 0);
+  uint64_t k =
+      server_key(server, fail ? TAG_CONNECT_FAILURES : TAG_RETRIES, upstream_ix(cfg, route), 0);
   bump(counter(m, k,
                fail ? "switchyard_upstream_connect_failures_total"
                     : "switchyard_upstream_retries_total",

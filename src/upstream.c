@@ -90,6 +90,12 @@ sy_server_set *sy_server_set_new(sy_server_cfg *servers, size_t n, int owned, in
   set->servers = servers;
   set->nservers = n;
   set->owned = owned;
+  static uint32_t serials;
+  uint32_t serial = __atomic_add_fetch(&serials, 1, __ATOMIC_RELAXED);
+  for (size_t i = 0; i < n; i++) {
+    servers[i].set_serial = serial;
+    servers[i].set_index = (uint32_t)i;
+  }
   if (hashed && n && build_maglev(set) < 0) {
     set->owned = 0; /* the caller keeps what it passed on failure */
     sy_server_set_unref(set);

@@ -71,6 +71,9 @@ typedef struct sy_server_cfg {
   /* addr.host is a DNS name: addr.sa is unset, the resolver turns every
    * address it finds into a server of the upstream's server set. */
   int dns;
+  /* The set that holds it (a number no other set has) and its place there:
+   * what the per-worker metrics cache knows its series by. */
+  uint32_t set_serial, set_index;
 } sy_server_cfg;
 
 struct sy_server_set;

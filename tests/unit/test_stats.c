@@ -2,6 +2,7 @@
  * (made-up upgrade tokens are "other"), the series each event adds to, and
  * the cached path giving the same series as the first (uncached) call. */
 #include "switchyard/stats.h"
+#include "switchyard/upstream.h"
 
 #include <check.h>
 #include <stdio.h>
@@ -195,6 +196,37 @@ START_TEST(test_server_events_connect_and_first_byte) {
 }
 END_TEST
 
+/* A set found by DNS is an array of its own, which a later set may reuse:
+ * the series must follow the server in the set, not the memory. */
+START_TEST(test_server_series_follow_the_set_not_the_memory) {
+  sy_config *cfg = load(yaml);
+  sy_metrics *m = sy_metrics_new(sy_metrics_capacity(cfg));
+  sy_buf lb = {0};
+  const sy_route_cfg *api = &cfg->routes[0];
+  sy_server_rt rt = {.refs = 1};
+  sy_server_cfg found[1] = {{.addr.text = "10.0.0.1:9001", .weight = 1, .rt = &rt}};
+  sy_server_set *set = sy_server_set_new(found, 1, 0, 0);
+  for (int i = 0; i < 2; i++) /* the second one from the cache */
+    sy_stats_server(m, &lb, cfg, api, &set->servers[0], SY_STATS_RETRY);
+  sy_server_set_unref(set);
+  found[0].addr.text = "10.0.0.2:9001"; /* the next answer, in the same memory */
+  set = sy_server_set_new(found, 1, 0, 0);
+  sy_stats_server(m, &lb, cfg, api, &set->servers[0], SY_STATS_RETRY);
+  sy_stats_response(m, &lb, cfg, api, &set->servers[0], 200, 1000);
+  sy_server_set_unref(set);
+  ck_assert_int_eq(
+      get(m, "switchyard_upstream_retries_total", "upstream=\"api\",server=\"10.0.0.1:9001\""), 2);
+  ck_assert_int_eq(
+      get(m, "switchyard_upstream_retries_total", "upstream=\"api\",server=\"10.0.0.2:9001\""), 1);
+  ck_assert_int_eq(get(m, "switchyard_upstream_requests_total",
+                       "upstream=\"api\",server=\"10.0.0.2:9001\",class=\"2xx\""),
+                   1);
+  sy_buf_free(&lb);
+  sy_metrics_free(m);
+  sy_config_unref(cfg);
+}
+END_TEST
+
 START_TEST(test_tunnel_bytes_and_lifetime) {
   sy_config *cfg = load(yaml);
   sy_metrics *m = sy_metrics_new(sy_metrics_capacity(cfg));
@@ -253,6 +285,7 @@ static Suite *stats_suite(void) {
   tcase_add_test(tc, test_tunnel_counts);
   tcase_add_test(tc, test_response_counts_route_class_server_and_latency);
   tcase_add_test(tc, test_server_events_connect_and_first_byte);
+  tcase_add_test(tc, test_server_series_follow_the_set_not_the_memory);
   tcase_add_test(tc, test_tunnel_bytes_and_lifetime);
   tcase_add_test(tc, test_reloaded_snapshot_gets_its_own_series);
   suite_add_tcase(s, tc);
