@@ -109,6 +109,15 @@ static void pause_listener(sy_worker *w, sy_listener *l, int by_budget) {
   if (!__atomic_load_n(&w->paused_any, __ATOMIC_RELAXED))
     __atomic_add_fetch(&paused_workers, 1, __ATOMIC_ACQ_REL);
   __atomic_store_n(&w->paused_any, 1, __ATOMIC_RELEASE);
+  /* A connection that ended on another worker between our check and the
+   * stores above saw no worker paused and woke nobody: look again. Each
+   * side orders its store before its load with a full fence (on_conn_gone),
+   * so one of the two sees the other. */
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  if (!by_budget && !at_limit(w)) {
+    __atomic_store_n(&w->resume_req, 1, __ATOMIC_RELEASE);
+    uv_async_send(&w->wakeup);
+  }
   sy_metrics_add(w->env.metrics, "switchyard_listener_pauses_total", NULL, 1);
   if (by_budget)
     sy_log_every_second(SY_LOG_WARN, "descriptor budget (%llu) in use: not accepting on %s for now",
@@ -374,6 +383,7 @@ static void on_conn_gone(sy_conn_env *env) {
     return;
   }
   resume_paused(w);
+  __atomic_thread_fence(__ATOMIC_SEQ_CST); /* pairs with pause_listener's */
   if (at_limit(w) || !__atomic_load_n(&paused_workers, __ATOMIC_ACQUIRE)) return;
   for (unsigned i = 0; i < SY_MAX_WORKERS; i++) {
     sy_worker *x = __atomic_load_n(&registry[i], __ATOMIC_ACQUIRE);
