@@ -103,22 +103,24 @@ static void on_servers_changed(void *arg) {
 
 /* Parsing and validation happen here, on the main thread, off every worker's
  * loop; a bad file changes nothing. */
+static void reload_refused(const char *why) {
+  M.admin_state.reloads_failed++;
+  M.admin_state.last_reload_ok = 0;
+  M.admin_state.last_reload_time = time(NULL);
+  snprintf(M.admin_state.last_reload_error, sizeof(M.admin_state.last_reload_error), "%s", why);
+  sy_log_error("reload refused, running configuration kept: %s", why);
+}
+
 static void reload(void) {
   sy_config_error err;
   sy_config *cfg = sy_config_load(M.path, &err);
   if (!cfg) {
-    M.admin_state.reloads_failed++;
-    M.admin_state.last_reload_ok = 0;
-    M.admin_state.last_reload_time = time(NULL);
-    snprintf(M.admin_state.last_reload_error, sizeof(M.admin_state.last_reload_error), "%s",
-             err.msg);
-    sy_log_error("reload refused, running configuration kept: %s", err.msg);
+    reload_refused(err.msg);
     return;
   }
   sy_config_adopt_state(cfg, M.admin_state.cfg);
   if (sy_upstream_prepare(cfg) < 0) {
-    M.admin_state.reloads_failed++;
-    sy_log_error("reload refused, running configuration kept: out of memory");
+    reload_refused("out of memory");
     sy_config_unref(cfg);
     return;
   }
@@ -163,6 +165,12 @@ static void workers_joined(uv_work_t *req, int status) {
   M.admin = NULL;
   for (int i = 0; i < 6; i++)
     if (!uv_is_closing((uv_handle_t *)&M.sigs[i])) uv_close((uv_handle_t *)&M.sigs[i], NULL);
+  /* libuv put back the default actions, which for these end the process: a
+   * log rotation's SIGUSR1 or a SIGHUP arriving now would cut short the
+   * access log's last writes. A second SIGTERM or SIGINT still ends it. */
+  signal(SIGHUP, SIG_IGN);
+  signal(SIGUSR1, SIG_IGN);
+  signal(SIGUSR2, SIG_IGN);
 }
 
 /* Stops the workers; the admin listener answers (readyz: draining) and the
