@@ -152,6 +152,7 @@ struct sy_conn {
     uint64_t counted_at;      /* loop time of the last live report */
     const char *closed_by;
     unsigned reported : 1;
+    unsigned shut_pending : 2; /* shutdowns (close_notify, FIN) not yet done */
   } relay;
 };
 

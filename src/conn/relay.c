@@ -3,6 +3,8 @@
  * encrypted on the other). It installs its own handlers in c->io; the HTTP
  * handlers never see a relay. */
 #include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
 
 #include "internal.h"
 #include "switchyard/limits.h"
@@ -33,9 +35,23 @@ void relay_report(sy_conn *c, const char *reason) {
   sy_limits_tunnels_add(-1);
 }
 
+static int in_flight(const sy_flow *f) {
+  return f->writing || f->nsegs || f->pos < f->len;
+}
+
+/* As the splice tunnel ends: a side gets an RST instead of a FIN when the
+ * relay breaks (a reset or an error) or drops bytes that were on their way
+ * to it, so it never mistakes a cut stream for a clean end. */
 void relay_end(sy_conn *c, const char *reason) {
   if (conn_closed(c)) return;
   if (!c->relay.reported) relay_report(c, reason);
+  int broken = strcmp(reason, "reset") == 0 || strcmp(reason, "error") == 0;
+  for (int s = 0; s < 2; s++) {
+    sy_sock *st = conn_stream(c, (conn_side)s);
+    if (!st || !(broken || in_flight(&c->fl[1 - s]))) continue;
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    (void)setsockopt(sy_sock_fd(st), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  }
   conn_close(c);
 }
 
@@ -77,7 +93,7 @@ static void relay_input(sy_conn *c, conn_side s, size_t n) {
   if (f->writing) return; /* relay_written picks up what arrived meanwhile */
   uint32_t k = f->len - f->pos;
   if (k && sy_flow_push(f, f->pos, k) < 0) {
-    conn_close(c);
+    relay_end(c, "error");
     return;
   }
   f->pos = f->len;
@@ -85,19 +101,34 @@ static void relay_input(sy_conn *c, conn_side s, size_t n) {
   relay_count(c);
   arm_idle(c);
   if (conn_flush(c, s) < 0) {
-    conn_close(c);
+    relay_end(c, "error");
     return;
   }
   relay_read_update(c, s);
 }
 
+static int both_done(const sy_conn *c) {
+  return c->fl[0].eof && c->fl[1].eof && !c->fl[0].writing && !c->fl[1].writing;
+}
+
+/* The relay ends cleanly only once its shutdowns went out: closing earlier
+ * would cancel a close_notify still queued behind a full socket. */
+static void shut_done(sy_conn *c, int status) {
+  c->relay.shut_pending--;
+  if (!conn_closed(c) && status < 0 && status != UV_ECANCELED)
+    relay_end(c, status == UV_ECONNRESET || status == UV_EPIPE ? "reset" : "error");
+  else if (!conn_closed(c) && !c->relay.shut_pending && both_done(c))
+    relay_end(c, "eof");
+  conn_unref(c);
+}
+
 static void on_client_shut(sy_sock *st, int status) {
-  conn_unref(st->data);
+  shut_done(st->data, status);
 }
 
 static void on_upstream_shut(sy_sock *st, int status) {
   sy_link *l = st->data;
-  conn_unref(l->c);
+  shut_done(l->c, status);
 }
 
 /* FIN (or close_notify then FIN) towards side `to`, once everything for it went. */
@@ -108,14 +139,17 @@ static void shutdown_side(sy_conn *c, conn_side to) {
     sy_tls_shutdown(c->tls[to]);
     conn_tls_flush(c, to);
   }
-  if (sy_sock_shutdown(st, to == SIDE_CLIENT ? on_client_shut : on_upstream_shut) == 0) c->refs++;
+  if (sy_sock_shutdown(st, to == SIDE_CLIENT ? on_client_shut : on_upstream_shut) == 0) {
+    c->refs++;
+    c->relay.shut_pending++;
+  }
 }
 
 static void maybe_done(sy_conn *c, conn_side s) {
   sy_flow *f = &c->fl[s];
-  if (!f->eof || f->writing || f->nsegs || f->pos < f->len) return;
+  if (!f->eof || in_flight(f)) return;
   shutdown_side(c, 1 - s);
-  if (c->fl[0].eof && c->fl[1].eof && !c->fl[0].writing && !c->fl[1].writing) relay_end(c, "eof");
+  if (both_done(c) && !c->relay.shut_pending) relay_end(c, "eof");
 }
 
 static void relay_written(sy_conn *c, conn_side s, sy_sock_wreq *req, int status) {
