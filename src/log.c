@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -147,6 +148,12 @@ static void write_all(int fd, const char *p, size_t n) {
   while (n > 0 && fd >= 0) {
     ssize_t w = write(fd, p, n);
     if (w < 0 && errno == EINTR) continue;
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      /* A non-blocking destination (a stdout some parent made so): wait
+       * here, on the writer thread, rather than cut a line in two. */
+      struct pollfd pf = {.fd = fd, .events = POLLOUT};
+      if (poll(&pf, 1, -1) >= 0 || errno == EINTR) continue;
+    }
     if (w <= 0) return; /* a broken destination loses lines, never the proxy */
     p += w;
     n -= (size_t)w;
