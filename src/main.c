@@ -101,8 +101,6 @@ static void on_servers_changed(void *arg) {
   M.health = sy_health_start(M.loop, M.admin_state.cfg, M.admin_state.main);
 }
 
-/* Parsing and validation happen here, on the main thread, off every worker's
- * loop; a bad file changes nothing. */
 static void reload_refused(const char *why) {
   M.admin_state.reloads_failed++;
   M.admin_state.last_reload_ok = 0;
@@ -111,6 +109,8 @@ static void reload_refused(const char *why) {
   sy_log_error("reload refused, running configuration kept: %s", why);
 }
 
+/* Parsing and validation happen here, on the main thread, off every worker's
+ * loop; a bad file changes nothing. */
 static void reload(void) {
   sy_config_error err;
   sy_config *cfg = sy_config_load(M.path, &err);
