@@ -66,7 +66,7 @@ static const sy_metric_family families[] = {
      "Times a listener stopped accepting at max_connections.", NULL},
     {"switchyard_max_fds", G, "", "The process's file descriptor limit (RLIMIT_NOFILE).", NULL},
     {"switchyard_metrics_series_dropped_total", C, "",
-     "Series not recorded because a worker's metrics table was full.", NULL},
+     "Updates not recorded because a worker's metrics table was full.", NULL},
     {"switchyard_open_fds", G, "", "File descriptors the process has open.", NULL},
     {"switchyard_pipes", G, "state", "Splice pipes, in use or idle in the pools.", NULL},
     {"switchyard_pipes_created_total", C, "", "Splice pipes created.", NULL},
