@@ -250,11 +250,20 @@ static int h_admin(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t o
 
 /* ------------------------------------------------------------- upstreams */
 
-/* hash(...) keys: "client", "header:NAME" or "cookie:NAME". */
+static int is_tchar(unsigned char ch);
+static int h_header_name(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off);
+
+static int token_ok(const char *s) {
+  for (const char *p = s; *p; p++)
+    if (!is_tchar((unsigned char)*p)) return 0;
+  return *s != '\0';
+}
+
+/* hash(...) keys: "client", "header:NAME" or "cookie:NAME", NAME a token as
+ * the request would spell it (a space would never match anything). */
 static int valid_hash_key(const char *k) {
   if (strcmp(k, "client") == 0) return 1;
-  if (strncmp(k, "header:", 7) == 0) return k[7] != '\0';
-  if (strncmp(k, "cookie:", 7) == 0) return k[7] != '\0';
+  if (strncmp(k, "header:", 7) == 0 || strncmp(k, "cookie:", 7) == 0) return token_ok(k + 7);
   return 0;
 }
 
@@ -306,10 +315,19 @@ static int h_server_addr(ctx *c, yaml_node_t *v, const char *path, void *obj, si
   return 0;
 }
 
+/* Maglev fills its 65537 slots by `weight` turns per server: 64 servers of
+ * at most 256 keep the shares (as HAProxy's 1-256). */
+static int h_weight(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
+  if (cv_h_uint_pos(c, v, path, obj, off) < 0) return -1;
+  unsigned w = *FIELD(obj, off, unsigned);
+  if (w > 256) return cv_fail(c, v, "%s: at most 256, got %u", path, w);
+  return 0;
+}
+
 enum { SK_ADDRESS, SK_WEIGHT };
 static const key_spec server_keys[] = {
     [SK_ADDRESS] = {"address", h_server_addr, 0},
-    [SK_WEIGHT] = {"weight", cv_h_uint_pos, offsetof(sy_server_cfg, weight)},
+    [SK_WEIGHT] = {"weight", h_weight, offsetof(sy_server_cfg, weight)},
 };
 
 static int h_servers(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
@@ -343,11 +361,22 @@ static int h_servers(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t
   return 0;
 }
 
+/* Sent as SNI and verified: a host name (no port, at most 253 bytes) or an
+ * IP address (verified, not sent). */
+static int h_sni(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
+  const char *s = NULL;
+  unsigned char bin[16];
+  if (cv_want_string(c, v, path, &s) < 0) return -1;
+  if (!cv_host_name_ok(s) && inet_pton(AF_INET, s, bin) != 1 && inet_pton(AF_INET6, s, bin) != 1)
+    return cv_fail(c, v, "%s: \"%s\" is neither a host name nor an IP address", path, s);
+  return cv_dup_text(c, v, s, FIELD(obj, off, char *));
+}
+
 enum { UT_VERIFY, UT_CA, UT_SNI, UT_CERT, UT_KEY };
 static const key_spec upstream_tls_keys[] = {
     [UT_VERIFY] = {"verify", cv_h_bool, offsetof(sy_upstream_tls, verify)},
     [UT_CA] = {"ca", cv_h_str, offsetof(sy_upstream_tls, ca)},
-    [UT_SNI] = {"sni", cv_h_str, offsetof(sy_upstream_tls, sni)},
+    [UT_SNI] = {"sni", h_sni, offsetof(sy_upstream_tls, sni)},
     [UT_CERT] = {"cert", cv_h_str, offsetof(sy_upstream_tls, cert)},
     [UT_KEY] = {"key", cv_h_str, offsetof(sy_upstream_tls, key)},
 };
@@ -515,6 +544,11 @@ static int h_route_host(ctx *c, yaml_node_t *v, const char *path, void *obj, siz
   }
   if (strchr(s + 1, '*') || (s[0] == '*' && s[1] != '.') || (s[0] == '*' && len < 3))
     return cv_fail(c, v, "%s: only a leading \"*.\" wildcard is allowed, got \"%s\"", path, s);
+  if (len && s[len - 1] == '.')
+    return cv_fail(c, v,
+                   "%s: \"%s\" ends with \".\" (a request's trailing dot is ignored: write the "
+                   "name without it)",
+                   path, s);
   const char *colon = memchr(s, ':', len);
   if (colon && !memchr(colon + 1, ':', len - (size_t)(colon - s) - 1))
     return cv_fail(c, v, "%s: must not include a port, got \"%s\"", path, s);
@@ -551,7 +585,7 @@ static int h_header_value(ctx *c, yaml_node_t *v, const char *path, void *obj, s
 
 enum { HK_NAME, HK_VALUE };
 static const key_spec header_keys[] = {
-    [HK_NAME] = {"name", cv_h_str, offsetof(sy_header_match, name)},
+    [HK_NAME] = {"name", h_header_name, offsetof(sy_header_match, name)},
     [HK_VALUE] = {"value", h_header_value, offsetof(sy_header_match, value)},
 };
 
@@ -598,7 +632,12 @@ static int h_allow_upgrades(ctx *c, yaml_node_t *v, const char *path, void *obj,
 static int h_subprotocols(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   sy_route_cfg *r = obj;
   r->ws_subprotocols_set = 1;
-  return cv_parse_str_list(c, v, path, 0, &r->ws_subprotocols, &r->nws_subprotocols);
+  if (cv_parse_str_list(c, v, path, 0, &r->ws_subprotocols, &r->nws_subprotocols) < 0) return -1;
+  /* The check of a request's offers keeps this many (request.c). */
+  if (r->nws_subprotocols > SY_WS_SUBPROTOCOLS_MAX)
+    return cv_fail(c, v, "%s: at most %d entries, got %zu", path, SY_WS_SUBPROTOCOLS_MAX,
+                   r->nws_subprotocols);
+  return 0;
 }
 
 static const key_spec websocket_keys[] = {
@@ -653,6 +692,16 @@ static int h_routes(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t 
     if (cv_parse_map(c, item, child, route_keys, NKEYS(route_keys), r, &seen) < 0 ||
         cv_require_keys(c, item, child, route_keys, seen, 1u << RK_UPSTREAM) < 0)
       return -1;
+    /* A name is the route's label in the metrics and on the status page:
+     * two routes must not share one, nor take an unnamed route's "#N". */
+    if (!r->name) continue;
+    yaml_node_t *at = cv_map_get(c, item, "name");
+    if (r->name[0] == '#' || strlen(r->name) > 128)
+      return cv_fail(c, at, "%s.name: \"%.40s\" must not start with \"#\" nor pass 128 bytes",
+                     child, r->name);
+    for (size_t j = 0; j < i; j++)
+      if (cfg->routes[j].name && strcmp(cfg->routes[j].name, r->name) == 0)
+        return cv_fail(c, at, "%s.name: \"%s\" is routes[%zu]'s name already", child, r->name, j);
   }
   return 0;
 }
@@ -688,6 +737,7 @@ static int h_workers(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t
   uint64_t n;
   if (cv_parse_u64(&p, &n) < 0 || *p || n == 0 || n > UINT_MAX)
     return cv_fail(c, v, "%s: expected \"auto\" or a positive integer, got \"%s\"", path, s);
+  if (n > SY_WORKERS_MAX) return cv_fail(c, v, "%s: at most %d, got %s", path, SY_WORKERS_MAX, s);
   cfg->workers = (unsigned)n;
   return 0;
 }
@@ -717,9 +767,20 @@ static int h_timeouts(ctx *c, yaml_node_t *v, const char *path, void *obj, size_
   return cv_parse_map(c, v, path, timeout_keys, NKEYS(timeout_keys), &cfg->timeouts, NULL);
 }
 
+/* A client's read buffer is this plus one byte (a 32-bit length): keep it a
+ * size a head can have. */
+static int h_max_header_bytes(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
+  if (cv_h_size_pos(c, v, path, obj, off) < 0) return -1;
+  uint64_t n = *FIELD(obj, off, uint64_t);
+  if (n < 512 || n > (1u << 20))
+    return cv_fail(c, v, "%s: must be between 512 bytes and 1MiB, got %llu bytes", path,
+                   (unsigned long long)n);
+  return 0;
+}
+
 static const key_spec limits_keys[] = {
     {"max_connections", cv_h_u64_pos, offsetof(sy_config, limits.max_connections)},
-    {"max_header_bytes", cv_h_size_pos, offsetof(sy_config, limits.max_header_bytes)},
+    {"max_header_bytes", h_max_header_bytes, offsetof(sy_config, limits.max_header_bytes)},
     {"max_headers", cv_h_u64_pos, offsetof(sy_config, limits.max_headers)},
     {"header_timeout", cv_h_duration_pos, offsetof(sy_config, timeouts.header)},
     {"max_connections_per_client", cv_h_u64_pos,
@@ -746,13 +807,31 @@ static int h_header_name(ctx *c, yaml_node_t *v, const char *path, void *obj, si
   return cv_dup_text(c, v, s, FIELD(obj, off, char *));
 }
 
+/* forwarding.request_id_header is dropped from requests and added to
+ * answers: never a field that frames a message, routes it or that the proxy
+ * writes itself. */
+static int h_request_id_header(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
+  static const char *const managed[] = {
+      "host",       "content-length",    "transfer-encoding", "connection",       "keep-alive",
+      "te",         "trailer",           "upgrade",           "proxy-connection", "via",
+      "forwarded",  "x-forwarded-for",   "x-forwarded-proto", "x-forwarded-host", "expect",
+      "set-cookie", "proxy-authenticate"};
+  if (h_header_name(c, v, path, obj, off) < 0) return -1;
+  const char *s = *FIELD(obj, off, char *);
+  int ws = strncasecmp(s, "sec-websocket-", 14) == 0;
+  for (size_t i = 0; !ws && i < sizeof managed / sizeof *managed; i++)
+    ws = strcasecmp(s, managed[i]) == 0;
+  if (ws) return cv_fail(c, v, "%s: \"%s\" is a field the proxy manages; choose another", path, s);
+  return 0;
+}
+
 static const key_spec forwarding_keys[] = {
     {"x_forwarded_for", cv_h_bool, offsetof(sy_forwarding, x_forwarded_for)},
     {"x_forwarded_proto", cv_h_bool, offsetof(sy_forwarding, x_forwarded_proto)},
     {"x_forwarded_host", cv_h_bool, offsetof(sy_forwarding, x_forwarded_host)},
     {"via", cv_h_bool, offsetof(sy_forwarding, via)},
     {"request_id", cv_h_bool, offsetof(sy_forwarding, request_id)},
-    {"request_id_header", h_header_name, offsetof(sy_forwarding, request_id_header)},
+    {"request_id_header", h_request_id_header, offsetof(sy_forwarding, request_id_header)},
 };
 
 static int h_forwarding(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {

@@ -277,6 +277,10 @@ int cv_h_duration(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t of
   if (sy_parse_duration(s, FIELD(obj, off, sy_msec_t)) < 0)
     return cv_fail(c, v, "%s: invalid duration \"%s\" (expected e.g. 250ms, 5s, 2m, 1h, 1d)", path,
                    s);
+  /* Timers count milliseconds in 32 bits (the tunnel's wheel) and add them
+   * to the clock (libuv): past this they would wrap. */
+  if (*FIELD(obj, off, sy_msec_t) > SY_DURATION_MAX_MS)
+    return cv_fail(c, v, "%s: at most 49d, got \"%s\"", path, s);
   return 0;
 }
 

@@ -296,9 +296,15 @@ int main(int argc, char **argv) {
   if (!M.nworkers) {
     char why[512];
     M.nworkers = sy_auto_workers(why, sizeof why);
+    if (M.nworkers > SY_WORKERS_MAX) M.nworkers = SY_WORKERS_MAX;
     sy_log_info("workers: auto = %u (%s)", M.nworkers, why);
   }
   M.workers = calloc(M.nworkers, sizeof(*M.workers));
+  if (!M.workers) {
+    sy_log_error("out of memory starting %u workers", M.nworkers);
+    sy_config_unref(cfg);
+    return EXIT_FAIL;
+  }
   M.admin_state.workers = M.workers;
   M.admin_state.nworkers = M.nworkers;
   set_fd_budget(M.nworkers);

@@ -26,8 +26,7 @@ static sy_worker *container_of_env(sy_conn_env *env) {
 
 /* Every worker, so one whose connection ends can wake another whose
  * listener paused at max_connections (the limit is per process). */
-#define SY_MAX_WORKERS 256
-static sy_worker *registry[SY_MAX_WORKERS];
+static sy_worker *registry[SY_WORKERS_MAX];
 /* Workers with a listener paused at max_connections: a closing connection
  * looks for them only when there are any. */
 static int paused_workers;
@@ -385,7 +384,7 @@ static void on_conn_gone(sy_conn_env *env) {
   resume_paused(w);
   __atomic_thread_fence(__ATOMIC_SEQ_CST); /* pairs with pause_listener's */
   if (at_limit(w) || !__atomic_load_n(&paused_workers, __ATOMIC_ACQUIRE)) return;
-  for (unsigned i = 0; i < SY_MAX_WORKERS; i++) {
+  for (unsigned i = 0; i < SY_WORKERS_MAX; i++) {
     sy_worker *x = __atomic_load_n(&registry[i], __ATOMIC_ACQUIRE);
     if (x && x != w && __atomic_load_n(&x->paused_any, __ATOMIC_ACQUIRE)) {
       __atomic_store_n(&x->resume_req, 1, __ATOMIC_RELEASE);
@@ -456,7 +455,7 @@ int sy_worker_start(sy_worker *w) {
   w->wakeup.data = w;
   if (pthread_create(&w->thread, NULL, worker_main, w)) return UV_EAGAIN;
   w->started = 1;
-  if (w->id < SY_MAX_WORKERS) __atomic_store_n(&registry[w->id], w, __ATOMIC_RELEASE);
+  if (w->id < SY_WORKERS_MAX) __atomic_store_n(&registry[w->id], w, __ATOMIC_RELEASE);
   return 0;
 }
 
@@ -478,7 +477,7 @@ void sy_worker_stop(sy_worker *w, enum sy_stop how) {
 void sy_worker_join(sy_worker *w) {
   if (!w->started) return;
   pthread_join(w->thread, NULL);
-  if (w->id < SY_MAX_WORKERS) __atomic_store_n(&registry[w->id], NULL, __ATOMIC_RELEASE);
+  if (w->id < SY_WORKERS_MAX) __atomic_store_n(&registry[w->id], NULL, __ATOMIC_RELEASE);
 }
 
 static void close_walk(uv_handle_t *h, void *arg) {

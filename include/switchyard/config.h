@@ -10,6 +10,9 @@
 
 /* Durations are kept in milliseconds, sizes in bytes. */
 typedef uint64_t sy_msec_t;
+#define SY_WS_SUBPROTOCOLS_MAX 16 /* websocket.subprotocols entries of a route */
+#define SY_WORKERS_MAX 256        /* `workers`, and what `auto` may start */
+#define SY_DURATION_MAX_MS (49ull * 24 * 3600 * 1000) /* every duration the loader takes */
 
 typedef struct sy_addr {
   char *text; /* as written: "127.0.0.1:8080", "[::1]:80", "localhost:9000" */

@@ -227,11 +227,11 @@ void request_route(sy_conn *c) {
 int request_queue_head(sy_conn *c) {
   sy_flow *f = &c->fl[SIDE_CLIENT];
   f->chunked_out = (f->parser.flags & F_CHUNKED) != 0;
-  sy_str wsp[16];
+  sy_str wsp[SY_WS_SUBPROTOCOLS_MAX];
   size_t nwsp = 0;
   const sy_route_cfg *r = c->x.route;
   if (r->ws_subprotocols_set) {
-    for (size_t i = 0; i < r->nws_subprotocols && nwsp < 16; i++)
+    for (size_t i = 0; i < r->nws_subprotocols && nwsp < SY_WS_SUBPROTOCOLS_MAX; i++)
       wsp[nwsp++] = (sy_str){r->ws_subprotocols[i], strlen(r->ws_subprotocols[i])};
   }
   sy_fwd_opts o = {
