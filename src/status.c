@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "switchyard/log.h"
+#include "switchyard/metrics.h"
 #include "switchyard/upstream.h"
 
 /* ---- reading Prometheus text --------------------------------------------------- */
@@ -146,7 +147,7 @@ static void history_json(sy_buf *b, const sy_status_history *h) {
 
 /* ---- tables ------------------------------------------------------------------------ */
 
-#define SY_KEY 128
+#define SY_KEY (SY_METRIC_VALUE_MAX + 8) /* a whole label value, as /metrics prints it */
 #define SY_BUCKETS 64
 
 enum { F_REQ, F_ERR, F_DSUM, F_DCOUNT, F_TOPEN, F_TBYTES, F_TTOTAL, F_CFAIL, F_N };

@@ -10,6 +10,8 @@
 
 /* Durations are kept in milliseconds, sizes in bytes. */
 typedef uint64_t sy_msec_t;
+/* A route name is a metric label value, which is cut at 256 bytes. */
+#define SY_ROUTE_NAME_MAX 256
 #define SY_WS_SUBPROTOCOLS_MAX 16 /* websocket.subprotocols entries of a route */
 #define SY_WORKERS_MAX 256        /* `workers`, and what `auto` may start */
 #define SY_DURATION_MAX_MS (49ull * 24 * 3600 * 1000) /* every duration the loader takes */
