@@ -398,6 +398,7 @@ sy_flow_step sy_flow_parse(sy_flow *f, llhttp_errno_t *err) {
   if (!chunk_end_ok(f)) return SY_STEP_BAD_CHUNK;
   if (!f->msg_done && !f->head_done) {
     llhttp_resume(&f->parser); /* the end of a 1xx: the real response follows */
+    f->head_start = f->pos;    /* whose head is measured (and kept in place) from here */
     return SY_STEP_AGAIN;
   }
   return SY_STEP_PAUSED;

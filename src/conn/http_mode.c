@@ -22,6 +22,8 @@ static int request_wants(sy_conn *c, sy_flow *f) {
      * buffer (pipelining; no poll churn per request), except after an
      * upgrade request, which holds the client until the answer. */
     want = !c->x.upgrading && !c->tls_upgrade_pending;
+  else if (c->state == CS_SEND_RESP && c->x.close_after && !f->discard && !c->x.resp_from_upstream)
+    want = 0; /* answered locally and closing: the rest of the body is for the linger */
   else
     want = 1; /* the buffer bounds what is read ahead while a batch is written */
   if (want && f->buf && f->len == f->cap && f->pos == f->len && !f->writing && !f->nsegs)
@@ -141,6 +143,10 @@ void http_feed(sy_conn *c, conn_side s) {
     }
     if (s == SIDE_CLIENT) c->x.bytes_in += f->pos - before;
     if (r == SY_STEP_AGAIN) continue;
+    /* A parser held paused (a request answered locally and closing keeps
+     * its parser stopped after the head) takes no byte: feeding it again
+     * would spin. The bytes wait for whatever resumes it, if anything. */
+    if (r == SY_STEP_PAUSED && f->pos == before) break;
     if (head_too_large(c, s)) {
       if (s == SIDE_UPSTREAM) {
         sy_log_every_second(SY_LOG_ERROR, "upstream %s: response head too large", conn_peer(c, s));
@@ -219,10 +225,10 @@ static void http_eof(sy_conn *c, conn_side s, ssize_t n) {
     return;
   }
   if (n == UV_EOF && (f->writing || f->pos < f->len)) {
-    /* Read ahead of the parser: the message may still be whole. The end
-     * counts once the buffer is parsed (read_update comes back here). */
+    /* Read ahead of the parser: the message may still be whole, and a
+     * client's pipelined requests before its half-close are all answered.
+     * The end counts once the buffer is parsed (read_update comes back here). */
     f->eof = 1;
-    if (s == SIDE_CLIENT) c->x.close_after = 1;
     return;
   }
   if (f->msg_done && (s == SIDE_UPSTREAM || (n == UV_EOF && c->state != CS_READ_HEAD))) {
@@ -311,7 +317,9 @@ static void http_written(sy_conn *c, conn_side s, sy_sock_wreq *req, int status)
       c->x.close_after = 1;
     return;
   }
-  sy_flow_compact(f);
+  /* After a 1xx the final head may be half read: its fields are offsets into
+   * the buffer, which must not move under them. */
+  if (f->head_done || f->pos == f->head_start) sy_flow_compact(f);
   sy_flow_batch_done(f);
   if (f->msg_done) {
     if (s == SIDE_CLIENT && c->state == CS_SEND_BODY) {

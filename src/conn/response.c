@@ -52,6 +52,9 @@ int response_on_head(sy_flow *f) {
         f->chunked_out = 1;
     }
     if (x->client_close) x->close_after = 1;
+    /* An answer before the request's end: the exchange will close (the rest
+     * of the body cannot be told from a next request), so the head says so. */
+    if (!c->fl[SIDE_CLIENT].msg_done) x->close_after = 1;
     o.chunked = f->chunked_out;
     o.conn_close = x->close_after || c->env->stopping; /* a drain closes after it */
     o.keep_alive10 = x->keep_alive10 && !x->close_after;
@@ -62,6 +65,9 @@ int response_on_head(sy_flow *f) {
     skip_body = bodyless;
     conn_set_state(c, CS_SEND_RESP);
   }
+  /* RFC 9110 §15.2: no 1xx to an HTTP/1.0 client, which would take it for
+   * the answer. */
+  if (f->interim && x->http10) return 0;
   /* Built straight into the scratch buffer it is written from. */
   uint32_t off = (uint32_t)f->scratch.len;
   int rc = sy_http_build_response(&f->scratch, &f->head, f->buf, &o);

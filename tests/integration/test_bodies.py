@@ -228,6 +228,59 @@ def test_expect_100_continue_end_to_end(proxy, backend):
     assert conn.body_seen == b"hello"
 
 
+def test_final_head_split_after_an_interim(proxy, backend):
+    """A 103 and the start of the final head in one read, the rest of that
+    head later: the 103 goes out first, and the final head must not be
+    moved under its half-read fields when the 103's write completes."""
+    got_103 = threading.Event()
+
+    def handler(conn):
+        conn.reader.read_until(b"\r\n\r\n", deadline_in(10))
+        conn.send(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+                  b"HTTP/1.1 200 OK\r\nContent-Ty")
+        assert got_103.wait(10), "the client never saw the 103"
+        conn.send(b"pe: text/html\r\nContent-Length: 5\r\n\r\nhello")
+    be, px = one_proxy(proxy, backend, handler=handler)
+    with px.connect() as c:
+        c.send(get("/early"))
+        interim = c.response(interim=True, timeout=5)
+        assert interim.status == 103, interim.head
+        got_103.set()
+        r = c.response(timeout=5)
+    assert r.status == 200 and r.body == b"hello", (r.head, r.body)
+    assert r.values("Content-Type") == ["text/html"], r.head
+
+
+def test_answer_before_the_body_ends_says_close(proxy, backend):
+    """An upstream that answers (401) before the request body is in: the
+    connection cannot carry another request after it, and the head says so
+    instead of promising keep-alive and then closing."""
+    def handler(conn):
+        conn.reader.read_until(b"\r\n\r\n", deadline_in(10))
+        conn.send(response_bytes(401, body=b"who?"))
+    be, px = one_proxy(proxy, backend, handler=handler)
+    with px.connect() as c:
+        c.send(b"POST /up HTTP/1.1\r\nHost: u.test\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10)
+        r = c.response(timeout=5)
+        assert r.status == 401 and r.body == b"who?"
+        assert r.values("Connection") == ["close"], r.head
+
+
+def test_no_interim_answer_to_an_http10_client(proxy, backend):
+    """RFC 9110 §15.2: a 1xx is never sent to an HTTP/1.0 client, which
+    would take it for the answer."""
+    def handler(conn):
+        conn.reader.read_until(b"\r\n\r\n", deadline_in(10))
+        conn.send(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+        conn.send(response_bytes(200, body=b"final"))
+    be, px = one_proxy(proxy, backend, handler=handler)
+    with px.connect() as c:
+        c.send(b"GET /old HTTP/1.0\r\nHost: old.test\r\n\r\n")
+        r = c.response(timeout=5)
+    assert r.status == 200 and r.body == b"final", r.head
+    assert b"103" not in bytes(c.raw), bytes(c.raw)
+
+
 # ------------------------------------------------------------------ big bodies
 
 MiB = 1024 * 1024

@@ -1,7 +1,8 @@
 """Client-side keep-alive, pipelining, Connection: close, HTTP/1.0, idle timeout."""
+import socket
 import time
 
-from support.http import get
+from support.http import get, deadline_in
 
 
 def echo_proxy(proxy, backend, **cfg):
@@ -42,6 +43,21 @@ def test_pipelined_requests_answered_in_order(proxy, backend):
     assert [q.target for q in be.requests] == ["/p/1", "/p/2", "/p/3", "/p/4"]
     assert be.requests[2].body == b"abc"
     assert bytes(c.raw) == b"".join(r.raw for r in rs + [r4])
+
+
+def test_pipelined_requests_then_half_close_all_answered(proxy, backend):
+    """A client that writes its requests and then shuts its side (nc -N,
+    a batch script) gets every answer, then the close; a half-close is the
+    end of the requests, not of the answers (RFC 9112 §9.6)."""
+    be, px = echo_proxy(proxy, backend)
+    with px.connect() as c:
+        c.send(get("/h/1") + get("/h/2") + get("/h/3"))
+        c.sock.shutdown(socket.SHUT_WR)
+        rs = [c.response(timeout=10) for _ in range(3)]
+        rest = c.reader.wait_eof(deadline_in(10))
+    assert [r.body for r in rs] == [b"/h/1", b"/h/2", b"/h/3"], [r.head for r in rs]
+    assert rs[-1].values("Connection") == ["close"], rs[-1].head
+    assert rest == b""
 
 
 def test_client_connection_close(proxy, backend):
