@@ -115,9 +115,20 @@ int sy_upool_put(sy_upool *p, sy_link *l, unsigned max_idle_per_server, uint64_t
   return 0;
 }
 
+/* The peer's FIN or an error reported by the set, not yet read (that
+ * happens on a later turn): the connection cannot carry a request. */
+static int gone(const sy_link *l) {
+  return l->sock.rdhup || l->sock.failed;
+}
+
 sy_link *sy_upool_get(sy_upool *p, const sy_server_cfg *s) {
   if (!p) return NULL;
-  for (sy_link *l = p->head; l; l = l->next)
+  for (sy_link *l = p->head, *next; l; l = next) {
+    next = l->next;
+    if (l->rt == s->rt && gone(l)) {
+      sy_link_close(l);
+      continue;
+    }
     if (l->rt == s->rt) {
       l->server = s;
       unlink_from_pool(l);
@@ -125,6 +136,7 @@ sy_link *sy_upool_get(sy_upool *p, const sy_server_cfg *s) {
       l->reused = 1;
       return l;
     }
+  }
   return NULL;
 }
 

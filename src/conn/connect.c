@@ -45,6 +45,7 @@ void upstream_link_release(sy_conn *c) {
   /* A connection that carried one client's PROXY header is that client's. */
   int reusable = l && up && !c->tls[SIDE_UPSTREAM] && !c->x.upgrading && c->env->upool &&
                  !up->send_proxy && !c->env->stopping && c->x.link_used && !rs->eof &&
+                 !l->sock.rdhup && !l->sock.failed && /* a FIN seen with the response, unread */
                  rs->msg_done && rq->msg_done && !rq->writing && rs->pos == rs->len &&
                  llhttp_should_keep_alive(&rs->parser) && c->x.resp_from_upstream;
   if (!reusable) {

@@ -80,3 +80,32 @@ def test_connection_that_carried_an_upgrade_is_never_pooled(proxy, backend):
     # not reused; the two plain requests share one pooled connection.
     assert [q.target for q in be.conns[0].requests] == ["/ws"]
     assert [q.target for q in be.conns[1].requests] == ["/after", "/again"]
+
+
+def answer_then_close(conn):
+    """One answer that claims keep-alive, then the server closes at once
+    (its idle limit was one request): the FIN comes with the response."""
+    req = conn.read_request(timeout=10)
+    if req is None:
+        return
+    # Corked, the FIN rides on the answer's own segment: the proxy sees both
+    # in one event (without the cork they may come a turn apart, a race no
+    # proxy can close: the next request may already be on its way).
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    conn.send(response_bytes(200, body=req.target.encode()))
+    conn.sock.shutdown(socket.SHUT_WR)
+
+
+def test_connection_closed_with_its_answer_is_not_pooled(proxy, backend):
+    """Pipelined POSTs: the FIN that came with the first answer was seen by
+    the proxy but not read yet when the second request looked in the pool;
+    a POST cannot be retried, so reusing that connection was a 502."""
+    be = backend(handler=answer_then_close)
+    px = proxy(upstreams={"web": [be.address]}, workers=1)
+    post = "POST /p%d HTTP/1.1\r\nHost: pool.test\r\nContent-Length: 2\r\n\r\nok"
+    for round_ in range(5):
+        with px.connect() as c:
+            c.send((post % (2 * round_) + post % (2 * round_ + 1)).encode())
+            rs = [c.response(method="POST", timeout=10) for _ in range(2)]
+        assert [r.status for r in rs] == [200, 200], [r.head for r in rs]
+        assert [r.body for r in rs] == [b"/p%d" % (2 * round_), b"/p%d" % (2 * round_ + 1)]
