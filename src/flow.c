@@ -161,13 +161,18 @@ static int cb_status(llhttp_t *p, const char *at, size_t n) {
   return 0;
 }
 
+/* Fields after the head are a chunked body's trailers, which are not
+ * forwarded (the body is re-framed): they are not the head's fields and do
+ * not count against limits.max_headers. */
 static int cb_field(llhttp_t *p, const char *at, size_t n) {
   sy_flow *f = parser_flow(p);
+  if (f->head_done) return 0;
   return sy_head_on_field(&f->head, (uint32_t)(at - f->buf), (uint32_t)n) ? HPE_USER : 0;
 }
 
 static int cb_value(llhttp_t *p, const char *at, size_t n) {
   sy_flow *f = parser_flow(p);
+  if (f->head_done) return 0;
   return sy_head_on_value(&f->head, (uint32_t)(at - f->buf), (uint32_t)n) ? HPE_USER : 0;
 }
 

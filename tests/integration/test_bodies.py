@@ -251,6 +251,23 @@ def test_final_head_split_after_an_interim(proxy, backend):
     assert r.values("Content-Type") == ["text/html"], r.head
 
 
+def test_trailers_do_not_count_as_header_fields(proxy, backend):
+    """A chunked request whose head is near limits.max_headers and whose
+    trailer section has a few fields: trailers are not head fields (and are
+    not forwarded: the body is re-framed), so the request goes through."""
+    be, px = one_proxy(proxy, backend, limits={"max_headers": 20})
+    head = b"POST /t HTTP/1.1\r\nHost: t.test\r\nTransfer-Encoding: chunked\r\n" + \
+        b"".join(b"X-H%d: v\r\n" % i for i in range(17)) + b"\r\n"
+    body = b"5\r\nhello\r\n0\r\n" + b"".join(b"X-T%d: t\r\n" % i for i in range(8)) + b"\r\n"
+    with px.connect() as c:
+        c.send(head + body)
+        r = c.response(timeout=5)
+        assert r.status == 200, r.head
+        r2 = c.request(get("/after"))  # the connection goes on
+    assert r2.status == 200
+    assert be.requests[0].body == b"hello"
+
+
 def test_answer_before_the_body_ends_says_close(proxy, backend):
     """An upstream that answers (401) before the request body is in: the
     connection cannot carry another request after it, and the head says so
