@@ -818,10 +818,11 @@ static int h_request_id_header(ctx *c, yaml_node_t *v, const char *path, void *o
       "set-cookie", "proxy-authenticate"};
   if (h_header_name(c, v, path, obj, off) < 0) return -1;
   const char *s = *FIELD(obj, off, char *);
-  int ws = strncasecmp(s, "sec-websocket-", 14) == 0;
-  for (size_t i = 0; !ws && i < sizeof managed / sizeof *managed; i++)
-    ws = strcasecmp(s, managed[i]) == 0;
-  if (ws) return cv_fail(c, v, "%s: \"%s\" is a field the proxy manages; choose another", path, s);
+  int taken = strncasecmp(s, "sec-websocket-", 14) == 0;
+  for (size_t i = 0; !taken && i < sizeof managed / sizeof *managed; i++)
+    taken = strcasecmp(s, managed[i]) == 0;
+  if (taken)
+    return cv_fail(c, v, "%s: \"%s\" is a field the proxy manages; choose another", path, s);
   return 0;
 }
 
