@@ -697,8 +697,8 @@ static int h_routes(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t 
     if (!r->name) continue;
     yaml_node_t *at = cv_map_get(c, item, "name");
     if (r->name[0] == '#' || strlen(r->name) > SY_ROUTE_NAME_MAX)
-      return cv_fail(c, at, "%s.name: \"%.40s\" must not start with \"#\" nor pass %d bytes",
-                     child, r->name, SY_ROUTE_NAME_MAX);
+      return cv_fail(c, at, "%s.name: \"%.40s\" must not start with \"#\" nor pass %d bytes", child,
+                     r->name, SY_ROUTE_NAME_MAX);
     for (size_t j = 0; j < i; j++)
       if (cfg->routes[j].name && strcmp(cfg->routes[j].name, r->name) == 0)
         return cv_fail(c, at, "%s.name: \"%s\" is routes[%zu]'s name already", child, r->name, j);
