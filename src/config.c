@@ -801,9 +801,7 @@ static int is_tchar(unsigned char ch) {
 static int h_header_name(ctx *c, yaml_node_t *v, const char *path, void *obj, size_t off) {
   const char *s = NULL;
   if (cv_want_string(c, v, path, &s) < 0) return -1;
-  for (const char *p = s; *p; p++)
-    if (!is_tchar((unsigned char)*p))
-      return cv_fail(c, v, "%s: \"%s\" is not a valid header field name", path, s);
+  if (!token_ok(s)) return cv_fail(c, v, "%s: \"%s\" is not a valid header field name", path, s);
   return cv_dup_text(c, v, s, FIELD(obj, off, char *));
 }
 

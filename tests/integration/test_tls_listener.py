@@ -13,6 +13,7 @@ import pytest
 
 from support.backend import serve_canned
 from support.http import Reader, read_response, deadline_in, response_bytes
+from support.ops import wait_until
 from support.tls import (pki, tls_proxy, client_ctx, tls_connect,  # noqa: F401
                          read_response_over, s_client)
 
@@ -451,9 +452,7 @@ def test_garbled_records_are_logged_at_most_once_a_second(multi, pki):
         finally:
             t.raw.close()
     elapsed = time.monotonic() - t0
-    wait_until_logged = time.monotonic() + 5
-    while "client 127.0.0.1" not in multi.stderr() and time.monotonic() < wait_until_logged:
-        time.sleep(0.02)  # poll interval of a bounded condition wait
+    wait_until(lambda: "client 127.0.0.1" in multi.stderr(), 5, "the TLS error line")
     lines = [ln for ln in multi.stderr().splitlines()
              if "client 127.0.0.1" in ln and "handshake" not in ln]
     assert 1 <= len(lines) <= int(elapsed) + 2, (elapsed, lines)
